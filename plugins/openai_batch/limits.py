@@ -1,0 +1,86 @@
+"""Service limits of the OpenAI Batch API and the error codes worth retrying.
+
+The numbers come from OpenAI's Batch guide: 50,000 requests per batch, a 200 MB input file
+and 50,000 embedding inputs per embeddings batch. Every value is a field of
+:class:`BatchLimits`, so tests and users can split with smaller limits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+SUPPORTED_ENDPOINTS: tuple[str, ...] = (
+    "/v1/chat/completions",
+    "/v1/embeddings",
+    "/v1/completions",
+    "/v1/moderations",
+    "/v1/responses",
+)
+
+#: Largest batch input file we produce. OpenAI documents "200 MB" without saying whether it
+#: means 10**6 or 2**20 bytes; 200,000,000 bytes is below both readings, and shard files are
+#: measured exactly as uploaded (compact JSON, one ``\n`` per line).
+MAX_BATCH_BYTES = 200_000_000
+
+#: Largest single request line we send. OpenAI publishes no per-line limit; a synchronous
+#: request body of this size is already far beyond any model's context window, while base64
+#: images in chat messages still fit.
+MAX_REQUEST_BYTES = 10 * 1024 * 1024
+
+#: Per-request error codes that a later batch may well succeed on.
+RETRYABLE_ERROR_CODES: frozenset[str] = frozenset(
+    {
+        "batch_expired",
+        "batch_cancelled",
+        "rate_limit_exceeded",
+        "server_error",
+        "internal_error",
+        "internal_server_error",
+        "service_unavailable",
+        "timeout",
+        "engine_overloaded",
+        "server_overloaded",
+        "token_limit_exceeded",
+    }
+)
+
+
+@dataclass(frozen=True)
+class BatchLimits:
+    """Limits one batch input file must respect.
+
+    :param max_requests: most request lines in one batch file.
+    :param max_bytes: most bytes in one batch file (see :data:`MAX_BATCH_BYTES`).
+    :param max_embedding_inputs: most embedding inputs (strings or token arrays) in one
+        embeddings batch.
+    :param max_request_bytes: most bytes in one request line, line ending excluded.
+    """
+
+    max_requests: int = 50_000
+    max_bytes: int = MAX_BATCH_BYTES
+    max_embedding_inputs: int = 50_000
+    max_request_bytes: int = MAX_REQUEST_BYTES
+
+    def __post_init__(self) -> None:
+        if min(self.max_requests, self.max_bytes, self.max_embedding_inputs, self.max_request_bytes) < 1:
+            raise ValueError(f"batch limits must be positive: {self}")
+        if self.max_request_bytes >= self.max_bytes:
+            raise ValueError(
+                f"max_request_bytes ({self.max_request_bytes}) must be below max_bytes ({self.max_bytes})"
+            )
+
+
+DEFAULT_LIMITS = BatchLimits()
+
+
+def is_retryable_code(code: str | None) -> bool:
+    """Return True when a per-request error code is worth another attempt."""
+    if not code:
+        return False
+    if code in RETRYABLE_ERROR_CODES:
+        return True
+    # Codes we synthesise from a bare HTTP status, see results.classify_line.
+    if code.startswith("http_"):
+        status = code[5:]
+        return status == "429" or status == "408" or status.startswith("5")
+    return False

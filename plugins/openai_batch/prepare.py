@@ -1,0 +1,636 @@
+"""Validate, normalise and split a JSONL file of OpenAI requests into batch input shards.
+
+One streaming pass over the raw bytes of the input:
+
+* every line is parsed once with :mod:`json`; bad lines go to ``rejects.jsonl`` with their
+  1-based physical line number, a reason and the original text;
+* full batch lines (``{"custom_id", "method", "url", "body"}``) are written unchanged when
+  they need no change; bare request bodies ("short lines") are wrapped into a full line;
+* valid requests are appended to one open shard per ``(endpoint, model)`` and a shard is
+  closed before it would exceed a :class:`~openai_batch.limits.BatchLimits` limit;
+* the custom_ids of the valid requests are written in input order to ``order.txt`` so the
+  results can be joined back in that order.
+
+Memory stays flat: at most one chunk of lines is held (see ``_FLUSH_LINES``), duplicate
+custom_ids are found through a scratch SQLite table in the work directory, and each open
+shard holds only a file handle, a hash and counters.
+
+Custom ids of short lines
+    ``<slug>-<hash8>-<line>`` where ``slug`` is the file stem reduced to ``[A-Za-z0-9_.-]``
+    (at most 40 characters), ``hash8`` the first 8 hex digits of the SHA-256 of
+    ``source_name`` and ``line`` the 1-based physical line number. The same file (same
+    ``source_name``) therefore gets the same ids on every run, and two files never share
+    a prefix. ``id_prefix`` replaces ``<slug>-<hash8>``. A generated id that is already
+    taken by an earlier explicit custom_id is rejected as a duplicate, like any other
+    duplicate (the first occurrence wins), so joins never mix up two requests.
+
+Shard numbering
+    Shards are numbered from 0 in the order they are opened, i.e. by the first line that
+    lands in them; a shard closed on a limit is followed by a new number for the same
+    ``(endpoint, model)``. The numbering only depends on the input bytes and arguments.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import sqlite3
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any, BinaryIO
+
+from openai_batch.limits import DEFAULT_LIMITS, SUPPORTED_ENDPOINTS, BatchLimits
+from openai_batch.pricing import estimate_cost_usd, estimate_tokens
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Iterator
+
+__all__ = [
+    "NoValidRequestsError",
+    "PrepareError",
+    "PrepareResult",
+    "Shard",
+    "default_id_prefix",
+    "prepare_requests",
+]
+
+ORDER_FILE = "order.txt"
+REJECTS_FILE = "rejects.jsonl"
+SHARD_PATTERN = "shard-{:05d}.jsonl"
+
+_BOM = b"\xef\xbb\xbf"
+_FULL_KEYS = ("custom_id", "method", "url", "body")
+_REQUIRED_FIELDS: dict[str, tuple[str, ...]] = {
+    "/v1/chat/completions": ("model", "messages"),
+    "/v1/embeddings": ("model", "input"),
+    "/v1/completions": ("model", "prompt"),
+    "/v1/moderations": ("input",),
+    "/v1/responses": ("model", "input"),
+}
+_FREE_ENDPOINTS = frozenset({"/v1/moderations"})
+# Lines held before duplicate ids are checked against the scratch table and written out.
+_FLUSH_LINES = 8192
+_FLUSH_BYTES = 32 * 1024 * 1024
+_WRITE_BUFFER = 1024 * 1024
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+# NaN/Infinity are not JSON and the service refuses them; parse once with a shared decoder.
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+
+
+class PrepareError(Exception):
+    """Raise when an input file cannot be prepared for the Batch API."""
+
+
+class NoValidRequestsError(PrepareError):
+    """Raise when an input file holds no valid request; the message names the file.
+
+    :param source: name of the input file.
+    :param lines: non-blank lines read.
+    :param rejected: lines rejected.
+    :param first_reject: ``(line, reason)`` of the first rejected line, if any.
+    """
+
+    def __init__(self, source: str, lines: int, rejected: int, first_reject: tuple[int, str] | None) -> None:
+        self.source = source
+        self.lines = lines
+        self.rejected = rejected
+        self.first_reject = first_reject
+        if lines == 0:
+            message = f"{source}: no request found (the file is empty or blank)"
+        else:
+            message = f"{source}: no valid request in {lines} lines ({rejected} rejected"
+            if first_reject is not None:
+                message += f"; first: line {first_reject[0]}: {first_reject[1]}"
+            message += ")"
+        super().__init__(message)
+
+
+@dataclass
+class Shard:
+    """One batch input file, ready to upload.
+
+    :param index: shard number (see the module docstring).
+    :param endpoint: endpoint every line of the shard targets.
+    :param model: model of every line ("" for moderations without a model).
+    :param path: local path of the shard JSONL.
+    :param requests: number of request lines.
+    :param bytes: size of the file in bytes.
+    :param embedding_inputs: embedding inputs in the file (0 for other endpoints).
+    :param estimated_input_tokens: heuristic input token count.
+    :param sha256: SHA-256 of the file content.
+    """
+
+    index: int
+    endpoint: str
+    model: str
+    path: str
+    requests: int = 0
+    bytes: int = 0
+    embedding_inputs: int = 0
+    estimated_input_tokens: int = 0
+    sha256: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-serialisable dict."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Shard:
+        """Build a shard from :meth:`to_dict` output."""
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+
+
+@dataclass
+class PrepareResult:
+    """Outcome of :func:`prepare_requests`; serialisable as a plan file.
+
+    :param source: name of the input file.
+    :param input_sha256: SHA-256 of the raw input bytes.
+    :param lines: non-blank input lines.
+    :param valid: requests written to shards.
+    :param rejected: lines written to the rejects file (``valid + rejected == lines``).
+    :param shards: the shards, by index.
+    :param order_path: file with the custom_ids of the valid requests in input order.
+    :param rejects_path: JSONL file of ``{"line", "reason", "raw"}``.
+    :param estimated_input_tokens: heuristic input token count over all shards.
+    :param estimated_cost_usd: batch price of the estimated input tokens only (output
+        tokens are unknown before the run), or None when a model has no known price.
+    """
+
+    source: str
+    input_sha256: str
+    lines: int
+    valid: int
+    rejected: int
+    shards: list[Shard] = field(default_factory=list)
+    order_path: str = ""
+    rejects_path: str = ""
+    estimated_input_tokens: int = 0
+    estimated_cost_usd: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-serialisable dict."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PrepareResult:
+        """Build a result from :meth:`to_dict` output."""
+        values = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
+        values["shards"] = [Shard.from_dict(s) for s in data.get("shards", [])]
+        return cls(**values)
+
+
+def default_id_prefix(source_name: str) -> str:
+    """Return the custom_id prefix of short lines of ``source_name``: ``<stem slug>-<hash8>``."""
+    stem = Path(source_name).name
+    if stem.endswith(".jsonl"):
+        stem = stem[: -len(".jsonl")]
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", stem).strip("-.")[:40] or "line"
+    digest = hashlib.sha256(source_name.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+    return f"{slug}-{digest}"
+
+
+def _iter_lines(source: BinaryIO | Iterable[bytes]) -> Iterator[bytes]:
+    """Yield physical lines (with their ending) from a binary file or an iterable of chunks."""
+    if hasattr(source, "read"):
+        yield from source  # binary file objects iterate by line
+        return
+    pending = b""
+    for chunk in source:
+        if not pending and chunk.find(b"\n") == len(chunk) - 1:
+            yield chunk  # already exactly one line
+            continue
+        parts = (pending + chunk).split(b"\n")
+        pending = parts.pop()
+        for part in parts:
+            yield part + b"\n"
+    if pending:
+        yield pending
+
+
+def _quote(value: str) -> str:
+    return "'" + (value if len(value) <= 80 else value[:77] + "...") + "'"
+
+
+def _count_embedding_inputs(value: Any) -> int:
+    if isinstance(value, str):
+        return 1
+    if isinstance(value, list):
+        if value and isinstance(value[0], int):
+            return 1  # one pre-tokenised input
+        return len(value)
+    return 0
+
+
+def _check_body(body: dict[str, Any], endpoint: str, limits: BatchLimits) -> tuple[str | None, int]:
+    """Return ``(reason or None, embedding inputs)`` for a request body."""
+    for name in _REQUIRED_FIELDS[endpoint]:
+        if body.get(name) is None:
+            return f"body.{name} is missing (required for {endpoint})", 0
+    model = body.get("model")
+    if model is not None and (not isinstance(model, str) or not model):
+        return "body.model must be a non-empty string", 0
+    if body.get("stream") is True:
+        return "body.stream is true; the Batch API does not support streaming", 0
+    if endpoint == "/v1/chat/completions":
+        messages = body["messages"]
+        if not isinstance(messages, list) or not messages:
+            return "body.messages must be a non-empty list", 0
+    elif endpoint == "/v1/embeddings":
+        inputs = _count_embedding_inputs(body["input"])
+        if inputs == 0:
+            return "body.input must be a non-empty string or list", 0
+        if inputs > limits.max_embedding_inputs:
+            return (
+                f"body.input has {inputs} inputs, above the limit of "
+                f"{limits.max_embedding_inputs} per embeddings batch"
+            ), 0
+        return None, inputs
+    return None, 0
+
+
+def _dumps(value: Any) -> bytes:
+    try:
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:  # lone surrogates from \ud800-style escapes
+        return json.dumps(value, separators=(",", ":")).encode("ascii")
+
+
+class _OpenShard:
+    """A shard being written."""
+
+    def __init__(self, shard: Shard) -> None:
+        self.shard = shard
+        self.file: IO[bytes] = open(shard.path, "wb", buffering=_WRITE_BUFFER)  # noqa: SIM115
+        self.hash = hashlib.sha256()
+
+    def fits(self, size: int, inputs: int, limits: BatchLimits) -> bool:
+        s = self.shard
+        return (
+            s.requests < limits.max_requests
+            and s.bytes + size <= limits.max_bytes
+            and s.embedding_inputs + inputs <= limits.max_embedding_inputs
+        )
+
+    def add(self, line: bytes, inputs: int, tokens: int) -> None:
+        self.file.write(line)
+        self.hash.update(line)
+        s = self.shard
+        s.requests += 1
+        s.bytes += len(line)
+        s.embedding_inputs += inputs
+        s.estimated_input_tokens += tokens
+
+    def close(self) -> Shard:
+        self.file.close()
+        self.shard.sha256 = self.hash.hexdigest()
+        return self.shard
+
+
+# A pending line: (line, custom_id, endpoint, model, out_line, inputs, tokens, original) when
+# valid, (line, None, reason, raw_text, b"", 0, 0, b"") when rejected.
+_Entry = tuple[int, str | None, str, str, bytes, int, int, bytes]
+
+
+class _Preparer:
+    """State of one prepare pass."""
+
+    def __init__(
+        self,
+        work_dir: Path,
+        endpoint: str,
+        model: str | None,
+        limits: BatchLimits,
+        id_prefix: str,
+    ) -> None:
+        self.work_dir = work_dir
+        self.endpoint = endpoint
+        self.model = model
+        self.limits = limits
+        self.id_prefix = id_prefix
+        self.lines = 0
+        self.valid = 0
+        self.rejected = 0
+        self.first_reject: tuple[int, str] | None = None
+        self.pending: list[_Entry] = []
+        self.pending_bytes = 0
+        self.chunk_ids: dict[str, int] = {}
+        self.open: dict[tuple[str, str], _OpenShard] = {}
+        self.closed: list[Shard] = []
+        self.next_index = 0
+        self.order = open(work_dir / ORDER_FILE, "w", encoding="utf-8", buffering=_WRITE_BUFFER)  # noqa: SIM115
+        self.rejects = open(work_dir / REJECTS_FILE, "w", encoding="utf-8", buffering=_WRITE_BUFFER)  # noqa: SIM115
+        self.seen_path = work_dir / ".seen.sqlite"
+        self.seen: sqlite3.Connection | None = None
+        self.flushed_once = False
+
+    # -- per line -------------------------------------------------------------------------
+
+    def reject(self, line_no: int, reason: str, content: bytes) -> None:
+        self.pending.append((line_no, None, reason, content.decode("utf-8", "replace"), b"", 0, 0, b""))
+        self.pending_bytes += len(content)
+
+    def feed(self, line_no: int, raw: bytes) -> None:
+        """Validate one physical line (blank lines already skipped) and queue its outcome."""
+        content = raw
+        if content.endswith(b"\n"):
+            content = content[:-1]
+            if content.endswith(b"\r"):
+                content = content[:-1]
+        if line_no == 1 and content.startswith(_BOM):
+            content = content[3:]
+        if len(content) > self.limits.max_request_bytes:
+            self.reject(line_no, self._too_large(len(content)), content)
+            return
+        try:
+            obj = _DECODER.decode(content.decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            self.reject(line_no, f"not valid UTF-8 (byte {exc.start + 1}: {exc.reason})", content)
+            return
+        except json.JSONDecodeError as exc:
+            self.reject(line_no, f"invalid JSON: {exc.msg} (column {exc.colno})", content)
+            return
+        except (ValueError, RecursionError) as exc:
+            self.reject(line_no, f"invalid JSON: {exc}", content)
+            return
+        if not isinstance(obj, dict):
+            self.reject(line_no, f"expected a JSON object, got {_json_type(obj)}", content)
+            return
+        if any(k in obj for k in _FULL_KEYS):
+            result = self._full_line(line_no, obj, raw, content)
+        else:
+            result = self._short_line(line_no, obj, content)
+        if isinstance(result, str):
+            self.reject(line_no, result, content)
+            return
+        custom_id, endpoint, body, out, inputs = result
+        first = self.chunk_ids.get(custom_id)
+        if first is not None:
+            self.reject(line_no, _duplicate_reason(custom_id, first, generated=obj is body), content)
+            return
+        self.chunk_ids[custom_id] = line_no
+        model = body.get("model") or ""
+        tokens = estimate_tokens(body)
+        self.pending.append((line_no, custom_id, endpoint, model, out, inputs, tokens, content))
+        self.pending_bytes += len(out)
+
+    def _too_large(self, size: int) -> str:
+        limit = self.limits.max_request_bytes
+        return f"request is {size} bytes, above the limit of {limit} bytes per request"
+
+    def _override_model(self, body: dict[str, Any]) -> bool:
+        if self.model is not None and body.get("model") != self.model:
+            body["model"] = self.model
+            return True
+        return False
+
+    def _full_line(
+        self, line_no: int, obj: dict[str, Any], raw: bytes, content: bytes
+    ) -> str | tuple[str, str, dict[str, Any], bytes, int]:
+        custom_id = obj.get("custom_id")
+        if custom_id is None:
+            return "custom_id is missing"
+        if not isinstance(custom_id, str) or not custom_id:
+            return "custom_id must be a non-empty string"
+        method = obj.get("method", "POST")
+        if method != "POST":
+            return f"method must be POST, got {json.dumps(method)}"
+        url = obj.get("url", self.endpoint)
+        if url not in _REQUIRED_FIELDS:
+            return f"unsupported url {json.dumps(url)} (supported: {', '.join(SUPPORTED_ENDPOINTS)})"
+        body = obj.get("body")
+        if body is None:
+            return "body is missing"
+        if not isinstance(body, dict):
+            return f"body must be a JSON object, got {_json_type(body)}"
+        changed = self._override_model(body)
+        reason, inputs = _check_body(body, url, self.limits)
+        if reason is not None:
+            return reason
+        if changed or "method" not in obj or "url" not in obj:
+            obj["method"] = "POST"
+            obj["url"] = url
+            out = _dumps(obj) + b"\n"
+        elif content[:1] == b"{" and content[-1:] == b"}":
+            # Unchanged: send the original bytes; reuse the raw line when it already ends in "\n".
+            out = raw if len(raw) == len(content) + 1 else content + b"\n"
+        else:
+            out = content.strip() + b"\n"
+        if len(out) - 1 > self.limits.max_request_bytes:
+            return self._too_large(len(out) - 1)
+        return custom_id, url, body, out, inputs
+
+    def _short_line(
+        self, line_no: int, body: dict[str, Any], content: bytes
+    ) -> str | tuple[str, str, dict[str, Any], bytes, int]:
+        endpoint = self.endpoint
+        changed = self._override_model(body)
+        reason, inputs = _check_body(body, endpoint, self.limits)
+        if reason is not None:
+            return reason
+        custom_id = f"{self.id_prefix}-{line_no}"
+        # Splice the original body bytes into the envelope instead of re-serialising them.
+        body_bytes = _dumps(body) if changed else content.strip()
+        out = b"".join(
+            (
+                b'{"custom_id":',
+                json.dumps(custom_id).encode(),
+                b',"method":"POST","url":"',
+                endpoint.encode(),
+                b'","body":',
+                body_bytes,
+                b"}\n",
+            )
+        )
+        if len(out) - 1 > self.limits.max_request_bytes:
+            return self._too_large(len(out) - 1)
+        return custom_id, endpoint, body, out, inputs
+
+    # -- per chunk ------------------------------------------------------------------------
+
+    def _earlier_ids(self) -> dict[str, int]:
+        """Return the ids of the pending chunk already used by an earlier chunk, with their line."""
+        if not self.flushed_once or not self.chunk_ids:
+            return {}
+        assert self.seen is not None
+        rows = self.seen.execute(
+            "SELECT id, line FROM seen WHERE id IN (SELECT value FROM json_each(?))",
+            (json.dumps(list(self.chunk_ids)),),
+        )
+        return dict(rows)
+
+    def _remember_ids(self, earlier: dict[str, int]) -> None:
+        if self.seen is None:
+            self.seen_path.unlink(missing_ok=True)
+            self.seen = sqlite3.connect(self.seen_path, isolation_level=None)
+            self.seen.execute("PRAGMA journal_mode=OFF")
+            self.seen.execute("PRAGMA synchronous=OFF")
+            self.seen.execute("PRAGMA cache_size=-16384")
+            self.seen.execute("CREATE TABLE seen (id TEXT PRIMARY KEY, line INTEGER) WITHOUT ROWID")
+        self.seen.execute("BEGIN")
+        self.seen.executemany(
+            "INSERT INTO seen VALUES (?, ?)",
+            ((cid, line) for cid, line in self.chunk_ids.items() if cid not in earlier),
+        )
+        self.seen.execute("COMMIT")
+
+    def flush(self, *, final: bool) -> None:
+        earlier = self._earlier_ids()
+        if not final:
+            self._remember_ids(earlier)
+        self.flushed_once = True
+        for line_no, custom_id, endpoint, model, out, inputs, tokens, original in self.pending:
+            if custom_id is not None and custom_id in earlier:
+                text = original.decode("utf-8", "replace")
+                self._write_reject(line_no, _duplicate_reason(custom_id, earlier[custom_id]), text)
+            elif custom_id is None:
+                self._write_reject(line_no, endpoint, model)
+            else:
+                self._write_request(custom_id, endpoint, model, out, inputs, tokens)
+        self.pending = []
+        self.pending_bytes = 0
+        self.chunk_ids = {}
+
+    def _write_reject(self, line_no: int, reason: str, text: str) -> None:
+        self.rejected += 1
+        if self.first_reject is None:
+            self.first_reject = (line_no, reason)
+        self.rejects.write(json.dumps({"line": line_no, "reason": reason, "raw": text}, ensure_ascii=False))
+        self.rejects.write("\n")
+
+    def _write_request(
+        self, custom_id: str, endpoint: str, model: str, out: bytes, inputs: int, tokens: int
+    ) -> None:
+        self.valid += 1
+        self.order.write(json.dumps(custom_id))
+        self.order.write("\n")
+        key = (endpoint, model)
+        shard = self.open.get(key)
+        if shard is not None and not shard.fits(len(out), inputs, self.limits):
+            self.closed.append(shard.close())
+            shard = None
+        if shard is None:
+            path = self.work_dir / SHARD_PATTERN.format(self.next_index)
+            shard = _OpenShard(Shard(self.next_index, endpoint, model, str(path)))
+            self.next_index += 1
+            self.open[key] = shard
+        shard.add(out, inputs, tokens)
+
+    def finish(self) -> list[Shard]:
+        self.flush(final=True)
+        self.closed.extend(s.close() for s in self.open.values())
+        self.open = {}
+        self.close_files()
+        return sorted(self.closed, key=lambda s: s.index)
+
+    def close_files(self) -> None:
+        for shard in self.open.values():
+            shard.file.close()
+        self.order.close()
+        self.rejects.close()
+        if self.seen is not None:
+            self.seen.close()
+            self.seen = None
+        self.seen_path.unlink(missing_ok=True)
+
+
+def _json_type(value: Any) -> str:
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if value is None:
+        return "null"
+    return "an object"
+
+
+def _duplicate_reason(custom_id: str, first_line: int, *, generated: bool = False) -> str:
+    if generated:
+        return f"generated custom_id {_quote(custom_id)} is already used on line {first_line}"
+    return f"duplicate custom_id {_quote(custom_id)} (first seen on line {first_line})"
+
+
+def _estimate_cost(shards: list[Shard]) -> float | None:
+    total = 0.0
+    for shard in shards:
+        if shard.endpoint in _FREE_ENDPOINTS:
+            continue
+        cost = estimate_cost_usd(shard.model, shard.estimated_input_tokens, 0)
+        if cost is None:
+            return None
+        total += cost
+    return round(total, 6)
+
+
+def prepare_requests(
+    source: BinaryIO | Iterable[bytes],
+    *,
+    source_name: str,
+    work_dir: str | Path,
+    endpoint: str = "/v1/chat/completions",
+    model: str | None = None,
+    limits: BatchLimits = DEFAULT_LIMITS,
+    id_prefix: str | None = None,
+) -> PrepareResult:
+    """Validate and split the requests of one input file into batch shards in ``work_dir``.
+
+    :param source: the raw input, a binary file or an iterable of byte lines (or chunks).
+    :param source_name: name of the input, used in messages and for the custom_id prefix.
+    :param work_dir: directory for ``shard-NNNNN.jsonl``, ``order.txt`` and ``rejects.jsonl``
+        (created if needed; earlier shard files in it are removed).
+    :param endpoint: endpoint of short lines and of full lines without ``url``.
+    :param model: when set, replaces ``body.model`` on every line.
+    :param limits: limits each shard must respect.
+    :param id_prefix: prefix of generated custom_ids, default :func:`default_id_prefix`.
+    :raises PrepareError: for an unsupported ``endpoint``.
+    :raises NoValidRequestsError: when no line is valid (after writing the rejects).
+    """
+    if endpoint not in _REQUIRED_FIELDS:
+        raise PrepareError(f"unsupported endpoint {endpoint!r} (supported: {', '.join(SUPPORTED_ENDPOINTS)})")
+    work = Path(work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    for stale in work.glob("shard-*.jsonl"):
+        stale.unlink()
+    prefix = id_prefix if id_prefix is not None else default_id_prefix(source_name)
+    state = _Preparer(work, endpoint, model, limits, prefix)
+    hasher = hashlib.sha256()
+    line_no = 0
+    try:
+        for raw in _iter_lines(source):
+            hasher.update(raw)
+            line_no += 1
+            if raw.isspace() or not raw or (line_no == 1 and raw.startswith(_BOM) and raw[3:].isspace()):
+                continue
+            state.lines += 1
+            state.feed(line_no, raw)
+            if len(state.pending) >= _FLUSH_LINES or state.pending_bytes >= _FLUSH_BYTES:
+                state.flush(final=False)
+        shards = state.finish()
+    except BaseException:
+        state.close_files()
+        raise
+    result = PrepareResult(
+        source=source_name,
+        input_sha256=hasher.hexdigest(),
+        lines=state.lines,
+        valid=state.valid,
+        rejected=state.rejected,
+        shards=shards,
+        order_path=str(work / ORDER_FILE),
+        rejects_path=str(work / REJECTS_FILE),
+        estimated_input_tokens=sum(s.estimated_input_tokens for s in shards),
+        estimated_cost_usd=_estimate_cost(shards),
+    )
+    if not shards:
+        raise NoValidRequestsError(source_name, state.lines, state.rejected, state.first_reject)
+    return result

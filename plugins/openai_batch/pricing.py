@@ -1,0 +1,107 @@
+"""Token prices and cheap token estimates, in one editable place.
+
+:data:`PRICES` lists synchronous prices in USD per 1M tokens (input, cached input, output).
+Batch requests cost :data:`BATCH_DISCOUNT` times that, which :func:`estimate_cost_usd`
+applies by default. Update the table when OpenAI changes its prices; unknown models yield
+``None`` rather than a guess.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+
+class Price(NamedTuple):
+    """Synchronous price of one model in USD per 1M tokens.
+
+    :param input: price of uncached input tokens.
+    :param cached_input: price of cached input tokens.
+    :param output: price of output tokens (reasoning tokens included).
+    """
+
+    input: float
+    cached_input: float
+    output: float
+
+
+BATCH_DISCOUNT = 0.5
+
+PRICES: dict[str, Price] = {
+    "gpt-4o": Price(2.50, 1.25, 10.00),
+    "gpt-4o-mini": Price(0.15, 0.075, 0.60),
+    "gpt-4.1": Price(2.00, 0.50, 8.00),
+    "gpt-4.1-mini": Price(0.40, 0.10, 1.60),
+    "gpt-4.1-nano": Price(0.10, 0.025, 0.40),
+    "gpt-4-turbo": Price(10.00, 10.00, 30.00),
+    "gpt-4": Price(30.00, 30.00, 60.00),
+    "gpt-3.5-turbo": Price(0.50, 0.50, 1.50),
+    "gpt-3.5-turbo-instruct": Price(1.50, 1.50, 2.00),
+    "o1": Price(15.00, 7.50, 60.00),
+    "o1-mini": Price(1.10, 0.55, 4.40),
+    "o3": Price(2.00, 0.50, 8.00),
+    "o3-mini": Price(1.10, 0.55, 4.40),
+    "o4-mini": Price(1.10, 0.275, 4.40),
+    "text-embedding-3-small": Price(0.02, 0.02, 0.0),
+    "text-embedding-3-large": Price(0.13, 0.13, 0.0),
+    "text-embedding-ada-002": Price(0.10, 0.10, 0.0),
+    "omni-moderation-latest": Price(0.0, 0.0, 0.0),
+    "text-moderation-latest": Price(0.0, 0.0, 0.0),
+}
+
+# Longest names first, so "gpt-4o-mini-2024-07-18" matches gpt-4o-mini and not gpt-4o.
+_BY_LENGTH = sorted(PRICES, key=len, reverse=True)
+
+
+def price_for(model: str) -> Price | None:
+    """Return the price of ``model``, matching dated names (``gpt-4o-2024-08-06``) by prefix."""
+    price = PRICES.get(model)
+    if price is not None:
+        return price
+    for name in _BY_LENGTH:
+        if model.startswith(name) and model[len(name)] == "-":
+            return PRICES[name]
+    return None
+
+
+def estimate_cost_usd(
+    model: str, input_tokens: int, output_tokens: int, cached_tokens: int = 0, *, batch: bool = True
+) -> float | None:
+    """Return the cost in USD of the given usage, or None for a model not in :data:`PRICES`.
+
+    ``cached_tokens`` are the part of ``input_tokens`` served from the prompt cache, as
+    OpenAI's usage objects report them. Batch pricing applies unless ``batch`` is False.
+    """
+    price = price_for(model)
+    if price is None:
+        return None
+    cached = min(max(cached_tokens, 0), input_tokens)
+    cost = (
+        (input_tokens - cached) * price.input + cached * price.cached_input + output_tokens * price.output
+    ) / 1_000_000
+    return cost * BATCH_DISCOUNT if batch else cost
+
+
+def _text_chars(value: object) -> int:
+    if isinstance(value, str):
+        return len(value)
+    if isinstance(value, dict):
+        return sum(_text_chars(v) for v in value.values())
+    if isinstance(value, list):
+        if value and isinstance(value[0], int):
+            return 4 * len(value)  # a pre-tokenised input: one token per element
+        return sum(_text_chars(v) for v in value)
+    return 0
+
+
+def estimate_tokens(text_or_body: object) -> int:
+    """Return a cheap estimate of the tokens in a text or a request body (~4 characters per token).
+
+    For a body, the characters of every string value count (message contents, prompts,
+    inputs, but also roles and the model name, which roughly stands for the per-message
+    overhead); a list of integers counts as that many tokens. Bytes count one per character.
+    """
+    if isinstance(text_or_body, bytes | bytearray):
+        chars = len(text_or_body)
+    else:
+        chars = _text_chars(text_or_body)
+    return (chars + 3) // 4
