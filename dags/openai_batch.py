@@ -1,0 +1,150 @@
+"""
+### openai_batch
+
+Send JSONL request files to the OpenAI Batch API and store the results joined to their requests.
+
+A run with a logical date takes `<inbox>/YYYY-MM-DD/*.jsonl`; a run triggered without one takes the
+`input` param (default `<inbox>/*.jsonl`). Each file is validated and split, each shard is uploaded
+and submitted once (retries re-attach), the wait is deferred, unfinished requests are resubmitted
+for a few rounds, and `results.jsonl`, `rejects.jsonl` and `manifest.json` land in
+`<results>/<partition>/<stem>/`.
+
+Variables: `openai_batch_inbox`, `openai_batch_results`. Connection: `openai_default`.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import pendulum
+from airflow.sdk import Asset, Param, dag, task
+
+from openai_batch.limits import SUPPORTED_ENDPOINTS
+from openai_batch.operators import (
+    OpenAIBatchPrepareOperator,
+    OpenAIBatchSubmitOperator,
+    OpenAIBatchWriteResultsOperator,
+)
+from openai_batch.sensors import OpenAIBatchInputSensor, OpenAIBatchSensor
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+INBOX = "{{ var.value.get('openai_batch_inbox', '%s') }}" % (PROJECT_ROOT / "data" / "inbox")
+RESULTS = "{{ var.value.get('openai_batch_results', '%s') }}" % (PROJECT_ROOT / "data" / "results")
+RESULTS_ASSET = Asset("openai_batch_results", uri="file:///openai_batch/results")
+
+
+@dag(
+    dag_id="openai_batch",
+    schedule="@daily",
+    start_date=pendulum.datetime(2024, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=4,
+    render_template_as_native_obj=True,
+    tags=["openai", "batch"],
+    default_args={"retries": 2, "retry_delay": timedelta(seconds=30)},
+    doc_md=__doc__,
+    params={
+        "input": Param(
+            None,
+            type=["null", "string"],
+            title="Input",
+            description="Path or glob of the JSONL files to send, relative to the inbox, absolute, or a URL "
+            "(s3://...). Empty: <inbox>/YYYY-MM-DD/*.jsonl for scheduled runs, <inbox>/*.jsonl otherwise.",
+        ),
+        "endpoint": Param(
+            "/v1/chat/completions",
+            type="string",
+            enum=list(SUPPORTED_ENDPOINTS),
+            title="Endpoint",
+            description="Endpoint for short lines (bare request bodies) and lines without a url.",
+        ),
+        "model": Param(
+            None,
+            type=["null", "string"],
+            title="Model override",
+            description="When set, replaces the model of every request.",
+        ),
+        "max_requests_per_batch": Param(
+            50000,
+            type="integer",
+            minimum=1,
+            maximum=50000,
+            title="Max requests per batch",
+            description="Files are split into batches of at most this many requests (and 200 MB).",
+        ),
+        "poll_interval": Param(
+            60,
+            type="integer",
+            minimum=1,
+            maximum=3600,
+            title="Poll interval (s)",
+            description="Seconds between two status checks of a batch or of the inbox.",
+        ),
+        "max_retry_rounds": Param(
+            2,
+            type="integer",
+            minimum=0,
+            maximum=10,
+            title="Retry rounds",
+            description="Follow-up batches for requests that expired, were cancelled or failed with 429/5xx.",
+        ),
+        "input_timeout": Param(
+            21600,
+            type="integer",
+            minimum=1,
+            title="Input wait (s)",
+            description="How long to wait for input files; with none by then the run ends skipped.",
+        ),
+        "dry_run": Param(
+            False,
+            type="boolean",
+            title="Dry run",
+            description="Validate and plan only: write plan.json and rejects.jsonl, upload nothing.",
+        ),
+        "force": Param(
+            False,
+            type="boolean",
+            title="Force",
+            description="Process files again even when results exist for the same content.",
+        ),
+    },
+)
+def openai_batch() -> None:
+    """Wire the pipeline: sense, prepare, submit, wait, write."""
+    files = OpenAIBatchInputSensor(
+        task_id="wait_for_input",
+        inbox=INBOX,
+        input="{{ params.input }}",
+        poll_interval="{{ params.poll_interval }}",
+        input_timeout="{{ params.input_timeout }}",
+        retries=0,
+    )
+    plans = OpenAIBatchPrepareOperator.partial(
+        task_id="prepare",
+        results_root=RESULTS,
+        endpoint="{{ params.endpoint }}",
+        model="{{ params.model }}",
+        max_requests_per_batch="{{ params.max_requests_per_batch }}",
+        dry_run="{{ params.dry_run }}",
+        force="{{ params.force }}",
+    ).expand(source=files.output)
+
+    @task
+    def list_shards(all_plans: list[dict]) -> list[dict]:
+        """Flatten every file's shards into one list to map over."""
+        return [shard for plan in all_plans for shard in plan["shards"]]
+
+    submitted = OpenAIBatchSubmitOperator.partial(task_id="submit").expand(shard=list_shards(plans.output))
+    waited = OpenAIBatchSensor.partial(
+        task_id="wait_for_batch",
+        poll_interval="{{ params.poll_interval }}",
+        max_retry_rounds="{{ params.max_retry_rounds }}",
+    ).expand(shard=submitted.output)
+    written = OpenAIBatchWriteResultsOperator.partial(
+        task_id="write_results", trigger_rule="none_failed", outlets=[RESULTS_ASSET]
+    ).expand(plan=plans.output)
+    waited >> written
+
+
+openai_batch()

@@ -1,0 +1,174 @@
+"""Hook for the OpenAI Files and Batches API, extending the provider's ``OpenAIHook``."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator, Mapping
+from typing import IO, TYPE_CHECKING, Any
+
+import openai
+from airflow.providers.openai.hooks.openai import OpenAIHook
+
+if TYPE_CHECKING:
+    from openai import AsyncOpenAI
+    from openai.types import Batch, FileObject
+
+log = logging.getLogger(__name__)
+
+#: Errors after which a request may be sent again: the service did not act on it, or we cannot tell.
+TRANSIENT_ERRORS: tuple[type[Exception], ...] = (
+    openai.RateLimitError,
+    openai.InternalServerError,
+    openai.APIConnectionError,  # includes APITimeoutError
+)
+
+#: Batch statuses after which nothing changes any more.
+TERMINAL_STATUSES = frozenset({"completed", "failed", "expired", "cancelled"})
+
+
+class OpenAIBatchHook(OpenAIHook):
+    """
+    Talk to the OpenAI Files and Batches API (or a compatible server) with retries and streaming.
+
+    Adds what ``OpenAIHook`` lacks: streamed uploads and downloads, batch listing, a lookup of a
+    batch by its metadata, an idempotent create, and async twins for the trigger.
+
+    :param conn_id: The OpenAI connection id (API key in the password, base URL in the host).
+    :param max_retries: How many times the SDK retries 408/409/429/5xx and timeouts (with backoff).
+    :param timeout: Seconds before one HTTP call times out.
+    """
+
+    hook_name = "OpenAI Batch"
+
+    def __init__(
+        self,
+        conn_id: str = OpenAIHook.default_conn_name,
+        max_retries: int = 6,
+        timeout: float = 120.0,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(conn_id=conn_id, **kwargs)
+        self.max_retries = max_retries
+        self.timeout = timeout
+
+    def _client_kwargs(self, conn: Any, extras: dict[str, Any]) -> dict[str, Any]:
+        kwargs = super()._client_kwargs(conn, extras)
+        kwargs.setdefault("max_retries", self.max_retries)
+        kwargs.setdefault("timeout", self.timeout)
+        return kwargs
+
+    # ---- files -------------------------------------------------------------------------------
+
+    def upload_batch_file(self, stream: IO[bytes], filename: str) -> FileObject:
+        """Upload an open binary stream as a batch input file named ``filename``."""
+        return self.conn.files.create(file=(filename, stream), purpose="batch")
+
+    def iter_file_lines(self, file_id: str, chunk_size: int = 1 << 20) -> Iterator[bytes]:
+        """Yield the lines of a file's content as they arrive, without holding the file in memory."""
+        with self.conn.files.with_streaming_response.content(file_id) as response:
+            tail = b""
+            for chunk in response.iter_bytes(chunk_size):
+                lines = (tail + chunk).split(b"\n")
+                tail = lines.pop()
+                yield from lines
+            if tail:
+                yield tail
+
+    def download_file(self, file_id: str, out: IO[bytes], chunk_size: int = 1 << 20) -> int:
+        """Stream a file's content into ``out``; return the number of bytes written."""
+        written = 0
+        with self.conn.files.with_streaming_response.content(file_id) as response:
+            for chunk in response.iter_bytes(chunk_size):
+                out.write(chunk)
+                written += len(chunk)
+        return written
+
+    # ---- batches -----------------------------------------------------------------------------
+
+    def list_batches(self, after: str | None = None, limit: int = 100) -> Any:
+        """Return one page of batches, newest first."""
+        if after:
+            return self.conn.batches.list(limit=limit, after=after)
+        return self.conn.batches.list(limit=limit)
+
+    def find_batch(self, metadata: Mapping[str, str], max_scan: int = 1000) -> Batch | None:
+        """
+        Return the newest batch whose metadata contains every pair of ``metadata``.
+
+        The API has no server-side metadata filter, so this scans at most ``max_scan`` batches,
+        newest first. Failed and cancelled batches are ignored: they hold nothing worth re-attaching.
+        """
+        scanned = 0
+        after: str | None = None
+        while scanned < max_scan:
+            page = self.list_batches(after=after, limit=min(100, max_scan - scanned))
+            for batch in page.data:
+                scanned += 1
+                found = batch.metadata or {}
+                if all(found.get(k) == v for k, v in metadata.items()) and batch.status not in (
+                    "failed",
+                    "cancelled",
+                    "cancelling",
+                ):
+                    return batch
+            if not page.has_more or not page.data:
+                return None
+            after = page.data[-1].id
+        return None
+
+    def create_batch_once(
+        self,
+        file_id: str,
+        endpoint: str,
+        metadata: dict[str, str],
+        attempts: int = 6,
+        backoff: float = 1.0,
+    ) -> Batch:
+        """
+        Create a batch, retrying transient errors without ever creating it twice.
+
+        The SDK's own retries are off for the create call: a timeout may hide a batch that the
+        service did create, so before each new attempt the batch is looked up by ``metadata``.
+        """
+        client = self.conn.with_options(max_retries=0)
+        for attempt in range(1, attempts + 1):
+            if attempt > 1 and (existing := self.find_batch(metadata)) is not None:
+                log.info("Batch %s already exists for %s; re-attaching", existing.id, metadata)
+                return existing
+            try:
+                return client.batches.create(
+                    input_file_id=file_id,
+                    endpoint=endpoint,  # type: ignore[arg-type]
+                    completion_window="24h",
+                    metadata=metadata,
+                )
+            except TRANSIENT_ERRORS as err:
+                if attempt == attempts:
+                    raise
+                delay = backoff * 2 ** (attempt - 1)
+                log.warning(
+                    "Creating the batch failed (%s); attempt %s of %s in %.1fs", err, attempt, attempts, delay
+                )
+                time.sleep(delay)
+        raise AssertionError("unreachable")
+
+    # ---- async twins for triggers ------------------------------------------------------------
+
+    async def async_client(self) -> AsyncOpenAI:
+        """Return an ``AsyncOpenAI`` client for this connection; close it with ``async with``."""
+        return await self.aget_conn()
+
+    async def aget_batch(self, batch_id: str, client: AsyncOpenAI | None = None) -> Batch:
+        """Return the batch with the given id without blocking the event loop."""
+        if client is not None:
+            return await client.batches.retrieve(batch_id)
+        async with await self.async_client() as own:
+            return await own.batches.retrieve(batch_id)
+
+    async def acancel_batch(self, batch_id: str, client: AsyncOpenAI | None = None) -> Batch:
+        """Cancel the batch with the given id without blocking the event loop."""
+        if client is not None:
+            return await client.batches.cancel(batch_id)
+        async with await self.async_client() as own:
+            return await own.batches.cancel(batch_id)

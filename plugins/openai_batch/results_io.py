@@ -1,0 +1,195 @@
+"""Move batch outcomes between the API, the state folder and the result files.
+
+Glue between the pure ``results`` module and storage: downloads a round's output and error files,
+picks the requests to resubmit, merges every round into input order, and builds the manifest.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from openai_batch.storage import check_batch_id, iter_lines
+
+if TYPE_CHECKING:
+    from airflow.sdk import ObjectStoragePath
+
+    from openai_batch.hooks import OpenAIBatchHook
+    from openai_batch.results import ResultCounts, ResultStore
+    from openai_batch.state import Round, ShardState
+
+#: How a request with no line in any file of its batch ended, by the batch's final status.
+_MISSING_STATUS = {"expired": "expired", "cancelled": "cancelled"}
+
+
+def round_files(state_dir: ObjectStoragePath, rnd: Round) -> list[ObjectStoragePath]:
+    """Return the downloaded output and error files of a round, in that order."""
+    if not rnd.batch_id:
+        return []
+    folder = state_dir / "batches"
+    return [
+        folder / f"{check_batch_id(rnd.batch_id)}.{kind}.jsonl"
+        for kind, file_id in (("output", rnd.output_file_id), ("error", rnd.error_file_id))
+        if file_id
+    ]
+
+
+def download_round(hook: OpenAIBatchHook, state_dir: ObjectStoragePath, rnd: Round) -> None:
+    """Stream a round's output and error files (either may be absent) into the state folder."""
+    (state_dir / "batches").mkdir(parents=True, exist_ok=True)
+    for path, file_id in zip(
+        round_files(state_dir, rnd),
+        [f for f in (rnd.output_file_id, rnd.error_file_id) if f],
+        strict=True,
+    ):
+        with path.open("wb") as fout:
+            size = hook.download_file(file_id, fout)
+        hook.log.info("Downloaded %s (%s bytes) to %s", file_id, size, path)
+
+
+def write_retry_file(state_dir: ObjectStoragePath, rnd: Round, name: str) -> int:
+    """
+    Write the requests of ``rnd`` that did not reach a final outcome to ``name``; return their count.
+
+    Final outcomes are successes and non-retryable failures. Everything else is retried: expired,
+    cancelled, 429/5xx failures, and requests that appear in neither file.
+    """
+    from openai_batch.results import classify_line, is_retryable
+
+    done: set[str] = set()
+    for path in round_files(state_dir, rnd):
+        for line in iter_lines(path):
+            if not line.strip():
+                continue
+            obj = json.loads(line)
+            status, _response, error = classify_line(obj)
+            if not is_retryable(status, error):
+                done.add(obj["custom_id"])
+    count = 0
+    with (state_dir / name).open("wb") as fout:
+        for line in iter_lines(state_dir / rnd.file):
+            if line.strip() and json.loads(line)["custom_id"] not in done:
+                fout.write(line if line.endswith(b"\n") else line + b"\n")
+                count += 1
+    return count
+
+
+def _custom_ids(path: ObjectStoragePath) -> list[str]:
+    return [json.loads(line)["custom_id"] for line in iter_lines(path) if line.strip()]
+
+
+def merge_shards(state_dir: ObjectStoragePath, states: list[ShardState], dest: ObjectStoragePath) -> ResultCounts:
+    """
+    Write ``results.jsonl`` in input order from every round of every shard; return the counts.
+
+    Rounds are applied in order, so a later round's outcome replaces an earlier one. A request with
+    no line in its round's files ends ``expired`` or ``cancelled`` when its batch did, else ``failed``.
+    A batch that failed validation fails each of its requests with the batch's first error.
+    """
+    from openai_batch.results import ResultStore, read_order
+
+    with tempfile.TemporaryDirectory(prefix="openai-batch-merge-") as tmp:
+        with ResultStore(Path(tmp) / "results.sqlite") as store:
+            for state in states:
+                # The store keeps the outcome of the highest sequence number: the position in the
+                # shard's history, so a token-limit resubmission of a round also counts as later.
+                for seq, rnd in enumerate(state.rounds):
+                    if rnd.batch_id and rnd.status:
+                        _apply_round(store, state_dir, rnd, seq)
+            order = Path(tmp) / "order.txt"
+            with order.open("wb") as fout:
+                for line in iter_lines(state_dir / "order.txt"):
+                    fout.write(line)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            with dest.open("wb") as fout:
+                return store.write_results(read_order(order), fout)
+
+
+def _apply_round(store: ResultStore, state_dir: ObjectStoragePath, rnd: Round, seq: int) -> None:
+    assert rnd.batch_id is not None
+    if rnd.status == "failed":
+        first = rnd.errors[0] if rnd.errors else {}
+        store.mark_missing(
+            _custom_ids(state_dir / rnd.file),
+            status="failed",
+            batch_id=rnd.batch_id,
+            round=seq,
+            code=str(first.get("code") or "batch_failed"),
+            message=str(first.get("message") or "the batch failed validation"),
+        )
+        return
+    for path in round_files(state_dir, rnd):
+        store.add_lines(iter_lines(path), batch_id=rnd.batch_id, round=seq)
+    missing = [
+        cid
+        for cid in _custom_ids(state_dir / rnd.file)
+        if (rec := store.get(cid)) is None or rec.batch_id != rnd.batch_id
+    ]
+    if missing:
+        status = _MISSING_STATUS.get(rnd.status or "", "failed")
+        store.mark_missing(
+            missing,
+            status=status,
+            batch_id=rnd.batch_id,
+            round=seq,
+            code=f"batch_{status}" if status != "failed" else "missing_result",
+            message=f"batch {rnd.batch_id} ended {rnd.status} without a result for this request",
+        )
+
+
+def build_manifest(plan: dict[str, Any], states: list[ShardState], counts: ResultCounts) -> dict[str, Any]:
+    """Return the manifest: input, hash, counts, batches with their rounds, usage and estimated cost."""
+    from openai_batch.pricing import estimate_cost_usd
+
+    counts_dict = counts.to_dict()
+    usage = counts_dict.pop("usage", None) or {}
+    cost: float | None = 0.0
+    batches = []
+    for state in states:
+        for rnd in state.rounds:
+            batches.append(
+                {
+                    "shard": state.index,
+                    "round": rnd.round,
+                    "attempt": rnd.attempt,
+                    "batch_id": rnd.batch_id,
+                    "status": rnd.status,
+                    "endpoint": state.endpoint,
+                    "model": state.model,
+                    "requests": rnd.requests,
+                    "request_counts": rnd.request_counts,
+                    "errors": rnd.errors,
+                }
+            )
+            batch_usage = rnd.usage or {}
+            part = estimate_cost_usd(
+                state.model,
+                int(batch_usage.get("input_tokens") or 0),
+                int(batch_usage.get("output_tokens") or 0),
+                int((batch_usage.get("input_tokens_details") or {}).get("cached_tokens") or 0),
+            )
+            cost = None if cost is None or part is None else cost + part
+    return {
+        "input": plan["source"],
+        "input_sha256": plan["input_sha256"],
+        "partition": plan["partition"],
+        "counts": {
+            "total": plan["lines"],
+            "succeeded": counts_dict.get("succeeded", 0),
+            "failed": counts_dict.get("failed", 0),
+            "expired": counts_dict.get("expired", 0),
+            "cancelled": counts_dict.get("cancelled", 0),
+            "rejected": plan["rejected"],
+        },
+        "rounds": max((rnd.round for s in states for rnd in s.rounds), default=0) + 1,
+        "batches": batches,
+        "usage": {
+            "input_tokens": usage.get("input_tokens", 0),
+            "output_tokens": usage.get("output_tokens", 0),
+            "cached_tokens": usage.get("cached_tokens", 0),
+            "reasoning_tokens": usage.get("reasoning_tokens", 0),
+        },
+        "estimated_cost_usd": round(cost, 6) if cost is not None else None,
+    }

@@ -1,0 +1,243 @@
+"""Deferrable sensors: wait for input files, and wait for a shard's batches to end."""
+
+from __future__ import annotations
+
+import time
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+from airflow.sdk import BaseSensorOperator
+from airflow.sdk.exceptions import AirflowException
+
+from openai_batch.hooks import OpenAIBatchHook
+from openai_batch.operators import load_state, save_state, submit_round
+from openai_batch.storage import join_pattern, to_path
+from openai_batch.triggers import InputFilesTrigger, OpenAIBatchTrigger
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+    from openai_batch.state import ShardState
+
+TOKEN_LIMIT_CODE = "token_limit_exceeded"
+
+
+def input_pattern(input_param: str | None, inbox: str, context: Context) -> str:
+    """
+    Return the path or glob a run takes.
+
+    The ``input`` param wins (relative to the inbox unless absolute or a URL); a run with a logical
+    date D takes ``<inbox>/D/*.jsonl``; a run without one takes ``<inbox>/*.jsonl``.
+    """
+    root = str(to_path(inbox)) if "://" not in inbox else inbox
+    if input_param:
+        return join_pattern(root, input_param)
+    logical_date = context.get("logical_date")
+    if logical_date is not None:
+        return join_pattern(root, f"{logical_date.strftime('%Y-%m-%d')}/*.jsonl")
+    return join_pattern(root, "*.jsonl")
+
+
+class OpenAIBatchInputSensor(BaseSensorOperator):
+    """
+    Wait, deferred, until the run's input files exist and stop growing; return their paths.
+
+    Files named ``*.tmp``, ``*.part`` or starting with a dot are never taken. When nothing arrives
+    before ``timeout`` the task is skipped (``soft_fail``), so a day without input is not a failure.
+
+    :param inbox: The input root (path or URL). (templated)
+    :param input: A path or glob relative to the inbox, absolute, or a URL; None for the default. (templated)
+    :param poll_interval: Seconds between two listings. (templated)
+    :param input_timeout: Seconds to wait for input before the task is skipped. (templated)
+    :param soft_fail: Skip (instead of fail) when no input arrives in time.
+    """
+
+    template_fields = ("inbox", "input", "poll_interval", "input_timeout")
+
+    def __init__(
+        self,
+        *,
+        inbox: str,
+        input: str | None = None,
+        poll_interval: float = 30.0,
+        input_timeout: float = 6 * 3600,
+        soft_fail: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(soft_fail=soft_fail, **kwargs)
+        self.inbox = inbox
+        self.input = input
+        self.poll_interval = poll_interval
+        self.input_timeout = input_timeout
+
+    def execute(self, context: Context) -> None:
+        """Defer to the input trigger."""
+        pattern = input_pattern(self.input, self.inbox, context)
+        self.log.info("Waiting for input files matching %s", pattern)
+        self.defer(
+            trigger=InputFilesTrigger(pattern=pattern, poll_interval=float(self.poll_interval)),
+            method_name="execute_complete",
+            timeout=timedelta(seconds=float(self.input_timeout)),
+        )
+
+    def execute_complete(self, context: Context, event: dict[str, Any]) -> list[str]:
+        """Return the files the trigger found."""
+        files = list(event["files"])
+        self.log.info("Taking %s file(s): %s", len(files), files)
+        return files
+
+
+class OpenAIBatchSensor(BaseSensorOperator):
+    """
+    Wait, deferred, until every request of a shard has a final outcome; resubmit what did not.
+
+    Waiting holds no worker slot: the trigger polls with the async client. When a batch ends, its
+    output and error files are downloaded next to the results. Requests that expired, were
+    cancelled, failed with a retryable error (429, 5xx) or have no result are sent again in a
+    follow-up batch, for up to ``max_retry_rounds`` rounds. A batch that fails with
+    ``token_limit_exceeded`` waits ``token_limit_wait`` seconds (deferred) and is resubmitted, up to
+    ``max_token_limit_retries`` times. Other validation failures are logged with their line numbers
+    and end as failed requests in the results.
+
+    :param shard: One shard entry returned by ``OpenAIBatchSubmitOperator``. (templated)
+    :param conn_id: The OpenAI connection id.
+    :param poll_interval: Seconds between two polls. (templated)
+    :param max_retry_rounds: Follow-up rounds for retryable requests. (templated)
+    :param max_token_limit_retries: Resubmissions after ``token_limit_exceeded``.
+    :param token_limit_wait: Seconds to wait before such a resubmission.
+    :param wait_timeout: Seconds to wait for one batch before cancelling it and failing.
+    :param cancel_on_kill: Cancel the batch when the deferred task is killed, failed or cleared.
+    """
+
+    template_fields = ("shard", "poll_interval", "max_retry_rounds")
+
+    def __init__(
+        self,
+        *,
+        shard: dict[str, Any],
+        conn_id: str = "openai_default",
+        poll_interval: float = 60.0,
+        max_retry_rounds: int = 2,
+        max_token_limit_retries: int = 3,
+        token_limit_wait: float = 600.0,
+        wait_timeout: float = 26 * 3600,
+        cancel_on_kill: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.shard = shard
+        self.conn_id = conn_id
+        self.poll_interval = poll_interval
+        self.max_retry_rounds = max_retry_rounds
+        self.max_token_limit_retries = max_token_limit_retries
+        self.token_limit_wait = token_limit_wait
+        self.wait_timeout = wait_timeout
+        self.cancel_on_kill = cancel_on_kill
+
+    @property
+    def hook(self) -> OpenAIBatchHook:
+        """Return a hook for the connection."""
+        return OpenAIBatchHook(conn_id=self.conn_id)
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        """Resume from the shard's state record: wait for its current batch, or finish."""
+        state_dir = to_path(self.shard["state_dir"])
+        state = load_state(state_dir, self.shard)
+        rnd = state.current
+        if not rnd.batch_id:
+            submit_round(self.hook, state_dir, state, self.shard["source"])
+        if rnd.collected:
+            return self._next_round_or_finish(state)
+        self._defer(state)
+        raise AssertionError("unreachable")  # defer() raises
+
+    def _defer(self, state: ShardState) -> None:
+        assert state.current.batch_id is not None
+        self.defer(
+            trigger=OpenAIBatchTrigger(
+                conn_id=self.conn_id,
+                batch_id=state.current.batch_id,
+                poll_interval=float(self.poll_interval),
+                end_time=time.time() + float(self.wait_timeout),
+                cancel_on_kill=self.cancel_on_kill,
+            ),
+            method_name="execute_complete",
+        )
+
+    def execute_complete(self, context: Context, event: dict[str, Any]) -> dict[str, Any]:
+        """Record how the batch ended, download its files, then resubmit or finish."""
+        from openai_batch.results_io import download_round
+
+        state_dir = to_path(self.shard["state_dir"])
+        state = load_state(state_dir, self.shard)
+        rnd = state.current
+        if event.get("batch_id") != rnd.batch_id:
+            raise AirflowException(f"event for batch {event.get('batch_id')}, expected {rnd.batch_id}")
+        if event["status"] in ("error", "timeout"):
+            raise AirflowException(event["message"])
+        rnd.status = event["status"]
+        rnd.output_file_id = event.get("output_file_id")
+        rnd.error_file_id = event.get("error_file_id")
+        rnd.errors = list(event.get("errors") or [])
+        rnd.request_counts = event.get("request_counts")
+        rnd.usage = event.get("usage")
+        self.log.info("Batch %s ended %s: %s", rnd.batch_id, rnd.status, rnd.request_counts)
+        if rnd.status == "failed":
+            for err in rnd.errors:
+                self.log.error(
+                    "Batch %s: line %s: %s (%s)", rnd.batch_id, err.get("line"), err.get("message"), err.get("code")
+                )
+            if any(e.get("code") == TOKEN_LIMIT_CODE for e in rnd.errors):
+                if rnd.attempt < self.max_token_limit_retries:
+                    save_state(state_dir, state)
+                    return self._wait_for_token_budget(rnd.attempt)
+                self.log.error("Batch %s hit the enqueued-token limit %s times; giving up", rnd.batch_id, rnd.attempt + 1)
+        else:
+            download_round(self.hook, state_dir, rnd)
+        rnd.collected = True
+        save_state(state_dir, state)
+        return self._next_round_or_finish(state)
+
+    def _wait_for_token_budget(self, attempt: int) -> dict[str, Any]:
+        from airflow.providers.standard.triggers.temporal import TimeDeltaTrigger
+
+        delay = float(self.token_limit_wait) * (attempt + 1)
+        self.log.warning("Enqueued-token limit reached; resubmitting in %.0f s (deferred)", delay)
+        self.defer(trigger=TimeDeltaTrigger(timedelta(seconds=delay)), method_name="resubmit")
+        raise AssertionError("unreachable")
+
+    def resubmit(self, context: Context, event: Any = None) -> dict[str, Any]:
+        """Resubmit the current round after a ``token_limit_exceeded`` failure, then wait again."""
+        from openai_batch.state import Round
+
+        state_dir = to_path(self.shard["state_dir"])
+        state = load_state(state_dir, self.shard)
+        old = state.current
+        if old.status == "failed" and not old.collected:
+            state.rounds.append(Round(round=old.round, file=old.file, requests=old.requests, attempt=old.attempt + 1))
+            save_state(state_dir, state)
+        submit_round(self.hook, state_dir, state, self.shard["source"])
+        self._defer(state)
+        raise AssertionError("unreachable")
+
+    def _next_round_or_finish(self, state: ShardState) -> dict[str, Any]:
+        from openai_batch.results_io import write_retry_file
+        from openai_batch.state import Round
+
+        state_dir = to_path(self.shard["state_dir"])
+        rnd = state.current
+        if rnd.status != "failed" and rnd.round < int(self.max_retry_rounds):
+            name = f"shard-{state.index:05d}.round{rnd.round + 1}.jsonl"
+            count = write_retry_file(state_dir, rnd, name)
+            if count:
+                self.log.info("Resubmitting %s unfinished request(s) of batch %s as round %s", count, rnd.batch_id, rnd.round + 1)
+                state.rounds.append(Round(round=rnd.round + 1, file=name, requests=count))
+                save_state(state_dir, state)
+                submit_round(self.hook, state_dir, state, self.shard["source"])
+                self._defer(state)
+        return {
+            **self.shard,
+            "rounds": [
+                {"round": r.round, "batch_id": r.batch_id, "status": r.status, "requests": r.requests} for r in state.rounds
+            ],
+        }

@@ -1,0 +1,96 @@
+"""The state record kept next to the results for each shard: which batches were created for it.
+
+Pure data, no Airflow imports. The record is what makes submission idempotent: a retried, cleared
+or restarted task reads it (or finds the batch by the same identity in its metadata) and re-attaches
+instead of creating a second billable batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+#: Metadata keys written on every batch this project creates.
+META_SHARD = "openai_batch_shard"
+META_ROUND = "openai_batch_round"
+META_ATTEMPT = "openai_batch_attempt"
+META_SOURCE = "openai_batch_source"
+
+
+def shard_identity(input_sha256: str, shard_index: int) -> str:
+    """Return the identity of one shard of one input content: content hash plus shard index."""
+    return f"{input_sha256[:40]}-{shard_index:05d}"
+
+
+def batch_metadata(identity: str, round_no: int, attempt: int, source: str) -> dict[str, str]:
+    """Return the batch metadata that identifies a submission (all values are strings, <= 512 chars)."""
+    return {
+        META_SHARD: identity,
+        META_ROUND: str(round_no),
+        META_ATTEMPT: str(attempt),
+        META_SOURCE: source[-512:],
+    }
+
+
+@dataclass
+class Round:
+    """One submission of (part of) a shard: the first round sends the whole shard, later ones retries.
+
+    :param round: 0 for the first submission, then 1, 2, ... for follow-up rounds.
+    :param file: Name of the request file in the state directory.
+    :param requests: Number of requests in ``file``.
+    :param attempt: Resubmissions of the same round after a ``token_limit_exceeded`` failure.
+    """
+
+    round: int
+    file: str
+    requests: int
+    attempt: int = 0
+    input_file_id: str | None = None
+    batch_id: str | None = None
+    status: str | None = None
+    output_file_id: str | None = None
+    error_file_id: str | None = None
+    errors: list[dict[str, Any]] = field(default_factory=list)
+    request_counts: dict[str, Any] | None = None
+    usage: dict[str, Any] | None = None
+    collected: bool = False
+
+
+@dataclass
+class ShardState:
+    """Everything submitted for one shard, in order.
+
+    :param identity: ``shard_identity()`` of the shard.
+    :param index: The shard's index within its input file.
+    :param endpoint: The endpoint of every request in the shard.
+    :param model: The model of every request in the shard.
+    :param rounds: The submissions so far.
+    """
+
+    identity: str
+    index: int
+    endpoint: str
+    model: str
+    rounds: list[Round] = field(default_factory=list)
+
+    @property
+    def current(self) -> Round:
+        """Return the latest round."""
+        return self.rounds[-1]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-safe dict."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ShardState:
+        """Build a state from ``to_dict()`` output."""
+        rounds = [Round(**r) for r in data.get("rounds", [])]
+        return cls(
+            identity=data["identity"],
+            index=data["index"],
+            endpoint=data["endpoint"],
+            model=data["model"],
+            rounds=rounds,
+        )

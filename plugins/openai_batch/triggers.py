@@ -1,0 +1,201 @@
+"""Async triggers: wait for a batch, and wait for input files, without blocking the triggerer."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING, Any
+
+import openai
+from airflow.triggers.base import BaseTrigger, TriggerEvent
+
+from openai_batch.hooks import TERMINAL_STATUSES, OpenAIBatchHook
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    from openai import AsyncOpenAI
+    from openai.types import Batch
+
+
+def batch_summary(batch: Batch) -> dict[str, Any]:
+    """Return the JSON-safe fields of a batch that callers need after it ends."""
+    counts = batch.request_counts
+    errors = [e.model_dump(mode="json") for e in (batch.errors.data or [])] if batch.errors else []
+    return {
+        "batch_id": batch.id,
+        "status": batch.status,
+        "output_file_id": batch.output_file_id,
+        "error_file_id": batch.error_file_id,
+        "request_counts": counts.model_dump(mode="json") if counts else None,
+        "usage": batch.usage.model_dump(mode="json") if getattr(batch, "usage", None) else None,
+        "errors": errors,
+    }
+
+
+class OpenAIBatchTrigger(BaseTrigger):
+    """
+    Poll a batch with the async client until it ends, then yield one event.
+
+    Every call is awaited on the event loop (no sync HTTP, no threads), so one triggerer can watch
+    thousands of batches. A few consecutive polling errors are tolerated. When ``end_time`` passes,
+    the batch is cancelled (if ``cancel_on_timeout``) and a ``timeout`` event is yielded. When a
+    user kills, fails or clears the deferred task, ``on_kill`` cancels the batch (if ``cancel_on_kill``).
+
+    :param conn_id: The OpenAI connection id.
+    :param batch_id: The batch to watch.
+    :param poll_interval: Seconds between two polls.
+    :param end_time: Epoch seconds after which the wait gives up, or None to wait until the batch ends.
+    :param max_poll_errors: Consecutive polling errors tolerated before an ``error`` event.
+    :param cancel_on_kill: Cancel the batch when the deferred task is killed by a user.
+    :param cancel_on_timeout: Cancel the batch when ``end_time`` passes.
+    """
+
+    def __init__(
+        self,
+        conn_id: str,
+        batch_id: str,
+        poll_interval: float = 60.0,
+        end_time: float | None = None,
+        max_poll_errors: int = 5,
+        cancel_on_kill: bool = True,
+        cancel_on_timeout: bool = True,
+    ) -> None:
+        super().__init__()
+        self.conn_id = conn_id
+        self.batch_id = batch_id
+        self.poll_interval = poll_interval
+        self.end_time = end_time
+        self.max_poll_errors = max_poll_errors
+        self.cancel_on_kill = cancel_on_kill
+        self.cancel_on_timeout = cancel_on_timeout
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        """Serialize the trigger's class path and arguments."""
+        return (
+            f"{type(self).__module__}.{type(self).__qualname__}",
+            {
+                "conn_id": self.conn_id,
+                "batch_id": self.batch_id,
+                "poll_interval": self.poll_interval,
+                "end_time": self.end_time,
+                "max_poll_errors": self.max_poll_errors,
+                "cancel_on_kill": self.cancel_on_kill,
+                "cancel_on_timeout": self.cancel_on_timeout,
+            },
+        )
+
+    def _hook(self) -> OpenAIBatchHook:
+        # Few SDK retries: the poll loop itself tolerates errors and keeps its own cadence.
+        return OpenAIBatchHook(conn_id=self.conn_id, max_retries=1, timeout=60.0)
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        """Poll until the batch ends, the wait times out, or polling keeps failing."""
+        async with await self._hook().async_client() as client:
+            errors = 0
+            while True:
+                try:
+                    batch = await client.batches.retrieve(self.batch_id)
+                    errors = 0
+                except openai.NotFoundError as err:
+                    yield TriggerEvent(self._error_event(f"batch {self.batch_id} not found: {err.message}"))
+                    return
+                except (openai.APIError, openai.APIConnectionError) as err:
+                    errors += 1
+                    self.log.warning(
+                        "Polling batch %s failed (%s of %s tolerated): %s",
+                        self.batch_id,
+                        errors,
+                        self.max_poll_errors,
+                        type(err).__name__,
+                    )
+                    if errors > self.max_poll_errors:
+                        yield TriggerEvent(self._error_event(f"polling failed {errors} times in a row: {err}"))
+                        return
+                else:
+                    self._log_progress(batch)
+                    if batch.status in TERMINAL_STATUSES:
+                        yield TriggerEvent(batch_summary(batch))
+                        return
+                if self.end_time is not None and time.time() >= self.end_time:
+                    yield TriggerEvent(await self._timeout_event(client))
+                    return
+                await asyncio.sleep(self.poll_interval)
+
+    def _log_progress(self, batch: Batch) -> None:
+        counts = batch.request_counts
+        self.log.info(
+            "Batch %s is %s: %s of %s requests done, %s failed",
+            batch.id,
+            batch.status,
+            counts.completed if counts else 0,
+            counts.total if counts else "?",
+            counts.failed if counts else 0,
+        )
+
+    def _error_event(self, message: str) -> dict[str, Any]:
+        return {"batch_id": self.batch_id, "status": "error", "message": message}
+
+    async def _timeout_event(self, client: AsyncOpenAI) -> dict[str, Any]:
+        message = f"batch {self.batch_id} did not finish before the wait's timeout"
+        if self.cancel_on_timeout:
+            await self._cancel(client)
+            message += "; it was cancelled"
+        return {"batch_id": self.batch_id, "status": "timeout", "message": message}
+
+    async def _cancel(self, client: AsyncOpenAI) -> None:
+        try:
+            await client.batches.cancel(self.batch_id)
+            self.log.info("Cancelled batch %s", self.batch_id)
+        except openai.ConflictError:
+            self.log.info("Batch %s had already ended; nothing to cancel", self.batch_id)
+        except (openai.APIError, openai.APIConnectionError) as err:
+            self.log.warning("Could not cancel batch %s: %s", self.batch_id, err)
+
+    async def on_kill(self) -> None:
+        """Cancel the batch when a user kills, fails or clears the deferred task."""
+        if not self.cancel_on_kill:
+            return
+        async with await self._hook().async_client() as client:
+            await asyncio.wait_for(self._cancel(client), timeout=30)
+
+
+class InputFilesTrigger(BaseTrigger):
+    """
+    Wait until files match a pattern and their sizes stop changing, then yield their URLs.
+
+    Listing runs in a worker thread (object-store listings are blocking calls), so the event loop
+    never blocks. Names ending in ``.tmp`` or ``.part`` and dotfiles are never taken.
+
+    :param pattern: A path or glob, local or an object-storage URL.
+    :param poll_interval: Seconds between two listings.
+    :param conn_id: Object-storage connection id, for URLs that need one.
+    """
+
+    def __init__(self, pattern: str, poll_interval: float = 30.0, conn_id: str | None = None) -> None:
+        super().__init__()
+        self.pattern = pattern
+        self.poll_interval = poll_interval
+        self.conn_id = conn_id
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        """Serialize the trigger's class path and arguments."""
+        return (
+            f"{type(self).__module__}.{type(self).__qualname__}",
+            {"pattern": self.pattern, "poll_interval": self.poll_interval, "conn_id": self.conn_id},
+        )
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        """List the pattern until the same non-empty set of files keeps the same sizes twice."""
+        from openai_batch.storage import list_input_files
+
+        previous: dict[str, int] | None = None
+        while True:
+            current = await asyncio.to_thread(list_input_files, self.pattern, self.conn_id)
+            if current and current == previous:
+                yield TriggerEvent({"status": "found", "files": sorted(current)})
+                return
+            if current:
+                self.log.info("Found %s file(s) for %s; waiting for their sizes to settle", len(current), self.pattern)
+            previous = current
+            await asyncio.sleep(self.poll_interval)

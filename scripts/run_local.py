@@ -1,0 +1,194 @@
+"""`make run`: the emulator (or the real API), `airflow standalone`, sample inputs, one triggered run.
+
+Everything binds to 127.0.0.1. Ctrl-C (or SIGTERM) stops every process this started.
+With ``--once`` it waits for the run's manifest, prints it, and shuts down (used by the tests).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def log(message: str) -> None:
+    print(f"[make run] {message}", flush=True)
+
+
+def http(method: str, url: str, body: Any = None, timeout: float = 10.0) -> Any:
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=timeout) as resp:
+        raw = resp.read()
+    return json.loads(raw) if raw else None
+
+
+def wait_until(check: Any, what: str, timeout: float, procs: list[subprocess.Popen[bytes]]) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for proc in procs:
+            if proc.poll() is not None:
+                raise SystemExit(f"{what}: a process exited early with code {proc.returncode}: {proc.args}")
+        try:
+            result = check()
+            if result:
+                return result
+        except (urllib.error.URLError, OSError, ValueError):
+            pass
+        time.sleep(1)
+    raise SystemExit(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def stop(procs: list[subprocess.Popen[bytes]]) -> None:
+    for proc in reversed(procs):
+        if proc.poll() is None:
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+    deadline = time.monotonic() + 30
+    for proc in reversed(procs):
+        try:
+            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--once", action="store_true", help="stop after the first run's results are written")
+    parser.add_argument("--timeout", type=float, default=600, help="seconds to wait for the first results")
+    args = parser.parse_args()
+
+    ui_port = int(os.environ.get("OPENAI_BATCH_UI_PORT", "8080"))
+    emu_port = int(os.environ.get("OPENAI_BATCH_EMULATOR_PORT", "8800"))
+    data = ROOT / "data"
+    inbox, results = data / "inbox", data / "results"
+    home = ROOT / ".airflow"
+    for folder in (inbox, results, home):
+        folder.mkdir(parents=True, exist_ok=True)
+
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
+    env.update(
+        {
+            "AIRFLOW_HOME": str(home),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
+            "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home}/airflow.db",
+            "AIRFLOW__API__HOST": "127.0.0.1",
+            "AIRFLOW__API__PORT": str(ui_port),
+            "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{ui_port}",
+            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{ui_port}/execution/",
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
+            "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
+            "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
+            "AIRFLOW_VAR_OPENAI_BATCH_INBOX": str(inbox),
+            "AIRFLOW_VAR_OPENAI_BATCH_RESULTS": str(results),
+            "AIRFLOW_CONN_FS_DEFAULT": '{"conn_type": "fs", "extra": {"path": "/"}}',
+        }
+    )
+    procs: list[subprocess.Popen[bytes]] = []
+    logs = home / "logs"
+    logs.mkdir(exist_ok=True)
+
+    def spawn(cmd: list[str], name: str) -> subprocess.Popen[bytes]:
+        out = (logs / f"{name}.out").open("ab")
+        proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        procs.append(proc)
+        return proc
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        if os.environ.get("OPENAI_API_KEY"):
+            log("OPENAI_API_KEY is set: using the real OpenAI API (this costs money)")
+            env["AIRFLOW_CONN_OPENAI_DEFAULT"] = json.dumps({"conn_type": "openai"})
+        else:
+            emulator_url = f"http://127.0.0.1:{emu_port}"
+            log(f"starting the Batch API emulator on {emulator_url} (data in data/emulator)")
+            spawn(
+                [sys.executable, "-m", "openai_emulator", "--host", "127.0.0.1", "--port", str(emu_port),
+                 "--data-dir", str(data / "emulator")],
+                "emulator",
+            )
+            wait_until(lambda: http("GET", f"{emulator_url}/_emulator/health"), "the emulator", 60, procs)
+            env["AIRFLOW_CONN_OPENAI_DEFAULT"] = json.dumps(
+                {"conn_type": "openai", "password": "local-emulator-key", "host": f"{emulator_url}/v1"}
+            )
+
+        for sample in sorted((ROOT / "samples").glob("*.jsonl")):
+            target = inbox / sample.name
+            if not target.exists():
+                shutil.copyfile(sample, target)
+                log(f"placed sample input {target.relative_to(ROOT)}")
+
+        log(f"starting airflow standalone on http://127.0.0.1:{ui_port} (logs in .airflow/logs)")
+        spawn(["airflow", "standalone"], "standalone")
+        api = f"http://127.0.0.1:{ui_port}/api/v2"
+        wait_until(
+            lambda: http("GET", f"{api}/monitor/health")["metadatabase"]["status"] == "healthy",
+            "the Airflow API", 240, procs,
+        )
+        wait_until(lambda: http("GET", f"{api}/dags/openai_batch"), "the openai_batch DAG to be parsed", 240, procs)
+        http("PATCH", f"{api}/dags/openai_batch", {"is_paused": False})
+        run = http(
+            "POST",
+            f"{api}/dags/openai_batch/dagRuns",
+            {"logical_date": None, "conf": {"poll_interval": 2}},
+        )
+        run_id = run["dag_run_id"]
+        log(f"triggered run {run_id}")
+        print(
+            "\n"
+            f"  Airflow UI : http://127.0.0.1:{ui_port}/dags/openai_batch\n"
+            "  Login      : none needed (local only: every user is admin, bound to 127.0.0.1)\n"
+            f"  Inputs     : {inbox}\n"
+            f"  Results    : {results}/<date>/<file>/results.jsonl, rejects.jsonl, manifest.json\n"
+            "  Stop       : Ctrl-C\n",
+            flush=True,
+        )
+
+        def finished() -> Any:
+            state = http("GET", f"{api}/dags/openai_batch/dagRuns/{run_id}")["state"]
+            return state if state in ("success", "failed") else None
+
+        state = wait_until(finished, f"run {run_id}", args.timeout, procs)
+        log(f"run {run_id} ended: {state}")
+        for manifest in sorted(results.glob("*/*/manifest.json")):
+            summary = json.loads(manifest.read_text())
+            log(f"{manifest.relative_to(ROOT)}: {json.dumps(summary['counts'])}")
+        if args.once:
+            return 0 if state == "success" else 1
+        log("still running; press Ctrl-C to stop")
+        while all(p.poll() is None for p in procs):
+            time.sleep(1)
+        return 1
+    except KeyboardInterrupt:
+        log("stopping")
+        return 0
+    finally:
+        stop(procs)
+        log("stopped")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,142 @@
+"""End to end: ``dag.test()`` against the emulator over real HTTP."""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+from tests.dags.conftest import get_dag, read_jsonl
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+# The seed script's sample lines: bare request bodies, which the real API would reject unwrapped.
+SEED_LINES = [
+    {"model": "gpt-4-turbo", "messages": [{"role": "system", "content": "你是一个写作助手"}, {"role": "user", "content": "写一首关于春天的诗"}]},
+    {"model": "gpt-4-turbo", "messages": [{"role": "system", "content": "你是一个写作助手"}, {"role": "user", "content": "解释量子力学的基本原理"}]},
+    {"model": "gpt-4-turbo", "messages": [{"role": "system", "content": "你是一个写作助手"}, {"role": "user", "content": "写一段关于人工智能的演讲稿"}]},
+]
+
+
+def full_line(custom_id: str, text: str, model: str = "gpt-4o-mini") -> dict[str, Any]:
+    return {
+        "custom_id": custom_id,
+        "method": "POST",
+        "url": "/v1/chat/completions",
+        "body": {"model": model, "messages": [{"role": "user", "content": text}]},
+    }
+
+
+def write_input(path: Path, lines: list[Any]) -> None:
+    path.write_text("".join((x if isinstance(x, str) else json.dumps(x, ensure_ascii=False)) + "\n" for x in lines))
+
+
+def run_dag(conf: dict[str, Any], **kwargs: Any) -> Any:
+    dag = get_dag()
+    return dag.test(run_conf={"poll_interval": 1, **conf}, **kwargs)
+
+
+def task_states(dag_run: Any) -> dict[str, str]:
+    return {ti.task_id + (f"[{ti.map_index}]" if ti.map_index >= 0 else ""): ti.state for ti in dag_run.get_task_instances()}
+
+
+def result_dir(results: Path) -> Path:
+    manifests = list(results.glob("*/*/manifest.json"))
+    assert len(manifests) == 1, manifests
+    return manifests[0].parent
+
+
+def test_mixed_file_end_to_end(pipeline: dict[str, Any]) -> None:
+    lines: list[Any] = [
+        SEED_LINES[0],
+        full_line("full-1", "hello"),
+        "{this is not json",
+        SEED_LINES[1],
+        full_line("full-2", "bonjour", model="gpt-4o"),
+        "",
+        SEED_LINES[2],
+    ]
+    write_input(pipeline["inbox"] / "sample.jsonl", lines)
+
+    dag_run = run_dag({"input": "sample.jsonl"})
+
+    assert dag_run.state == "success", task_states(dag_run)
+    out = result_dir(pipeline["results"])
+    assert out.name == "sample"
+    results = read_jsonl(out / "results.jsonl")
+    rejects = read_jsonl(out / "rejects.jsonl")
+    manifest = json.loads((out / "manifest.json").read_text())
+
+    # Input order, every valid line once, joined to its response.
+    ids = [r["custom_id"] for r in results]
+    assert ids[1] == "full-1" and ids[3] == "full-2"
+    assert len(ids) == len(set(ids)) == 5
+    assert all(r["status"] == "succeeded" for r in results), results
+    assert all(r["response"]["object"] == "chat.completion" for r in results)
+    assert all(r["batch_id"].startswith("batch_") for r in results)
+    assert "春天" in json.dumps(results[0]["response"], ensure_ascii=False)
+    # Two models -> two shards -> two batches.
+    assert len({r["batch_id"] for r in results}) == 2
+
+    assert rejects == [{"line": 3, "reason": rejects[0]["reason"], "raw": "{this is not json"}]
+    assert "json" in rejects[0]["reason"].lower()
+
+    counts = manifest["counts"]
+    assert counts == {"total": 6, "succeeded": 5, "failed": 0, "expired": 0, "cancelled": 0, "rejected": 1}
+    assert counts["total"] == len(results) + len(rejects)  # conservation
+    assert len(manifest["batches"]) == 2 and {b["status"] for b in manifest["batches"]} == {"completed"}
+    assert manifest["usage"]["input_tokens"] > 0 and manifest["usage"]["output_tokens"] > 0
+    assert manifest["estimated_cost_usd"] is not None and manifest["estimated_cost_usd"] > 0
+    assert len(manifest["input_sha256"]) == 64
+
+
+def test_same_content_is_not_submitted_twice(pipeline: dict[str, Any]) -> None:
+    write_input(pipeline["inbox"] / "again.jsonl", SEED_LINES)
+    assert run_dag({"input": "again.jsonl"}).state == "success"
+    created = pipeline["emulator"].stats()
+    assert run_dag({"input": "again.jsonl"}).state == "success"
+    assert pipeline["emulator"].stats() == created or _batches(pipeline["emulator"]) == _batches_from(created)
+
+
+def _batches(emulator: Any) -> int:
+    return _batches_from(emulator.stats())
+
+
+def _batches_from(stats: dict[str, Any]) -> int:
+    return int(stats.get("batches_created", stats.get("batches", 0)))
+
+
+def test_dry_run_uploads_nothing(pipeline: dict[str, Any]) -> None:
+    write_input(pipeline["inbox"] / "plan.jsonl", [*SEED_LINES, "[1, 2]"])
+    dag_run = run_dag({"input": "plan.jsonl", "dry_run": True})
+    assert dag_run.state == "success", task_states(dag_run)
+    out = next(pipeline["results"].glob("*/plan"))
+    plan = json.loads((out / "plan.json").read_text())
+    assert plan["valid"] == 3 and plan["rejected"] == 1 and len(plan["shards"]) == 1
+    assert plan["estimated_input_tokens"] > 0
+    assert not (out / "results.jsonl").exists()
+    assert _batches(pipeline["emulator"]) == 0
+
+
+def test_scheduled_run_takes_its_date_partition(pipeline: dict[str, Any]) -> None:
+    import pendulum
+
+    day = pipeline["inbox"] / "2024-03-05"
+    day.mkdir()
+    write_input(day / "daily.jsonl", SEED_LINES)
+    write_input(pipeline["inbox"] / "other.jsonl", SEED_LINES)  # not in the partition: not taken
+    dag_run = run_dag({}, logical_date=pendulum.datetime(2024, 3, 5, tz="UTC"))
+    assert dag_run.state == "success", task_states(dag_run)
+    out = pipeline["results"] / "2024-03-05" / "daily"
+    assert len(read_jsonl(out / "results.jsonl")) == 3
+    assert not list(pipeline["results"].glob("*/other"))
+
+
+def test_file_without_valid_line_fails_naming_the_file(pipeline: dict[str, Any]) -> None:
+    write_input(pipeline["inbox"] / "bad.jsonl", ["nope", '{"stream": true}'])
+    dag_run = run_dag({"input": "bad.jsonl"})
+    assert dag_run.state == "failed"
+    states = task_states(dag_run)
+    assert states["prepare[0]"] == "failed"
+    rejects = read_jsonl(next(pipeline["results"].glob("*/bad")) / "rejects.jsonl")
+    assert [r["line"] for r in rejects] == [1, 2]
