@@ -126,7 +126,7 @@ def openai_batch() -> None:
         endpoint="{{ params.endpoint }}",
         model="{{ params.model }}",
         max_requests_per_batch="{{ params.max_requests_per_batch }}",
-        dry_run="{{ params.dry_run }}",
+        plan_only="{{ params.dry_run }}",
         force="{{ params.force }}",
     ).expand(source=files.output)
 

@@ -110,7 +110,9 @@ def main() -> int:
 
     def spawn(cmd: list[str], name: str) -> subprocess.Popen[bytes]:
         out = (logs / f"{name}.out").open("ab")
-        proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            cmd, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
         procs.append(proc)
         return proc
 
@@ -126,8 +128,17 @@ def main() -> int:
             emulator_url = f"http://127.0.0.1:{emu_port}"
             log(f"starting the Batch API emulator on {emulator_url} (data in data/emulator)")
             spawn(
-                [sys.executable, "-m", "openai_emulator", "--host", "127.0.0.1", "--port", str(emu_port),
-                 "--data-dir", str(data / "emulator")],
+                [
+                    sys.executable,
+                    "-m",
+                    "openai_emulator",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(emu_port),
+                    "--data-dir",
+                    str(data / "emulator"),
+                ],
                 "emulator",
             )
             wait_until(lambda: http("GET", f"{emulator_url}/_emulator/health"), "the emulator", 60, procs)
@@ -146,9 +157,13 @@ def main() -> int:
         api = f"http://127.0.0.1:{ui_port}/api/v2"
         wait_until(
             lambda: http("GET", f"{api}/monitor/health")["metadatabase"]["status"] == "healthy",
-            "the Airflow API", 240, procs,
+            "the Airflow API",
+            240,
+            procs,
         )
-        wait_until(lambda: http("GET", f"{api}/dags/openai_batch"), "the openai_batch DAG to be parsed", 240, procs)
+        wait_until(
+            lambda: http("GET", f"{api}/dags/openai_batch"), "the openai_batch DAG to be parsed", 240, procs
+        )
         http("PATCH", f"{api}/dags/openai_batch", {"is_paused": False})
         run = http(
             "POST",

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator, Mapping
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, cast
 
 import openai
 from airflow.providers.openai.hooks.openai import OpenAIHook
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator, Mapping
+
     from openai import AsyncOpenAI
     from openai.types import Batch, FileObject
 
@@ -111,7 +112,7 @@ class OpenAIBatchHook(OpenAIHook):
                     "cancelled",
                     "cancelling",
                 ):
-                    return batch
+                    return cast("Batch", batch)
             if not page.has_more or not page.data:
                 return None
             after = page.data[-1].id

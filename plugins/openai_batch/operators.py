@@ -101,7 +101,9 @@ def submit_round(hook: OpenAIBatchHook, state_dir: ObjectStoragePath, state: Sha
         return existing.id
     if not rnd.input_file_id:
         with (state_dir / rnd.file).open("rb") as fin:
-            uploaded = hook.upload_batch_file(fin, filename=f"{state.identity}-r{rnd.round}a{rnd.attempt}.jsonl")
+            uploaded = hook.upload_batch_file(
+                fin, filename=f"{state.identity}-r{rnd.round}a{rnd.attempt}.jsonl"
+            )
         rnd.input_file_id = uploaded.id
         save_state(state_dir, state)
         hook.log.info("Uploaded %s (%s requests) as %s", rnd.file, rnd.requests, uploaded.id)
@@ -124,7 +126,7 @@ class OpenAIBatchPrepareOperator(BaseOperator):
     :param endpoint: Endpoint for short lines and lines without a url. (templated)
     :param model: When set, overrides the model of every request. (templated)
     :param max_requests_per_batch: At most this many requests per batch (ceiling 50,000). (templated)
-    :param dry_run: Write the plan and the rejects only; upload nothing. (templated)
+    :param plan_only: Write the plan and the rejects only; upload nothing (the ``dry_run`` param). (templated)
     :param force: Process the file again even if its results exist for the same content. (templated)
     :param partition: The partition key; defaults to the run's logical date or run date. (templated)
     """
@@ -135,7 +137,7 @@ class OpenAIBatchPrepareOperator(BaseOperator):
         "endpoint",
         "model",
         "max_requests_per_batch",
-        "dry_run",
+        "plan_only",
         "force",
         "partition",
     )
@@ -148,7 +150,7 @@ class OpenAIBatchPrepareOperator(BaseOperator):
         endpoint: str = "/v1/chat/completions",
         model: str | None = None,
         max_requests_per_batch: int = 50_000,
-        dry_run: bool = False,
+        plan_only: bool = False,
         force: bool = False,
         partition: str | None = None,
         **kwargs: Any,
@@ -159,7 +161,7 @@ class OpenAIBatchPrepareOperator(BaseOperator):
         self.endpoint = endpoint
         self.model = model
         self.max_requests_per_batch = max_requests_per_batch
-        self.dry_run = dry_run
+        self.plan_only = plan_only
         self.force = force
         self.partition = partition
 
@@ -172,12 +174,22 @@ class OpenAIBatchPrepareOperator(BaseOperator):
         src = to_path(self.source)
         out = output_dir(self.results_root, partition, self.source)
         state_dir = out / STATE_DIR
-        base = {"source": self.source, "partition": partition, "out_dir": str(out), "state_dir": str(state_dir)}
+        base = {
+            "source": self.source,
+            "partition": partition,
+            "out_dir": str(out),
+            "state_dir": str(state_dir),
+        }
         manifest = out / MANIFEST_FILE
         if not self.force and manifest.exists():
             digest = sha256_of(src)
             if read_json(manifest).get("input_sha256") == digest:
-                self.log.info("Results for %s (sha256 %s) exist in %s; skipping (set force to redo)", self.source, digest, out)
+                self.log.info(
+                    "Results for %s (sha256 %s) exist in %s; skipping (set force to redo)",
+                    self.source,
+                    digest,
+                    out,
+                )
                 return {**base, "input_sha256": digest, "skipped": True, "dry_run": False, "shards": []}
         limits = BatchLimits(
             max_requests=max(1, min(int(self.max_requests_per_batch), DEFAULT_LIMITS.max_requests)),
@@ -238,10 +250,10 @@ class OpenAIBatchPrepareOperator(BaseOperator):
             "estimated_cost_usd": result.estimated_cost_usd,
             "shards": shards,
             "skipped": False,
-            "dry_run": bool(self.dry_run),
+            "dry_run": bool(self.plan_only),
         }
         write_json(state_dir / PLAN_FILE, plan)
-        if self.dry_run:
+        if self.plan_only:
             write_json(out / PLAN_FILE, plan)
             copy_file(state_dir / REJECTS_FILE, out / REJECTS_FILE)
             self.log.info("Dry run: plan written to %s; nothing uploaded", out / PLAN_FILE)
@@ -297,8 +309,14 @@ class OpenAIBatchWriteResultsOperator(BaseOperator):
 
         plan = self.plan
         if plan.get("skipped") or plan.get("dry_run"):
-            self.log.info("%s: nothing to write (%s)", plan["source"], "skipped" if plan.get("skipped") else "dry run")
-            return {"input": plan["source"], "skipped": bool(plan.get("skipped")), "dry_run": bool(plan.get("dry_run"))}
+            self.log.info(
+                "%s: nothing to write (%s)", plan["source"], "skipped" if plan.get("skipped") else "dry run"
+            )
+            return {
+                "input": plan["source"],
+                "skipped": bool(plan.get("skipped")),
+                "dry_run": bool(plan.get("dry_run")),
+            }
         out = to_path(plan["out_dir"])
         state_dir = to_path(plan["state_dir"])
         states = [load_state(state_dir, shard) for shard in plan["shards"]]

@@ -17,11 +17,11 @@ if TYPE_CHECKING:
     from airflow.sdk import ObjectStoragePath
 
     from openai_batch.hooks import OpenAIBatchHook
-    from openai_batch.results import ResultCounts, ResultStore
+    from openai_batch.results import ResultCounts, ResultStatus, ResultStore
     from openai_batch.state import Round, ShardState
 
 #: How a request with no line in any file of its batch ended, by the batch's final status.
-_MISSING_STATUS = {"expired": "expired", "cancelled": "cancelled"}
+_MISSING_STATUS: dict[str, ResultStatus] = {"expired": "expired", "cancelled": "cancelled"}
 
 
 def round_files(state_dir: ObjectStoragePath, rnd: Round) -> list[ObjectStoragePath]:
@@ -80,7 +80,9 @@ def _custom_ids(path: ObjectStoragePath) -> list[str]:
     return [json.loads(line)["custom_id"] for line in iter_lines(path) if line.strip()]
 
 
-def merge_shards(state_dir: ObjectStoragePath, states: list[ShardState], dest: ObjectStoragePath) -> ResultCounts:
+def merge_shards(
+    state_dir: ObjectStoragePath, states: list[ShardState], dest: ObjectStoragePath
+) -> ResultCounts:
     """
     Write ``results.jsonl`` in input order from every round of every shard; return the counts.
 

@@ -185,13 +185,19 @@ class OpenAIBatchSensor(BaseSensorOperator):
         if rnd.status == "failed":
             for err in rnd.errors:
                 self.log.error(
-                    "Batch %s: line %s: %s (%s)", rnd.batch_id, err.get("line"), err.get("message"), err.get("code")
+                    "Batch %s: line %s: %s (%s)",
+                    rnd.batch_id,
+                    err.get("line"),
+                    err.get("message"),
+                    err.get("code"),
                 )
             if any(e.get("code") == TOKEN_LIMIT_CODE for e in rnd.errors):
                 if rnd.attempt < self.max_token_limit_retries:
                     save_state(state_dir, state)
                     return self._wait_for_token_budget(rnd.attempt)
-                self.log.error("Batch %s hit the enqueued-token limit %s times; giving up", rnd.batch_id, rnd.attempt + 1)
+                self.log.error(
+                    "Batch %s hit the enqueued-token limit %s times; giving up", rnd.batch_id, rnd.attempt + 1
+                )
         else:
             download_round(self.hook, state_dir, rnd)
         rnd.collected = True
@@ -214,7 +220,9 @@ class OpenAIBatchSensor(BaseSensorOperator):
         state = load_state(state_dir, self.shard)
         old = state.current
         if old.status == "failed" and not old.collected:
-            state.rounds.append(Round(round=old.round, file=old.file, requests=old.requests, attempt=old.attempt + 1))
+            state.rounds.append(
+                Round(round=old.round, file=old.file, requests=old.requests, attempt=old.attempt + 1)
+            )
             save_state(state_dir, state)
         submit_round(self.hook, state_dir, state, self.shard["source"])
         self._defer(state)
@@ -230,7 +238,12 @@ class OpenAIBatchSensor(BaseSensorOperator):
             name = f"shard-{state.index:05d}.round{rnd.round + 1}.jsonl"
             count = write_retry_file(state_dir, rnd, name)
             if count:
-                self.log.info("Resubmitting %s unfinished request(s) of batch %s as round %s", count, rnd.batch_id, rnd.round + 1)
+                self.log.info(
+                    "Resubmitting %s unfinished request(s) of batch %s as round %s",
+                    count,
+                    rnd.batch_id,
+                    rnd.round + 1,
+                )
                 state.rounds.append(Round(round=rnd.round + 1, file=name, requests=count))
                 save_state(state_dir, state)
                 submit_round(self.hook, state_dir, state, self.shard["source"])
@@ -238,6 +251,7 @@ class OpenAIBatchSensor(BaseSensorOperator):
         return {
             **self.shard,
             "rounds": [
-                {"round": r.round, "batch_id": r.batch_id, "status": r.status, "requests": r.requests} for r in state.rounds
+                {"round": r.round, "batch_id": r.batch_id, "status": r.status, "requests": r.requests}
+                for r in state.rounds
             ],
         }

@@ -78,7 +78,11 @@ def list_input_files(pattern: str, conn_id: str | None = None) -> dict[str, int]
         matches = list(base.glob("/".join(parts[cut:])))
     for match in matches:
         if match.is_file() and not _UNFINISHED.search(match.name):
-            url = f"{scheme}://{match.path}" if not str(match.path).startswith(f"{scheme}://") else str(match.path)
+            url = (
+                f"{scheme}://{match.path}"
+                if not str(match.path).startswith(f"{scheme}://")
+                else str(match.path)
+            )
             found[url] = int(match.stat()["size"] if isinstance(match.stat(), dict) else match.stat().st_size)
     return found
 

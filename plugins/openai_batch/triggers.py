@@ -28,7 +28,7 @@ def batch_summary(batch: Batch) -> dict[str, Any]:
         "output_file_id": batch.output_file_id,
         "error_file_id": batch.error_file_id,
         "request_counts": counts.model_dump(mode="json") if counts else None,
-        "usage": batch.usage.model_dump(mode="json") if getattr(batch, "usage", None) else None,
+        "usage": batch.usage.model_dump(mode="json") if batch.usage is not None else None,
         "errors": errors,
     }
 
@@ -110,7 +110,9 @@ class OpenAIBatchTrigger(BaseTrigger):
                         type(err).__name__,
                     )
                     if errors > self.max_poll_errors:
-                        yield TriggerEvent(self._error_event(f"polling failed {errors} times in a row: {err}"))
+                        yield TriggerEvent(
+                            self._error_event(f"polling failed {errors} times in a row: {err}")
+                        )
                         return
                 else:
                     self._log_progress(batch)
@@ -196,6 +198,8 @@ class InputFilesTrigger(BaseTrigger):
                 yield TriggerEvent({"status": "found", "files": sorted(current)})
                 return
             if current:
-                self.log.info("Found %s file(s) for %s; waiting for their sizes to settle", len(current), self.pattern)
+                self.log.info(
+                    "Found %s file(s) for %s; waiting for their sizes to settle", len(current), self.pattern
+                )
             previous = current
             await asyncio.sleep(self.poll_interval)

@@ -40,7 +40,9 @@ def emulator(tmp_path: Path) -> Iterator[Any]:
 
 
 @pytest.fixture
-def pipeline(tmp_path: Path, emulator: Any, monkeypatch: pytest.MonkeyPatch, airflow_db: None) -> dict[str, Any]:
+def pipeline(
+    tmp_path: Path, emulator: Any, monkeypatch: pytest.MonkeyPatch, airflow_db: None
+) -> dict[str, Any]:
     """Point the DAG at the emulator and at a fresh inbox and results root."""
     inbox, results = tmp_path / "inbox", tmp_path / "results"
     inbox.mkdir()

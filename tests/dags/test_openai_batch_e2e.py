@@ -12,9 +12,27 @@ if TYPE_CHECKING:
 
 # The seed script's sample lines: bare request bodies, which the real API would reject unwrapped.
 SEED_LINES = [
-    {"model": "gpt-4-turbo", "messages": [{"role": "system", "content": "你是一个写作助手"}, {"role": "user", "content": "写一首关于春天的诗"}]},
-    {"model": "gpt-4-turbo", "messages": [{"role": "system", "content": "你是一个写作助手"}, {"role": "user", "content": "解释量子力学的基本原理"}]},
-    {"model": "gpt-4-turbo", "messages": [{"role": "system", "content": "你是一个写作助手"}, {"role": "user", "content": "写一段关于人工智能的演讲稿"}]},
+    {
+        "model": "gpt-4-turbo",
+        "messages": [
+            {"role": "system", "content": "你是一个写作助手"},
+            {"role": "user", "content": "写一首关于春天的诗"},
+        ],
+    },
+    {
+        "model": "gpt-4-turbo",
+        "messages": [
+            {"role": "system", "content": "你是一个写作助手"},
+            {"role": "user", "content": "解释量子力学的基本原理"},
+        ],
+    },
+    {
+        "model": "gpt-4-turbo",
+        "messages": [
+            {"role": "system", "content": "你是一个写作助手"},
+            {"role": "user", "content": "写一段关于人工智能的演讲稿"},
+        ],
+    },
 ]
 
 
@@ -28,7 +46,9 @@ def full_line(custom_id: str, text: str, model: str = "gpt-4o-mini") -> dict[str
 
 
 def write_input(path: Path, lines: list[Any]) -> None:
-    path.write_text("".join((x if isinstance(x, str) else json.dumps(x, ensure_ascii=False)) + "\n" for x in lines))
+    path.write_text(
+        "".join((x if isinstance(x, str) else json.dumps(x, ensure_ascii=False)) + "\n" for x in lines)
+    )
 
 
 def run_dag(conf: dict[str, Any], **kwargs: Any) -> Any:
@@ -37,7 +57,10 @@ def run_dag(conf: dict[str, Any], **kwargs: Any) -> Any:
 
 
 def task_states(dag_run: Any) -> dict[str, str]:
-    return {ti.task_id + (f"[{ti.map_index}]" if ti.map_index >= 0 else ""): ti.state for ti in dag_run.get_task_instances()}
+    return {
+        ti.task_id + (f"[{ti.map_index}]" if ti.map_index >= 0 else ""): ti.state
+        for ti in dag_run.get_task_instances()
+    }
 
 
 def result_dir(results: Path) -> Path:
@@ -69,7 +92,8 @@ def test_mixed_file_end_to_end(pipeline: dict[str, Any]) -> None:
 
     # Input order, every valid line once, joined to its response.
     ids = [r["custom_id"] for r in results]
-    assert ids[1] == "full-1" and ids[3] == "full-2"
+    assert ids[1] == "full-1"
+    assert ids[3] == "full-2"
     assert len(ids) == len(set(ids)) == 5
     assert all(r["status"] == "succeeded" for r in results), results
     assert all(r["response"]["object"] == "chat.completion" for r in results)
@@ -84,9 +108,12 @@ def test_mixed_file_end_to_end(pipeline: dict[str, Any]) -> None:
     counts = manifest["counts"]
     assert counts == {"total": 6, "succeeded": 5, "failed": 0, "expired": 0, "cancelled": 0, "rejected": 1}
     assert counts["total"] == len(results) + len(rejects)  # conservation
-    assert len(manifest["batches"]) == 2 and {b["status"] for b in manifest["batches"]} == {"completed"}
-    assert manifest["usage"]["input_tokens"] > 0 and manifest["usage"]["output_tokens"] > 0
-    assert manifest["estimated_cost_usd"] is not None and manifest["estimated_cost_usd"] > 0
+    assert len(manifest["batches"]) == 2
+    assert {b["status"] for b in manifest["batches"]} == {"completed"}
+    assert manifest["usage"]["input_tokens"] > 0
+    assert manifest["usage"]["output_tokens"] > 0
+    assert manifest["estimated_cost_usd"] is not None
+    assert manifest["estimated_cost_usd"] > 0
     assert len(manifest["input_sha256"]) == 64
 
 
@@ -112,7 +139,9 @@ def test_dry_run_uploads_nothing(pipeline: dict[str, Any]) -> None:
     assert dag_run.state == "success", task_states(dag_run)
     out = next(pipeline["results"].glob("*/plan"))
     plan = json.loads((out / "plan.json").read_text())
-    assert plan["valid"] == 3 and plan["rejected"] == 1 and len(plan["shards"]) == 1
+    assert plan["valid"] == 3
+    assert plan["rejected"] == 1
+    assert len(plan["shards"]) == 1
     assert plan["estimated_input_tokens"] > 0
     assert not (out / "results.jsonl").exists()
     assert _batches(pipeline["emulator"]) == 0

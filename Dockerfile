@@ -1,0 +1,6 @@
+# Image for every Airflow component and the emulator: Airflow 3.3 plus this project's pinned requirements.
+FROM apache/airflow:3.3.2-python3.11
+COPY requirements.txt constraints.txt /opt/openai-batch/
+RUN pip install --no-cache-dir -r /opt/openai-batch/requirements.txt -c /opt/openai-batch/constraints.txt
+COPY --chown=airflow:root openai_emulator /opt/openai-batch/openai_emulator
+ENV PYTHONPATH=/opt/openai-batch
