@@ -168,7 +168,8 @@ class OpenAIBatchPrepareOperator(BaseOperator):
     def execute(self, context: Context) -> dict[str, Any]:
         """Prepare the file and return its plan."""
         from openai_batch.limits import DEFAULT_LIMITS, BatchLimits
-        from openai_batch.prepare import NoValidRequestsError, prepare_requests
+        from openai_batch.prepare import NoValidRequestsError, default_id_prefix, prepare_requests
+        from openai_batch.state import shard_identity
 
         partition = self.partition or run_partition(context)
         src = to_path(self.source)
@@ -210,6 +211,8 @@ class OpenAIBatchPrepareOperator(BaseOperator):
                         endpoint=self.endpoint,
                         model=self.model or None,
                         limits=limits,
+                        # Ids from the file name, not its folder: the same file re-attaches anywhere.
+                        id_prefix=default_id_prefix(self.source.rstrip("/").rsplit("/", 1)[-1]),
                     )
             except NoValidRequestsError as err:
                 copy_file(work / REJECTS_FILE, out / REJECTS_FILE)
@@ -232,7 +235,7 @@ class OpenAIBatchPrepareOperator(BaseOperator):
             {
                 **base,
                 "index": s.index,
-                "identity": f"{result.input_sha256[:40]}-{s.index:05d}{salt}",
+                "identity": shard_identity(result.input_sha256, s.sha256, s.index, salt),
                 "file": Path(s.path).name,
                 "endpoint": s.endpoint,
                 "model": s.model,

@@ -17,9 +17,14 @@ META_ATTEMPT = "openai_batch_attempt"
 META_SOURCE = "openai_batch_source"
 
 
-def shard_identity(input_sha256: str, shard_index: int) -> str:
-    """Return the identity of one shard of one input content: content hash plus shard index."""
-    return f"{input_sha256[:40]}-{shard_index:05d}"
+def shard_identity(input_sha256: str, shard_sha256: str, shard_index: int, salt: str = "") -> str:
+    """
+    Return the identity of one shard: input content hash, shard content hash and shard index.
+
+    The shard hash covers the custom_ids too, so a re-attached batch always answers the same ids.
+    ``salt`` (set by ``force``) makes a deliberate re-run a new identity.
+    """
+    return f"{input_sha256[:32]}-{shard_sha256[:16]}-{shard_index:05d}{salt}"
 
 
 def batch_metadata(identity: str, round_no: int, attempt: int, source: str) -> dict[str, str]:
