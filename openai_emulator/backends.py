@@ -1,0 +1,302 @@
+"""Backends that answer the requests inside a batch: a deterministic echo and a proxy to a real server."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import math
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+import httpx
+
+from openai_emulator.validation import estimate_tokens
+
+if TYPE_CHECKING:
+    from openai_emulator.settings import EmulatorSettings
+
+RETRYABLE_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504})
+
+
+@dataclass
+class BackendResult:
+    """The upstream answer to one request line."""
+
+    status_code: int
+    body: dict[str, Any]
+    request_id: str
+
+
+class Backend(Protocol):
+    """Answers the bodies of batch requests."""
+
+    async def handle_many(self, endpoint: str, bodies: list[dict[str, Any]]) -> list[BackendResult]:
+        """Answer every body, in order."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release resources."""
+        ...
+
+
+def _digest(*parts: str) -> str:
+    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()
+
+
+def _text_of(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        texts = [part.get("text", "") for part in content if isinstance(part, dict)]
+        return " ".join(t for t in texts if isinstance(t, str))
+    return ""
+
+
+def _last_user_text(messages: Any) -> str:
+    if isinstance(messages, str):
+        return messages
+    if not isinstance(messages, list):
+        return ""
+    for message in reversed(messages):
+        if isinstance(message, dict) and message.get("role") == "user":
+            return _text_of(message.get("content"))
+    return ""
+
+
+def _inputs(value: Any) -> list[Any]:
+    """Split an embeddings/moderations ``input`` into its items."""
+    if isinstance(value, list) and value and not all(isinstance(v, int) for v in value):
+        return value
+    return [value]
+
+
+def _vector(item: Any, dimensions: int) -> list[float]:
+    seed = hashlib.sha256(json.dumps(item, sort_keys=True).encode()).digest()
+    while len(seed) < dimensions:
+        seed += hashlib.sha256(seed).digest()
+    raw = [(b - 127.5) / 127.5 for b in seed[:dimensions]]
+    norm = math.sqrt(sum(v * v for v in raw)) or 1.0
+    return [round(v / norm, 6) for v in raw]
+
+
+class EchoBackend:
+    """Deterministic answers derived from the request, with plausible token usage and no network.
+
+    :param embedding_dimensions: length of embedding vectors.
+    """
+
+    def __init__(self, embedding_dimensions: int = 8) -> None:
+        self.embedding_dimensions = embedding_dimensions
+
+    async def handle_many(self, endpoint: str, bodies: list[dict[str, Any]]) -> list[BackendResult]:
+        """Answer every body, in order."""
+        return [self.handle(endpoint, body) for body in bodies]
+
+    async def aclose(self) -> None:
+        """Release resources (none)."""
+
+    def handle(self, endpoint: str, body: dict[str, Any]) -> BackendResult:
+        """Answer one request body."""
+        key = _digest(endpoint, json.dumps(body, sort_keys=True, default=str))
+        created = int(time.time())
+        model = str(body.get("model") or "omni-moderation-latest")
+        request_id = "req_" + key[:32]
+        if endpoint == "/v1/chat/completions":
+            payload = self._chat(key, created, model, body)
+        elif endpoint == "/v1/completions":
+            payload = self._completion(key, created, model, body)
+        elif endpoint == "/v1/embeddings":
+            payload = self._embeddings(model, body)
+        elif endpoint == "/v1/moderations":
+            payload = self._moderations(key, model, body)
+        elif endpoint == "/v1/responses":
+            payload = self._responses(key, created, model, body)
+        else:
+            error = {"message": f"Unsupported endpoint {endpoint}", "type": "invalid_request_error"}
+            return BackendResult(404, {"error": {**error, "param": None, "code": None}}, request_id)
+        return BackendResult(200, payload, request_id)
+
+    @staticmethod
+    def _chat(key: str, created: int, model: str, body: dict[str, Any]) -> dict[str, Any]:
+        text = _last_user_text(body.get("messages"))
+        answer = f"Echo: {text}"
+        prompt_tokens = estimate_tokens(len(json.dumps(body.get("messages"))))
+        completion_tokens = estimate_tokens(len(answer))
+        return {
+            "id": "chatcmpl-" + key[:24],
+            "object": "chat.completion",
+            "created": created,
+            "model": model,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": answer, "refusal": None},
+                    "logprobs": None,
+                    "finish_reason": "stop",
+                }
+            ],
+            "usage": {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens,
+                "prompt_tokens_details": {"cached_tokens": 0},
+                "completion_tokens_details": {"reasoning_tokens": 0},
+            },
+            "system_fingerprint": "fp_emulator",
+        }
+
+    @staticmethod
+    def _completion(key: str, created: int, model: str, body: dict[str, Any]) -> dict[str, Any]:
+        prompt = body.get("prompt")
+        prompt_text = prompt if isinstance(prompt, str) else json.dumps(prompt)
+        answer = f"Echo: {prompt_text}"
+        prompt_tokens = estimate_tokens(len(prompt_text))
+        completion_tokens = estimate_tokens(len(answer))
+        return {
+            "id": "cmpl-" + key[:24],
+            "object": "text_completion",
+            "created": created,
+            "model": model,
+            "choices": [{"index": 0, "text": answer, "logprobs": None, "finish_reason": "stop"}],
+            "usage": {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens,
+            },
+        }
+
+    def _embeddings(self, model: str, body: dict[str, Any]) -> dict[str, Any]:
+        items = _inputs(body.get("input"))
+        prompt_tokens = sum(estimate_tokens(len(json.dumps(item))) for item in items)
+        return {
+            "object": "list",
+            "data": [
+                {"object": "embedding", "index": i, "embedding": _vector(item, self.embedding_dimensions)}
+                for i, item in enumerate(items)
+            ],
+            "model": model,
+            "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
+        }
+
+    @staticmethod
+    def _moderations(key: str, model: str, body: dict[str, Any]) -> dict[str, Any]:
+        categories = ("harassment", "hate", "self-harm", "sexual", "violence")
+        results = [
+            {
+                "flagged": False,
+                "categories": dict.fromkeys(categories, False),
+                "category_scores": dict.fromkeys(categories, 0.0001),
+            }
+            for _ in _inputs(body.get("input"))
+        ]
+        return {"id": "modr-" + key[:24], "model": model, "results": results}
+
+    @staticmethod
+    def _responses(key: str, created: int, model: str, body: dict[str, Any]) -> dict[str, Any]:
+        text = _last_user_text(body.get("input"))
+        answer = f"Echo: {text}"
+        input_tokens = estimate_tokens(len(json.dumps(body.get("input"))))
+        output_tokens = estimate_tokens(len(answer))
+        return {
+            "id": "resp_" + key[:24],
+            "object": "response",
+            "created_at": created,
+            "status": "completed",
+            "model": model,
+            "output": [
+                {
+                    "type": "message",
+                    "id": "msg_" + key[24:48],
+                    "status": "completed",
+                    "role": "assistant",
+                    "content": [{"type": "output_text", "text": answer, "annotations": []}],
+                }
+            ],
+            "usage": {
+                "input_tokens": input_tokens,
+                "input_tokens_details": {"cached_tokens": 0},
+                "output_tokens": output_tokens,
+                "output_tokens_details": {"reasoning_tokens": 0},
+                "total_tokens": input_tokens + output_tokens,
+            },
+        }
+
+
+class ProxyBackend:
+    """Send each request body to an OpenAI-compatible server, with bounded concurrency and retries.
+
+    :param base_url: upstream base URL including ``/v1``, e.g. ``http://127.0.0.1:11434/v1``.
+    :param api_key: bearer key sent upstream.
+    :param concurrency: most requests in flight at once.
+    :param retries: retries on 429, 5xx and connection errors.
+    :param timeout: seconds per upstream request.
+    """
+
+    def __init__(
+        self, base_url: str, api_key: str | None, concurrency: int, retries: int, timeout: float = 600.0
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.retries = retries
+        self._semaphore = asyncio.Semaphore(max(1, concurrency))
+        headers = {"Authorization": f"Bearer {api_key or 'emulator'}"}
+        self._client = httpx.AsyncClient(headers=headers, timeout=timeout)
+
+    async def aclose(self) -> None:
+        """Close the HTTP client."""
+        await self._client.aclose()
+
+    async def handle_many(self, endpoint: str, bodies: list[dict[str, Any]]) -> list[BackendResult]:
+        """Answer every body, in order, running up to ``concurrency`` at a time."""
+        return list(await asyncio.gather(*(self.handle(endpoint, body) for body in bodies)))
+
+    def url_for(self, endpoint: str) -> str:
+        """Return the upstream URL of a batch endpoint such as ``/v1/chat/completions``."""
+        path = endpoint.removeprefix("/v1")
+        return self.base_url + path
+
+    async def handle(self, endpoint: str, body: dict[str, Any]) -> BackendResult:
+        """Send one body upstream and return the final answer after retries."""
+        url = self.url_for(endpoint)
+        attempt = 0
+        async with self._semaphore:
+            while True:
+                try:
+                    response = await self._client.post(url, json=body)
+                except httpx.HTTPError as exc:
+                    if attempt < self.retries:
+                        attempt += 1
+                        await asyncio.sleep(min(2.0, 0.05 * 2**attempt))
+                        continue
+                    error = {"message": f"Upstream connection failed: {exc}", "type": "server_error"}
+                    return BackendResult(502, {"error": {**error, "param": None, "code": None}}, "")
+                if response.status_code in RETRYABLE_STATUS and attempt < self.retries:
+                    attempt += 1
+                    await asyncio.sleep(min(2.0, 0.05 * 2**attempt))
+                    continue
+                request_id = response.headers.get("x-request-id", "")
+                try:
+                    payload = response.json()
+                except ValueError:
+                    payload = {"error": {"message": response.text[:1000], "type": "server_error"}}
+                if not isinstance(payload, dict):
+                    payload = {"data": payload}
+                return BackendResult(response.status_code, payload, request_id)
+
+
+def make_backend(settings: EmulatorSettings) -> Backend:
+    """Return the backend the settings ask for."""
+    if settings.backend == "echo":
+        return EchoBackend(settings.embedding_dimensions)
+    if settings.backend == "proxy":
+        if not settings.upstream_base_url:
+            raise ValueError("--backend proxy needs --upstream-base-url")
+        return ProxyBackend(
+            settings.upstream_base_url,
+            settings.upstream_api_key,
+            settings.proxy_concurrency,
+            settings.proxy_retries,
+            settings.proxy_timeout,
+        )
+    raise ValueError(f"Unknown backend {settings.backend!r}; use 'echo' or 'proxy'")

@@ -1,0 +1,134 @@
+"""The ASGI app: routes, authentication, fault injection and the batch worker."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fnmatch
+import re
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from openai_emulator.backends import make_backend
+from openai_emulator.errors import APIError, error_envelope, error_type_for
+from openai_emulator.routes import control, v1
+from openai_emulator.state import EmulatorState
+from openai_emulator.worker import BatchWorker
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Awaitable, Callable
+
+    from starlette.responses import Response
+
+    from openai_emulator.settings import EmulatorSettings
+
+_ROUTE_KEYS = (
+    (re.compile(r"^/v1/files/[^/]+/content$"), "/v1/files/{file_id}/content"),
+    (re.compile(r"^/v1/files/[^/]+$"), "/v1/files/{file_id}"),
+    (re.compile(r"^/v1/batches/[^/]+/cancel$"), "/v1/batches/{batch_id}/cancel"),
+    (re.compile(r"^/v1/batches/[^/]+$"), "/v1/batches/{batch_id}"),
+    (re.compile(r"^/v1/models/.+$"), "/v1/models/{model}"),
+)
+
+
+def route_key(method: str, path: str) -> str:
+    """Return ``METHOD /path/{template}`` for counting API calls per route."""
+    for pattern, template in _ROUTE_KEYS:
+        if pattern.match(path):
+            return f"{method} {template}"
+    return f"{method} {path}"
+
+
+def _matches(patterns: list[str], method: str, path: str) -> bool:
+    if not patterns:
+        return True
+    candidates = (f"{method} {path}", path, route_key(method, path))
+    return any(fnmatch.fnmatchcase(c, p) for p in patterns for c in candidates)
+
+
+def _error_response(error: APIError) -> JSONResponse:
+    return JSONResponse(error.envelope(), status_code=error.status_code, headers=error.headers)
+
+
+def create_app(settings: EmulatorSettings) -> FastAPI:
+    """Build the emulator app for the given settings."""
+    state = EmulatorState(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        backend = make_backend(settings)
+        worker = BatchWorker(state, backend)
+        task = asyncio.create_task(worker.run())
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            await backend.aclose()
+            state.store.close()
+
+    app = FastAPI(
+        title="OpenAI Batch API emulator", lifespan=lifespan, docs_url="/_emulator/docs", redoc_url=None
+    )
+    app.state.emulator = state
+    app.include_router(v1)
+    app.include_router(control)
+
+    @app.exception_handler(APIError)
+    async def api_error(request: Request, exc: APIError) -> JSONResponse:
+        return _error_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return _error_response(
+            APIError(400, str(exc.errors()), "invalid_request_error", None, "invalid_request")
+        )
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        message = "Unknown request URL" if exc.status_code == 404 else str(exc.detail)
+        envelope = error_envelope(
+            f"{message}: {request.method} {request.url.path}", "invalid_request_error", None, None
+        )
+        return JSONResponse(envelope, status_code=exc.status_code)
+
+    @app.middleware("http")
+    async def api_gate(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        path = request.url.path
+        if not path.startswith("/v1/") and path != "/v1":
+            return await call_next(request)
+        method = request.method
+        state.stats.route(route_key(method, path))
+        auth = request.headers.get("authorization", "")
+        key = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
+        if not key or (settings.api_key is not None and key != settings.api_key):
+            state.stats.incr("unauthorized")
+            message = "Incorrect API key provided." if key else "You didn't provide an API key."
+            return _error_response(APIError(401, message, "invalid_request_error", None, "invalid_api_key"))
+        faults = state.faults
+        if faults.latency_ms > 0 and _matches(faults.latency_routes, method, path):
+            await asyncio.sleep(faults.latency_ms / 1000)
+        # Injected errors answer before the route runs, so a failed call has no effect and is safe to retry.
+        if faults.error_rate > 0 and _matches(faults.error_routes, method, path):
+            if state.rng.random() < faults.error_rate:
+                code = state.rng.choice(faults.error_codes)
+                state.stats.incr("injected_errors")
+                headers = (
+                    {"retry-after-ms": str(faults.retry_after_ms)}
+                    if faults.retry_after_ms is not None
+                    else {}
+                )
+                error_code = "rate_limit_exceeded" if code == 429 else None
+                message = f"Injected fault: HTTP {code} for {method} {path}."
+                return _error_response(
+                    APIError(code, message, error_type_for(code), None, error_code, headers)
+                )
+        return await call_next(request)
+
+    return app

@@ -1,0 +1,220 @@
+"""Server settings and fault-injection configuration, shared by the CLI, the app and the test helpers."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+DEFAULT_MODELS = (
+    "gpt-4o-mini",
+    "gpt-4o",
+    "gpt-4.1-mini",
+    "text-embedding-3-small",
+    "text-embedding-3-large",
+    "omni-moderation-latest",
+)
+
+
+def _int_list(text: str) -> list[int]:
+    return [int(part) for part in text.split(",") if part.strip()]
+
+
+def _str_list(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _opt(help_text: str, parse: Any = None, **kwargs: Any) -> Any:
+    """Declare a dataclass field together with its command-line help text and parser."""
+    metadata = {"help": help_text, "parse": parse}
+    return field(metadata=metadata, **kwargs)
+
+
+@dataclass
+class FaultConfig:
+    """Faults the server injects; changed at run time through ``PUT /_emulator/faults``."""
+
+    error_rate: float = _opt(
+        "Fraction (0..1) of /v1 API calls answered with an injected HTTP error.", float, default=0.0
+    )
+    error_codes: list[int] = _opt(
+        "HTTP status codes used for injected errors, comma separated.",
+        _int_list,
+        default_factory=lambda: [429, 500],
+    )
+    error_routes: list[str] = _opt(
+        "Route patterns (fnmatch, against 'METHOD /path' or '/path') that get injected errors; "
+        "empty means every /v1 route.",
+        _str_list,
+        default_factory=list,
+    )
+    retry_after_ms: int | None = _opt(
+        "If set, injected errors carry a 'retry-after-ms' header with this value.", int, default=None
+    )
+    latency_ms: float = _opt("Latency in milliseconds added to /v1 API calls.", float, default=0.0)
+    latency_routes: list[str] = _opt(
+        "Route patterns that get the added latency; empty means every /v1 route.",
+        _str_list,
+        default_factory=list,
+    )
+    request_failure_rate: float = _opt(
+        "Fraction (0..1) of batch requests that fail inside the batch (written to the error file).",
+        float,
+        default=0.0,
+    )
+    request_failure_codes: list[int] = _opt(
+        "Status codes of injected per-request failures, comma separated.",
+        _int_list,
+        default_factory=lambda: [500, 429],
+    )
+    expire_after_requests: int | None = _opt(
+        "Batches created from now on expire after processing this many requests.", int, default=None
+    )
+    expire_fraction: float | None = _opt(
+        "Batches created from now on expire after processing this fraction (0..1) of their requests.",
+        float,
+        default=None,
+    )
+    token_limit: int | None = _opt(
+        "Cap on enqueued input tokens across in-progress batches; a batch that would exceed it "
+        "fails with token_limit_exceeded.",
+        int,
+        default=None,
+    )
+    seed: int = _opt("Seed of the random generator that decides injected faults.", int, default=0)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the configuration as a JSON-ready dict."""
+        return dataclasses.asdict(self)
+
+    def updated(self, changes: dict[str, Any]) -> FaultConfig:
+        """Return a copy with ``changes`` applied; raise ``ValueError`` on unknown or invalid fields."""
+        names = {f.name for f in dataclasses.fields(self)}
+        unknown = sorted(set(changes) - names)
+        if unknown:
+            raise ValueError(f"Unknown fault fields: {', '.join(unknown)}")
+        merged = {**self.to_dict(), **changes}
+        new = FaultConfig(**merged)
+        new.check()
+        return new
+
+    def check(self) -> None:
+        """Raise ``ValueError`` when a field is out of range."""
+        for name in ("error_rate", "request_failure_rate"):
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or not 0.0 <= float(value) <= 1.0:
+                raise ValueError(f"{name} must be a number between 0 and 1")
+        if self.expire_fraction is not None and not 0.0 <= float(self.expire_fraction) <= 1.0:
+            raise ValueError("expire_fraction must be between 0 and 1")
+        for name in ("error_codes", "request_failure_codes"):
+            codes = getattr(self, name)
+            if not isinstance(codes, list) or not codes or not all(isinstance(c, int) for c in codes):
+                raise ValueError(f"{name} must be a non-empty list of integers")
+        for name in ("error_routes", "latency_routes"):
+            routes = getattr(self, name)
+            if not isinstance(routes, list) or not all(isinstance(r, str) for r in routes):
+                raise ValueError(f"{name} must be a list of strings")
+
+
+@dataclass
+class EmulatorSettings:
+    """Static server settings, fixed at start-up."""
+
+    data_dir: Path = _opt(
+        "Directory holding all state (files and the metadata database).", Path, default=Path("data")
+    )
+    host: str = _opt("Interface to bind.", str, default="127.0.0.1")
+    port: int = _opt("Port to bind (0 picks a free port).", int, default=8800)
+    api_key: str | None = _opt(
+        "If set, /v1 requests must carry exactly this bearer key; otherwise any non-empty key is accepted.",
+        str,
+        default=None,
+    )
+    backend: str = _opt(
+        "Backend answering batch requests: 'echo' (deterministic) or 'proxy'.", str, default="echo"
+    )
+    upstream_base_url: str | None = _opt(
+        "Proxy backend: base URL of an OpenAI-compatible server, e.g. http://127.0.0.1:11434/v1.",
+        str,
+        default=None,
+    )
+    upstream_api_key: str | None = _opt("Proxy backend: bearer key sent upstream.", str, default=None)
+    proxy_concurrency: int = _opt("Proxy backend: concurrent upstream requests.", int, default=8)
+    proxy_retries: int = _opt("Proxy backend: retries on 429, 5xx and connection errors.", int, default=3)
+    proxy_timeout: float = _opt(
+        "Proxy backend: timeout in seconds per upstream request.", float, default=600.0
+    )
+    validating_seconds: float = _opt("Seconds a batch stays 'validating'.", float, default=0.2)
+    requests_per_second: float = _opt(
+        "Rate at which batch requests are processed (0 means as fast as possible).", float, default=2000.0
+    )
+    finalizing_seconds: float = _opt("Seconds a batch stays 'finalizing'.", float, default=0.1)
+    cancelling_seconds: float = _opt("Seconds a batch stays 'cancelling'.", float, default=0.1)
+    completion_window_seconds: float = _opt(
+        "Seconds after creation at which an unfinished batch expires (the '24h' window).",
+        float,
+        default=86400.0,
+    )
+    chunk_size: int = _opt("Requests processed between two progress checkpoints.", int, default=500)
+    max_input_file_bytes: int = _opt(
+        "Largest accepted upload with purpose 'batch', in bytes.", int, default=200 * 1024 * 1024
+    )
+    max_requests_per_batch: int = _opt("Most requests in one batch input file.", int, default=50_000)
+    models: list[str] = _opt(
+        "Model ids listed by /v1/models, comma separated.",
+        _str_list,
+        default_factory=lambda: list(DEFAULT_MODELS),
+    )
+    strict_models: bool = _opt(
+        "Fail batches whose model is not in --models with model_not_found.", None, default=False
+    )
+    embedding_dimensions: int = _opt("Echo backend: length of embedding vectors.", int, default=8)
+    log_level: str = _opt("Log level.", str, default="info")
+    faults: FaultConfig = field(default_factory=FaultConfig)
+
+    @classmethod
+    def from_kwargs(cls, **kwargs: Any) -> EmulatorSettings:
+        """Build settings from flat keyword arguments (fault fields included), as the CLI flags name them."""
+        fault_names = {f.name for f in dataclasses.fields(FaultConfig)}
+        fault_kwargs = {k: v for k, v in kwargs.items() if k in fault_names}
+        own = {k: v for k, v in kwargs.items() if k not in fault_names}
+        if "data_dir" in own:
+            own["data_dir"] = Path(own["data_dir"])
+        faults = FaultConfig(**fault_kwargs)
+        faults.check()
+        return cls(**own, faults=faults)
+
+
+def _add_fields(parser: argparse._ArgumentGroup, cls: type[Any]) -> None:
+    for f in dataclasses.fields(cls):
+        if "help" not in f.metadata:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc,operator]
+        help_text = f"{f.metadata['help']} (default: {default})"
+        if f.metadata["parse"] is None:
+            parser.add_argument(flag, dest=f.name, action="store_true", help=help_text)
+        else:
+            parser.add_argument(flag, dest=f.name, type=f.metadata["parse"], default=None, help=help_text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the command-line parser; every setting and fault field is a flag."""
+    parser = argparse.ArgumentParser(
+        prog="python -m openai_emulator",
+        description="Serve the OpenAI Files and Batches API locally, with fault injection.",
+    )
+    server = parser.add_argument_group("server")
+    _add_fields(server, EmulatorSettings)
+    faults = parser.add_argument_group("fault injection (also settable via PUT /_emulator/faults)")
+    _add_fields(faults, FaultConfig)
+    return parser
+
+
+def settings_from_args(argv: list[str] | None = None) -> EmulatorSettings:
+    """Parse command-line arguments into settings."""
+    args = vars(build_parser().parse_args(argv))
+    given = {k: v for k, v in args.items() if v is not None and v is not False}
+    return EmulatorSettings.from_kwargs(**given)

@@ -1,0 +1,71 @@
+"""Process-wide state of one emulator: settings, store, faults and counters."""
+
+from __future__ import annotations
+
+import random
+import threading
+from collections import Counter
+from typing import TYPE_CHECKING, Any
+
+from openai_emulator.settings import FaultConfig
+from openai_emulator.store import Store
+
+if TYPE_CHECKING:
+    from openai_emulator.settings import EmulatorSettings
+
+
+class Stats:
+    """Counters reported by ``GET /_emulator/stats``."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.counters: Counter[str] = Counter()
+        self.routes: Counter[str] = Counter()
+
+    def incr(self, name: str, amount: int = 1) -> None:
+        """Add to a counter."""
+        with self._lock:
+            self.counters[name] += amount
+
+    def route(self, key: str) -> None:
+        """Count one API call of a route."""
+        with self._lock:
+            self.routes[key] += 1
+            self.counters["requests_total"] += 1
+
+    def reset(self) -> None:
+        """Zero every counter."""
+        with self._lock:
+            self.counters.clear()
+            self.routes.clear()
+
+    def snapshot(self) -> dict[str, Any]:
+        """Return the counters as JSON-ready data."""
+        with self._lock:
+            return {**dict(self.counters), "requests_by_route": dict(self.routes)}
+
+
+class EmulatorState:
+    """Everything the routes and the worker share.
+
+    :param settings: start-up settings.
+    """
+
+    def __init__(self, settings: EmulatorSettings) -> None:
+        self.settings = settings
+        self.store = Store(settings.data_dir)
+        self.faults: FaultConfig = FaultConfig(**settings.faults.to_dict())
+        self.stats = Stats()
+        self.rng = random.Random(self.faults.seed)
+
+    def set_faults(self, changes: dict[str, Any]) -> FaultConfig:
+        """Apply fault changes and return the new configuration."""
+        self.faults = self.faults.updated(changes)
+        if "seed" in changes:
+            self.rng.seed(self.faults.seed)
+        return self.faults
+
+    def clear_faults(self) -> FaultConfig:
+        """Switch every fault off."""
+        self.faults = FaultConfig(seed=self.faults.seed)
+        return self.faults

@@ -1,0 +1,149 @@
+"""Streaming validation of batch input files, line by line, as the service does before running a batch."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+BOM = b"\xef\xbb\xbf"
+MAX_REPORTED_ERRORS = 100
+REQUIRED_LINE_FIELDS = ("custom_id", "method", "url", "body")
+# The field each endpoint needs besides ``model``.
+REQUIRED_BODY_FIELD = {
+    "/v1/chat/completions": "messages",
+    "/v1/embeddings": "input",
+    "/v1/completions": "prompt",
+    "/v1/responses": "input",
+    "/v1/moderations": "input",
+}
+MODEL_OPTIONAL = frozenset({"/v1/moderations"})
+
+
+@dataclass
+class ValidationResult:
+    """What validation found: errors (empty if the file is good), request count, model, token estimate."""
+
+    errors: list[dict[str, Any]] = field(default_factory=list)
+    total: int = 0
+    model: str | None = None
+    estimated_tokens: int = 0
+
+    def add(self, code: str, message: str, param: str | None, line: int | None) -> None:
+        """Record one error, up to a cap."""
+        if len(self.errors) < MAX_REPORTED_ERRORS:
+            self.errors.append({"code": code, "message": message, "param": param, "line": line})
+
+
+def estimate_tokens(text_length: int) -> int:
+    """Estimate tokens from a length in characters (about four characters per token)."""
+    return max(1, (text_length + 3) // 4)
+
+
+def iter_request_lines(path: Path, offset: int = 0) -> Any:
+    """Yield ``(end_offset, raw_line)`` for each non-blank line from ``offset`` on, reading from disk."""
+    with path.open("rb") as handle:
+        handle.seek(offset)
+        position = offset
+        for raw in handle:
+            position += len(raw)
+            if raw.strip():
+                yield position, raw
+
+
+def _check_line(
+    data: Any,
+    line_no: int,
+    endpoint: str,
+    seen: set[str],
+    models: frozenset[str] | None,
+    result: ValidationResult,
+) -> None:
+    if not isinstance(data, dict):
+        result.add("invalid_json_line", "This line is not a JSON object.", None, line_no)
+        return
+    for name in REQUIRED_LINE_FIELDS:
+        if name not in data or data[name] is None:
+            result.add("missing_required_parameter", f"Missing required parameter: '{name}'.", name, line_no)
+            return
+    custom_id = data["custom_id"]
+    if not isinstance(custom_id, str):
+        result.add("invalid_request", "custom_id must be a string.", "custom_id", line_no)
+        return
+    if custom_id in seen:
+        result.add("duplicate_custom_id", f"The custom_id '{custom_id}' is duplicated.", "custom_id", line_no)
+        return
+    seen.add(custom_id)
+    if data["method"] != "POST":
+        result.add("invalid_request", "Only the POST method is supported.", "method", line_no)
+        return
+    if data["url"] != endpoint:
+        message = f"The url '{data['url']}' does not match the batch endpoint '{endpoint}'."
+        result.add("invalid_url", message, "url", line_no)
+        return
+    _check_body(data["body"], line_no, endpoint, models, result)
+
+
+def _check_body(
+    body: Any, line_no: int, endpoint: str, models: frozenset[str] | None, result: ValidationResult
+) -> None:
+    if not isinstance(body, dict):
+        result.add("invalid_request", "body must be a JSON object.", "body", line_no)
+        return
+    if body.get("stream") is True:
+        result.add("streaming_unsupported", "Streaming is not supported in batches.", "body.stream", line_no)
+        return
+    model = body.get("model")
+    if model is None and endpoint not in MODEL_OPTIONAL:
+        result.add("invalid_request", "Missing required parameter: 'model'.", "body.model", line_no)
+        return
+    needed = REQUIRED_BODY_FIELD.get(endpoint)
+    if needed and needed not in body:
+        result.add("invalid_request", f"Missing required parameter: '{needed}'.", f"body.{needed}", line_no)
+        return
+    if model is None:
+        return
+    if models is not None and model not in models:
+        result.add("model_not_found", f"The model '{model}' does not exist.", "body.model", line_no)
+        return
+    if result.model is None:
+        result.model = model
+    elif model != result.model:
+        message = f"All requests must use the same model; found '{model}' after '{result.model}'."
+        result.add("model_mismatch", message, "body.model", line_no)
+
+
+def validate_input(
+    path: Path, endpoint: str, max_requests: int, models: frozenset[str] | None = None
+) -> ValidationResult:
+    """Validate a batch input file without loading it whole into memory."""
+    result = ValidationResult()
+    seen: set[str] = set()
+    line_no = 0
+    with path.open("rb") as handle:
+        for raw in handle:
+            line_no += 1
+            if not raw.strip():
+                continue
+            result.total += 1
+            result.estimated_tokens += estimate_tokens(len(raw))
+            if result.total > max_requests:
+                continue
+            if line_no == 1 and raw.startswith(BOM):
+                result.add("invalid_json_line", "This line is not parseable as valid JSON.", None, line_no)
+                continue
+            try:
+                data = json.loads(raw)
+            except ValueError:
+                result.add("invalid_json_line", "This line is not parseable as valid JSON.", None, line_no)
+                continue
+            _check_line(data, line_no, endpoint, seen, models, result)
+    if result.total == 0:
+        result.add("empty_file", "The input file is empty.", None, None)
+    elif result.total > max_requests:
+        message = f"The batch has {result.total} requests; the limit is {max_requests}."
+        result.add("too_many_tasks", message, None, None)
+    return result
