@@ -182,12 +182,27 @@ class EchoBackend:
 
     @staticmethod
     def _moderations(key: str, model: str, body: dict[str, Any]) -> dict[str, Any]:
-        categories = ("harassment", "hate", "self-harm", "sexual", "violence")
+        categories = (
+            "harassment",
+            "harassment/threatening",
+            "hate",
+            "hate/threatening",
+            "illicit",
+            "illicit/violent",
+            "self-harm",
+            "self-harm/instructions",
+            "self-harm/intent",
+            "sexual",
+            "sexual/minors",
+            "violence",
+            "violence/graphic",
+        )
         results = [
             {
                 "flagged": False,
                 "categories": dict.fromkeys(categories, False),
                 "category_scores": dict.fromkeys(categories, 0.0001),
+                "category_applied_input_types": {c: ["text"] for c in categories},
             }
             for _ in _inputs(body.get("input"))
         ]
@@ -205,6 +220,9 @@ class EchoBackend:
             "created_at": created,
             "status": "completed",
             "model": model,
+            "parallel_tool_calls": True,
+            "tool_choice": "auto",
+            "tools": [],
             "output": [
                 {
                     "type": "message",
@@ -216,7 +234,7 @@ class EchoBackend:
             ],
             "usage": {
                 "input_tokens": input_tokens,
-                "input_tokens_details": {"cached_tokens": 0},
+                "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
                 "output_tokens": output_tokens,
                 "output_tokens_details": {"reasoning_tokens": 0},
                 "total_tokens": input_tokens + output_tokens,
