@@ -10,6 +10,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, JSONResponse
 from starlette.concurrency import run_in_threadpool
 
+from openai_emulator.backends import EchoBackend
 from openai_emulator.errors import APIError, bad_request, not_found
 from openai_emulator.models import (
     COMPLETION_WINDOWS,
@@ -284,6 +285,30 @@ async def cancel_batch(request: Request, batch_id: str) -> JSONResponse:
         state.store.put_batch(record)
         state.stats.incr("batches_cancel_requested")
     return JSONResponse(record.to_api())
+
+
+# Synchronous endpoints, answered by the echo backend, so one emulator can be another's proxy upstream
+
+
+async def _echo_endpoint(request: Request) -> JSONResponse:
+    try:
+        body = await request.json()
+    except ValueError as exc:
+        raise bad_request("The request body is not valid JSON.", None, "invalid_json") from exc
+    if not isinstance(body, dict):
+        raise bad_request("The request body must be a JSON object.", None, "invalid_type")
+    if body.get("stream") is True:
+        raise bad_request("Streaming is not supported by the emulator.", "stream", "unsupported_value")
+    _state(request).stats.incr("sync_requests")
+    result = _ECHO.handle(request.url.path, body)
+    return JSONResponse(
+        result.body, status_code=result.status_code, headers={"x-request-id": result.request_id}
+    )
+
+
+_ECHO = EchoBackend()
+for _path in SUPPORTED_ENDPOINTS:
+    v1.add_api_route(_path.removeprefix("/v1"), _echo_endpoint, methods=["POST"], include_in_schema=True)
 
 
 # Models

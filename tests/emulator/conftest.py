@@ -24,5 +24,3 @@ def server(tmp_path: Path) -> Iterator[EmulatorServer]:
 @pytest.fixture
 def client(server: EmulatorServer) -> openai.OpenAI:
     return openai.OpenAI(base_url=server.base_url, api_key="test", max_retries=0)
-
-

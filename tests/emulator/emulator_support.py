@@ -10,11 +10,18 @@ if TYPE_CHECKING:
     import openai
     from openai.types import Batch
 
-FAST = {"validating_seconds": 0.05, "finalizing_seconds": 0.05, "cancelling_seconds": 0.05, "requests_per_second": 0}
+FAST = {
+    "validating_seconds": 0.05,
+    "finalizing_seconds": 0.05,
+    "cancelling_seconds": 0.05,
+    "requests_per_second": 0,
+}
 TERMINAL = ("completed", "failed", "expired", "cancelled")
 
 
-def chat_line(custom_id: str, text: str = "hello", model: str = "gpt-4o-mini", **extra: Any) -> dict[str, Any]:
+def chat_line(
+    custom_id: str, text: str = "hello", model: str = "gpt-4o-mini", **extra: Any
+) -> dict[str, Any]:
     body = {"model": model, "messages": [{"role": "user", "content": text}]}
     return {"custom_id": custom_id, "method": "POST", "url": "/v1/chat/completions", "body": body, **extra}
 
@@ -31,7 +38,9 @@ def upload(client: openai.OpenAI, content: bytes, name: str = "input.jsonl") -> 
     return client.files.create(file=(name, content), purpose="batch").id
 
 
-def create_batch(client: openai.OpenAI, content: bytes, endpoint: str = "/v1/chat/completions", **kw: Any) -> Batch:
+def create_batch(
+    client: openai.OpenAI, content: bytes, endpoint: str = "/v1/chat/completions", **kw: Any
+) -> Batch:
     file_id = upload(client, content)
     return client.batches.create(
         input_file_id=file_id,
@@ -41,7 +50,9 @@ def create_batch(client: openai.OpenAI, content: bytes, endpoint: str = "/v1/cha
     )
 
 
-def wait_for(client: openai.OpenAI, batch_id: str, statuses: tuple[str, ...] = TERMINAL, timeout: float = 15) -> Batch:
+def wait_for(
+    client: openai.OpenAI, batch_id: str, statuses: tuple[str, ...] = TERMINAL, timeout: float = 15
+) -> Batch:
     deadline = time.monotonic() + timeout
     while True:
         batch = client.batches.retrieve(batch_id)

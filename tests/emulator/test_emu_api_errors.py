@@ -16,7 +16,10 @@ if TYPE_CHECKING:
 
 def test_missing_key_is_401(server: EmulatorServer) -> None:
     client = openai.OpenAI(
-        base_url=server.base_url, api_key="test", max_retries=0, default_headers={"Authorization": "Basic dGVzdA=="}
+        base_url=server.base_url,
+        api_key="test",
+        max_retries=0,
+        default_headers={"Authorization": "Basic dGVzdA=="},
     )
     with pytest.raises(openai.AuthenticationError) as info:
         client.batches.list()
@@ -43,10 +46,15 @@ def test_models_for_connection_checks(client: openai.OpenAI) -> None:
 @pytest.mark.parametrize(
     ("changes", "param", "code"),
     [
-        pytest.param({"endpoint": "/v1/images/edits"}, "endpoint", "invalid_value", id="unsupported-endpoint"),
+        pytest.param(
+            {"endpoint": "/v1/images/edits"}, "endpoint", "invalid_value", id="unsupported-endpoint"
+        ),
         pytest.param({"completion_window": "1h"}, "completion_window", "invalid_value", id="bad-window"),
         pytest.param(
-            {"metadata": {f"k{i}": "v" for i in range(17)}}, "metadata", "invalid_value", id="metadata-17-pairs"
+            {"metadata": {f"k{i}": "v" for i in range(17)}},
+            "metadata",
+            "invalid_value",
+            id="metadata-17-pairs",
         ),
         pytest.param({"metadata": {"k" * 65: "v"}}, "metadata", "invalid_value", id="metadata-long-key"),
         pytest.param({"metadata": {"k": "v" * 513}}, "metadata", "invalid_value", id="metadata-long-value"),

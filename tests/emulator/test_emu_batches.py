@@ -30,7 +30,9 @@ def _body(**changes: Any) -> dict[str, Any]:
 VALIDATION_CASES = [
     pytest.param(b"{not json\n", "invalid_json_line", None, 1, id="invalid-json"),
     pytest.param(b"\xef\xbb\xbf" + jsonl([LINE]), "invalid_json_line", None, 1, id="bom-first-line"),
-    pytest.param(jsonl([_without("custom_id")]), "missing_required_parameter", "custom_id", 1, id="no-custom-id"),
+    pytest.param(
+        jsonl([_without("custom_id")]), "missing_required_parameter", "custom_id", 1, id="no-custom-id"
+    ),
     pytest.param(jsonl([_without("method")]), "missing_required_parameter", "method", 1, id="no-method"),
     pytest.param(jsonl([_without("url")]), "missing_required_parameter", "url", 1, id="no-url"),
     pytest.param(jsonl([_without("body")]), "missing_required_parameter", "body", 1, id="no-body"),
@@ -64,7 +66,12 @@ def test_validation_failures(
 
 
 def test_embeddings_without_input_fails(client: openai.OpenAI) -> None:
-    line = {"custom_id": "e", "method": "POST", "url": "/v1/embeddings", "body": {"model": "text-embedding-3-small"}}
+    line = {
+        "custom_id": "e",
+        "method": "POST",
+        "url": "/v1/embeddings",
+        "body": {"model": "text-embedding-3-small"},
+    }
     batch = wait_for(client, create_batch(client, jsonl([line]), endpoint="/v1/embeddings").id)
     assert batch.errors is not None and batch.errors.data
     assert (batch.errors.data[0].code, batch.errors.data[0].param) == ("invalid_request", "body.input")
@@ -116,7 +123,9 @@ def test_happy_path_chat(client: openai.OpenAI) -> None:
     usage = done.usage
     assert usage is not None
     assert usage.input_tokens == sum(line["response"]["body"]["usage"]["prompt_tokens"] for line in lines)
-    assert usage.output_tokens == sum(line["response"]["body"]["usage"]["completion_tokens"] for line in lines)
+    assert usage.output_tokens == sum(
+        line["response"]["body"]["usage"]["completion_tokens"] for line in lines
+    )
     assert usage.total_tokens == usage.input_tokens + usage.output_tokens > 0
 
 
@@ -150,7 +159,9 @@ def test_other_endpoints(client: openai.OpenAI, endpoint: str, body: dict[str, A
 def test_batch_list_pagination(client: openai.OpenAI) -> None:
     file_id = client.files.create(file=("in.jsonl", chat_file(1)), purpose="batch").id
     ids = [
-        client.batches.create(input_file_id=file_id, endpoint="/v1/chat/completions", completion_window="24h").id
+        client.batches.create(
+            input_file_id=file_id, endpoint="/v1/chat/completions", completion_window="24h"
+        ).id
         for _ in range(5)
     ]
     newest_first = ids[::-1]

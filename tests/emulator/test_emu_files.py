@@ -18,7 +18,12 @@ def test_file_round_trip(client: openai.OpenAI) -> None:
     content = chat_file(3)
     created = client.files.create(file=("in.jsonl", content), purpose="batch")
     assert created.id.startswith("file-")
-    assert (created.object, created.bytes, created.filename, created.purpose) == ("file", len(content), "in.jsonl", "batch")
+    assert (created.object, created.bytes, created.filename, created.purpose) == (
+        "file",
+        len(content),
+        "in.jsonl",
+        "batch",
+    )
     assert client.files.retrieve(created.id) == created
     assert client.files.content(created.id).content == content
     with client.files.with_streaming_response.content(created.id) as response:

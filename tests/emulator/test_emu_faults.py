@@ -1,0 +1,157 @@
+"""Fault injection through the control plane and through start-up settings."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+import openai
+import pytest
+from emulator_support import FAST, chat_file, create_batch, read_lines, wait_for
+
+from openai_emulator.testing import EmulatorServer
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+
+def test_http_error_rate_without_retries(server: EmulatorServer, client: openai.OpenAI) -> None:
+    server.set_faults(error_rate=1.0, error_codes=[429])
+    with pytest.raises(openai.RateLimitError) as info:
+        client.batches.list()
+    assert info.value.status_code == 429
+    server.set_faults(error_codes=[500])
+    with pytest.raises(openai.InternalServerError):
+        client.files.list()
+    assert server.stats()["injected_errors"] == 2
+
+
+def test_injected_errors_have_no_effect(server: EmulatorServer, client: openai.OpenAI) -> None:
+    file_id = client.files.create(file=("in.jsonl", chat_file(1)), purpose="batch").id
+    server.set_faults(error_rate=1.0, error_codes=[500], error_routes=["POST /v1/batches"])
+    for _ in range(3):
+        with pytest.raises(openai.InternalServerError):
+            client.batches.create(
+                input_file_id=file_id, endpoint="/v1/chat/completions", completion_window="24h"
+            )
+    assert client.batches.list().data == []  # other routes are unaffected, and nothing was created
+    assert "batches_created" not in server.stats()
+
+
+def test_http_error_rate_with_default_retries_succeeds(server: EmulatorServer) -> None:
+    server.set_faults(error_rate=0.5, error_codes=[429, 500], retry_after_ms=10, seed=7)
+    client = openai.OpenAI(base_url=server.base_url, api_key="test", max_retries=8)
+    file_id = client.files.create(file=("in.jsonl", chat_file(5)), purpose="batch").id
+    ids = [
+        client.batches.create(
+            input_file_id=file_id, endpoint="/v1/chat/completions", completion_window="24h"
+        ).id
+        for _ in range(5)
+    ]
+    assert len(client.batches.list().data) == 5  # each create took effect exactly once
+    assert len(set(ids)) == 5
+    stats = server.stats()
+    assert stats["injected_errors"] > 0
+    assert stats["batches_created"] == 5
+
+
+def test_latency(server: EmulatorServer, client: openai.OpenAI) -> None:
+    server.set_faults(latency_ms=300, latency_routes=["GET /v1/batches"])
+    started = time.monotonic()
+    client.batches.list()
+    assert time.monotonic() - started >= 0.3
+    started = time.monotonic()
+    client.files.list()
+    assert time.monotonic() - started < 0.3
+    server.reset_faults()
+    started = time.monotonic()
+    client.batches.list()
+    assert time.monotonic() - started < 0.3
+
+
+def test_per_request_failures_go_to_error_file(server: EmulatorServer, client: openai.OpenAI) -> None:
+    server.set_faults(request_failure_rate=0.3, request_failure_codes=[500, 429], seed=1)
+    n = 200
+    done = wait_for(client, create_batch(client, chat_file(n)).id)
+    assert done.status == "completed"
+    counts = done.request_counts
+    assert counts is not None and 0 < counts.failed < n and counts.completed + counts.failed == n
+    errors = read_lines(client, done.error_file_id)
+    outputs = read_lines(client, done.output_file_id)
+    assert len(errors) == counts.failed and len(outputs) == counts.completed
+    assert {e["response"]["status_code"] for e in errors} == {500, 429}
+    assert all(e["error"] is None and "error" in e["response"]["body"] for e in errors)
+    assert {x["custom_id"] for x in errors + outputs} == {f"req-{i}" for i in range(n)}
+
+
+@pytest.mark.parametrize(
+    ("faults", "expected_done"),
+    [
+        pytest.param({"expire_after_requests": 30}, 30, id="after-requests"),
+        pytest.param({"expire_fraction": 0.25}, 25, id="fraction"),
+    ],
+)
+def test_forced_expiry(
+    server: EmulatorServer, client: openai.OpenAI, faults: dict[str, float], expected_done: int
+) -> None:
+    server.set_faults(**faults)
+    done = wait_for(client, create_batch(client, chat_file(100)).id)
+    assert done.status == "expired"
+    assert done.request_counts is not None
+    assert (done.request_counts.completed, done.request_counts.failed) == (expected_done, 100 - expected_done)
+    assert len(read_lines(client, done.output_file_id)) == expected_done
+    expired = read_lines(client, done.error_file_id)
+    assert {e["error"]["code"] for e in expired} == {"batch_expired"} and len(expired) == 100 - expected_done
+    server.reset_faults()
+    assert wait_for(client, create_batch(client, chat_file(10)).id).status == "completed"
+
+
+def test_token_limit_on_own_size(server: EmulatorServer, client: openai.OpenAI) -> None:
+    server.set_faults(token_limit=100)
+    batch = create_batch(client, chat_file(50))
+    assert batch.status == "validating"  # the create call itself succeeds
+    done = wait_for(client, batch.id)
+    assert done.status == "failed"
+    assert done.errors is not None and done.errors.data
+    assert done.errors.data[0].code == "token_limit_exceeded"
+
+
+def test_token_limit_counts_in_progress_batches(tmp_path: Path) -> None:
+    with EmulatorServer(tmp_path, **{**FAST, "requests_per_second": 20}) as emulator:
+        client = openai.OpenAI(base_url=emulator.base_url, api_key="test", max_retries=0)
+        content = chat_file(40)  # about 40 * 35 tokens
+        emulator.set_faults(token_limit=2500)
+        first = create_batch(client, content)
+        assert wait_for(client, first.id, ("in_progress",)).status == "in_progress"
+        second = wait_for(client, create_batch(client, content).id, ("failed", "in_progress"))
+        assert second.status == "failed"
+        assert second.errors is not None and second.errors.data
+        assert second.errors.data[0].code == "token_limit_exceeded"
+        client.batches.cancel(first.id)
+        assert wait_for(client, first.id).status == "cancelled"
+        assert wait_for(client, create_batch(client, content).id, ("in_progress", "completed")).status in (
+            "in_progress",
+            "completed",
+        )
+
+
+def test_faults_from_settings_and_control_plane(tmp_path: Path) -> None:
+    with EmulatorServer(tmp_path, error_rate=1.0, error_codes=[503], **FAST) as emulator:
+        client = openai.OpenAI(base_url=emulator.base_url, api_key="test", max_retries=0)
+        with pytest.raises(openai.InternalServerError) as info:
+            client.models.list()
+        assert info.value.status_code == 503
+        assert emulator.faults()["error_rate"] == 1.0
+        emulator.reset_faults()
+        assert emulator.faults()["error_rate"] == 0.0
+        client.models.list()
+        stats = emulator.stats()
+        assert stats["requests_by_route"]["GET /v1/models"] == 2
+        assert stats["injected_errors"] == 1
+
+
+def test_bad_fault_fields_are_rejected(server: EmulatorServer) -> None:
+    with pytest.raises(Exception, match="400"):
+        server.set_faults(no_such_fault=1)
+    with pytest.raises(Exception, match="400"):
+        server.set_faults(error_rate=2)
