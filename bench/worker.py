@@ -1,0 +1,137 @@
+"""Measurements that run in a fresh process: ``python -m bench.worker NAME JSON_ARGS``.
+
+Each prints one JSON object as its last stdout line; the parent's memory never counts.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.common import MB, peak_rss_mb, setup_paths
+
+
+def prepare(args: dict[str, Any]) -> dict[str, Any]:
+    setup_paths()
+    from openai_batch.prepare import prepare_requests
+
+    src = Path(args["input"])
+    work = Path(args["work_dir"])
+    shutil.rmtree(work, ignore_errors=True)
+    started = time.perf_counter()
+    with src.open("rb") as fh:
+        result = prepare_requests(fh, source_name=src.name, work_dir=work)
+    seconds = time.perf_counter() - started
+    size = src.stat().st_size
+    out = {
+        "seconds": seconds,
+        "bytes": size,
+        "mb_per_s": size / MB / seconds,
+        "lines": result.lines,
+        "valid": result.valid,
+        "rejected": result.rejected,
+        "shards": len(result.shards),
+        "peak_rss_mb": peak_rss_mb(),
+    }
+    if not args.get("keep"):
+        shutil.rmtree(work, ignore_errors=True)
+    return out
+
+
+def baseline(args: dict[str, Any]) -> dict[str, Any]:
+    """The reference loop: ``json.loads`` + ``json.dumps`` over every line, nothing else."""
+    src = Path(args["input"])
+    loads, dumps = json.loads, json.dumps
+    errors = 0
+    started = time.perf_counter()
+    with src.open("rb") as fh:
+        for line in fh:
+            try:
+                dumps(loads(line))
+            except ValueError:
+                errors += 1
+    seconds = time.perf_counter() - started
+    size = src.stat().st_size
+    return {"seconds": seconds, "bytes": size, "mb_per_s": size / MB / seconds, "errors": errors}
+
+
+def merge(args: dict[str, Any]) -> dict[str, Any]:
+    setup_paths()
+    from openai_batch.results import ResultStore, read_order
+
+    directory = Path(args["directory"])
+    db = Path(args["db"])
+    db.unlink(missing_ok=True)
+    files = [Path(f) for f in args["files"]]
+    started = time.perf_counter()
+    lines = 0
+    with ResultStore(db) as store:
+        for n, path in enumerate(files):
+            with path.open("rb") as fh:
+                lines += store.add_lines(fh, batch_id=f"batch_{n:04d}", round=0)
+        added = time.perf_counter()
+        out_path = db.with_name("results.jsonl")
+        with out_path.open("wb") as out:
+            counts = store.write_results(read_order(directory / "order.txt"), out)
+    finished = time.perf_counter()
+    size = sum(p.stat().st_size for p in files)
+    result = {
+        "lines": lines,
+        "bytes": size,
+        "add_seconds": added - started,
+        "write_seconds": finished - added,
+        "seconds": finished - started,
+        "mb_per_s": size / MB / (finished - started),
+        "results_bytes": out_path.stat().st_size,
+        "counts": counts.to_dict(),
+        "peak_rss_mb": peak_rss_mb(),
+    }
+    db.unlink(missing_ok=True)
+    out_path.unlink(missing_ok=True)
+    return result
+
+
+def parse(args: dict[str, Any]) -> dict[str, Any]:
+    """Time the DAG file alone: airflow (and its SDK) is imported before the clock starts."""
+    import tempfile
+
+    import airflow  # noqa: F401
+    import airflow.sdk  # noqa: F401
+    from airflow.dag_processing.dagbag import DagBag
+
+    dag_file = args["dag_file"]
+    with tempfile.TemporaryDirectory() as empty:  # DagBag's own first-use cost is not the file's
+        DagBag(dag_folder=empty)
+    started = time.perf_counter()
+    bag = DagBag(dag_folder=dag_file)
+    cold = time.perf_counter() - started
+    if bag.import_errors or "openai_batch" not in bag.dag_ids:
+        raise RuntimeError(f"DAG did not parse: {bag.import_errors}")
+    warm = []
+    for _ in range(int(args.get("warm_runs", 0))):
+        started = time.perf_counter()
+        DagBag(dag_folder=dag_file)
+        warm.append(time.perf_counter() - started)
+    return {"cold_ms": cold * 1000, "warm_ms": [w * 1000 for w in warm]}
+
+
+def main() -> None:
+    name, raw = sys.argv[1], sys.argv[2]
+    args = json.loads(raw)
+    if name in ("trigger", "e2e_dag", "e2e_script"):
+        from bench import live
+
+        func = getattr(live, name)
+    else:
+        func = globals()[name]
+    result = func(args)
+    sys.stdout.write("\n" + json.dumps(result) + "\n")
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
