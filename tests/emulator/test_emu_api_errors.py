@@ -102,7 +102,8 @@ def test_unknown_input_file_fails_the_batch(client: openai.OpenAI) -> None:
     )
     batch = wait_for(client, batch.id)
     assert batch.status == "failed"
-    assert batch.errors is not None and batch.errors.data is not None
+    assert batch.errors is not None
+    assert batch.errors.data is not None
     assert [(e.code, e.param) for e in batch.errors.data] == [("invalid_request", "file_id")]
 
 

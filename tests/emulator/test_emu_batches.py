@@ -58,8 +58,11 @@ def test_validation_failures(
     batch = wait_for(client, batch.id)
     assert batch.status == "failed"
     assert batch.failed_at is not None
-    assert batch.output_file_id is None and batch.error_file_id is None
-    assert batch.errors is not None and batch.errors.object == "list" and batch.errors.data
+    assert batch.output_file_id is None
+    assert batch.error_file_id is None
+    assert batch.errors is not None
+    assert batch.errors.object == "list"
+    assert batch.errors.data
     error = batch.errors.data[0]
     assert (error.code, error.param, error.line) == (code, param, line)
     assert error.message
@@ -73,7 +76,8 @@ def test_embeddings_without_input_fails(client: openai.OpenAI) -> None:
         "body": {"model": "text-embedding-3-small"},
     }
     batch = wait_for(client, create_batch(client, jsonl([line]), endpoint="/v1/embeddings").id)
-    assert batch.errors is not None and batch.errors.data
+    assert batch.errors is not None
+    assert batch.errors.data
     assert (batch.errors.data[0].code, batch.errors.data[0].param) == ("invalid_request", "body.input")
 
 
@@ -83,7 +87,8 @@ def test_too_many_tasks(tmp_path: Path) -> None:
         assert wait_for(client, create_batch(client, chat_file(3)).id).status == "completed"
         batch = wait_for(client, create_batch(client, chat_file(4)).id)
         assert batch.status == "failed"
-        assert batch.errors is not None and batch.errors.data
+        assert batch.errors is not None
+        assert batch.errors.data
         assert batch.errors.data[0].code == "too_many_tasks"
 
 
@@ -91,7 +96,8 @@ def test_unknown_model_with_strict_models(tmp_path: Path) -> None:
     with EmulatorServer(tmp_path, strict_models=True, **FAST) as emulator:
         client = openai.OpenAI(base_url=emulator.base_url, api_key="test", max_retries=0)
         batch = wait_for(client, create_batch(client, jsonl([chat_line("a", model="gpt-9")])).id)
-        assert batch.errors is not None and batch.errors.data
+        assert batch.errors is not None
+        assert batch.errors.data
         assert (batch.errors.data[0].code, batch.errors.data[0].param) == ("model_not_found", "body.model")
 
 
@@ -102,7 +108,9 @@ def test_happy_path_chat(client: openai.OpenAI) -> None:
     assert batch.expires_at == batch.created_at + 86400
     done = wait_for(client, batch.id)
     assert done.status == "completed"
-    assert done.in_progress_at and done.finalizing_at and done.completed_at
+    assert done.in_progress_at
+    assert done.finalizing_at
+    assert done.completed_at
     assert done.request_counts is not None
     assert (done.request_counts.total, done.request_counts.completed, done.request_counts.failed) == (n, n, 0)
     assert done.model == "gpt-4o-mini"
@@ -116,8 +124,10 @@ def test_happy_path_chat(client: openai.OpenAI) -> None:
     by_id = {line["custom_id"]: line for line in lines}
     assert set(by_id) == {f"req-{i}" for i in range(n)}
     sample = by_id["req-7"]
-    assert sample["id"].startswith("batch_req_") and sample["error"] is None
-    assert sample["response"]["status_code"] == 200 and sample["response"]["request_id"]
+    assert sample["id"].startswith("batch_req_")
+    assert sample["error"] is None
+    assert sample["response"]["status_code"] == 200
+    assert sample["response"]["request_id"]
     completion = openai.types.chat.ChatCompletion.model_validate(sample["response"]["body"])
     assert completion.choices[0].message.content == "Echo: question 7"
     usage = done.usage
@@ -146,7 +156,8 @@ def test_other_endpoints(client: openai.OpenAI, endpoint: str, body: dict[str, A
     payload = result["response"]["body"]
     if endpoint == "/v1/embeddings":
         parsed = openai.types.CreateEmbeddingResponse.model_validate(payload)
-        assert len(parsed.data) == 2 and len(parsed.data[0].embedding) == 8
+        assert len(parsed.data) == 2
+        assert len(parsed.data[0].embedding) == 8
         assert parsed.data[0].embedding != parsed.data[1].embedding
     elif endpoint == "/v1/completions":
         assert openai.types.Completion.model_validate(payload).choices[0].text == "Echo: Say hi"
@@ -168,11 +179,13 @@ def test_batch_list_pagination(client: openai.OpenAI) -> None:
     page = client.batches.list(limit=2)
     assert [b.id for b in page.data] == newest_first[:2]
     assert page.has_more is True
-    assert page.first_id == newest_first[0] and page.last_id == newest_first[1]  # type: ignore[attr-defined]
+    assert page.first_id == newest_first[0]
+    assert page.last_id == newest_first[1]
     page2 = client.batches.list(limit=2, after=page.data[-1].id)
     assert [b.id for b in page2.data] == newest_first[2:4]
     page3 = client.batches.list(limit=2, after=page2.data[-1].id)
-    assert [b.id for b in page3.data] == newest_first[4:] and page3.has_more is False
+    assert [b.id for b in page3.data] == newest_first[4:]
+    assert page3.has_more is False
     assert [b.id for b in client.batches.list(limit=2)] == newest_first  # auto-pagination
     assert len(client.batches.list().data) == 5
     with pytest.raises(openai.BadRequestError):
@@ -191,19 +204,24 @@ def test_cancel_keeps_partial_output(tmp_path: Path) -> None:
             time.sleep(0.05)
         assert current.status == "in_progress"
         cancelling = client.batches.cancel(batch.id)
-        assert cancelling.status == "cancelling" and cancelling.cancelling_at
+        assert cancelling.status == "cancelling"
+        assert cancelling.cancelling_at
         done = wait_for(client, batch.id)
-        assert done.status == "cancelled" and done.cancelled_at
+        assert done.status == "cancelled"
+        assert done.cancelled_at
         counts = done.request_counts
-        assert counts is not None and counts.total == n
-        assert 0 < counts.completed < n and counts.completed + counts.failed == n
+        assert counts is not None
+        assert counts.total == n
+        assert 0 < counts.completed < n
+        assert counts.completed + counts.failed == n
         finished = read_lines(client, done.output_file_id)
         cancelled = read_lines(client, done.error_file_id)
         assert len(finished) == counts.completed
         assert {e["error"]["code"] for e in cancelled} == {"batch_cancelled"}
         assert all(e["response"] is None for e in cancelled)
         ids = {line["custom_id"] for line in finished} | {line["custom_id"] for line in cancelled}
-        assert ids == {f"req-{i}" for i in range(n)} and len(finished) + len(cancelled) == n
+        assert ids == {f"req-{i}" for i in range(n)}
+        assert len(finished) + len(cancelled) == n
         assert client.batches.cancel(batch.id).status == "cancelled"
 
 
@@ -215,13 +233,17 @@ def test_expiry_keeps_partial_output(tmp_path: Path) -> None:
         batch = create_batch(client, chat_file(n))
         assert batch.expires_at == batch.created_at + 1
         done = wait_for(client, batch.id)
-        assert done.status == "expired" and done.expired_at
+        assert done.status == "expired"
+        assert done.expired_at
         counts = done.request_counts
-        assert counts is not None and counts.total == n
-        assert 0 < counts.completed < n and counts.completed + counts.failed == n
+        assert counts is not None
+        assert counts.total == n
+        assert 0 < counts.completed < n
+        assert counts.completed + counts.failed == n
         finished = read_lines(client, done.output_file_id)
         expired = read_lines(client, done.error_file_id)
-        assert len(finished) == counts.completed and len(expired) == counts.failed
+        assert len(finished) == counts.completed
+        assert len(expired) == counts.failed
         assert {e["error"]["code"] for e in expired} == {"batch_expired"}
         assert {x["custom_id"] for x in finished + expired} == {f"req-{i}" for i in range(n)}
         with pytest.raises(openai.ConflictError):
@@ -233,14 +255,16 @@ def test_all_requests_failed_is_completed_without_output(tmp_path: Path) -> None
         client = openai.OpenAI(base_url=emulator.base_url, api_key="test", max_retries=0)
         done = wait_for(client, create_batch(client, chat_file(20)).id)
         assert done.status == "completed"
-        assert done.output_file_id is None and done.error_file_id is not None
+        assert done.output_file_id is None
+        assert done.error_file_id is not None
         assert done.request_counts is not None
         assert (done.request_counts.completed, done.request_counts.failed) == (0, 20)
         errors = read_lines(client, done.error_file_id)
         assert len(errors) == 20
         assert {e["response"]["status_code"] for e in errors} <= {429, 500}
         assert all(e["response"]["body"]["error"]["message"] for e in errors)
-        assert done.usage is not None and done.usage.total_tokens == 0
+        assert done.usage is not None
+        assert done.usage.total_tokens == 0
 
 
 def test_request_counts_advance_while_in_progress(tmp_path: Path) -> None:

@@ -75,10 +75,13 @@ def test_per_request_failures_go_to_error_file(server: EmulatorServer, client: o
     done = wait_for(client, create_batch(client, chat_file(n)).id)
     assert done.status == "completed"
     counts = done.request_counts
-    assert counts is not None and 0 < counts.failed < n and counts.completed + counts.failed == n
+    assert counts is not None
+    assert 0 < counts.failed < n
+    assert counts.completed + counts.failed == n
     errors = read_lines(client, done.error_file_id)
     outputs = read_lines(client, done.output_file_id)
-    assert len(errors) == counts.failed and len(outputs) == counts.completed
+    assert len(errors) == counts.failed
+    assert len(outputs) == counts.completed
     assert {e["response"]["status_code"] for e in errors} == {500, 429}
     assert all(e["error"] is None and "error" in e["response"]["body"] for e in errors)
     assert {x["custom_id"] for x in errors + outputs} == {f"req-{i}" for i in range(n)}
@@ -101,7 +104,8 @@ def test_forced_expiry(
     assert (done.request_counts.completed, done.request_counts.failed) == (expected_done, 100 - expected_done)
     assert len(read_lines(client, done.output_file_id)) == expected_done
     expired = read_lines(client, done.error_file_id)
-    assert {e["error"]["code"] for e in expired} == {"batch_expired"} and len(expired) == 100 - expected_done
+    assert {e["error"]["code"] for e in expired} == {"batch_expired"}
+    assert len(expired) == 100 - expected_done
     server.reset_faults()
     assert wait_for(client, create_batch(client, chat_file(10)).id).status == "completed"
 
@@ -112,7 +116,8 @@ def test_token_limit_on_own_size(server: EmulatorServer, client: openai.OpenAI) 
     assert batch.status == "validating"  # the create call itself succeeds
     done = wait_for(client, batch.id)
     assert done.status == "failed"
-    assert done.errors is not None and done.errors.data
+    assert done.errors is not None
+    assert done.errors.data
     assert done.errors.data[0].code == "token_limit_exceeded"
 
 
@@ -125,7 +130,8 @@ def test_token_limit_counts_in_progress_batches(tmp_path: Path) -> None:
         assert wait_for(client, first.id, ("in_progress",)).status == "in_progress"
         second = wait_for(client, create_batch(client, content).id, ("failed", "in_progress"))
         assert second.status == "failed"
-        assert second.errors is not None and second.errors.data
+        assert second.errors is not None
+        assert second.errors.data
         assert second.errors.data[0].code == "token_limit_exceeded"
         client.batches.cancel(first.id)
         assert wait_for(client, first.id).status == "cancelled"

@@ -38,7 +38,8 @@ def test_proxy_backend(tmp_path: Path) -> None:
             client = openai.OpenAI(base_url=proxy.base_url, api_key="test", max_retries=0)
             done = wait_for(client, create_batch(client, chat_file(30)).id)
             assert done.status == "completed"
-            assert done.request_counts is not None and done.request_counts.completed == 30
+            assert done.request_counts is not None
+            assert done.request_counts.completed == 30
             by_id = {line["custom_id"]: line for line in read_lines(client, done.output_file_id)}
             body = by_id["req-3"]["response"]["body"]
             assert body["choices"][0]["message"]["content"] == "Echo: question 3"
@@ -56,7 +57,8 @@ def test_proxy_upstream_errors_become_error_lines(tmp_path: Path) -> None:
         ) as proxy:
             client = openai.OpenAI(base_url=proxy.base_url, api_key="test", max_retries=0)
             done = wait_for(client, create_batch(client, chat_file(3)).id)
-            assert done.status == "completed" and done.output_file_id is None
+            assert done.status == "completed"
+            assert done.output_file_id is None
             errors = read_lines(client, done.error_file_id)
             assert [e["response"]["status_code"] for e in errors] == [500, 500, 500]
             assert all("Injected fault" in e["response"]["body"]["error"]["message"] for e in errors)
@@ -87,8 +89,10 @@ async def test_async_client(server: EmulatorServer) -> None:
             while (batch := await client.batches.retrieve(batch.id)).status != "completed":
                 assert batch.status in ("validating", "in_progress", "finalizing")
                 await asyncio.sleep(0.05)
-            assert batch.request_counts is not None and batch.request_counts.completed == 50
+            assert batch.request_counts is not None
+            assert batch.request_counts.completed == 50
             content = await client.files.content(batch.output_file_id or "")
             assert len(content.text.splitlines()) == 50
         page = await client.batches.list(limit=2)
-        assert page.has_more is True and len(page.data) == 2
+        assert page.has_more is True
+        assert len(page.data) == 2

@@ -34,12 +34,14 @@ def test_kill9_mid_batch_then_restart(tmp_path: Path) -> None:
         emulator.start()
         client = openai.OpenAI(base_url=emulator.base_url, api_key="test", max_retries=2)
         resumed = client.batches.retrieve(batch.id)
-        assert resumed.request_counts is not None and resumed.request_counts.completed >= before_kill
+        assert resumed.request_counts is not None
+        assert resumed.request_counts.completed >= before_kill
         assert client.batches.retrieve(finished.id) == finished
         assert client.files.retrieve(finished.input_file_id).bytes == len(chat_file(5))
 
         done = wait_for(client, batch.id, timeout=30)
-        assert done.status == "completed" and done.metadata == {"k": "v"}
+        assert done.status == "completed"
+        assert done.metadata == {"k": "v"}
         assert done.request_counts is not None
         assert (done.request_counts.total, done.request_counts.completed, done.request_counts.failed) == (
             n,
