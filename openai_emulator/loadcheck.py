@@ -50,10 +50,11 @@ def main() -> None:
         root = Path(tmp)
         size = write_input(root / "input.jsonl", args.requests, args.line_bytes)
         print(f"input: {args.requests} requests, {size / 1e6:.1f} MB")
-        emulator = EmulatorProcess(root / "data", extra_args=["--requests-per-second", "0", "--log-level", "warning"])
+        flags = ["--requests-per-second", "0", "--log-level", "warning"]
+        emulator = EmulatorProcess(root / "data", extra_args=flags)
         emulator.start()
         try:
-            print(f"emulator pid {emulator.pid}, VmHWM after start: {vm_hwm_kib(emulator.pid) / 1024:.1f} MiB")
+            print(f"pid {emulator.pid}, VmHWM after start: {vm_hwm_kib(emulator.pid) / 1024:.1f} MiB")
             client = openai.OpenAI(base_url=emulator.base_url, api_key="loadcheck", timeout=600)
             started = time.monotonic()
             with (root / "input.jsonl").open("rb") as handle:
@@ -66,7 +67,8 @@ def main() -> None:
             while batch.status not in ("completed", "failed", "expired", "cancelled"):
                 time.sleep(0.5)
                 batch = client.batches.retrieve(batch.id)
-            print(f"batch {batch.status} in {time.monotonic() - started:.1f} s; counts {batch.request_counts}")
+            elapsed = time.monotonic() - started
+            print(f"batch {batch.status} in {elapsed:.1f} s; counts {batch.request_counts}")
             lines = 0
             with client.files.with_streaming_response.content(batch.output_file_id or "") as response:
                 for _ in response.iter_lines():

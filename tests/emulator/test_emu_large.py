@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING
 
-import openai
 import pytest
 from emulator_support import read_lines, wait_for
 
-from openai_emulator.testing import EmulatorServer
+if TYPE_CHECKING:
+    import openai
+
+    from openai_emulator.testing import EmulatorServer
 
 
 @pytest.mark.slow
