@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
 import time
 from typing import TYPE_CHECKING, Any
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
 
     from openai_emulator.state import EmulatorState
 
+logger = logging.getLogger("openai_emulator.routes")
 FILE_PURPOSES = frozenset({"assistants", "batch", "fine-tune", "vision", "user_data", "evals"})
 COPY_CHUNK = 1024 * 1024
 MODEL_CREATED = 1_700_000_000
@@ -279,6 +281,7 @@ async def cancel_batch(request: Request, batch_id: str) -> JSONResponse:
             409, f"Cannot cancel a batch with status '{record.status}'.", "invalid_request_error", None, None
         )
     if record.status not in ("cancelling", "cancelled"):
+        logger.info("Batch %s: %s -> cancelling", record.id, record.status)
         record.status = "cancelling"
         record.cancelling_at = int(time.time())
         record.cancelling_time = time.time()

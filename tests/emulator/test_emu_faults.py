@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import urllib.request
 from typing import TYPE_CHECKING
 
 import openai
@@ -161,3 +162,25 @@ def test_bad_fault_fields_are_rejected(server: EmulatorServer) -> None:
         server.set_faults(no_such_fault=1)
     with pytest.raises(Exception, match="400"):
         server.set_faults(error_rate=2)
+
+
+def test_reset_restores_startup_faults_and_zeroes_stats(tmp_path: Path) -> None:
+    with EmulatorServer(tmp_path, latency_ms=1, **FAST) as emulator:
+        client = openai.OpenAI(base_url=emulator.base_url, api_key="test", max_retries=0)
+        client.models.list()
+        emulator.set_faults(latency_ms=5, error_rate=0.1)
+        urllib.request.urlopen(urllib.request.Request(f"{emulator.url}/_emulator/reset", method="POST"))
+        assert emulator.faults()["latency_ms"] == 1
+        assert emulator.faults()["error_rate"] == 0
+        assert emulator.stats() == {"requests_by_route": {}}
+
+
+def test_cancel_while_validating(tmp_path: Path) -> None:
+    with EmulatorServer(tmp_path, **{**FAST, "validating_seconds": 5}) as emulator:
+        client = openai.OpenAI(base_url=emulator.base_url, api_key="test", max_retries=0)
+        batch = create_batch(client, chat_file(5))
+        assert client.batches.cancel(batch.id).status == "cancelling"
+        done = wait_for(client, batch.id, timeout=3)
+        assert done.status == "cancelled"
+        assert done.output_file_id is None
+        assert done.error_file_id is None
