@@ -38,11 +38,12 @@ import re
 import sqlite3
 from dataclasses import asdict, dataclass, field
 from json.encoder import encode_basestring_ascii
+from json.scanner import make_scanner
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, BinaryIO
 
 from openai_batch.limits import DEFAULT_LIMITS, SUPPORTED_ENDPOINTS, BatchLimits
-from openai_batch.pricing import estimate_cost_usd, estimate_tokens
+from openai_batch.pricing import estimate_cost_usd
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator
@@ -74,6 +75,8 @@ _FREE_ENDPOINTS = frozenset({"/v1/moderations"})
 _FLUSH_LINES = 8192
 _FLUSH_BYTES = 32 * 1024 * 1024
 _WRITE_BUFFER = 1024 * 1024
+# Input is read in blocks of whole lines: one hash update, one UTF-8 decode and one split per block.
+_READ_BLOCK = 4 * 1024 * 1024
 
 
 def _reject_constant(name: str) -> Any:
@@ -82,6 +85,9 @@ def _reject_constant(name: str) -> Any:
 
 # NaN/Infinity are not JSON and the service refuses them; parse once with a shared decoder.
 _DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+# The decoder's C scanner: parses one value at an index with no per-call Python overhead. Lines it
+# does not take cleanly go through ``_DECODER.decode``, which words the reject reasons.
+_SCAN = make_scanner(_DECODER)
 
 
 class PrepareError(Exception):
@@ -197,22 +203,34 @@ def default_id_prefix(source_name: str) -> str:
     return f"{slug}-{digest}"
 
 
-def _iter_lines(source: BinaryIO | Iterable[bytes]) -> Iterator[bytes]:
-    """Yield physical lines (with their ending) from a binary file or an iterable of chunks."""
+def _iter_blocks(source: BinaryIO | Iterable[bytes], size: int = _READ_BLOCK) -> Iterator[bytes]:
+    """Yield the input in blocks that end on a line break (the last one may not)."""
+    chunks: Iterable[bytes]
     if hasattr(source, "read"):
-        yield from source  # binary file objects iterate by line
-        return
-    pending = b""
-    for chunk in source:
-        if not pending and chunk.find(b"\n") == len(chunk) - 1:
-            yield chunk  # already exactly one line
+        reader = source.read
+        chunks = iter(lambda: reader(size), b"")
+    else:
+        chunks = source
+    pending: list[bytes] = []
+    pending_len = 0
+    for chunk in chunks:
+        if not chunk:
             continue
-        parts = (pending + chunk).split(b"\n")
-        pending = parts.pop()
-        for part in parts:
-            yield part + b"\n"
+        pending.append(chunk)
+        pending_len += len(chunk)
+        if pending_len < size:
+            continue
+        data = pending[0] if len(pending) == 1 else b"".join(pending)
+        cut = data.rfind(b"\n") + 1
+        if cut == 0:
+            pending = [data]
+            continue
+        yield data[:cut] if cut < len(data) else data
+        rest = data[cut:]
+        pending = [rest] if rest else []
+        pending_len = len(rest)
     if pending:
-        yield pending
+        yield b"".join(pending)
 
 
 def _quote(value: str) -> str:
@@ -231,6 +249,11 @@ def _count_embedding_inputs(value: Any) -> int:
 
 def _check_body(body: dict[str, Any], endpoint: str, limits: BatchLimits) -> tuple[str | None, int]:
     """Return ``(reason or None, embedding inputs)`` for a request body."""
+    if endpoint == "/v1/chat/completions":  # fast path for the common valid chat body
+        model, messages = body.get("model"), body.get("messages")
+        if type(model) is str and model and type(messages) is list and messages:
+            if body.get("stream") is not True:
+                return None, 0
     for name in _REQUIRED_FIELDS[endpoint]:
         if body.get(name) is None:
             return f"body.{name} is missing (required for {endpoint})", 0
@@ -270,6 +293,7 @@ class _OpenShard:
         self.shard = shard
         self.file: IO[bytes] = open(shard.path, "wb", buffering=_WRITE_BUFFER)  # noqa: SIM115
         self.hash = hashlib.sha256()
+        self.buffer: list[bytes] = []
 
     def fits(self, size: int, inputs: int, limits: BatchLimits) -> bool:
         s = self.shard
@@ -280,15 +304,23 @@ class _OpenShard:
         )
 
     def add(self, line: bytes, inputs: int, tokens: int) -> None:
-        self.file.write(line)
-        self.hash.update(line)
+        self.buffer.append(line)
         s = self.shard
         s.requests += 1
         s.bytes += len(line)
         s.embedding_inputs += inputs
         s.estimated_input_tokens += tokens
 
+    def drain(self) -> None:
+        """Write and hash the buffered lines in one call each."""
+        if self.buffer:
+            data = b"".join(self.buffer)
+            self.buffer = []
+            self.file.write(data)
+            self.hash.update(data)
+
     def close(self) -> Shard:
+        self.drain()
         self.file.close()
         self.shard.sha256 = self.hash.hexdigest()
         return self.shard
@@ -327,6 +359,7 @@ class _Preparer:
         self.next_index = 0
         self.order = open(work_dir / ORDER_FILE, "w", encoding="utf-8", buffering=_WRITE_BUFFER)  # noqa: SIM115
         self.rejects = open(work_dir / REJECTS_FILE, "w", encoding="utf-8", buffering=_WRITE_BUFFER)  # noqa: SIM115
+        self.order_buffer: list[str] = []
         self.seen_path = work_dir / ".seen.sqlite"
         self.seen: sqlite3.Connection | None = None
         self.flushed_once = False
@@ -336,6 +369,22 @@ class _Preparer:
     def reject(self, line_no: int, reason: str, content: bytes) -> None:
         self.pending.append((line_no, None, reason, content.decode("utf-8", "replace"), b"", 0, 0, b""))
         self.pending_bytes += len(content)
+
+    def feed_fast(self, line_no: int, content: bytes, text: str) -> None:
+        """Validate one line already split and decoded (no line ending); odd lines take :meth:`feed`."""
+        if text[-1:] == "\r":
+            content, text = content[:-1], text[:-1]
+        if text[:1] == "{" and text[-1:] == "}" and len(content) <= self.limits.max_request_bytes:
+            try:
+                obj, end = _SCAN(text, 0)
+            except Exception:  # noqa: BLE001 - the slow path words the reason
+                end = -1
+            if end == len(text):
+                if self.model is None and "custom_id" in obj and self._accept_plain(line_no, obj, content):
+                    return
+                self._accept(line_no, obj, content + b"\n", content)
+                return
+        self.feed(line_no, content + b"\n")
 
     def feed(self, line_no: int, raw: bytes) -> None:
         """Validate one physical line (blank lines already skipped) and queue its outcome."""
@@ -363,6 +412,39 @@ class _Preparer:
         if not isinstance(obj, dict):
             self.reject(line_no, f"expected a JSON object, got {_json_type(obj)}", content)
             return
+        self._accept(line_no, obj, raw, content)
+
+    def _accept_plain(self, line_no: int, obj: dict[str, Any], content: bytes) -> bool:
+        """Queue a valid full chat line that needs no change (the common case); False otherwise.
+
+        Same outcome as :meth:`_accept` for such lines, with fewer calls per line.
+        """
+        custom_id = obj["custom_id"]
+        body = obj.get("body")
+        if (
+            type(custom_id) is not str
+            or not custom_id
+            or obj.get("method") != "POST"
+            or obj.get("url") != "/v1/chat/completions"
+            or type(body) is not dict
+            or custom_id in self.chunk_ids
+        ):
+            return False
+        model = body.get("model")
+        messages = body.get("messages")
+        if type(model) is not str or not model or type(messages) is not list or not messages:
+            return False
+        if body.get("stream") is True:
+            return False
+        out = content + b"\n"
+        self.chunk_ids[custom_id] = line_no
+        self.pending.append(
+            (line_no, custom_id, "/v1/chat/completions", model, out, 0, (len(content) + 3) // 4, content)
+        )
+        self.pending_bytes += len(out)
+        return True
+
+    def _accept(self, line_no: int, obj: dict[str, Any], raw: bytes, content: bytes) -> None:
         if "custom_id" in obj or "body" in obj or "url" in obj or "method" in obj:  # see _FULL_KEYS
             result = self._full_line(line_no, obj, raw, content)
         else:
@@ -379,7 +461,8 @@ class _Preparer:
         model = body.get("model") or ""
         # Counting the line's bytes instead of walking the body keeps this pass at C speed; the
         # JSON syntax makes it a slight overestimate, which is the safe side for cost control.
-        tokens = estimate_tokens(content)
+        # Same as estimate_tokens(content), inlined on the hot path.
+        tokens = (len(content) + 3) // 4
         self.pending.append((line_no, custom_id, endpoint, model, out, inputs, tokens, content))
         self.pending_bytes += len(out)
 
@@ -479,7 +562,7 @@ class _Preparer:
         self.seen.execute("BEGIN")
         self.seen.executemany(
             "INSERT INTO seen VALUES (?, ?)",
-            ((cid, line) for cid, line in self.chunk_ids.items() if cid not in earlier),
+            sorted((cid, line) for cid, line in self.chunk_ids.items() if cid not in earlier),
         )
         self.seen.execute("COMMIT")
 
@@ -488,14 +571,42 @@ class _Preparer:
         if not final:
             self._remember_ids(earlier)
         self.flushed_once = True
+        open_shards = self.open
+        order_append = self.order_buffer.append
+        limits = self.limits
+        max_requests, max_bytes = limits.max_requests, limits.max_bytes
+        max_inputs = limits.max_embedding_inputs
         for line_no, custom_id, endpoint, model, out, inputs, tokens, original in self.pending:
-            if custom_id is not None and custom_id in earlier:
+            if custom_id is None:
+                self._write_reject(line_no, endpoint, model)
+                continue
+            if earlier and custom_id in earlier:
                 text = original.decode("utf-8", "replace")
                 self._write_reject(line_no, _duplicate_reason(custom_id, earlier[custom_id]), text)
-            elif custom_id is None:
-                self._write_reject(line_no, endpoint, model)
-            else:
-                self._write_request(custom_id, endpoint, model, out, inputs, tokens)
+                continue
+            shard = open_shards.get((endpoint, model))
+            if shard is not None:
+                s = shard.shard
+                size = len(out)
+                if (
+                    s.requests < max_requests
+                    and s.bytes + size <= max_bytes
+                    and s.embedding_inputs + inputs <= max_inputs
+                ):  # inlined _OpenShard.fits/add and _write_request
+                    self.valid += 1
+                    order_append(encode_basestring_ascii(custom_id) + "\n")
+                    shard.buffer.append(out)
+                    s.requests += 1
+                    s.bytes += size
+                    s.embedding_inputs += inputs
+                    s.estimated_input_tokens += tokens
+                    continue
+            self._write_request(custom_id, endpoint, model, out, inputs, tokens)
+        for shard in self.open.values():
+            shard.drain()
+        if self.order_buffer:
+            self.order.write("".join(self.order_buffer))
+            self.order_buffer = []
         self.pending = []
         self.pending_bytes = 0
         self.chunk_ids = {}
@@ -511,7 +622,7 @@ class _Preparer:
         self, custom_id: str, endpoint: str, model: str, out: bytes, inputs: int, tokens: int
     ) -> None:
         self.valid += 1
-        self.order.write(encode_basestring_ascii(custom_id) + "\n")
+        self.order_buffer.append(encode_basestring_ascii(custom_id) + "\n")
         key = (endpoint, model)
         shard = self.open.get(key)
         if shard is not None and not shard.fits(len(out), inputs, self.limits):
@@ -608,15 +719,35 @@ def prepare_requests(
     hasher = hashlib.sha256()
     line_no = 0
     try:
-        for raw in _iter_lines(source):
-            hasher.update(raw)
-            line_no += 1
-            if raw.isspace() or not raw or (line_no == 1 and raw.startswith(_BOM) and raw[3:].isspace()):
-                continue
-            state.lines += 1
-            state.feed(line_no, raw)
-            if len(state.pending) >= _FLUSH_LINES or state.pending_bytes >= _FLUSH_BYTES:
-                state.flush(final=False)
+        for block in _iter_blocks(source):
+            hasher.update(block)
+            parts = block.split(b"\n")
+            last = parts.pop()  # b"" when the block ends with a line break
+            try:
+                texts: list[str] | None = block.decode("utf-8").split("\n")
+            except UnicodeDecodeError:
+                texts = None  # some line is not UTF-8: decode line by line to word the reject
+            for index, content in enumerate(parts):
+                line_no += 1
+                if not content or content.isspace():
+                    continue
+                if line_no == 1 or texts is None:
+                    raw = content + b"\n"
+                    if line_no == 1 and raw.startswith(_BOM) and raw[3:].isspace():
+                        continue
+                    state.lines += 1
+                    state.feed(line_no, raw)
+                else:
+                    state.lines += 1
+                    state.feed_fast(line_no, content, texts[index])
+                if len(state.pending) >= _FLUSH_LINES or state.pending_bytes >= _FLUSH_BYTES:
+                    state.flush(final=False)
+            if last:  # a last line without a line break
+                line_no += 1
+                if last.isspace() or (line_no == 1 and last.startswith(_BOM) and last[3:].isspace()):
+                    continue
+                state.lines += 1
+                state.feed(line_no, last)
         shards = state.finish()
     except BaseException:
         state.close_files()
