@@ -40,7 +40,7 @@ from dataclasses import asdict, dataclass, field
 from json.encoder import encode_basestring_ascii
 from json.scanner import make_scanner
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, BinaryIO
+from typing import IO, TYPE_CHECKING, Any, BinaryIO, cast
 
 from openai_batch.limits import DEFAULT_LIMITS, SUPPORTED_ENDPOINTS, BatchLimits
 from openai_batch.pricing import estimate_cost_usd
@@ -87,7 +87,7 @@ def _reject_constant(name: str) -> Any:
 _DECODER = json.JSONDecoder(parse_constant=_reject_constant)
 # The decoder's C scanner: parses one value at an index with no per-call Python overhead. Lines it
 # does not take cleanly go through ``_DECODER.decode``, which words the reject reasons.
-_SCAN = make_scanner(_DECODER)
+_SCAN: Any = cast("Any", make_scanner)(_DECODER)
 
 
 class PrepareError(Exception):

@@ -13,8 +13,10 @@ from __future__ import annotations
 import json
 import sqlite3
 from dataclasses import asdict, dataclass, field
+from json.encoder import encode_basestring_ascii
+from json.scanner import make_scanner
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, Literal, get_args
+from typing import TYPE_CHECKING, Any, BinaryIO, Literal, cast, get_args
 
 from openai_batch.limits import is_retryable_code
 
@@ -36,9 +38,13 @@ __all__ = [
 ResultStatus = Literal["succeeded", "failed", "expired", "cancelled"]
 RESULT_STATUSES: tuple[str, ...] = get_args(ResultStatus)
 
-_CHUNK_ROWS = 2000
-_CHUNK_BYTES = 16 * 1024 * 1024
-_ORDER_CHUNK = 1000
+_CHUNK_ROWS = 20000
+_CHUNK_BYTES = 32 * 1024 * 1024
+_ORDER_CHUNK = 4000
+# Encoders built once: json.dumps with non-default arguments builds a new encoder per call.
+_COMPACT = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+_COMPACT_ASCII = json.JSONEncoder(separators=(",", ":")).encode
+_SCAN: Any = cast("Any", make_scanner)(json.JSONDecoder())
 
 
 def classify_line(
@@ -190,13 +196,15 @@ def _usage_of(body: dict[str, Any] | None) -> tuple[int, int, int, int]:
 
 
 def _dumps(value: Any) -> str:
-    text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    if value is None:
+        return "null"
+    text = _COMPACT(value)
     if text.isascii():
         return text
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:  # lone surrogates from \ud800-style escapes: keep them escaped
-        return json.dumps(value, separators=(",", ":"))
+        return _COMPACT_ASCII(value)
     return text
 
 
@@ -221,6 +229,10 @@ _INSERT_MISSING = _UPSERT_HEAD + "WHERE excluded.round > results.round"
 _Row = tuple[str, int, str, str, str, str, int, int, int, int, int]
 
 
+def _first(row: _Row) -> str:
+    return row[0]
+
+
 class ResultStore:
     """SQLite-backed store of the latest outcome per custom_id (a scratch file, bounded cache).
 
@@ -232,7 +244,7 @@ class ResultStore:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(self.path, isolation_level=None)
-        for pragma in ("journal_mode=OFF", "synchronous=OFF", "cache_size=-32768", "temp_store=FILE"):
+        for pragma in ("journal_mode=OFF", "synchronous=OFF", "cache_size=-65536", "temp_store=FILE"):
             self._db.execute(f"PRAGMA {pragma}")
         self._db.execute(
             """CREATE TABLE IF NOT EXISTS results (
@@ -256,6 +268,10 @@ class ResultStore:
         self._db.close()
 
     def _write(self, sql: str, rows: list[_Row]) -> None:
+        # Sorted by custom_id, the upserts walk the primary-key index in order (fewer page misses).
+        # Ids are unique within one output/error file, so the order does not change the outcome;
+        # for repeated ids the stable sort keeps their file order.
+        rows.sort(key=_first)
         self._db.execute("BEGIN")
         self._db.executemany(sql, rows)
         self._db.execute("COMMIT")
@@ -384,6 +400,7 @@ class ResultStore:
         """
         counts = ResultCounts()
         usage = counts.usage
+        batch_json: dict[str, str] = {}
         tally = {"succeeded": 0, "failed": 0, "expired": 0, "cancelled": 0}
         missing_error = '{"code":"missing_result","message":"no result was returned for this request"}'
         buffer: list[str] = []
@@ -392,7 +409,7 @@ class ResultStore:
                 status, response, error, batch_id = "failed", "null", missing_error, "null"
             else:
                 status, response, error = row[1], row[2], row[3]
-                batch_id = json.dumps(row[4])
+                batch_id = batch_json.get(row[4]) or batch_json.setdefault(row[4], json.dumps(row[4]))
                 if status == "succeeded":
                     usage.input_tokens += row[5]
                     usage.output_tokens += row[6]
@@ -400,7 +417,7 @@ class ResultStore:
                     usage.reasoning_tokens += row[8]
             tally[status] += 1
             buffer.append(
-                f'{{"custom_id":{json.dumps(custom_id)},"status":"{status}",'
+                f'{{"custom_id":{encode_basestring_ascii(custom_id)},"status":"{status}",'
                 f'"response":{response},"error":{error},"batch_id":{batch_id}}}\n'
             )
             if len(buffer) >= _ORDER_CHUNK:
@@ -420,6 +437,15 @@ def read_order(path: str | Path) -> Iterator[str]:
     """Yield the custom_ids of an ``order.txt`` written by ``prepare_requests``, in order."""
     with open(path, encoding="utf-8") as lines:
         for line in lines:
+            text = line[:-1] if line[-1:] == "\n" else line
+            if text[:1] == '"' and text[-1:] == '"':  # the usual line: a JSON string, no padding
+                try:
+                    value, end = _SCAN(text, 0)
+                except ValueError:
+                    end = -1
+                if end == len(text) and isinstance(value, str):
+                    yield value
+                    continue
             if line.strip():
                 value = json.loads(line)
                 if not isinstance(value, str):
