@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import IO, TYPE_CHECKING, Any, cast
@@ -157,8 +158,18 @@ class OpenAIBatchHook(OpenAIHook):
     # ---- async twins for triggers ------------------------------------------------------------
 
     async def async_client(self) -> AsyncOpenAI:
-        """Return an ``AsyncOpenAI`` client for this connection; close it with ``async with``."""
-        return await self.aget_conn()
+        """
+        Return an ``AsyncOpenAI`` client for this connection; close it with ``async with``.
+
+        The connection is looked up without blocking, and the client (whose construction loads TLS
+        certificates, a blocking step of about 0.2 s) is built in a worker thread.
+        """
+        from airflow.providers.common.compat.connection import get_async_connection, get_async_extra_dejson
+        from openai import AsyncOpenAI
+
+        conn = await get_async_connection(self.conn_id, hook=self)
+        kwargs = self._client_kwargs(conn, await get_async_extra_dejson(conn))
+        return await asyncio.to_thread(AsyncOpenAI, **kwargs)
 
     async def aget_batch(self, batch_id: str, client: AsyncOpenAI | None = None) -> Batch:
         """Return the batch with the given id without blocking the event loop."""

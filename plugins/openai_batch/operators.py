@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowFailException
 
-from openai_batch.hooks import OpenAIBatchHook
 from openai_batch.storage import (
     copy_file,
     local_dir,
@@ -24,6 +23,7 @@ from openai_batch.storage import (
 if TYPE_CHECKING:
     from airflow.sdk import Context, ObjectStoragePath
 
+    from openai_batch.hooks import OpenAIBatchHook
     from openai_batch.state import ShardState
 
 #: Names inside each input file's result folder (contract: results, rejects, manifest).
@@ -63,7 +63,10 @@ def load_state(state_dir: ObjectStoragePath, shard_ref: dict[str, Any]) -> Shard
 
     path = state_dir / f"shard-{shard_ref['index']:05d}.state.json"
     if path.exists():
-        return ShardState.from_dict(read_json(path))
+        state = ShardState.from_dict(read_json(path))
+        # A record of other content (the file changed) or of a forced re-run is history, not ours.
+        if state.identity == shard_ref["identity"]:
+            return state
     return ShardState(
         identity=shard_ref["identity"],
         index=shard_ref["index"],
@@ -284,6 +287,8 @@ class OpenAIBatchSubmitOperator(BaseOperator):
 
     def execute(self, context: Context) -> dict[str, Any]:
         """Submit the shard and return it with its batch id."""
+        from openai_batch.hooks import OpenAIBatchHook
+
         state_dir = to_path(self.shard["state_dir"])
         state = load_state(state_dir, self.shard)
         batch_id = submit_round(OpenAIBatchHook(conn_id=self.conn_id), state_dir, state, self.shard["source"])

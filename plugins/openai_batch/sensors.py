@@ -9,14 +9,13 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseSensorOperator
 from airflow.sdk.exceptions import AirflowException
 
-from openai_batch.hooks import OpenAIBatchHook
 from openai_batch.operators import load_state, save_state, submit_round
 from openai_batch.storage import join_pattern, to_path
-from openai_batch.triggers import InputFilesTrigger, OpenAIBatchTrigger
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
+    from openai_batch.hooks import OpenAIBatchHook
     from openai_batch.state import ShardState
 
 TOKEN_LIMIT_CODE = "token_limit_exceeded"
@@ -72,6 +71,8 @@ class OpenAIBatchInputSensor(BaseSensorOperator):
 
     def execute(self, context: Context) -> None:
         """Defer to the input trigger."""
+        from openai_batch.triggers import InputFilesTrigger
+
         pattern = input_pattern(self.input, self.inbox, context)
         self.log.info("Waiting for input files matching %s", pattern)
         self.defer(
@@ -137,6 +138,8 @@ class OpenAIBatchSensor(BaseSensorOperator):
     @property
     def hook(self) -> OpenAIBatchHook:
         """Return a hook for the connection."""
+        from openai_batch.hooks import OpenAIBatchHook
+
         return OpenAIBatchHook(conn_id=self.conn_id)
 
     def execute(self, context: Context) -> dict[str, Any]:
@@ -152,6 +155,8 @@ class OpenAIBatchSensor(BaseSensorOperator):
         raise AssertionError("unreachable")  # defer() raises
 
     def _defer(self, state: ShardState) -> None:
+        from openai_batch.triggers import OpenAIBatchTrigger
+
         assert state.current.batch_id is not None
         self.defer(
             trigger=OpenAIBatchTrigger(
