@@ -19,6 +19,22 @@ if TYPE_CHECKING:
     from openai_batch.state import ShardState
 
 TOKEN_LIMIT_CODE = "token_limit_exceeded"
+DEFAULT_TOKEN_LIMIT_WAIT = 600.0
+
+
+def token_limit_wait(value: float | None) -> float:
+    """
+    Return the base wait (seconds) before resubmitting after ``token_limit_exceeded``.
+
+    An explicit ``value`` wins; else ``[openai_batch] token_limit_wait`` from the Airflow config of the
+    process that runs the task (so a deployment, or a test, can shorten it without editing the DAG);
+    else 600.
+    """
+    if value is not None:
+        return float(value)
+    from airflow.sdk.configuration import conf
+
+    return float(conf.getfloat("openai_batch", "token_limit_wait", fallback=DEFAULT_TOKEN_LIMIT_WAIT))
 
 
 def input_pattern(input_param: str | None, inbox: str, context: Context) -> str:
@@ -105,7 +121,9 @@ class OpenAIBatchSensor(BaseSensorOperator):
     :param poll_interval: Seconds between two polls. (templated)
     :param max_retry_rounds: Follow-up rounds for retryable requests. (templated)
     :param max_token_limit_retries: Resubmissions after ``token_limit_exceeded``.
-    :param token_limit_wait: Seconds to wait before such a resubmission.
+    :param token_limit_wait: Seconds to wait before such a resubmission (doubling, tripling, ... per
+        attempt). None (the default) takes ``[openai_batch] token_limit_wait`` from the Airflow
+        config (env ``AIRFLOW__OPENAI_BATCH__TOKEN_LIMIT_WAIT``), else 600.
     :param wait_timeout: Seconds to wait for one batch before cancelling it and failing.
     :param cancel_on_kill: Cancel the batch when the deferred task is killed, failed or cleared.
     """
@@ -120,7 +138,7 @@ class OpenAIBatchSensor(BaseSensorOperator):
         poll_interval: float = 60.0,
         max_retry_rounds: int = 2,
         max_token_limit_retries: int = 3,
-        token_limit_wait: float = 600.0,
+        token_limit_wait: float | None = None,
         wait_timeout: float = 26 * 3600,
         cancel_on_kill: bool = True,
         **kwargs: Any,
@@ -212,7 +230,7 @@ class OpenAIBatchSensor(BaseSensorOperator):
     def _wait_for_token_budget(self, attempt: int) -> dict[str, Any]:
         from airflow.providers.standard.triggers.temporal import TimeDeltaTrigger
 
-        delay = float(self.token_limit_wait) * (attempt + 1)
+        delay = token_limit_wait(self.token_limit_wait) * (attempt + 1)
         self.log.warning("Enqueued-token limit reached; resubmitting in %.0f s (deferred)", delay)
         self.defer(trigger=TimeDeltaTrigger(timedelta(seconds=delay)), method_name="resubmit")
         raise AssertionError("unreachable")

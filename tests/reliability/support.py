@@ -1,0 +1,96 @@
+"""Helpers shared by the reliability tests: inputs, DAG runs, direct operator calls, emulator counters."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from tests.dags.conftest import get_dag, read_jsonl
+
+ROOT = Path(__file__).resolve().parents[2]
+PARTITION = "2024-06-01"
+
+__all__ = [
+    "PARTITION",
+    "ROOT",
+    "batches_created",
+    "chat_line",
+    "prepare",
+    "read_jsonl",
+    "result_dir",
+    "run_dag",
+    "submit",
+    "task_states",
+    "write_input",
+]
+
+
+def chat_line(custom_id: str, text: str, model: str = "gpt-4o-mini") -> dict[str, Any]:
+    """Return a full batch line for the chat endpoint."""
+    return {
+        "custom_id": custom_id,
+        "method": "POST",
+        "url": "/v1/chat/completions",
+        "body": {"model": model, "messages": [{"role": "user", "content": text}]},
+    }
+
+
+def write_input(path: Path, lines: list[Any]) -> Path:
+    """Write objects (or raw strings) as JSONL."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(
+        "".join((x if isinstance(x, str) else json.dumps(x, ensure_ascii=False)) + "\n" for x in lines),
+        encoding="utf-8",
+    )
+    return path
+
+
+def run_dag(conf: dict[str, Any], **kwargs: Any) -> Any:
+    """Run the ``openai_batch`` DAG once with ``dag.test()`` (deferred tasks run inline)."""
+    return get_dag().test(run_conf={"poll_interval": 1, **conf}, **kwargs)
+
+
+def task_states(dag_run: Any) -> dict[str, str]:
+    """Return ``{task_id[map_index]: state}`` of a DAG run, for assertion messages."""
+    return {
+        ti.task_id + (f"[{ti.map_index}]" if ti.map_index >= 0 else ""): ti.state
+        for ti in dag_run.get_task_instances()
+    }
+
+
+def result_dir(results: Path, stem: str) -> Path:
+    """Return the one result folder of input ``<stem>.jsonl``."""
+    found = list(results.glob(f"*/{stem}/manifest.json"))
+    assert len(found) == 1, found
+    return found[0].parent
+
+
+def batches_created(server: Any) -> int:
+    """Return the emulator's count of created batches."""
+    return int(server.stats().get("batches_created", 0))
+
+
+def prepare(
+    source: Path, results: Path, partition: str = PARTITION, max_requests_per_batch: int = 50_000
+) -> dict[str, Any]:
+    """Run the prepare operator as its task would; return the plan."""
+    from openai_batch.operators import OpenAIBatchPrepareOperator
+
+    op = OpenAIBatchPrepareOperator(
+        task_id="prepare",
+        source=str(source),
+        results_root=str(results),
+        partition=partition,
+        max_requests_per_batch=max_requests_per_batch,
+    )
+    plan: dict[str, Any] = op.execute({"run_id": "manual__reliability"})  # type: ignore[arg-type]
+    return plan
+
+
+def submit(shard: dict[str, Any]) -> dict[str, Any]:
+    """Run the submit operator as its task would; return its XCom value."""
+    from openai_batch.operators import OpenAIBatchSubmitOperator
+
+    result: dict[str, Any] = OpenAIBatchSubmitOperator(task_id="submit", shard=shard).execute({})  # type: ignore[arg-type]
+    return result
