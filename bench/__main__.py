@@ -54,7 +54,9 @@ def sizes_for(smoke: bool, scale: float) -> dict[str, Any]:
             "merge_lines": 1_000_000,
             "triggers": 1_000,
             "trigger_window_s": 15.0,
-            "trigger_warmup_s": 3.0,
+            # Starting 1,000 of our triggers (connection lookup + client per trigger) takes tens of
+            # seconds; the window starts once they poll.
+            "trigger_warmup_s": 45.0,
             "e2e_requests": 100_000,
             "parse_runs": 5,
         }
