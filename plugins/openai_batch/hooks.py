@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import logging
 import time
+import weakref
 from typing import IO, TYPE_CHECKING, Any, cast
 
 import openai
@@ -23,6 +26,11 @@ TRANSIENT_ERRORS: tuple[type[Exception], ...] = (
     openai.RateLimitError,
     openai.InternalServerError,
     openai.APIConnectionError,  # includes APITimeoutError
+)
+
+#: Clients shared per event loop (see ``OpenAIBatchHook.shared_async_client``).
+_SHARED_CLIENTS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, AsyncOpenAI]] = (
+    weakref.WeakKeyDictionary()
 )
 
 #: Batch statuses after which nothing changes any more.
@@ -164,12 +172,33 @@ class OpenAIBatchHook(OpenAIHook):
         The connection is looked up without blocking, and the client (whose construction loads TLS
         certificates, a blocking step of about 0.2 s) is built in a worker thread.
         """
-        from airflow.providers.common.compat.connection import get_async_connection, get_async_extra_dejson
         from openai import AsyncOpenAI
 
+        return await asyncio.to_thread(AsyncOpenAI, **await self._async_client_kwargs())
+
+    async def shared_async_client(self) -> AsyncOpenAI:
+        """
+        Return a client shared by every caller with the same settings on the running event loop.
+
+        A triggerer runs many triggers on one loop: sharing one client (one connection pool, one
+        TLS context) keeps a thousand waits cheap. Do not close it; it lives as long as the loop.
+        """
+        from openai import AsyncOpenAI
+
+        kwargs = await self._async_client_kwargs()
+        key = hashlib.sha256(json.dumps(kwargs, sort_keys=True, default=str).encode()).hexdigest()
+        loop = asyncio.get_running_loop()
+        clients = _SHARED_CLIENTS.setdefault(loop, {})
+        client = clients.get(key)
+        if client is None or client.is_closed():
+            client = clients[key] = await asyncio.to_thread(AsyncOpenAI, **kwargs)
+        return client
+
+    async def _async_client_kwargs(self) -> dict[str, Any]:
+        from airflow.providers.common.compat.connection import get_async_connection, get_async_extra_dejson
+
         conn = await get_async_connection(self.conn_id, hook=self)
-        kwargs = self._client_kwargs(conn, await get_async_extra_dejson(conn))
-        return await asyncio.to_thread(AsyncOpenAI, **kwargs)
+        return self._client_kwargs(conn, await get_async_extra_dejson(conn))
 
     async def aget_batch(self, batch_id: str, client: AsyncOpenAI | None = None) -> Batch:
         """Return the batch with the given id without blocking the event loop."""

@@ -91,38 +91,36 @@ class OpenAIBatchTrigger(BaseTrigger):
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         """Poll until the batch ends, the wait times out, or polling keeps failing."""
-        async with await self._hook().async_client() as client:
-            errors = 0
-            while True:
-                try:
-                    batch = await client.batches.retrieve(self.batch_id)
-                    errors = 0
-                except openai.NotFoundError as err:
-                    yield TriggerEvent(self._error_event(f"batch {self.batch_id} not found: {err.message}"))
+        client = await self._hook().shared_async_client()
+        errors = 0
+        while True:
+            try:
+                batch = await client.batches.retrieve(self.batch_id)
+                errors = 0
+            except openai.NotFoundError as err:
+                yield TriggerEvent(self._error_event(f"batch {self.batch_id} not found: {err.message}"))
+                return
+            except (openai.APIError, openai.APIConnectionError) as err:
+                errors += 1
+                self.log.warning(
+                    "Polling batch %s failed (%s of %s tolerated): %s",
+                    self.batch_id,
+                    errors,
+                    self.max_poll_errors,
+                    type(err).__name__,
+                )
+                if errors > self.max_poll_errors:
+                    yield TriggerEvent(self._error_event(f"polling failed {errors} times in a row: {err}"))
                     return
-                except (openai.APIError, openai.APIConnectionError) as err:
-                    errors += 1
-                    self.log.warning(
-                        "Polling batch %s failed (%s of %s tolerated): %s",
-                        self.batch_id,
-                        errors,
-                        self.max_poll_errors,
-                        type(err).__name__,
-                    )
-                    if errors > self.max_poll_errors:
-                        yield TriggerEvent(
-                            self._error_event(f"polling failed {errors} times in a row: {err}")
-                        )
-                        return
-                else:
-                    self._log_progress(batch)
-                    if batch.status in TERMINAL_STATUSES:
-                        yield TriggerEvent(batch_summary(batch))
-                        return
-                if self.end_time is not None and time.time() >= self.end_time:
-                    yield TriggerEvent(await self._timeout_event(client))
+            else:
+                self._log_progress(batch)
+                if batch.status in TERMINAL_STATUSES:
+                    yield TriggerEvent(batch_summary(batch))
                     return
-                await asyncio.sleep(self.poll_interval)
+            if self.end_time is not None and time.time() >= self.end_time:
+                yield TriggerEvent(await self._timeout_event(client))
+                return
+            await asyncio.sleep(self.poll_interval)
 
     def _log_progress(self, batch: Batch) -> None:
         counts = batch.request_counts
@@ -158,8 +156,8 @@ class OpenAIBatchTrigger(BaseTrigger):
         """Cancel the batch when a user kills, fails or clears the deferred task."""
         if not self.cancel_on_kill:
             return
-        async with await self._hook().async_client() as client:
-            await asyncio.wait_for(self._cancel(client), timeout=30)
+        client = await self._hook().shared_async_client()
+        await asyncio.wait_for(self._cancel(client), timeout=30)
 
 
 class InputFilesTrigger(BaseTrigger):
