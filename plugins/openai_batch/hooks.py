@@ -29,9 +29,9 @@ TRANSIENT_ERRORS: tuple[type[Exception], ...] = (
 )
 
 #: Clients shared per event loop (see ``OpenAIBatchHook.shared_async_client``).
-_SHARED_CLIENTS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, AsyncOpenAI]] = (
-    weakref.WeakKeyDictionary()
-)
+_SHARED_CLIENTS: weakref.WeakKeyDictionary[
+    asyncio.AbstractEventLoop, tuple[asyncio.Lock, dict[str, AsyncOpenAI]]
+] = weakref.WeakKeyDictionary()
 
 #: Batch statuses after which nothing changes any more.
 TERMINAL_STATUSES = frozenset({"completed", "failed", "expired", "cancelled"})
@@ -109,6 +109,10 @@ class OpenAIBatchHook(OpenAIHook):
         The API has no server-side metadata filter, so this scans at most ``max_scan`` batches,
         newest first. Failed and cancelled batches are ignored: they hold nothing worth re-attaching.
         """
+        return next(self._iter_matching(metadata, max_scan), None)
+
+    def _iter_matching(self, metadata: Mapping[str, str], max_scan: int = 1000) -> Iterator[Batch]:
+        """Yield the live batches whose metadata contains every pair of ``metadata``, newest first."""
         scanned = 0
         after: str | None = None
         while scanned < max_scan:
@@ -121,11 +125,37 @@ class OpenAIBatchHook(OpenAIHook):
                     "cancelled",
                     "cancelling",
                 ):
-                    return cast("Batch", batch)
+                    yield cast("Batch", batch)
             if not page.has_more or not page.data:
-                return None
+                return
             after = page.data[-1].id
-        return None
+
+    def _keep_oldest(self, created: Batch, metadata: Mapping[str, str]) -> Batch:
+        """
+        Settle a race between two submitters that both scanned before either created: the oldest wins.
+
+        Both see the same listing order (newest first), so both pick the same batch; the newer one is
+        cancelled at once, normally while it is still validating, before any request is processed.
+        """
+        try:
+            matching = list(self._iter_matching(metadata))
+        except TRANSIENT_ERRORS as err:
+            log.warning("Could not check batch %s for a concurrent duplicate: %s", created.id, err)
+            return created
+        if not matching or matching[-1].id == created.id:
+            return created
+        oldest = matching[-1]
+        log.warning(
+            "Batch %s duplicates %s (created concurrently for %s); cancelling it and re-attaching",
+            created.id,
+            oldest.id,
+            dict(metadata),
+        )
+        try:
+            self.conn.batches.cancel(created.id)
+        except (openai.APIError, openai.APIConnectionError) as err:
+            log.warning("Could not cancel duplicate batch %s: %s", created.id, err)
+        return oldest
 
     def create_batch_once(
         self,
@@ -139,7 +169,9 @@ class OpenAIBatchHook(OpenAIHook):
         Create a batch, retrying transient errors without ever creating it twice.
 
         The SDK's own retries are off for the create call: a timeout may hide a batch that the
-        service did create, so before each new attempt the batch is looked up by ``metadata``.
+        service did create, so before each new attempt the batch is looked up by ``metadata``. After
+        the create, a concurrent duplicate (another run that scanned before this one created) is
+        settled: the oldest batch is kept and returned, a newer one is cancelled.
         """
         client = self.conn.with_options(max_retries=0)
         for attempt in range(1, attempts + 1):
@@ -147,7 +179,7 @@ class OpenAIBatchHook(OpenAIHook):
                 log.info("Batch %s already exists for %s; re-attaching", existing.id, metadata)
                 return existing
             try:
-                return client.batches.create(
+                created = client.batches.create(
                     input_file_id=file_id,
                     endpoint=endpoint,  # type: ignore[arg-type]
                     completion_window="24h",
@@ -161,6 +193,8 @@ class OpenAIBatchHook(OpenAIHook):
                     "Creating the batch failed (%s); attempt %s of %s in %.1fs", err, attempt, attempts, delay
                 )
                 time.sleep(delay)
+            else:
+                return self._keep_oldest(created, metadata)
         raise AssertionError("unreachable")
 
     # ---- async twins for triggers ------------------------------------------------------------
@@ -188,10 +222,11 @@ class OpenAIBatchHook(OpenAIHook):
         kwargs = await self._async_client_kwargs()
         key = hashlib.sha256(json.dumps(kwargs, sort_keys=True, default=str).encode()).hexdigest()
         loop = asyncio.get_running_loop()
-        clients = _SHARED_CLIENTS.setdefault(loop, {})
-        client = clients.get(key)
-        if client is None or client.is_closed():
-            client = clients[key] = await asyncio.to_thread(AsyncOpenAI, **kwargs)
+        lock, clients = _SHARED_CLIENTS.setdefault(loop, (asyncio.Lock(), {}))
+        async with lock:  # a thousand triggers starting at once build one client, not a thousand
+            client = clients.get(key)
+            if client is None or client.is_closed():
+                client = clients[key] = await asyncio.to_thread(AsyncOpenAI, **kwargs)
         return client
 
     async def _async_client_kwargs(self) -> dict[str, Any]:

@@ -148,7 +148,7 @@ def test_overlapping_runs_on_one_file_share_its_batches(pipeline: dict[str, Any]
     """Two runs (different partitions, so different state folders) take the same file one after the other.
 
     The second run has no state record of its own; the metadata scan finds the first run's batches.
-    Two submits that both scan before either creates are NOT covered (see docs/reliability.md).
+    Two submits that both scan before either creates: see the next test.
     """
     server = pipeline["emulator"]
     source = _input(pipeline["inbox"], "shared.jsonl", n=6)
@@ -161,3 +161,48 @@ def test_overlapping_runs_on_one_file_share_its_batches(pipeline: dict[str, Any]
     assert len(set(ids_a)) == 2
     assert batches_created(server) == 2
     assert server.stats()["files_uploaded"] == 2
+
+
+def test_two_submits_racing_past_the_scan_keep_one_live_batch(
+    pipeline: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two overlapping runs scan at the same moment, find nothing, and both create: the newer is cancelled."""
+    import threading
+
+    from openai_batch.hooks import OpenAIBatchHook
+
+    server = pipeline["emulator"]
+    source = _input(pipeline["inbox"], "race.jsonl", n=4)
+    shards = [
+        prepare(source, pipeline["results"], partition=p)["shards"][0] for p in ("2024-06-01", "2024-06-02")
+    ]
+    both_scanned = threading.Barrier(2, timeout=30)
+    real_find = OpenAIBatchHook.find_batch
+
+    def find_then_wait(self: OpenAIBatchHook, metadata: Any, max_scan: int = 1000) -> Any:
+        found = real_find(self, metadata, max_scan)
+        both_scanned.wait()  # neither has created yet: the race window, held open
+        return found
+
+    monkeypatch.setattr(OpenAIBatchHook, "find_batch", find_then_wait)
+    got: dict[int, str] = {}
+
+    def run(i: int) -> None:
+        got[i] = submit(shards[i])["batch_id"]
+
+    racers = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    for racer in racers:
+        racer.start()
+    for racer in racers:
+        racer.join(timeout=60)
+
+    assert got[0] == got[1]  # both runs wait on the same batch
+    assert batches_created(server) == 2  # both did create ...
+    batches = {b.id: b for b in _emulator_batches(server)}
+    live = [b for b in batches.values() if b.status not in ("cancelling", "cancelled")]
+    assert [b.id for b in live] == [got[0]]  # ... but only the oldest lives on
+    (duplicate,) = [b for b in batches.values() if b.id != got[0]]
+    assert duplicate.status in ("cancelling", "cancelled")
+    assert duplicate.request_counts is None or duplicate.request_counts.completed == 0  # nothing billed
+    for shard in shards:
+        assert load_state(to_path(shard["state_dir"]), shard).current.batch_id == got[0]
