@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -124,7 +125,9 @@ class OpenAIBatchTrigger(BaseTrigger):
             if self.end_time is not None and time.time() >= self.end_time:
                 yield TriggerEvent(await self._timeout_event(client))
                 return
-            await asyncio.sleep(self.poll_interval)
+            # +-20% jitter: waits started together (a mapped task, a backfill) drift apart instead
+            # of hitting the API and the triggerer's loop in bursts.
+            await asyncio.sleep(self.poll_interval * random.uniform(0.8, 1.2))
 
     def _log_progress(self, batch: dict[str, Any]) -> None:
         counts = batch.get("request_counts") or {}
