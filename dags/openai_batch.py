@@ -18,8 +18,9 @@ from datetime import timedelta
 from pathlib import Path
 
 import pendulum
-from airflow.sdk import Asset, Param, dag, task
+from airflow.sdk import Param, dag, task
 
+from openai_batch.assets import RESULTS_ASSET
 from openai_batch.limits import SUPPORTED_ENDPOINTS
 from openai_batch.operators import (
     OpenAIBatchPrepareOperator,
@@ -31,7 +32,6 @@ from openai_batch.sensors import OpenAIBatchInputSensor, OpenAIBatchSensor
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 INBOX = "{{ var.value.get('openai_batch_inbox', '%s') }}" % (PROJECT_ROOT / "data" / "inbox")
 RESULTS = "{{ var.value.get('openai_batch_results', '%s') }}" % (PROJECT_ROOT / "data" / "results")
-RESULTS_ASSET = Asset("openai_batch_results", uri="file:///openai_batch/results")
 
 
 @dag(

@@ -17,6 +17,7 @@ from openai_batch.storage import (
     read_json,
     safe_name,
     to_path,
+    url_of,
     write_json,
 )
 
@@ -181,8 +182,8 @@ class OpenAIBatchPrepareOperator(BaseOperator):
         base = {
             "source": self.source,
             "partition": partition,
-            "out_dir": str(out),
-            "state_dir": str(state_dir),
+            "out_dir": url_of(out),
+            "state_dir": url_of(state_dir),
         }
         manifest = out / MANIFEST_FILE
         if not self.force and manifest.exists():
@@ -348,7 +349,7 @@ class OpenAIBatchWriteResultsOperator(BaseOperator):
             out,
         )
         summary = {k: manifest[k] for k in ("input", "input_sha256", "counts", "usage", "estimated_cost_usd")}
-        summary["results"] = str(out / RESULTS_FILE)
+        summary["results"] = url_of(out / RESULTS_FILE)
         self._emit_asset_event(context, summary)
         return summary
 

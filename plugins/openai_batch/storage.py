@@ -18,6 +18,10 @@ _UNFINISHED = re.compile(r"(^\.|\.tmp$|\.part$)")
 _GLOB_CHARS = re.compile(r"[*?\[]")
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _BATCH_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+#: Connection used for a URL that names none (``s3://bucket/key`` rather than ``s3://conn@bucket/key``).
+#: Without one, ObjectStoragePath talks to S3 with boto's own credential chain and ignores Airflow's
+#: ``aws_default`` connection (its endpoint, region and keys).
+DEFAULT_CONN_IDS = {"s3": "aws_default", "s3a": "aws_default"}
 
 
 def is_url(value: str) -> bool:
@@ -28,11 +32,29 @@ def is_url(value: str) -> bool:
 def to_path(value: str, conn_id: str | None = None, root: str | None = None) -> ObjectStoragePath:
     """Return a storage path for a URL, an absolute path, or a path relative to ``root``."""
     if is_url(value):
-        return ObjectStoragePath(value, conn_id=conn_id) if conn_id else ObjectStoragePath(value)
-    path = Path(value)
-    if not path.is_absolute():
-        path = Path(root or ".") / path
-    return ObjectStoragePath(str(path.resolve()))
+        url = ObjectStoragePath(value, conn_id=conn_id) if conn_id else ObjectStoragePath(value)
+        default = DEFAULT_CONN_IDS.get(url.protocol)
+        if url.conn_id is None and default:
+            url = ObjectStoragePath(value, conn_id=default)
+        return url
+    local = Path(value)
+    if not local.is_absolute():
+        local = Path(root or ".") / local
+    return ObjectStoragePath(str(local.resolve()))
+
+
+def url_of(path: ObjectStoragePath) -> str:
+    """
+    Return ``path`` as a string that ``to_path`` turns back into the same path.
+
+    Object-storage paths keep their connection only when it is not the scheme's default, so results
+    read ``s3://bucket/key`` instead of ``s3://aws_default@bucket/key``.
+    """
+    if local_dir(path) is not None:
+        return str(path)
+    conn_id = path.conn_id
+    user = f"{conn_id}@" if conn_id and conn_id != DEFAULT_CONN_IDS.get(path.protocol) else ""
+    return f"{path.protocol}://{user}{path.path}"
 
 
 def join_pattern(base: str, pattern: str) -> str:

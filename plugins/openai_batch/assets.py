@@ -1,0 +1,64 @@
+"""The asset the pipeline updates, and how a downstream DAG reads the events it gets."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from airflow.sdk import Asset
+
+#: Updated once per written input file; the event's extra is that file's manifest summary
+#: (``input``, ``input_sha256``, ``counts``, ``usage``, ``estimated_cost_usd``, ``results``).
+RESULTS_ASSET = Asset("openai_batch_results", uri="file:///openai_batch/results")
+
+_COUNT_KEYS = ("total", "succeeded", "failed", "expired", "cancelled", "rejected")
+
+
+def event_extras(events: Mapping[Any, Iterable[Any]] | Iterable[Any] | None) -> list[dict[str, Any]]:
+    """
+    Return the extra of every results event, in order.
+
+    ``events`` is a task's ``triggering_asset_events`` (asset -> events) or a plain list of events;
+    anything with an ``extra`` attribute or key counts as an event. Events without a manifest
+    summary (for instance one created by hand in the UI) are left out.
+    """
+    if events is None:
+        return []
+    if isinstance(events, Mapping):
+        flat = [event for asset in events for event in events[asset]]
+    else:
+        flat = list(events)
+    extras = []
+    for event in flat:
+        extra = event.get("extra") if isinstance(event, Mapping) else getattr(event, "extra", None)
+        if isinstance(extra, Mapping) and "counts" in extra:
+            extras.append(dict(extra))
+    return extras
+
+
+def summarize_results(extras: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """Add up the manifest summaries of several written files."""
+    files = []
+    counts = dict.fromkeys(_COUNT_KEYS, 0)
+    cost = 0.0
+    cost_known = True
+    for extra in extras:
+        file_counts = extra.get("counts") or {}
+        for key in _COUNT_KEYS:
+            counts[key] += int(file_counts.get(key) or 0)
+        if extra.get("estimated_cost_usd") is None:
+            cost_known = False
+        else:
+            cost += float(extra["estimated_cost_usd"])
+        files.append(
+            {
+                "input": extra.get("input"),
+                "results": extra.get("results"),
+                "counts": dict(file_counts),
+            }
+        )
+    return {
+        "files": files,
+        "counts": counts,
+        "estimated_cost_usd": round(cost, 6) if cost_known and files else None,
+    }
