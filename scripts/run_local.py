@@ -69,27 +69,24 @@ def stop(procs: list[subprocess.Popen[bytes]]) -> None:
             proc.wait()
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--once", action="store_true", help="stop after the first run's results are written")
-    parser.add_argument("--timeout", type=float, default=600, help="seconds to wait for the first results")
-    args = parser.parse_args()
+def airflow_env(
+    base: dict[str, str], *, home: Path, ui_port: int, inbox: Path, results: Path, root: Path = ROOT
+) -> dict[str, str]:
+    """
+    Return the environment of a local ``airflow standalone`` for this project.
 
-    ui_port = int(os.environ.get("OPENAI_BATCH_UI_PORT", "8080"))
-    emu_port = int(os.environ.get("OPENAI_BATCH_EMULATOR_PORT", "8800"))
-    data = ROOT / "data"
-    inbox, results = data / "inbox", data / "results"
-    home = ROOT / ".airflow"
-    for folder in (inbox, results, home):
-        folder.mkdir(parents=True, exist_ok=True)
-
-    env = dict(os.environ)
+    SQLite in ``home``, this project's dags and plugins, everything on 127.0.0.1 with the login
+    turned off (every user is admin), the inbox and results roots as Variables. ``base`` is the
+    environment to start from; its PATH gets this interpreter's bin folder first, because
+    ``airflow standalone`` starts its parts as ``airflow ...`` looked up on PATH.
+    """
+    env = dict(base)
     env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
     env.update(
         {
             "AIRFLOW_HOME": str(home),
-            "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
-            "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(root / "dags"),
+            "AIRFLOW__CORE__PLUGINS_FOLDER": str(root / "plugins"),
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home}/airflow.db",
             "AIRFLOW__API__HOST": "127.0.0.1",
@@ -104,6 +101,37 @@ def main() -> int:
             "AIRFLOW_CONN_FS_DEFAULT": '{"conn_type": "fs", "extra": {"path": "/"}}',
         }
     )
+    return env
+
+
+def emulator_connection(base_url: str) -> str:
+    """Return the ``openai_default`` connection (JSON form) for an emulator at ``base_url``."""
+    return json.dumps({"conn_type": "openai", "password": "local-emulator-key", "host": f"{base_url}/v1"})
+
+
+def wait_for_dag(api: str, dag_id: str, check: Any) -> None:
+    """Wait (through ``check``, a ``wait_until`` bound to its processes) for the API and a parsed DAG."""
+    check(
+        lambda: http("GET", f"{api}/monitor/health")["metadatabase"]["status"] == "healthy", "the Airflow API"
+    )
+    check(lambda: http("GET", f"{api}/dags/{dag_id}"), f"the {dag_id} DAG to be parsed")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--once", action="store_true", help="stop after the first run's results are written")
+    parser.add_argument("--timeout", type=float, default=600, help="seconds to wait for the first results")
+    args = parser.parse_args()
+
+    ui_port = int(os.environ.get("OPENAI_BATCH_UI_PORT", "8080"))
+    emu_port = int(os.environ.get("OPENAI_BATCH_EMULATOR_PORT", "8800"))
+    data = ROOT / "data"
+    inbox, results = data / "inbox", data / "results"
+    home = ROOT / ".airflow"
+    for folder in (inbox, results, home):
+        folder.mkdir(parents=True, exist_ok=True)
+
+    env = airflow_env(dict(os.environ), home=home, ui_port=ui_port, inbox=inbox, results=results)
     procs: list[subprocess.Popen[bytes]] = []
     logs = home / "logs"
     logs.mkdir(exist_ok=True)
@@ -142,9 +170,7 @@ def main() -> int:
                 "emulator",
             )
             wait_until(lambda: http("GET", f"{emulator_url}/_emulator/health"), "the emulator", 60, procs)
-            env["AIRFLOW_CONN_OPENAI_DEFAULT"] = json.dumps(
-                {"conn_type": "openai", "password": "local-emulator-key", "host": f"{emulator_url}/v1"}
-            )
+            env["AIRFLOW_CONN_OPENAI_DEFAULT"] = emulator_connection(emulator_url)
 
         for sample in sorted((ROOT / "samples").glob("*.jsonl")):
             target = inbox / sample.name
@@ -155,15 +181,7 @@ def main() -> int:
         log(f"starting airflow standalone on http://127.0.0.1:{ui_port} (logs in .airflow/logs)")
         spawn(["airflow", "standalone"], "standalone")
         api = f"http://127.0.0.1:{ui_port}/api/v2"
-        wait_until(
-            lambda: http("GET", f"{api}/monitor/health")["metadatabase"]["status"] == "healthy",
-            "the Airflow API",
-            240,
-            procs,
-        )
-        wait_until(
-            lambda: http("GET", f"{api}/dags/openai_batch"), "the openai_batch DAG to be parsed", 240, procs
-        )
+        wait_for_dag(api, "openai_batch", lambda check, what: wait_until(check, what, 240, procs))
         http("PATCH", f"{api}/dags/openai_batch", {"is_paused": False})
         run = http(
             "POST",

@@ -1,0 +1,143 @@
+"""One ``airflow standalone`` stack (SQLite, LocalExecutor) and an emulator, shared by the tests that need it.
+
+The environment comes from ``scripts/run_local.py`` (what ``make run`` starts), with free ports and a
+temporary home, inbox and results. The stack starts once per test session, on first use, and stops
+when the session ends.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from scripts.run_local import airflow_env, emulator_connection
+from tests.deploy.processes import ProcessGroup, free_port, http_json, wait_until
+
+DAG_ID = "openai_batch"
+
+
+class StandaloneStack:
+    """``airflow standalone`` plus an in-process emulator, in a temporary folder."""
+
+    def __init__(self, base: Path) -> None:
+        from openai_emulator.testing import EmulatorServer
+
+        self.base = base
+        self.home = base / "airflow"
+        self.inbox = base / "inbox"
+        self.results = base / "results"
+        for folder in (self.home, self.inbox, self.results):
+            folder.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.api = f"{self.url}/api/v2"
+        self.emulator = EmulatorServer(base / "emulator", validating_seconds=0.1, finalizing_seconds=0.1)
+        self.group = ProcessGroup(base / "logs")
+        clean = {
+            key: value
+            for key, value in os.environ.items()
+            if not key.startswith(("AIRFLOW", "OPENAI_", "PYTEST_")) and key != "PYTHONPATH"
+        }
+        self.env = airflow_env(
+            clean, home=self.home, ui_port=self.port, inbox=self.inbox, results=self.results
+        )
+        self.env.update(
+            {
+                "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port()),
+                "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_port()),
+                "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "1",
+                "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
+
+    def start(self) -> StandaloneStack:
+        """Start the emulator and ``airflow standalone``; wait until the DAG is parsed, then unpause it."""
+        self.emulator.start()
+        self.env["AIRFLOW_CONN_OPENAI_DEFAULT"] = emulator_connection(
+            self.emulator.base_url.removesuffix("/v1")
+        )
+        self.group.start("standalone", ["airflow", "standalone"], self.env)
+        try:
+            wait_until(
+                "the Airflow API",
+                lambda: http_json(f"{self.api}/monitor/health")["metadatabase"]["status"] == "healthy",
+                240,
+                alive=self.group,
+            )
+            wait_until(
+                f"the {DAG_ID} DAG", lambda: http_json(f"{self.api}/dags/{DAG_ID}"), 240, alive=self.group
+            )
+            http_json(f"{self.api}/dags/{DAG_ID}", "PATCH", {"is_paused": False})
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        """Stop every process and the emulator."""
+        self.group.stop()
+        self.emulator.stop()
+
+    def logs(self) -> str:
+        """Return the end of every log, for a failure message."""
+        return self.group.dump_logs()
+
+    def batches_created(self) -> int:
+        """Return how many batches the emulator has created so far."""
+        return int(self.emulator.stats().get("batches_created", 0))
+
+    def wait_for_run(self, run_id: str, timeout: float = 180) -> dict[str, Any]:
+        """Wait until a run of the DAG ends and return it."""
+
+        def ended() -> dict[str, Any] | None:
+            run: dict[str, Any] = http_json(f"{self.api}/dags/{DAG_ID}/dagRuns/{run_id}")
+            return run if run["state"] in ("success", "failed") else None
+
+        result: dict[str, Any] = wait_until(f"run {run_id}", ended, timeout, alive=self.group)
+        return result
+
+    def task_states(self, run_id: str) -> dict[str, str]:
+        """Return ``task_id[map_index] -> state`` of a run, for failure messages."""
+        tis = http_json(f"{self.api}/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances?limit=100")
+        return {f"{t['task_id']}[{t['map_index']}]": t["state"] for t in tis["task_instances"]}
+
+
+_STACK: StandaloneStack | None = None
+
+
+def require_stack(request: pytest.FixtureRequest) -> StandaloneStack:
+    """Return the session's stack, starting it on first use (it stops when the session ends)."""
+    global _STACK
+    if _STACK is None:
+        if not shutil.which(
+            "airflow", path=airflow_env({}, home=Path(), ui_port=0, inbox=Path(), results=Path())["PATH"]
+        ):
+            pytest.fail("the airflow command is not installed next to this Python")
+        base = Path(tempfile.mkdtemp(prefix="openai-batch-standalone-"))
+        stack = StandaloneStack(base)
+        started = time.monotonic()
+        stack.start()
+        print(f"airflow standalone up in {time.monotonic() - started:.0f}s at {stack.url} ({base})")
+        _STACK = stack
+
+        def stop() -> None:
+            global _STACK
+            stack.stop()
+            _STACK = None
+            shutil.rmtree(base, ignore_errors=True)
+
+        request.session.config.add_cleanup(stop)
+    return _STACK
+
+
+@pytest.fixture
+def standalone(request: pytest.FixtureRequest) -> StandaloneStack:
+    """The shared ``airflow standalone`` stack."""
+    return require_stack(request)
