@@ -117,6 +117,17 @@ def wait_for_dag(api: str, dag_id: str, check: Any) -> None:
     check(lambda: http("GET", f"{api}/dags/{dag_id}"), f"the {dag_id} DAG to be parsed")
 
 
+def place_samples(inbox: Path, root: Path = ROOT) -> None:
+    """Copy ``samples/*.jsonl`` into the inbox (skipping names already there), each in one rename."""
+    for sample in sorted((root / "samples").glob("*.jsonl")):
+        target = inbox / sample.name
+        if not target.exists():
+            partial = target.with_name(f".{target.name}.part")
+            shutil.copyfile(sample, partial)
+            partial.replace(target)
+            log(f"placed sample input {target.relative_to(root)}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--once", action="store_true", help="stop after the first run's results are written")
@@ -172,12 +183,6 @@ def main() -> int:
             wait_until(lambda: http("GET", f"{emulator_url}/_emulator/health"), "the emulator", 60, procs)
             env["AIRFLOW_CONN_OPENAI_DEFAULT"] = emulator_connection(emulator_url)
 
-        for sample in sorted((ROOT / "samples").glob("*.jsonl")):
-            target = inbox / sample.name
-            if not target.exists():
-                shutil.copyfile(sample, target)
-                log(f"placed sample input {target.relative_to(ROOT)}")
-
         log(f"starting airflow standalone on http://127.0.0.1:{ui_port} (logs in .airflow/logs)")
         spawn(["airflow", "standalone"], "standalone")
         api = f"http://127.0.0.1:{ui_port}/api/v2"
@@ -190,6 +195,20 @@ def main() -> int:
         )
         run_id = run["dag_run_id"]
         log(f"triggered run {run_id}")
+        # The samples go in once the input sensor is waiting (deferred), as files dropped into a
+        # watched inbox would. Input that is already there when the sensor defers makes its trigger
+        # fire at once, and Airflow 3.3.2's scheduler can then take the worker's late exit report
+        # for the deferred try as a task killed externally and fail it.
+        wait_until(
+            lambda: (
+                http("GET", f"{api}/dags/openai_batch/dagRuns/{run_id}/taskInstances/wait_for_input")["state"]
+                in ("deferred", "success", "failed", "skipped")
+            ),
+            "the input sensor to wait",
+            120,
+            procs,
+        )
+        place_samples(inbox)
         print(
             "\n"
             f"  Airflow UI : http://127.0.0.1:{ui_port}/dags/openai_batch\n"
