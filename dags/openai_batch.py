@@ -118,7 +118,6 @@ def openai_batch() -> None:
         input="{{ params.input }}",
         poll_interval="{{ params.poll_interval }}",
         input_timeout="{{ params.input_timeout }}",
-        retries=0,
     )
     plans = OpenAIBatchPrepareOperator.partial(
         task_id="prepare",

@@ -10,7 +10,7 @@ from airflow.sdk import BaseSensorOperator
 from airflow.sdk.exceptions import AirflowException
 
 from openai_batch.operators import load_state, save_state, submit_round
-from openai_batch.storage import join_pattern, to_path
+from openai_batch.storage import join_pattern, list_input_files, to_path
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -19,6 +19,8 @@ if TYPE_CHECKING:
     from openai_batch.state import ShardState
 
 TOKEN_LIMIT_CODE = "token_limit_exceeded"
+#: Longest pause between the two listings that tell a finished input file from one still growing.
+SETTLE_SECONDS = 5.0
 DEFAULT_TOKEN_LIMIT_WAIT = 600.0
 
 
@@ -85,11 +87,18 @@ class OpenAIBatchInputSensor(BaseSensorOperator):
         self.poll_interval = poll_interval
         self.input_timeout = input_timeout
 
-    def execute(self, context: Context) -> None:
-        """Defer to the input trigger."""
+    def execute(self, context: Context) -> list[str]:
+        """Return the input files if they are there and settled, else defer to the input trigger."""
         from openai_batch.triggers import InputFilesTrigger
 
         pattern = input_pattern(self.input, self.inbox, context)
+        # Check once before deferring: files already in place need no trigger, and a trigger that
+        # fires within a second of the deferral can lose a race in the scheduler (apache/airflow#72716).
+        found = list_input_files(pattern)
+        if found:
+            time.sleep(min(float(self.poll_interval), SETTLE_SECONDS))
+            if list_input_files(pattern) == found:
+                return self.execute_complete(context, {"files": sorted(found)})
         self.log.info("Waiting for input files matching %s", pattern)
         self.defer(
             trigger=InputFilesTrigger(pattern=pattern, poll_interval=float(self.poll_interval)),
@@ -169,6 +178,15 @@ class OpenAIBatchSensor(BaseSensorOperator):
             submit_round(self.hook, state_dir, state, self.shard["source"])
         if rnd.collected:
             return self._next_round_or_finish(state)
+        # Check once before deferring: a batch that already ended needs no trigger (and a trigger
+        # firing right after the deferral can lose a race in the scheduler, apache/airflow#72716).
+        from openai_batch.hooks import TERMINAL_STATUSES
+        from openai_batch.triggers import batch_summary
+
+        assert rnd.batch_id is not None
+        batch = self.hook.get_batch(rnd.batch_id)
+        if batch.status in TERMINAL_STATUSES:
+            return self.execute_complete(context, batch_summary(batch.model_dump(mode="json")))
         self._defer(state)
         raise AssertionError("unreachable")  # defer() raises
 

@@ -95,6 +95,8 @@ class OpenAIBatchTrigger(BaseTrigger):
         """Poll until the batch ends, the wait times out, or polling keeps failing."""
         client = await self._hook().shared_async_client()
         errors = 0
+        # The task checked the batch right before deferring, so the first poll waits one interval.
+        await asyncio.sleep(self.poll_interval)
         while True:
             try:
                 # The raw JSON, not the SDK's model: a triggerer polling a thousand batches spends
