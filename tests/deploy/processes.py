@@ -137,7 +137,7 @@ def airflow_commands(api_port: int, worker_concurrency: int = 2) -> dict[str, li
     }
 
 
-def emulator_command(port: int, data_dir: Path) -> list[str]:
+def emulator_command(port: int, data_dir: Path, validating_seconds: float = 0.2) -> list[str]:
     """Return the argv of the emulator, as the compose ``openai-emulator`` service runs it."""
     return [
         str(BIN / "python"),
@@ -150,7 +150,7 @@ def emulator_command(port: int, data_dir: Path) -> list[str]:
         "--data-dir",
         str(data_dir),
         "--validating-seconds",
-        "0.2",
+        str(validating_seconds),
         "--finalizing-seconds",
         "0.1",
         "--log-level",
