@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import time
+import urllib.error
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -41,20 +43,36 @@ def wait_for_backfill(stack: StandaloneStack, backfill_id: int) -> dict[str, Any
 
 
 def backfill(stack: StandaloneStack, conf: dict[str, Any], reprocess: str) -> dict[str, Any]:
-    """Ask for a backfill of DATES; return the backfill record."""
-    created: dict[str, Any] = http_json(
-        f"{stack.api}/backfills",
-        "POST",
-        {
-            "dag_id": DAG_ID,
-            "from_date": f"{DATES[0]}T00:00:00Z",
-            "to_date": f"{DATES[-1]}T00:00:00Z",
-            "reprocess_behavior": reprocess,
-            "max_active_runs": 3,
-            "dag_run_conf": conf,
-        },
-    )
-    return created
+    """Ask for a backfill of DATES; return the backfill record.
+
+    Standalone's SQLite database answers 503 ("database is locked") when the scheduler holds it;
+    the request is then retried, unless the backfill was recorded after all.
+    """
+    known = {b["id"] for b in http_json(f"{stack.api}/backfills?dag_id={DAG_ID}")["backfills"]}
+    body = {
+        "dag_id": DAG_ID,
+        "from_date": f"{DATES[0]}T00:00:00Z",
+        "to_date": f"{DATES[-1]}T00:00:00Z",
+        "reprocess_behavior": reprocess,
+        "max_active_runs": 3,
+        "dag_run_conf": conf,
+    }
+    for attempt in range(5):
+        try:
+            created: dict[str, Any] = http_json(f"{stack.api}/backfills", "POST", body)
+            return created
+        except urllib.error.HTTPError as err:
+            if err.code != 503 or attempt == 4:
+                raise
+        time.sleep(2)
+        new = [
+            b
+            for b in http_json(f"{stack.api}/backfills?dag_id={DAG_ID}")["backfills"]
+            if b["id"] not in known
+        ]
+        if new:
+            return dict(new[0])
+    raise AssertionError("unreachable")
 
 
 def manifests(results: Path) -> dict[str, dict[str, Any]]:
