@@ -45,8 +45,8 @@ def wait_for_backfill(stack: StandaloneStack, backfill_id: int) -> dict[str, Any
 def backfill(stack: StandaloneStack, conf: dict[str, Any], reprocess: str) -> dict[str, Any]:
     """Ask for a backfill of DATES; return the backfill record.
 
-    Standalone's SQLite database answers 503 ("database is locked") when the scheduler holds it;
-    the request is then retried, unless the backfill was recorded after all.
+    Standalone's SQLite database makes the API answer 500/503 ("database is locked") while the
+    scheduler holds it; the request is then retried, unless the backfill was recorded after all.
     """
     known = {b["id"] for b in http_json(f"{stack.api}/backfills?dag_id={DAG_ID}")["backfills"]}
     body = {
@@ -57,14 +57,15 @@ def backfill(stack: StandaloneStack, conf: dict[str, Any], reprocess: str) -> di
         "max_active_runs": 3,
         "dag_run_conf": conf,
     }
-    for attempt in range(5):
+    for attempt in range(8):
         try:
             created: dict[str, Any] = http_json(f"{stack.api}/backfills", "POST", body)
             return created
         except urllib.error.HTTPError as err:
-            if err.code != 503 or attempt == 4:
+            if err.code < 500 or attempt == 7:
                 raise
-        time.sleep(2)
+            print(f"POST /backfills answered {err.code}: {err.read()[:300]!r}; retrying")
+        time.sleep(3)
         new = [
             b
             for b in http_json(f"{stack.api}/backfills?dag_id={DAG_ID}")["backfills"]
