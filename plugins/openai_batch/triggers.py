@@ -95,8 +95,9 @@ class OpenAIBatchTrigger(BaseTrigger):
         """Poll until the batch ends, the wait times out, or polling keeps failing."""
         client = await self._hook().shared_async_client()
         errors = 0
-        # The task checked the batch right before deferring, so the first poll waits one interval.
-        await asyncio.sleep(self.poll_interval)
+        # The task checked the batch right before deferring, so the first poll waits about one
+        # interval; spread over 0.5-1.5 intervals, waits deferred together do not poll together.
+        await asyncio.sleep(self.poll_interval * random.uniform(0.5, 1.5))
         while True:
             try:
                 # The raw JSON, not the SDK's model: a triggerer polling a thousand batches spends
