@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, BinaryIO, cast
 
 from openai_batch.limits import DEFAULT_LIMITS, SUPPORTED_ENDPOINTS, BatchLimits
-from openai_batch.pricing import estimate_cost_usd
+from openai_batch.pricing import FREE_ENDPOINTS, estimate_cost_usd
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator
@@ -70,7 +70,6 @@ _REQUIRED_FIELDS: dict[str, tuple[str, ...]] = {
     "/v1/moderations": ("input",),
     "/v1/responses": ("model", "input"),
 }
-_FREE_ENDPOINTS = frozenset({"/v1/moderations"})
 # Lines held before duplicate ids are checked against the scratch table and written out.
 _FLUSH_LINES = 8192
 _FLUSH_BYTES = 32 * 1024 * 1024
@@ -103,8 +102,16 @@ class NoValidRequestsError(PrepareError):
     :param first_reject: ``(line, reason)`` of the first rejected line, if any.
     """
 
-    def __init__(self, source: str, lines: int, rejected: int, first_reject: tuple[int, str] | None) -> None:
+    def __init__(
+        self,
+        source: str,
+        lines: int,
+        rejected: int,
+        first_reject: tuple[int, str] | None,
+        input_sha256: str = "",
+    ) -> None:
         self.source = source
+        self.input_sha256 = input_sha256
         self.lines = lines
         self.rejected = rejected
         self.first_reject = first_reject
@@ -676,7 +683,7 @@ def _duplicate_reason(custom_id: str, first_line: int, *, generated: bool = Fals
 def _estimate_cost(shards: list[Shard]) -> float | None:
     total = 0.0
     for shard in shards:
-        if shard.endpoint in _FREE_ENDPOINTS:
+        if shard.endpoint in FREE_ENDPOINTS:
             continue
         cost = estimate_cost_usd(shard.model, shard.estimated_input_tokens, 0)
         if cost is None:
@@ -712,7 +719,7 @@ def prepare_requests(
         raise PrepareError(f"unsupported endpoint {endpoint!r} (supported: {', '.join(SUPPORTED_ENDPOINTS)})")
     work = Path(work_dir)
     work.mkdir(parents=True, exist_ok=True)
-    for stale in work.glob("shard-*.jsonl"):
+    for stale in work.glob("shard-[0-9][0-9][0-9][0-9][0-9].jsonl"):  # never a later round's file
         stale.unlink()
     prefix = id_prefix if id_prefix is not None else default_id_prefix(source_name)
     state = _Preparer(work, endpoint, model, limits, prefix)
@@ -765,5 +772,7 @@ def prepare_requests(
         estimated_cost_usd=_estimate_cost(shards),
     )
     if not shards:
-        raise NoValidRequestsError(source_name, state.lines, state.rejected, state.first_reject)
+        raise NoValidRequestsError(
+            source_name, state.lines, state.rejected, state.first_reject, result.input_sha256
+        )
     return result
