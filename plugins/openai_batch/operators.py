@@ -329,15 +329,17 @@ class OpenAIBatchPrepareOperator(BaseOperator):
         except NoValidRequestsError as err:
             digest = err.input_sha256 or file_digest(src)[0]
             state_dir = folder / f"{state_folder(digest)}-{variant}"
-            copy_file(work / REJECTS_FILE, state_dir / REJECTS_FILE)
+            for name in (ORDER_FILE, REJECTS_FILE):
+                copy_file(work / name, state_dir / name)
             return _error_plan(state_dir, digest, str(err), lines=err.lines, rejected=err.rejected)
         except (PrepareError, EOFError, OSError, zlib.error) as err:
             if isinstance(err, OSError) and not isinstance(err, gzip.BadGzipFile):
                 raise  # storage trouble is worth a task retry; a corrupt file is not
             digest = file_digest(src)[0]
             state_dir = folder / f"{state_folder(digest)}-{variant}"
-            (work / REJECTS_FILE).write_bytes(b"")
-            copy_file(work / REJECTS_FILE, state_dir / REJECTS_FILE)
+            for name in (ORDER_FILE, REJECTS_FILE):
+                (work / name).write_bytes(b"")
+                copy_file(work / name, state_dir / name)
             return _error_plan(
                 state_dir, digest, f"{ref.display}: cannot be read: {err}", lines=0, rejected=0
             )
