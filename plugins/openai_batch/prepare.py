@@ -431,6 +431,7 @@ class _Preparer:
         if (
             type(custom_id) is not str
             or not custom_id
+            or not (custom_id.isascii() and custom_id.isprintable())  # odd ids take the checked path
             or obj.get("method") != "POST"
             or obj.get("url") != "/v1/chat/completions"
             or type(body) is not dict
@@ -491,6 +492,9 @@ class _Preparer:
             return "custom_id is missing"
         if not isinstance(custom_id, str) or not custom_id:
             return "custom_id must be a non-empty string"
+        bad = _bad_custom_id(custom_id)
+        if bad is not None:
+            return bad
         method = obj.get("method", "POST")
         if method != "POST":
             return f"method must be POST, got {json.dumps(method)}"
@@ -658,6 +662,23 @@ class _Preparer:
             self.seen.close()
             self.seen = None
         self.seen_path.unlink(missing_ok=True)
+
+
+#: Control characters (C0, DEL, C1) and UTF-16 surrogates: not carried by every store and API.
+_BAD_ID_CHARS = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+def _bad_custom_id(custom_id: str) -> str | None:
+    """Return why a custom_id cannot be sent, or None when it can."""
+    if custom_id.isascii() and custom_id.isprintable():
+        return None
+    found = _BAD_ID_CHARS.search(custom_id)
+    if found is None:
+        return None
+    char = found.group()
+    kind = "a lone surrogate" if "\ud800" <= char <= "\udfff" else "a control character"
+    where = f"U+{ord(char):04X} at position {found.start() + 1}"
+    return f"custom_id contains {kind} ({where}); use printable text"
 
 
 def _json_type(value: Any) -> str:

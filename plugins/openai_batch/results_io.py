@@ -180,6 +180,7 @@ def build_manifest(plan: dict[str, Any], states: list[ShardState], counts: Resul
         "input": plan["source"],
         "input_key": plan["key"],
         "input_sha256": plan["input_sha256"],
+        "state_dir": plan["state_dir"],
         "partition": plan["partition"],
         "error": plan.get("error"),
         "unpriced_models": unpriced,
