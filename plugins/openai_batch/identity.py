@@ -39,6 +39,7 @@ __all__ = [
     "INPUT_SUFFIXES",
     "InputRef",
     "OutsideRootsError",
+    "check_pattern",
     "folder_of",
     "history_folder",
     "input_ref",
@@ -205,3 +206,28 @@ def input_ref(path: str, inbox: str, allowed_roots: list[str] | tuple[str, ...] 
         f"{shown} is outside the inbox and the allowed roots ({where}); "
         "list its root in the Variable openai_batch_allowed_roots to read it"
     )
+
+
+def check_pattern(pattern: str, inbox: str, allowed_roots: list[str] | tuple[str, ...] = ()) -> None:
+    """
+    Raise :class:`OutsideRootsError` when the fixed part of an input pattern lies outside every root.
+
+    ``/proc/self/environ`` or ``../elsewhere/*.jsonl`` are refused before anything is listed; a
+    pattern inside the roots can still match links that point out, which the listing refuses.
+    """
+    glob_at = re.search(r"[*?\[]", pattern)
+    fixed = pattern[: glob_at.start()] if glob_at else pattern
+    if _is_url(pattern):
+        target = _norm_url(fixed.rstrip("/") or fixed)
+        roots = [_norm_url(r) for r in [inbox, *allowed_roots] if _is_url(r)]
+    else:
+        target = _real(fixed if glob_at is None or fixed.endswith("/") else os.path.dirname(fixed) or "/")
+        roots = [_real(r) for r in [inbox, *allowed_roots] if not _is_url(r)]
+        if any(_under(target, p) for p in FORBIDDEN_PREFIXES):
+            raise OutsideRootsError(f"{pattern}: resolves to {target}, which is never read")
+    if not any(_under(target, root) for root in roots):
+        where = ", ".join([inbox, *allowed_roots])
+        raise OutsideRootsError(
+            f"input {pattern} is outside the inbox and the allowed roots ({where}); "
+            "list its root in the Variable openai_batch_allowed_roots to read it"
+        )

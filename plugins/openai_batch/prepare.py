@@ -664,8 +664,9 @@ class _Preparer:
         self.seen_path.unlink(missing_ok=True)
 
 
-#: Control characters (C0, DEL, C1) and UTF-16 surrogates: not carried by every store and API.
-_BAD_ID_CHARS = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+#: NUL (cut short by SQLite's JSON functions and C strings) and lone UTF-16 surrogates (not Unicode
+#: text, so not encodable as UTF-8): ids with them cannot be joined back reliably.
+_BAD_ID_CHARS = re.compile("[\x00\ud800-\udfff]")
 
 
 def _bad_custom_id(custom_id: str) -> str | None:
@@ -676,9 +677,9 @@ def _bad_custom_id(custom_id: str) -> str | None:
     if found is None:
         return None
     char = found.group()
-    kind = "a lone surrogate" if "\ud800" <= char <= "\udfff" else "a control character"
+    kind = "a lone surrogate" if "\ud800" <= char <= "\udfff" else "a NUL character"
     where = f"U+{ord(char):04X} at position {found.start() + 1}"
-    return f"custom_id contains {kind} ({where}); use printable text"
+    return f"custom_id contains {kind} ({where}); it cannot be joined back to its result"
 
 
 def _json_type(value: Any) -> str:

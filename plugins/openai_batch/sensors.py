@@ -125,14 +125,19 @@ class OpenAIBatchInputSensor(BaseSensorOperator):
 
     def execute(self, context: Context) -> list[dict[str, Any]]:
         """Return the input files if they are there and settled, else defer to the input trigger."""
-        from airflow.sdk.exceptions import AirflowSkipException
+        from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
+        from openai_batch.identity import OutsideRootsError, check_pattern
         from openai_batch.storage import scan_inputs
         from openai_batch.triggers import InputFilesTrigger
 
         pattern = input_pattern(self.input, self.inbox, context)
         inbox = str(to_path(self.inbox)) if "://" not in self.inbox else self.inbox
         roots = allowed_roots(self.allowed_roots)
+        try:
+            check_pattern(pattern, inbox, roots)
+        except OutsideRootsError as err:
+            raise AirflowFailException(str(err)) from err
         # Check once before deferring: files already in place need no trigger, and a trigger that
         # fires within a second of the deferral can lose a race in the scheduler (apache/airflow#72716).
         scan = scan_inputs(pattern, inbox, roots, float(self.settle_seconds))

@@ -78,7 +78,7 @@ def prepare(
     max_requests_per_batch: int = 50_000,
     inbox: Path | None = None,
 ) -> dict[str, Any]:
-    """Run the prepare operator as its task would (the inbox defaults to the file's folder); return the plan."""
+    """Run the prepare operator as its task would (inbox: the file's folder by default); return the plan."""
     from openai_batch.operators import OpenAIBatchPrepareOperator
 
     op = OpenAIBatchPrepareOperator(

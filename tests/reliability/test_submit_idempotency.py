@@ -173,9 +173,7 @@ def test_two_submits_racing_past_the_scan_keep_one_live_batch(
 
     server = pipeline["emulator"]
     source = _input(pipeline["inbox"], "race.jsonl", n=4)
-    shards = [
-        prepare(source, pipeline["results"] / run)["shards"][0] for run in ("run-a", "run-b")
-    ]
+    shards = [prepare(source, pipeline["results"] / run)["shards"][0] for run in ("run-a", "run-b")]
     both_scanned = threading.Barrier(2, timeout=30)
     real_find = OpenAIBatchHook.find_batch
 
