@@ -133,10 +133,12 @@ def submit_round(hook: OpenAIBatchHook, state_dir: ObjectStoragePath, state: Sha
         save_state(state_dir, state)
         return existing.id
     if not rnd.input_file_id:
-        with (state_dir / rnd.file).open("rb") as fin:
-            uploaded = hook.upload_batch_file(
-                fin, filename=f"{state.identity}-r{rnd.round}a{rnd.attempt}.jsonl"
-            )
+        request_file = state_dir / rnd.file
+        uploaded = hook.upload_batch_file_once(
+            lambda: request_file.open("rb"),
+            filename=f"{state.identity}-r{rnd.round}a{rnd.attempt}.jsonl",
+            size=stat_of(request_file)[0],
+        )
         rnd.input_file_id = uploaded.id
         save_state(state_dir, state)
         hook.log.info("Uploaded %s (%s requests) as %s", rnd.file, rnd.requests, uploaded.id)
