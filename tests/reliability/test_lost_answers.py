@@ -144,3 +144,23 @@ def test_outage_longer_than_the_wait_tolerates_fails_the_try_and_the_retry_reatt
         raise AssertionError("the retried wait never finished")
     assert [r["batch_id"] for r in done["rounds"]] == [shard["batch_id"]]
     assert batches_created(server) == 1
+
+
+def test_a_file_changed_after_it_was_taken_is_reported(pipeline: dict[str, Any]) -> None:
+    import json
+    import os
+
+    from openai_batch.operators import OpenAIBatchWriteResultsOperator
+
+    source = write_input(pipeline["inbox"] / "moving.jsonl", _lines(2))
+    plan = prepare(source, pipeline["results"])
+    plan["shards"] = [submit(shard) for shard in plan["shards"]]
+    with source.open("a") as fout:  # someone appends while the batch runs
+        fout.write(json.dumps(chat_line("late", "appended")) + "\n")
+    os.utime(source, (1, 1))
+
+    OpenAIBatchWriteResultsOperator(task_id="write_results", plan=plan).execute({})  # type: ignore[arg-type]
+
+    manifest = json.loads((result_dir(pipeline["results"], "moving") / "manifest.json").read_text())
+    assert manifest["input_changed_after_taken"] is True
+    assert manifest["input_sha256"] == plan["input_sha256"]  # the results are for what was taken
