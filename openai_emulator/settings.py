@@ -161,7 +161,15 @@ class EmulatorSettings:
     max_input_file_bytes: int = _opt(
         "Largest accepted upload with purpose 'batch', in bytes.", int, default=200 * 1024 * 1024
     )
+    max_file_bytes: int = _opt(
+        "Largest accepted upload of any purpose, in bytes (the spec's 512 MB).",
+        int,
+        default=512 * 1024 * 1024,
+    )
     max_requests_per_batch: int = _opt("Most requests in one batch input file.", int, default=50_000)
+    max_embedding_inputs: int = _opt(
+        "Most embedding inputs across all requests of one embeddings batch.", int, default=50_000
+    )
     models: list[str] = _opt(
         "Model ids listed by /v1/models, comma separated.",
         _str_list,
