@@ -300,7 +300,7 @@ class EchoBackend:
 
     @staticmethod
     def _images(content_key: str, created: int, endpoint: str, body: dict[str, Any]) -> dict[str, Any]:
-        """Answer an image generation or edit: ``n`` small base64 PNGs, usage as gpt-image models report it."""
+        """Answer an image generation or edit: ``n`` small base64 PNGs, usage as gpt-image reports it."""
         n = body.get("n") or 1
         n = n if isinstance(n, int) and 1 <= n <= 10 else 1
         model = str(
