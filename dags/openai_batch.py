@@ -21,7 +21,7 @@ import pendulum
 from airflow.sdk import Param, dag, task
 
 from openai_batch.assets import RESULTS_ASSET
-from openai_batch.limits import SUPPORTED_ENDPOINTS
+from openai_batch.limits import OUTPUT_EXPIRY_SECONDS, SUPPORTED_ENDPOINTS
 from openai_batch.operators import (
     OpenAIBatchPrepareOperator,
     OpenAIBatchSubmitOperator,
@@ -96,6 +96,23 @@ RESULTS = "{{ var.value.get('openai_batch_results', '%s') }}" % (PROJECT_ROOT / 
             title="Input wait (s)",
             description="How long to wait for input files; with none by then the run ends skipped.",
         ),
+        "output_expires_after": Param(
+            None,
+            type=["null", "object"],
+            properties={
+                "anchor": {"type": "string", "enum": ["created_at"]},
+                "seconds": {
+                    "type": "integer",
+                    "minimum": OUTPUT_EXPIRY_SECONDS[0],
+                    "maximum": OUTPUT_EXPIRY_SECONDS[1],
+                },
+            },
+            required=["anchor", "seconds"],
+            additionalProperties=False,
+            title="Output files expire after",
+            description='Optional, e.g. {"anchor": "created_at", "seconds": 604800}: the batches\' output '
+            "and error files expire that many seconds (3600 to 2592000) after they are created.",
+        ),
         "dry_run": Param(
             False,
             type="boolean",
@@ -134,7 +151,9 @@ def openai_batch() -> None:
         """Flatten every file's shards into one list to map over."""
         return [shard for plan in all_plans for shard in plan["shards"]]
 
-    submitted = OpenAIBatchSubmitOperator.partial(task_id="submit").expand(shard=list_shards(plans.output))
+    submitted = OpenAIBatchSubmitOperator.partial(
+        task_id="submit", output_expires_after="{{ params.output_expires_after }}"
+    ).expand(shard=list_shards(plans.output))
     waited = OpenAIBatchSensor.partial(
         task_id="wait_for_batch",
         poll_interval="{{ params.poll_interval }}",
