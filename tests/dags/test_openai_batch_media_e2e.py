@@ -198,3 +198,29 @@ def test_videos_end_to_end(pipeline: dict[str, Any]) -> None:
     assert batch.endpoint == "/v1/videos"
     # Without the param, output files keep the service's default (no expiry set by us).
     assert client.files.retrieve(batch.output_file_id or "").expires_at is None
+
+
+def test_follow_up_rounds_keep_output_expiry(pipeline: dict[str, Any]) -> None:
+    emulator = pipeline["emulator"]
+    emulator.set_faults(expire_after_requests=1)  # every batch expires after its first request
+    prompts = ["A red kite", "A blue kite", "A green kite"]
+    write_input(pipeline["inbox"] / "kites.jsonl", [{"model": "sora-2", "prompt": p} for p in prompts])
+
+    dag_run = run_dag(
+        {
+            "input": "kites.jsonl",
+            "endpoint": "/v1/videos",
+            "output_expires_after": {"anchor": "created_at", "seconds": WEEK},
+        }
+    )
+
+    assert dag_run.state == "success", task_states(dag_run)
+    results, _, manifest = outputs_of(pipeline["results"], "kites")
+    assert [r["response"]["prompt"] for r in results] == prompts
+    # One request per round: the first batch and two follow-up rounds the sensor submitted.
+    batches = client_for(emulator).batches.list().data
+    assert len(batches) == 3
+    assert [b["status"] for b in manifest["batches"]] == ["expired"] * 3
+    for batch in batches:
+        output = client_for(emulator).files.retrieve(batch.output_file_id or "")
+        assert output.expires_at == pytest.approx(output.created_at + WEEK, abs=2)
