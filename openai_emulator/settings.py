@@ -15,6 +15,11 @@ DEFAULT_MODELS = (
     "text-embedding-3-small",
     "text-embedding-3-large",
     "omni-moderation-latest",
+    "gpt-3.5-turbo-instruct",
+    "gpt-image-1",
+    "gpt-image-1-mini",
+    "dall-e-3",
+    "sora-2",
 )
 
 

@@ -512,3 +512,13 @@ def test_identical_bodies_get_their_own_ids(client: openai.OpenAI, endpoint: str
         # Only the ids (and timestamps) differ: the answer to a body stays deterministic.
         volatile = ("id", "created", "created_at")
         assert len({json.dumps({k: v for k, v in b.items() if k not in volatile}) for b in bodies}) == 1
+
+
+@pytest.mark.parametrize("endpoint", list(ENDPOINTS))
+def test_default_models_cover_every_endpoint_under_strict_models(tmp_path: Path, endpoint: str) -> None:
+    body = ENDPOINTS[endpoint][0]
+    with EmulatorServer(tmp_path, strict_models=True, **FAST) as emulator:
+        client = openai.OpenAI(base_url=emulator.base_url, api_key="test", max_retries=0)
+        assert body["model"] in [m.id for m in client.models.list()]
+        done = wait_for(client, _create(client, endpoint, jsonl([_line("a", endpoint, body)]))["id"])
+        assert done.status == "completed", done.errors
