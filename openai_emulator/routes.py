@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import logging
 import shutil
 import time
@@ -88,17 +89,30 @@ def _check_jsonl(path: Any) -> str | None:
 
     Each non-blank line must start with ``{``; a line that does and still does not parse is left to
     batch validation, which reports it as ``invalid_json_line`` with its line number, as the service does.
+    The file is read in pieces of at most :data:`COPY_CHUNK` bytes, however long its lines.
     """
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    number, at_start, blank_so_far = 0, True, True
     with open(path, "rb") as handle:
-        for number, raw in enumerate(handle, start=1):
-            line = raw[3:] if number == 1 and raw.startswith(BOM) else raw
+        while piece := handle.readline(COPY_CHUNK):
+            if at_start:
+                number += 1
+                blank_so_far = True
+                if number == 1 and piece.startswith(BOM):
+                    piece = piece[len(BOM) :]
             try:
-                text = line.decode("utf-8")
+                text = decoder.decode(piece)
             except UnicodeDecodeError:
                 return f"line {number} is not UTF-8 text"
-            stripped = text.strip()
-            if stripped and not stripped.startswith("{"):
-                return f"line {number} is not a JSON object"
+            if blank_so_far and (stripped := text.lstrip()):
+                blank_so_far = False
+                if not stripped.startswith("{"):
+                    return f"line {number} is not a JSON object"
+            at_start = piece.endswith(b"\n")
+    try:
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        return f"line {number} is not UTF-8 text"
     return None
 
 
