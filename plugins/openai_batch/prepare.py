@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, BinaryIO, cast
 
 from openai_batch.limits import DEFAULT_LIMITS, SUPPORTED_ENDPOINTS, BatchLimits
-from openai_batch.pricing import estimate_cost_usd
+from openai_batch.pricing import FREE_ENDPOINTS, estimate_cost_usd
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator
@@ -74,7 +74,6 @@ _REQUIRED_FIELDS: dict[str, tuple[str, ...]] = {
     "/v1/images/edits": ("images", "prompt"),
     "/v1/videos": ("prompt",),
 }
-_FREE_ENDPOINTS = frozenset({"/v1/moderations"})
 # Lines held before duplicate ids are checked against the scratch table and written out.
 _FLUSH_LINES = 8192
 _FLUSH_BYTES = 32 * 1024 * 1024
@@ -107,8 +106,16 @@ class NoValidRequestsError(PrepareError):
     :param first_reject: ``(line, reason)`` of the first rejected line, if any.
     """
 
-    def __init__(self, source: str, lines: int, rejected: int, first_reject: tuple[int, str] | None) -> None:
+    def __init__(
+        self,
+        source: str,
+        lines: int,
+        rejected: int,
+        first_reject: tuple[int, str] | None,
+        input_sha256: str = "",
+    ) -> None:
         self.source = source
+        self.input_sha256 = input_sha256
         self.lines = lines
         self.rejected = rejected
         self.first_reject = first_reject
@@ -432,6 +439,7 @@ class _Preparer:
         if (
             type(custom_id) is not str
             or not custom_id
+            or not (custom_id.isascii() and custom_id.isprintable())  # odd ids take the checked path
             or obj.get("method") != "POST"
             or obj.get("url") != "/v1/chat/completions"
             or type(body) is not dict
@@ -492,6 +500,9 @@ class _Preparer:
             return "custom_id is missing"
         if not isinstance(custom_id, str) or not custom_id:
             return "custom_id must be a non-empty string"
+        bad = _bad_custom_id(custom_id)
+        if bad is not None:
+            return bad
         method = obj.get("method", "POST")
         if method != "POST":
             return f"method must be POST, got {json.dumps(method)}"
@@ -661,6 +672,24 @@ class _Preparer:
         self.seen_path.unlink(missing_ok=True)
 
 
+#: NUL (cut short by SQLite's JSON functions and C strings) and lone UTF-16 surrogates (not Unicode
+#: text, so not encodable as UTF-8): ids with them cannot be joined back reliably.
+_BAD_ID_CHARS = re.compile("[\x00\ud800-\udfff]")
+
+
+def _bad_custom_id(custom_id: str) -> str | None:
+    """Return why a custom_id cannot be sent, or None when it can."""
+    if custom_id.isascii() and custom_id.isprintable():
+        return None
+    found = _BAD_ID_CHARS.search(custom_id)
+    if found is None:
+        return None
+    char = found.group()
+    kind = "a lone surrogate" if "\ud800" <= char <= "\udfff" else "a NUL character"
+    where = f"U+{ord(char):04X} at position {found.start() + 1}"
+    return f"custom_id contains {kind} ({where}); it cannot be joined back to its result"
+
+
 def _json_type(value: Any) -> str:
     if isinstance(value, list):
         return "an array"
@@ -684,7 +713,7 @@ def _duplicate_reason(custom_id: str, first_line: int, *, generated: bool = Fals
 def _estimate_cost(shards: list[Shard]) -> float | None:
     total = 0.0
     for shard in shards:
-        if shard.endpoint in _FREE_ENDPOINTS:
+        if shard.endpoint in FREE_ENDPOINTS:
             continue
         cost = estimate_cost_usd(shard.model, shard.estimated_input_tokens, 0)
         if cost is None:
@@ -720,7 +749,7 @@ def prepare_requests(
         raise PrepareError(f"unsupported endpoint {endpoint!r} (supported: {', '.join(SUPPORTED_ENDPOINTS)})")
     work = Path(work_dir)
     work.mkdir(parents=True, exist_ok=True)
-    for stale in work.glob("shard-*.jsonl"):
+    for stale in work.glob("shard-[0-9][0-9][0-9][0-9][0-9].jsonl"):  # never a later round's file
         stale.unlink()
     prefix = id_prefix if id_prefix is not None else default_id_prefix(source_name)
     state = _Preparer(work, endpoint, model, limits, prefix)
@@ -773,5 +802,7 @@ def prepare_requests(
         estimated_cost_usd=_estimate_cost(shards),
     )
     if not shards:
-        raise NoValidRequestsError(source_name, state.lines, state.rejected, state.first_reject)
+        raise NoValidRequestsError(
+            source_name, state.lines, state.rejected, state.first_reject, result.input_sha256
+        )
     return result
