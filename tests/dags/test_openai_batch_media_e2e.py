@@ -39,7 +39,7 @@ def write_input(path: Path, lines: list[Any]) -> None:
 
 
 def run_dag(conf: dict[str, Any]) -> Any:
-    return get_dag().test(run_conf={"poll_interval": 1, **conf})
+    return get_dag().test(run_conf={"poll_interval": 1, "settle_seconds": 0, **conf})
 
 
 def task_states(dag_run: Any) -> dict[str, str]:
@@ -50,8 +50,9 @@ def task_states(dag_run: Any) -> dict[str, str]:
 
 
 def outputs_of(results: Path, stem: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any]]:
-    [out] = list(results.glob(f"*/{stem}"))
-    manifest = json.loads((out / "manifest.json").read_text())
+    [manifest_path] = [m for m in results.rglob(f"{stem}/manifest.json") if "_history" not in m.parts]
+    out = manifest_path.parent
+    manifest = json.loads(manifest_path.read_text())
     return read_jsonl(out / "results.jsonl"), read_jsonl(out / "rejects.jsonl"), manifest
 
 
