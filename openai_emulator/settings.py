@@ -184,7 +184,7 @@ class EmulatorSettings:
         "Largest accepted upload with purpose 'batch', in bytes.", int, default=200 * 1024 * 1024
     )
     max_file_bytes: int = _opt(
-        "Largest accepted upload of any purpose, in bytes (the spec's 512 MB).",
+        "Largest accepted upload of any purpose, in bytes (OpenAI's 512 MB per file).",
         int,
         default=512 * 1024 * 1024,
     )
