@@ -14,7 +14,7 @@ RESULTS_ASSET = Asset("openai_batch_results", uri="file:///openai_batch/results"
 #: processed in the run, so a skipped file or a dry run emits nothing downstream DAGs would run on.
 RESULTS_ALIAS = AssetAlias("openai_batch_results_written")
 
-_COUNT_KEYS = ("total", "succeeded", "failed", "expired", "cancelled", "rejected")
+_COUNT_KEYS = ("total", "succeeded", "failed", "expired", "cancelled", "rejected", "reused")
 
 
 def event_extras(events: Mapping[Any, Iterable[Any]] | Iterable[Any] | None) -> list[dict[str, Any]]:

@@ -19,6 +19,7 @@ from openai_batch.pricing import format_usd, is_unpriced
 from openai_batch.storage import (
     copy_file,
     file_digest,
+    iter_lines,
     local_dir,
     move,
     open_atomic,
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
 
     from openai_batch.hooks import OpenAIBatchHook
     from openai_batch.identity import InputRef
+    from openai_batch.reuse import ReuseIndex
     from openai_batch.state import ShardState
 
 #: Names inside each input file's result folder (contract: results, rejects, manifest).
@@ -139,10 +141,12 @@ def submit_round(
         save_state(state_dir, state)
         return existing.id
     if not rnd.input_file_id:
-        with (state_dir / rnd.file).open("rb") as fin:
-            uploaded = hook.upload_batch_file(
-                fin, filename=f"{state.identity}-r{rnd.round}a{rnd.attempt}.jsonl"
-            )
+        request_file = state_dir / rnd.file
+        uploaded = hook.upload_batch_file_once(
+            lambda: request_file.open("rb"),
+            filename=f"{state.identity}-r{rnd.round}a{rnd.attempt}.jsonl",
+            size=stat_of(request_file)[0],
+        )
         rnd.input_file_id = uploaded.id
         save_state(state_dir, state)
         hook.log.info("Uploaded %s (%s requests) as %s", rnd.file, rnd.requests, uploaded.id)
@@ -295,6 +299,35 @@ class OpenAIBatchPrepareOperator(BaseOperator):
             return {**plan, "shards": []}
         return plan
 
+    def _earlier_results(self, folder: ObjectStoragePath, work: Path) -> ReuseIndex | None:
+        """
+        Return the succeeded requests of the content whose results are in ``folder`` now, if complete.
+
+        Unchanged requests of a file that came back with lines added or changed are then not sent
+        again. Results that are incomplete or from before digests were kept give no index.
+        """
+        from openai_batch.reuse import INDEX_FILE, ReuseIndex
+
+        manifest_path = folder / MANIFEST_FILE
+        if not manifest_path.exists():
+            return None
+        manifest = read_json(manifest_path)
+        state_dir = manifest.get("state_dir")
+        if not state_dir or not results_complete(folder, manifest):
+            return None
+        digests = to_path(state_dir) / INDEX_FILE
+        if not digests.exists():
+            return None
+        index = ReuseIndex(work / ".reuse.sqlite")
+        try:
+            count = index.load(iter_lines(digests), iter_lines(folder / RESULTS_FILE))
+        except (ValueError, KeyError) as err:
+            self.log.warning("Earlier results in %s cannot be reused: %s", folder, err)
+            index.close()
+            return None
+        self.log.info("%s earlier succeeded request(s) of this file can be reused if unchanged", count)
+        return index
+
     def _prepare(
         self,
         ref: InputRef,
@@ -314,6 +347,7 @@ class OpenAIBatchPrepareOperator(BaseOperator):
             default_id_prefix,
             prepare_requests,
         )
+        from openai_batch.reuse import INDEX_FILE, REUSED_FILE
         from openai_batch.state import shard_identity
 
         limits = BatchLimits(
@@ -322,6 +356,7 @@ class OpenAIBatchPrepareOperator(BaseOperator):
             max_embedding_inputs=DEFAULT_LIMITS.max_embedding_inputs,
             max_request_bytes=DEFAULT_LIMITS.max_request_bytes,
         )
+        reuse = None if salt else self._earlier_results(folder, work)
         try:
             with open_input(src) as fin:
                 result = prepare_requests(
@@ -333,6 +368,7 @@ class OpenAIBatchPrepareOperator(BaseOperator):
                     limits=limits,
                     # Ids from the file name, not its folder: the same file re-attaches anywhere.
                     id_prefix=default_id_prefix(ref.name),
+                    reuse=reuse,
                 )
         except NoValidRequestsError as err:
             digest = err.input_sha256 or file_digest(src)[0]
@@ -357,7 +393,12 @@ class OpenAIBatchPrepareOperator(BaseOperator):
             # results were incomplete): its shards, rounds and downloads are there; keep them.
             plan: dict[str, Any] = read_json(state_dir / PLAN_FILE)
             return plan
-        names = [Path(s.path).name for s in result.shards] + [ORDER_FILE, REJECTS_FILE]
+        names = [Path(s.path).name for s in result.shards] + [
+            ORDER_FILE,
+            REJECTS_FILE,
+            INDEX_FILE,
+            REUSED_FILE,
+        ]
         for name in names:
             copy_file(work / name, state_dir / name)
         unpriced = sorted({s.model for s in result.shards if is_unpriced(s.model, s.endpoint)})
@@ -369,6 +410,7 @@ class OpenAIBatchPrepareOperator(BaseOperator):
             "rejected": result.rejected,
             "estimated_input_tokens": result.estimated_input_tokens,
             "estimated_cost_usd": result.estimated_cost_usd,
+            "reused": result.reused,
             "unpriced_models": unpriced,
             "shards": [
                 {

@@ -44,9 +44,12 @@ from typing import IO, TYPE_CHECKING, Any, BinaryIO, cast
 
 from openai_batch.limits import DEFAULT_LIMITS, SUPPORTED_ENDPOINTS, BatchLimits
 from openai_batch.pricing import FREE_ENDPOINTS, estimate_cost_usd
+from openai_batch.reuse import INDEX_FILE, REUSED_FILE, request_digest
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator
+
+    from openai_batch.reuse import ReuseIndex
 
 __all__ = [
     "NoValidRequestsError",
@@ -179,6 +182,8 @@ class PrepareResult:
     :param estimated_input_tokens: heuristic input token count over all shards.
     :param estimated_cost_usd: batch price of the estimated input tokens only (output
         tokens are unknown before the run), or None when a model has no known price.
+    :param reused: valid requests not sent because an earlier content's result is carried over
+        (counted in ``valid``, in no shard).
     """
 
     source: str
@@ -191,6 +196,7 @@ class PrepareResult:
     rejects_path: str = ""
     estimated_input_tokens: int = 0
     estimated_cost_usd: float | None = None
+    reused: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-serialisable dict."""
@@ -356,8 +362,11 @@ class _Preparer:
         model: str | None,
         limits: BatchLimits,
         id_prefix: str,
+        reuse: ReuseIndex | None = None,
     ) -> None:
         self.work_dir = work_dir
+        self.reuse = reuse
+        self.reused = 0
         self.endpoint = endpoint
         self.model = model
         self.limits = limits
@@ -375,6 +384,8 @@ class _Preparer:
         self.order = open(work_dir / ORDER_FILE, "w", encoding="utf-8", buffering=_WRITE_BUFFER)  # noqa: SIM115
         self.rejects = open(work_dir / REJECTS_FILE, "w", encoding="utf-8", buffering=_WRITE_BUFFER)  # noqa: SIM115
         self.order_buffer: list[str] = []
+        self.index = open(work_dir / INDEX_FILE, "w", encoding="ascii", buffering=_WRITE_BUFFER)  # noqa: SIM115
+        self.reused_file = open(work_dir / REUSED_FILE, "wb", buffering=_WRITE_BUFFER)  # noqa: SIM115
         self.seen_path = work_dir / ".seen.sqlite"
         self.seen: sqlite3.Connection | None = None
         self.flushed_once = False
@@ -595,6 +606,11 @@ class _Preparer:
         limits = self.limits
         max_requests, max_bytes = limits.max_requests, limits.max_bytes
         max_inputs = limits.max_embedding_inputs
+        digests = {
+            custom_id: request_digest(out) for _, custom_id, _, _, out, _, _, _ in self.pending if custom_id
+        }
+        reusable = self.reuse.take(list(digests.items())) if self.reuse is not None else {}
+        digest_lines: list[str] = []
         for line_no, custom_id, endpoint, model, out, inputs, tokens, original in self.pending:
             if custom_id is None:
                 self._write_reject(line_no, endpoint, model)
@@ -602,6 +618,13 @@ class _Preparer:
             if earlier and custom_id in earlier:
                 text = original.decode("utf-8", "replace")
                 self._write_reject(line_no, _duplicate_reason(custom_id, earlier[custom_id]), text)
+                continue
+            digest_lines.append(digests[custom_id] + "\n")
+            if custom_id in reusable:
+                self.valid += 1
+                self.reused += 1
+                order_append(encode_basestring_ascii(custom_id) + "\n")
+                self.reused_file.write(reusable.pop(custom_id))
                 continue
             shard = open_shards.get((endpoint, model))
             if shard is not None:
@@ -626,6 +649,7 @@ class _Preparer:
         if self.order_buffer:
             self.order.write("".join(self.order_buffer))
             self.order_buffer = []
+        self.index.write("".join(digest_lines))
         self.pending = []
         self.pending_bytes = 0
         self.chunk_ids = {}
@@ -666,6 +690,8 @@ class _Preparer:
             shard.file.close()
         self.order.close()
         self.rejects.close()
+        self.index.close()
+        self.reused_file.close()
         if self.seen is not None:
             self.seen.close()
             self.seen = None
@@ -731,6 +757,7 @@ def prepare_requests(
     model: str | None = None,
     limits: BatchLimits = DEFAULT_LIMITS,
     id_prefix: str | None = None,
+    reuse: ReuseIndex | None = None,
 ) -> PrepareResult:
     """Validate and split the requests of one input file into batch shards in ``work_dir``.
 
@@ -742,6 +769,8 @@ def prepare_requests(
     :param model: when set, replaces ``body.model`` on every line.
     :param limits: limits each shard must respect.
     :param id_prefix: prefix of generated custom_ids, default :func:`default_id_prefix`.
+    :param reuse: succeeded requests of an earlier content of the file; unchanged ones are not put
+        in a shard, their earlier result lines go to ``reused.jsonl``.
     :raises PrepareError: for an unsupported ``endpoint``.
     :raises NoValidRequestsError: when no line is valid (after writing the rejects).
     """
@@ -752,7 +781,7 @@ def prepare_requests(
     for stale in work.glob("shard-[0-9][0-9][0-9][0-9][0-9].jsonl"):  # never a later round's file
         stale.unlink()
     prefix = id_prefix if id_prefix is not None else default_id_prefix(source_name)
-    state = _Preparer(work, endpoint, model, limits, prefix)
+    state = _Preparer(work, endpoint, model, limits, prefix, reuse)
     hasher = hashlib.sha256()
     line_no = 0
     try:
@@ -800,8 +829,9 @@ def prepare_requests(
         rejects_path=str(work / REJECTS_FILE),
         estimated_input_tokens=sum(s.estimated_input_tokens for s in shards),
         estimated_cost_usd=_estimate_cost(shards),
+        reused=state.reused,
     )
-    if not shards:
+    if not shards and not state.reused:
         raise NoValidRequestsError(
             source_name, state.lines, state.rejected, state.first_reject, result.input_sha256
         )

@@ -11,6 +11,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
+from openai_batch.reuse import REUSED_FILE
 from openai_batch.storage import check_batch_id, iter_lines
 
 if TYPE_CHECKING:
@@ -94,6 +95,9 @@ def merge_shards(
 
     with tempfile.TemporaryDirectory(prefix="openai-batch-merge-") as tmp:
         with ResultStore(Path(tmp) / "results.sqlite") as store:
+            reused = state_dir / REUSED_FILE
+            if reused.exists():
+                store.add_final_lines(iter_lines(reused))
             for state in states:
                 # The store keeps the outcome of the highest sequence number: the position in the
                 # shard's history, so a token-limit resubmission of a round also counts as later.
@@ -191,6 +195,7 @@ def build_manifest(plan: dict[str, Any], states: list[ShardState], counts: Resul
             "expired": counts_dict.get("expired", 0),
             "cancelled": counts_dict.get("cancelled", 0),
             "rejected": plan["rejected"],
+            "reused": counts_dict.get("reused", 0),
         },
         "rounds": max((rnd.round for s in states for rnd in s.rounds), default=0) + 1,
         "batches": batches,

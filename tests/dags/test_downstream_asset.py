@@ -104,6 +104,7 @@ def test_results_event_carries_the_manifest_summary(pipeline: dict[str, Any]) ->
         "expired": 0,
         "cancelled": 0,
         "rejected": 1,
+        "reused": 0,
     }
     assert sorted(f["results"] for f in summary["files"]) == sorted(e["results"] for e in extras)
     assert summary["estimated_cost_usd"] == pytest.approx(sum(e["estimated_cost_usd"] for e in extras))

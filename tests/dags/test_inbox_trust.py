@@ -173,3 +173,39 @@ def test_unknown_models_are_unpriced_not_guessed(pipeline: dict[str, Any]) -> No
     manifest = manifests(results)["typo.jsonl"]
     assert manifest["estimated_cost_usd"] is None
     assert manifest["unpriced_models"] == ["gtp-4o-mini"]
+
+
+def test_a_file_that_comes_back_changed_reuses_its_unchanged_answers(pipeline: dict[str, Any]) -> None:
+    inbox, results, server = pipeline["inbox"], pipeline["results"], pipeline["emulator"]
+    path = inbox / "grows.jsonl"
+    write_input(path, [chat_line(f"g-{i}", f"q {i}") for i in range(4)])
+    assert run_dag({"input": "grows.jsonl"}).state == "success"
+    first = manifests(results)["grows.jsonl"]
+    first_results = (first["_folder"] / "results.jsonl").read_bytes()
+    assert batches_created(server) == 1
+
+    # g-1 changes, g-4 is added; g-0, g-2 and g-3 are unchanged and already succeeded.
+    lines = [chat_line(f"g-{i}", f"q {i}") for i in range(5)]
+    lines[1] = chat_line("g-1", "a different question")
+    write_input(path, lines)
+    dag_run = run_dag({"input": "grows.jsonl"})
+    assert dag_run.state == "success", task_states(dag_run)
+
+    second = manifests(results)["grows.jsonl"]
+    assert second["input_sha256"] != first["input_sha256"]
+    assert second["counts"]["reused"] == 3
+    assert second["counts"]["succeeded"] == 5
+    assert [b["requests"] for b in second["batches"]] == [2]  # only the changed and the new request
+    assert batches_created(server) == 2
+    got = read_jsonl(second["_folder"] / "results.jsonl")
+    assert [r["custom_id"] for r in got] == [f"g-{i}" for i in range(5)]
+    earlier = {r["custom_id"]: r for r in (json.loads(x) for x in first_results.splitlines())}
+    for record in got:
+        if record["custom_id"] in ("g-0", "g-2", "g-3"):
+            assert record == earlier[record["custom_id"]]  # carried over as it was paid for
+        else:
+            assert record["batch_id"] != earlier["g-0"]["batch_id"]
+    # The earlier content's results are kept, not overwritten.
+    history = second["_folder"] / "_history" / first["input_sha256"][:16]
+    assert (history / "results.jsonl").read_bytes() == first_results
+    assert json.loads((history / "manifest.json").read_text())["input_sha256"] == first["input_sha256"]

@@ -106,7 +106,15 @@ def test_mixed_file_end_to_end(pipeline: dict[str, Any]) -> None:
     assert "json" in rejects[0]["reason"].lower()
 
     counts = manifest["counts"]
-    assert counts == {"total": 6, "succeeded": 5, "failed": 0, "expired": 0, "cancelled": 0, "rejected": 1}
+    assert counts == {
+        "total": 6,
+        "succeeded": 5,
+        "failed": 0,
+        "expired": 0,
+        "cancelled": 0,
+        "rejected": 1,
+        "reused": 0,
+    }
     assert counts["total"] == len(results) + len(rejects)  # conservation
     assert len(manifest["batches"]) == 3
     assert {b["status"] for b in manifest["batches"]} == {"completed"}
