@@ -33,6 +33,20 @@ def _backfills(api: str, dag_id: str) -> list[dict[str, Any]]:
     return found
 
 
+def _recorded(api: str, backfill_id: int, wait: float = 10.0) -> bool:
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            http_json(f"{api}/backfills/{backfill_id}")
+            return True
+        except urllib.error.HTTPError as err:
+            if err.code != 404 and err.code < 500:
+                raise
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(1)
+
+
 def request_backfill(
     api: str,
     from_date: str,
@@ -46,7 +60,8 @@ def request_backfill(
     Record a backfill and return it; safe to retry.
 
     An SQLite-backed API answers 5xx ("database is locked") while the scheduler writes; the call is
-    then retried, unless the backfill was recorded after all. A 409 (the same backfill is already
+    then retried, unless the backfill was recorded after all; an answered id that never shows up
+    (the commit failed after the answer) is asked for again. A 409 (the same backfill is already
     running, e.g. recorded by an attempt whose answer was lost) returns that backfill.
     """
     known = {b["id"] for b in _backfills(api, dag_id)}
@@ -61,7 +76,10 @@ def request_backfill(
     for attempt in range(1, attempts + 1):
         try:
             created: dict[str, Any] = http_json(f"{api}/backfills", "POST", body)
-            return created
+            if _recorded(api, created["id"]):
+                return created
+            # SQLite can answer with the new id and then fail to commit it: ask again.
+            print(f"backfill {created['id']} was answered but not recorded; retrying", file=sys.stderr)
         except urllib.error.HTTPError as err:
             detail = err.read()[:300]
             if err.code == 409:

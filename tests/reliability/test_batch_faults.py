@@ -150,5 +150,6 @@ def test_batch_where_every_request_failed_is_reported_with_the_api_message(
         "expired": 0,
         "cancelled": 0,
         "rejected": 0,
+        "reused": 0,
     }
     assert manifest["usage"]["output_tokens"] == 0
