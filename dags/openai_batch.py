@@ -23,7 +23,7 @@ import pendulum
 from airflow.sdk import Param, dag, task
 
 from openai_batch.assets import RESULTS_ALIAS
-from openai_batch.limits import SUPPORTED_ENDPOINTS
+from openai_batch.limits import OUTPUT_EXPIRY_SECONDS, SUPPORTED_ENDPOINTS
 from openai_batch.operators import (
     OpenAIBatchPrepareOperator,
     OpenAIBatchSubmitOperator,
@@ -99,6 +99,23 @@ ALLOWED_ROOTS = "{{ var.value.get('openai_batch_allowed_roots', '') }}"
             title="Input wait (s)",
             description="How long to wait for input files; with none by then the run ends skipped.",
         ),
+        "output_expires_after": Param(
+            None,
+            type=["null", "object"],
+            properties={
+                "anchor": {"type": "string", "enum": ["created_at"]},
+                "seconds": {
+                    "type": "integer",
+                    "minimum": OUTPUT_EXPIRY_SECONDS[0],
+                    "maximum": OUTPUT_EXPIRY_SECONDS[1],
+                },
+            },
+            required=["anchor", "seconds"],
+            additionalProperties=False,
+            title="Output files expire after",
+            description='Optional, e.g. {"anchor": "created_at", "seconds": 604800}: the batches\' output '
+            "and error files expire that many seconds (3600 to 2592000) after they are created.",
+        ),
         "settle_seconds": Param(
             30,
             type="integer",
@@ -152,9 +169,11 @@ def openai_batch() -> None:
         return [shard for plan in all_plans for shard in plan["shards"]]
 
     shard_label = "{{ task.shard['key'] }} #{{ task.shard['index'] + 1 }}/{{ task.shard['count'] }}"
-    submitted = OpenAIBatchSubmitOperator.partial(task_id="submit", map_index_template=shard_label).expand(
-        shard=list_shards(plans.output)
-    )
+    submitted = OpenAIBatchSubmitOperator.partial(
+        task_id="submit",
+        map_index_template=shard_label,
+        output_expires_after="{{ params.output_expires_after }}",
+    ).expand(shard=list_shards(plans.output))
     waited = OpenAIBatchSensor.partial(
         task_id="wait_for_batch",
         map_index_template=shard_label,

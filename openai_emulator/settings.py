@@ -15,6 +15,11 @@ DEFAULT_MODELS = (
     "text-embedding-3-small",
     "text-embedding-3-large",
     "omni-moderation-latest",
+    "gpt-3.5-turbo-instruct",
+    "gpt-image-1",
+    "gpt-image-1-mini",
+    "dall-e-3",
+    "sora-2",
 )
 
 
@@ -178,7 +183,15 @@ class EmulatorSettings:
     max_input_file_bytes: int = _opt(
         "Largest accepted upload with purpose 'batch', in bytes.", int, default=200 * 1024 * 1024
     )
+    max_file_bytes: int = _opt(
+        "Largest accepted upload of any purpose, in bytes (OpenAI's 512 MB per file).",
+        int,
+        default=512 * 1024 * 1024,
+    )
     max_requests_per_batch: int = _opt("Most requests in one batch input file.", int, default=50_000)
+    max_embedding_inputs: int = _opt(
+        "Most embedding inputs across all requests of one embeddings batch.", int, default=50_000
+    )
     models: list[str] = _opt(
         "Model ids listed by /v1/models, comma separated.",
         _str_list,

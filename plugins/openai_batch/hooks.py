@@ -220,6 +220,7 @@ class OpenAIBatchHook(OpenAIHook):
         metadata: dict[str, str],
         attempts: int = 6,
         backoff: float = 1.0,
+        output_expires_after: dict[str, Any] | None = None,
     ) -> Batch:
         """
         Create a batch, retrying transient errors without ever creating it twice.
@@ -228,8 +229,12 @@ class OpenAIBatchHook(OpenAIHook):
         service did create, so before each new attempt the batch is looked up by ``metadata``. After
         the create, a concurrent duplicate (another run that scanned before this one created) is
         settled: the oldest batch is kept and returned, a newer one is cancelled.
+        ``output_expires_after`` (``{"anchor": "created_at", "seconds": N}``) is sent only when set.
         """
         client = self.conn.with_options(max_retries=0)
+        extra: dict[str, Any] = {}
+        if output_expires_after is not None:
+            extra["output_expires_after"] = output_expires_after
         for attempt in range(1, attempts + 1):
             if attempt > 1 and (existing := self.find_batch(metadata)) is not None:
                 log.info("Batch %s already exists for %s; re-attaching", existing.id, metadata)
@@ -240,6 +245,7 @@ class OpenAIBatchHook(OpenAIHook):
                     endpoint=endpoint,  # type: ignore[arg-type]
                     completion_window="24h",
                     metadata=metadata,
+                    **extra,
                 )
             except TRANSIENT_ERRORS as err:
                 if attempt == attempts:

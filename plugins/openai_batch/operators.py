@@ -113,7 +113,13 @@ def save_state(state_dir: ObjectStoragePath, state: ShardState) -> None:
     write_json(state_dir / f"shard-{state.index:05d}.state.json", state.to_dict())
 
 
-def submit_round(hook: OpenAIBatchHook, state_dir: ObjectStoragePath, state: ShardState, source: str) -> str:
+def submit_round(
+    hook: OpenAIBatchHook,
+    state_dir: ObjectStoragePath,
+    state: ShardState,
+    source: str,
+    output_expires_after: dict[str, Any] | None = None,
+) -> str:
     """
     Make sure the latest round of ``state`` has a batch, creating one only if none exists.
 
@@ -144,7 +150,9 @@ def submit_round(hook: OpenAIBatchHook, state_dir: ObjectStoragePath, state: Sha
         rnd.input_file_id = uploaded.id
         save_state(state_dir, state)
         hook.log.info("Uploaded %s (%s requests) as %s", rnd.file, rnd.requests, uploaded.id)
-    batch = hook.create_batch_once(rnd.input_file_id, state.endpoint, metadata)
+    batch = hook.create_batch_once(
+        rnd.input_file_id, state.endpoint, metadata, output_expires_after=output_expires_after
+    )
     rnd.batch_id, rnd.status = batch.id, batch.status
     save_state(state_dir, state)
     hook.log.info("Created batch %s for shard %s round %s", batch.id, state.identity, rnd.round)
@@ -461,23 +469,43 @@ class OpenAIBatchSubmitOperator(BaseOperator):
 
     :param shard: One shard entry of a plan from ``OpenAIBatchPrepareOperator``. (templated)
     :param conn_id: The OpenAI connection id.
+    :param output_expires_after: When set, ``{"anchor": "created_at", "seconds": N}`` (N from 3600
+        to 2592000): the batch's output and error files expire N seconds after they are created.
+        Passed on with the shard, so follow-up rounds use it too. (templated)
     """
 
-    template_fields = ("shard",)
+    template_fields = ("shard", "output_expires_after")
 
-    def __init__(self, *, shard: dict[str, Any], conn_id: str = "openai_default", **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *,
+        shard: dict[str, Any],
+        conn_id: str = "openai_default",
+        output_expires_after: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.shard = shard
         self.conn_id = conn_id
+        self.output_expires_after = output_expires_after
 
     def execute(self, context: Context) -> dict[str, Any]:
         """Submit the shard and return it with its batch id."""
         from openai_batch.hooks import OpenAIBatchHook
+        from openai_batch.limits import check_output_expires_after
 
+        try:
+            expiry = check_output_expires_after(self.output_expires_after)
+        except ValueError as err:
+            raise AirflowFailException(str(err)) from err
         state_dir = to_path(self.shard["state_dir"])
         state = load_state(state_dir, self.shard)
-        batch_id = submit_round(OpenAIBatchHook(conn_id=self.conn_id), state_dir, state, self.shard["source"])
-        return {**self.shard, "batch_id": batch_id}
+        hook = OpenAIBatchHook(conn_id=self.conn_id)
+        batch_id = submit_round(hook, state_dir, state, self.shard["source"], expiry)
+        shard = {**self.shard, "batch_id": batch_id}
+        if expiry is not None:
+            shard["output_expires_after"] = expiry
+        return shard
 
 
 class OpenAIBatchWriteResultsOperator(BaseOperator):

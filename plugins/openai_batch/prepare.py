@@ -72,6 +72,10 @@ _REQUIRED_FIELDS: dict[str, tuple[str, ...]] = {
     "/v1/completions": ("model", "prompt"),
     "/v1/moderations": ("input",),
     "/v1/responses": ("model", "input"),
+    # The spec gives these a default model (dall-e-2, gpt-image-1.5, sora-2).
+    "/v1/images/generations": ("prompt",),
+    "/v1/images/edits": ("images", "prompt"),
+    "/v1/videos": ("prompt",),
 }
 # Lines held before duplicate ids are checked against the scratch table and written out.
 _FLUSH_LINES = 8192
@@ -279,6 +283,10 @@ def _check_body(body: dict[str, Any], endpoint: str, limits: BatchLimits) -> tup
         messages = body["messages"]
         if not isinstance(messages, list) or not messages:
             return "body.messages must be a non-empty list", 0
+    elif endpoint == "/v1/images/edits":
+        images = body["images"]
+        if not isinstance(images, list) or not images:
+            return "body.images must be a non-empty list of image references", 0
     elif endpoint == "/v1/embeddings":
         inputs = _count_embedding_inputs(body["input"])
         if inputs == 0:

@@ -49,6 +49,11 @@ PRICES: dict[str, Price] = {
     "text-embedding-ada-002": Price(0.10, 0.10, 0.0),
     "omni-moderation-latest": Price(0.0, 0.0, 0.0),
     "text-moderation-latest": Price(0.0, 0.0, 0.0),
+    # Image models bill text input, image input and image output tokens; image input tokens
+    # (edits) are priced here as text input, so an edit's estimate is a lower bound. DALL-E
+    # (per image) and Sora (per second of video) have no per-token price: their cost is unknown.
+    "gpt-image-1": Price(5.00, 1.25, 40.00),
+    "gpt-image-1-mini": Price(2.00, 0.20, 8.00),
 }
 
 #: A dated snapshot of a listed model: ``gpt-4o-2024-08-06`` or ``gpt-3.5-turbo-0125``.

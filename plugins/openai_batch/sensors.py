@@ -234,7 +234,9 @@ class OpenAIBatchSensor(BaseSensorOperator):
         state = load_state(state_dir, self.shard)
         rnd = state.current
         if not rnd.batch_id:
-            submit_round(self.hook, state_dir, state, self.shard["source"])
+            submit_round(
+                self.hook, state_dir, state, self.shard["source"], self.shard.get("output_expires_after")
+            )
         if rnd.collected:
             return self._next_round_or_finish(state)
         # Check once before deferring: a batch that already ended needs no trigger (and a trigger
@@ -324,7 +326,9 @@ class OpenAIBatchSensor(BaseSensorOperator):
                 Round(round=old.round, file=old.file, requests=old.requests, attempt=old.attempt + 1)
             )
             save_state(state_dir, state)
-        submit_round(self.hook, state_dir, state, self.shard["source"])
+        submit_round(
+            self.hook, state_dir, state, self.shard["source"], self.shard.get("output_expires_after")
+        )
         self._defer(state)
         raise AssertionError("unreachable")
 
@@ -346,7 +350,9 @@ class OpenAIBatchSensor(BaseSensorOperator):
                 )
                 state.rounds.append(Round(round=rnd.round + 1, file=name, requests=count))
                 save_state(state_dir, state)
-                submit_round(self.hook, state_dir, state, self.shard["source"])
+                submit_round(
+                    self.hook, state_dir, state, self.shard["source"], self.shard.get("output_expires_after")
+                )
                 self._defer(state)
         return {
             **self.shard,
