@@ -42,7 +42,9 @@ _CHUNK_ROWS = 20000
 #: The round of results carried over from an earlier content: below every round of this one.
 REUSED_ROUND = -1
 _CHUNK_BYTES = 32 * 1024 * 1024
-_ORDER_CHUNK = 4000
+_ORDER_CHUNK = 2000
+#: Response bytes read from the store (and buffered for writing) at a time.
+_BODY_BYTES = 8 * 1024 * 1024
 # Encoders built once: json.dumps with non-default arguments builds a new encoder per call.
 _COMPACT = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 _COMPACT_ASCII = json.JSONEncoder(separators=(",", ":")).encode
@@ -404,17 +406,48 @@ class ResultStore:
             yield from self._lookup(chunk)
 
     def _lookup(self, ids: list[str]) -> Iterator[tuple[str, tuple[Any, ...] | None]]:
-        found = {
+        """
+        Yield ``(custom_id, row or None)`` for ``ids`` in order, holding a bounded number of bytes.
+
+        The small columns of the whole chunk are read at once; response bodies are read in groups of
+        at most ``_BODY_BYTES`` (one at a time when large, as image results are), so memory does not
+        grow with the size of the responses.
+        """
+        marks = ",".join("?" * len(ids))
+        meta = {
             row[0]: row
             for row in self._db.execute(
-                "SELECT custom_id, status, response, error, batch_id, input_tokens, output_tokens,"
-                " cached_tokens, reasoning_tokens, round FROM results"
-                " WHERE custom_id IN (SELECT value FROM json_each(?))",
-                (json.dumps(ids),),
+                "SELECT custom_id, status, length(response), error, batch_id, input_tokens, output_tokens,"
+                f" cached_tokens, reasoning_tokens, round FROM results WHERE custom_id IN ({marks})",
+                ids,
             )
         }
-        for custom_id in ids:
-            yield custom_id, found.get(custom_id)
+        start = 0
+        while start < len(ids):
+            group: list[str] = []
+            size = 0
+            end = start
+            while end < len(ids) and (not group or size < _BODY_BYTES):
+                row = meta.get(ids[end])
+                if row is not None:
+                    group.append(ids[end])
+                    size += row[2] or 0
+                end += 1
+            bodies: dict[str, str] = {}
+            if group:
+                group_marks = ",".join("?" * len(group))
+                bodies = dict(
+                    self._db.execute(
+                        f"SELECT custom_id, response FROM results WHERE custom_id IN ({group_marks})", group
+                    ).fetchall()
+                )
+            for custom_id in ids[start:end]:
+                row = meta.get(custom_id)
+                if row is None:
+                    yield custom_id, None
+                else:
+                    yield custom_id, (row[0], row[1], bodies.pop(custom_id), *row[3:])
+            start = end
 
     def pending(self, order: Iterable[str]) -> Iterator[str]:
         """Yield, in order, the ids with no outcome yet or a retryable one (to resubmit)."""
@@ -438,6 +471,7 @@ class ResultStore:
         tally = {"succeeded": 0, "failed": 0, "expired": 0, "cancelled": 0}
         missing_error = '{"code":"missing_result","message":"no result was returned for this request"}'
         buffer: list[str] = []
+        buffered = 0
         for custom_id, row in self._rows_in_order(order):
             if row is None:
                 status, response, error, batch_id = "failed", "null", missing_error, "null"
@@ -456,9 +490,10 @@ class ResultStore:
                 f'{{"custom_id":{encode_basestring_ascii(custom_id)},"status":"{status}",'
                 f'"response":{response},"error":{error},"batch_id":{batch_id}}}\n'
             )
-            if len(buffer) >= _ORDER_CHUNK:
+            buffered += len(response)
+            if len(buffer) >= _ORDER_CHUNK or buffered >= _BODY_BYTES:
                 out.write("".join(buffer).encode("utf-8"))
-                buffer = []
+                buffer, buffered = [], 0
         if buffer:
             out.write("".join(buffer).encode("utf-8"))
         counts.succeeded = tally["succeeded"]

@@ -252,3 +252,27 @@ def test_read_order(tmp_path: Path) -> None:
     path.write_text("1\n")
     with pytest.raises(ValueError, match="not a custom_id"):
         list(read_order(path))
+
+
+def test_writing_large_responses_holds_a_bounded_number_of_bytes(tmp_path: Path) -> None:
+    """Image results are megabytes each: the writer must not hold a whole chunk of them."""
+    import io
+    import tracemalloc
+
+    from openai_batch.results import ResultStore
+
+    body = {"data": [{"b64_json": "A" * 1_000_000}]}
+    lines = (
+        json.dumps({"custom_id": f"img-{i}", "response": {"status_code": 200, "body": body}}).encode() + b"\n"
+        for i in range(120)
+    )
+    with ResultStore(tmp_path / "store.sqlite") as store:
+        store.add_lines(lines, batch_id="batch_1", round=0)
+        out = io.BytesIO()
+        sink = type("Sink", (), {"write": lambda self, data: out.truncate(0) or len(data)})()
+        tracemalloc.start()
+        counts = store.write_results((f"img-{i}" for i in range(120)), sink)
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+    assert counts.succeeded == 120
+    assert peak < 40_000_000, f"peak {peak / 1e6:.0f} MB for 120 MB of responses"
