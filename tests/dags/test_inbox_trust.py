@@ -52,6 +52,15 @@ def test_files_whose_cleaned_names_collide_keep_their_own_results(pipeline: dict
 
     first = run_dag({"input": "*.jsonl"})
     assert first.state == "success", task_states(first)
+    labels = {(ti.task_id, ti.rendered_map_index) for ti in first.get_task_instances() if ti.map_index >= 0}
+    # The grid names each mapped task's file (and shard), not just its index.
+    assert {label for task, label in labels if task == "prepare"} == {
+        "数据.jsonl",
+        "测试.jsonl",
+        "a b.jsonl",
+        "a_b.jsonl",
+    }
+    assert ("wait_for_batch", "a b.jsonl #1/1") in labels
     second = run_dag({"input": "dup*/requests.jsonl"})
     assert second.state == "success", task_states(second)
 
