@@ -3,6 +3,7 @@ read only where it belongs; unusable files fail alone; broken results are repair
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 from typing import TYPE_CHECKING, Any
@@ -84,19 +85,25 @@ def test_one_unusable_file_fails_alone(pipeline: dict[str, Any]) -> None:
     (inbox / "binary.jsonl").write_bytes(bytes(range(256)) * 4)
     write_input(inbox / "invalid.jsonl", ["nope", "[1, 2]"])
     write_input(inbox / "good.jsonl", [chat_line("g-0", "hello"), chat_line("g-1", "hi")])
+    packed = "".join(json.dumps(chat_line(f"z-{i}", "zipped")) + "\n" for i in range(3))
+    (inbox / "packed.jsonl.gz").write_bytes(gzip.compress(packed.encode()))
+    (inbox / "corrupt.jsonl.gz").write_bytes(b"\x1f\x8b\x08\x00not really gzip at all")
 
-    dag_run = run_dag({"input": "*.jsonl"})
+    dag_run = run_dag({"input": "*"})
 
     assert dag_run.state == "failed"  # the failure is visible ...
     found = manifests(results)
-    assert ids_in(found["good.jsonl"]["_folder"]) == ["g-0", "g-1"]  # ... and the good file was sent
+    assert ids_in(found["good.jsonl"]["_folder"]) == ["g-0", "g-1"]  # ... and the good files were sent
     assert found["good.jsonl"]["counts"]["succeeded"] == 2
-    for bad in ("empty.jsonl", "blank.jsonl", "binary.jsonl", "invalid.jsonl"):
+    assert ids_in(found["packed.jsonl.gz"]["_folder"]) == ["z-0", "z-1", "z-2"]
+    for bad in ("empty.jsonl", "blank.jsonl", "binary.jsonl", "invalid.jsonl", "corrupt.jsonl.gz"):
         assert bad in found[bad]["error"], found[bad]["error"]  # ... and names the file
         assert (found[bad]["_folder"] / "rejects.jsonl").exists()
     assert len(read_jsonl(found["invalid.jsonl"]["_folder"] / "rejects.jsonl")) == 2
     states = task_states(dag_run)
-    assert sorted(states[k] for k in states if k.startswith("write_results")) == ["failed"] * 4 + ["success"]
+    assert (
+        sorted(states[k] for k in states if k.startswith("write_results")) == ["failed"] * 5 + ["success"] * 2
+    )
     assert all(states[k] == "success" for k in states if k.startswith(("prepare", "submit", "wait_for")))
 
 
