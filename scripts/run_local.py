@@ -50,14 +50,28 @@ def wait_until(check: Any, what: str, timeout: float, procs: list[subprocess.Pop
     raise SystemExit(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
-def _group_alive(pgid: int) -> bool:
+def group_alive(pgid: int) -> bool:
+    """Return True while a process group has a live member (zombies waiting to be reaped do not count)."""
     try:
         os.killpg(pgid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    return any(_is_live_member(pid, pgid) for pid in _pids())
+
+
+def _pids() -> list[int]:
+    return [int(entry.name) for entry in Path("/proc").iterdir() if entry.name.isdigit()]
+
+
+def _is_live_member(pid: int, pgid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    fields = stat.rsplit(")", 1)[1].split()
+    return int(fields[2]) == pgid and fields[0] != "Z"
 
 
 def stop(procs: list[subprocess.Popen[bytes]], grace: float = 30.0) -> list[int]:
@@ -72,18 +86,18 @@ def stop(procs: list[subprocess.Popen[bytes]], grace: float = 30.0) -> list[int]
         signal.signal(signum, signal.SIG_IGN)
     groups = [proc.pid for proc in procs]  # each was started as the leader of its own session
     for pgid in reversed(groups):
-        if _group_alive(pgid):
+        if group_alive(pgid):
             try:
                 os.killpg(pgid, signal.SIGTERM)
             except ProcessLookupError:
                 pass
     deadline = time.monotonic() + grace
-    while any(_group_alive(g) for g in groups) and time.monotonic() < deadline:
+    while any(group_alive(g) for g in groups) and time.monotonic() < deadline:
         for proc in procs:
             proc.poll()  # reap the leaders so their group can disappear
         time.sleep(0.2)
     for pgid in groups:
-        if _group_alive(pgid):
+        if group_alive(pgid):
             try:
                 os.killpg(pgid, signal.SIGKILL)
             except ProcessLookupError:
@@ -91,9 +105,9 @@ def stop(procs: list[subprocess.Popen[bytes]], grace: float = 30.0) -> list[int]
     for proc in procs:
         proc.wait()
     deadline = time.monotonic() + 10
-    while any(_group_alive(g) for g in groups) and time.monotonic() < deadline:
+    while any(group_alive(g) for g in groups) and time.monotonic() < deadline:
         time.sleep(0.1)
-    return [g for g in groups if _group_alive(g)]
+    return [g for g in groups if group_alive(g)]
 
 
 def airflow_env(
