@@ -50,6 +50,26 @@ def download_round(hook: OpenAIBatchHook, state_dir: ObjectStoragePath, rnd: Rou
         hook.log.info("Downloaded %s (%s bytes) to %s", file_id, size, path)
 
 
+def nothing_to_retry(state_dir: ObjectStoragePath, rnd: Round) -> bool:
+    """
+    Return True when a round's batch answered every request with success: no retry file is needed.
+
+    The service's counts are checked against the files themselves: no error file, and one output
+    line per request sent (a cheap newline count, no parsing).
+    """
+    counts = rnd.request_counts or {}
+    if rnd.status != "completed" or rnd.error_file_id or not rnd.output_file_id:
+        return False
+    if counts.get("failed") or counts.get("completed") != rnd.requests:
+        return False
+    (output,) = round_files(state_dir, rnd)
+    lines = 0
+    with output.open("rb") as fin:
+        while chunk := fin.read(1 << 20):
+            lines += chunk.count(b"\n")
+    return lines == rnd.requests
+
+
 def write_retry_file(state_dir: ObjectStoragePath, rnd: Round, name: str) -> int:
     """
     Write the requests of ``rnd`` that did not reach a final outcome to ``name``; return their count.

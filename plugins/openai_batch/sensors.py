@@ -333,12 +333,16 @@ class OpenAIBatchSensor(BaseSensorOperator):
         raise AssertionError("unreachable")
 
     def _next_round_or_finish(self, state: ShardState) -> dict[str, Any]:
-        from openai_batch.results_io import write_retry_file
+        from openai_batch.results_io import nothing_to_retry, write_retry_file
         from openai_batch.state import Round
 
         state_dir = to_path(self.shard["state_dir"])
         rnd = state.current
-        if rnd.status != "failed" and rnd.round < int(self.max_retry_rounds):
+        if (
+            rnd.status != "failed"
+            and rnd.round < int(self.max_retry_rounds)
+            and not nothing_to_retry(state_dir, rnd)
+        ):
             name = f"shard-{state.index:05d}.round{rnd.round + 1}.jsonl"
             count = write_retry_file(state_dir, rnd, name)
             if count:
