@@ -18,6 +18,8 @@ from json.scanner import make_scanner
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Literal, cast, get_args
 
+import msgspec
+
 from openai_batch.limits import is_retryable_code
 
 if TYPE_CHECKING:
@@ -43,7 +45,7 @@ _CHUNK_ROWS = 20000
 REUSED_ROUND = -1
 _CHUNK_BYTES = 32 * 1024 * 1024
 _ORDER_CHUNK = 2000
-#: Response bytes read from the store (and buffered for writing) at a time.
+#: Response bytes buffered for writing at a time.
 _BODY_BYTES = 8 * 1024 * 1024
 # Encoders built once: json.dumps with non-default arguments builds a new encoder per call.
 _COMPACT = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
@@ -201,6 +203,73 @@ def _usage_of(body: dict[str, Any] | None) -> tuple[int, int, int, int]:
     )
 
 
+class _Details(msgspec.Struct):
+    cached_tokens: int = 0
+    reasoning_tokens: int = 0
+
+
+class _Usage(msgspec.Struct):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    prompt_tokens_details: _Details | None = None
+    completion_tokens_details: _Details | None = None
+    input_tokens_details: _Details | None = None
+    output_tokens_details: _Details | None = None
+
+
+class _Body(msgspec.Struct):
+    usage: _Usage | None = None
+
+
+class _Response(msgspec.Struct):
+    status_code: int
+    body: msgspec.Raw
+
+
+class _Line(msgspec.Struct):
+    custom_id: str
+    response: _Response | None = None
+
+
+_LINE = msgspec.json.Decoder(_Line)
+_BODY = msgspec.json.Decoder(_Body)
+
+
+def _fast_success(raw: bytes) -> tuple[str, str, tuple[int, int, int, int]] | None:
+    """
+    Return ``(custom_id, raw body, usage)`` of a 2xx output line, or None to take the general path.
+
+    Only the envelope and the usage are decoded; the body is kept as the exact bytes the service
+    sent (valid JSON by construction), so it is neither parsed nor serialised again.
+    """
+    try:
+        line = _LINE.decode(raw)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
+    response = line.response
+    if response is None or not 200 <= response.status_code < 300:
+        return None
+    body = bytes(response.body)
+    if body[:1] != b"{":
+        return None
+    try:
+        usage = _BODY.decode(body).usage
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
+    text = body.decode("utf-8")
+    if usage is None:
+        return line.custom_id, text, (0, 0, 0, 0)
+    if usage.input_tokens or usage.output_tokens:  # responses API
+        cached = usage.input_tokens_details.cached_tokens if usage.input_tokens_details else 0
+        reasoning = usage.output_tokens_details.reasoning_tokens if usage.output_tokens_details else 0
+        return line.custom_id, text, (usage.input_tokens, usage.output_tokens, cached, reasoning)
+    cached = usage.prompt_tokens_details.cached_tokens if usage.prompt_tokens_details else 0
+    reasoning = usage.completion_tokens_details.reasoning_tokens if usage.completion_tokens_details else 0
+    return line.custom_id, text, (usage.prompt_tokens, usage.completion_tokens, cached, reasoning)
+
+
 def _dumps(value: Any) -> str:
     if value is None:
         return "null"
@@ -294,6 +363,16 @@ class ResultStore:
         size = 0
         count = 0
         for raw in lines:
+            fast = _fast_success(raw)
+            if fast is not None:  # the common line: a 2xx answer, stored as its raw body bytes
+                custom_id, response, usage = fast
+                rows.append((custom_id, round, "succeeded", response, "null", batch_id, 0, *usage))
+                count += 1
+                size += len(response)
+                if len(rows) >= _CHUNK_ROWS or size >= _CHUNK_BYTES:
+                    self._write(_UPSERT, rows)
+                    rows, size = [], 0
+                continue
             if not raw.strip():
                 continue
             obj = json.loads(raw)
@@ -396,58 +475,35 @@ class ResultStore:
         return int(self._db.execute("SELECT count(*) FROM results").fetchone()[0])
 
     def _rows_in_order(self, order: Iterable[str]) -> Iterator[tuple[str, tuple[Any, ...] | None]]:
-        chunk: list[str] = []
+        """
+        Yield ``(custom_id, row or None)`` in ``order``, one row at a time.
+
+        The order goes into a scratch table and one join streams the rows in that order, so memory
+        holds one row at a time however large the responses (image results are megabytes each).
+        """
+        self._db.execute("DROP TABLE IF EXISTS temp.input_order")
+        self._db.execute("CREATE TEMP TABLE input_order (pos INTEGER PRIMARY KEY, custom_id TEXT NOT NULL)")
+        chunk: list[tuple[str]] = []
         for custom_id in order:
-            chunk.append(custom_id)
-            if len(chunk) >= _ORDER_CHUNK:
-                yield from self._lookup(chunk)
+            chunk.append((custom_id,))
+            if len(chunk) >= _CHUNK_ROWS:
+                self._insert_order(chunk)
                 chunk = []
+        self._insert_order(chunk)
+        rows = self._db.execute(
+            "SELECT o.custom_id, r.custom_id, r.status, r.response, r.error, r.batch_id, r.input_tokens,"
+            " r.output_tokens, r.cached_tokens, r.reasoning_tokens, r.round"
+            " FROM temp.input_order o LEFT JOIN results r ON r.custom_id = o.custom_id ORDER BY o.pos"
+        )
+        for row in rows:
+            yield row[0], (row[1:] if row[1] is not None else None)
+        self._db.execute("DROP TABLE temp.input_order")
+
+    def _insert_order(self, chunk: list[tuple[str]]) -> None:
         if chunk:
-            yield from self._lookup(chunk)
-
-    def _lookup(self, ids: list[str]) -> Iterator[tuple[str, tuple[Any, ...] | None]]:
-        """
-        Yield ``(custom_id, row or None)`` for ``ids`` in order, holding a bounded number of bytes.
-
-        The small columns of the whole chunk are read at once; response bodies are read in groups of
-        at most ``_BODY_BYTES`` (one at a time when large, as image results are), so memory does not
-        grow with the size of the responses.
-        """
-        marks = ",".join("?" * len(ids))
-        meta = {
-            row[0]: row
-            for row in self._db.execute(
-                "SELECT custom_id, status, length(response), error, batch_id, input_tokens, output_tokens,"
-                f" cached_tokens, reasoning_tokens, round FROM results WHERE custom_id IN ({marks})",
-                ids,
-            )
-        }
-        start = 0
-        while start < len(ids):
-            group: list[str] = []
-            size = 0
-            end = start
-            while end < len(ids) and (not group or size < _BODY_BYTES):
-                row = meta.get(ids[end])
-                if row is not None:
-                    group.append(ids[end])
-                    size += row[2] or 0
-                end += 1
-            bodies: dict[str, str] = {}
-            if group:
-                group_marks = ",".join("?" * len(group))
-                bodies = dict(
-                    self._db.execute(
-                        f"SELECT custom_id, response FROM results WHERE custom_id IN ({group_marks})", group
-                    ).fetchall()
-                )
-            for custom_id in ids[start:end]:
-                row = meta.get(custom_id)
-                if row is None:
-                    yield custom_id, None
-                else:
-                    yield custom_id, (row[0], row[1], bodies.pop(custom_id), *row[3:])
-            start = end
+            self._db.execute("BEGIN")
+            self._db.executemany("INSERT INTO temp.input_order (custom_id) VALUES (?)", chunk)
+            self._db.execute("COMMIT")
 
     def pending(self, order: Iterable[str]) -> Iterator[str]:
         """Yield, in order, the ids with no outcome yet or a retryable one (to resubmit)."""
