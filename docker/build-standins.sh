@@ -42,7 +42,7 @@ tag_of() {  # tag_of <name> <file>...
 
 build() {  # build <tag> <context>
   log "building $1"
-  docker build --quiet --build-arg "BASE_IMAGE=$base" --tag "$1" "$2" >&2
+  docker build --quiet --force-rm --build-arg "BASE_IMAGE=$base" --tag "$1" "$2" >&2
 }
 
 airflow="$(tag_of airflow "$here/airflow/Dockerfile" "$here/airflow/entrypoint" \
