@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -292,6 +293,29 @@ def _override(path: Path) -> Path:
     }
     path.write_text(yaml.safe_dump(override))
     return path
+
+
+# ---- the file, without an engine ---------------------------------------------------------------------
+
+
+def test_every_image_is_official_by_default_and_overridable() -> None:
+    compose = yaml.safe_load(COMPOSE_FILE.read_text())
+    services = compose["services"]
+    defaulted = re.compile(r"^\$\{(\w+):-([^}]+)\}$")
+    images = {name: defaulted.match(str(service["image"])) for name, service in services.items()}
+    assert all(images.values()), images
+    variables = {name: (m.group(1), m.group(2)) for name, m in images.items() if m}
+    assert variables["postgres"] == ("POSTGRES_IMAGE_NAME", OFFICIAL_IMAGES["POSTGRES_IMAGE_NAME"])
+    assert variables["redis"] == ("REDIS_IMAGE_NAME", OFFICIAL_IMAGES["REDIS_IMAGE_NAME"])
+    assert variables["openai-emulator"][0] == "OPENAI_EMULATOR_IMAGE_NAME"
+    for name in set(services) - {"postgres", "redis", "openai-emulator"}:
+        assert variables[name][0] == "OPENAI_BATCH_IMAGE_NAME", name
+    # The project image builds on AIRFLOW_IMAGE_NAME, whose default is the Dockerfile's own.
+    arg = services["airflow-scheduler"]["build"]["args"]["AIRFLOW_IMAGE_NAME"]
+    assert defaulted.match(arg).groups() == ("AIRFLOW_IMAGE_NAME", OFFICIAL_IMAGES["AIRFLOW_IMAGE_NAME"])
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert f"ARG AIRFLOW_IMAGE_NAME={OFFICIAL_IMAGES['AIRFLOW_IMAGE_NAME']}" in dockerfile
+    assert "FROM ${AIRFLOW_IMAGE_NAME}" in dockerfile
 
 
 # ---- the test --------------------------------------------------------------------------------------------
