@@ -215,7 +215,18 @@ class Compose:
         )
         return {c["Config"]["Labels"]["com.docker.compose.service"]: c["State"] for c in inspected}
 
-    def leftovers(self) -> dict[str, list[str]]:
+    def volumes(self) -> set[str]:
+        """Return every volume the project's containers mount, named or anonymous (those carry no label)."""
+        ids = self.run("ps", "-a", "-q", check=False).split()
+        if not ids:
+            return set()
+        inspected = json.loads(
+            subprocess.run(["docker", "inspect", *ids], capture_output=True).stdout or b"[]"
+        )
+        return {m["Name"] for c in inspected for m in c["Mounts"] if m["Type"] == "volume"}
+
+    def leftovers(self, volumes: set[str]) -> dict[str, list[str]]:
+        """Return what is left: containers and networks by project label, and ``volumes`` still there."""
         label = f"label=com.docker.compose.project={self.project}"
         found = {}
         for kind in ("container", "network", "volume"):
@@ -223,6 +234,10 @@ class Compose:
             if kind == "container":
                 listing.insert(3, "-a")
             found[kind] = subprocess.run(listing, capture_output=True, text=True, check=True).stdout.split()
+        existing = subprocess.run(
+            ["docker", "volume", "ls", "-q"], capture_output=True, text=True, check=True
+        )
+        found["volume"] = sorted(set(found["volume"]) | (volumes & set(existing.stdout.split())))
         return found
 
 
@@ -405,8 +420,10 @@ def test_compose_up_survives_worker_kill_and_triggerer_restart(docker_engine: No
         print(compose.run("logs", "--no-color", "--tail", "60", check=False, timeout=120)[-30000:])
         raise
     finally:
+        volumes = compose.volumes()
         compose.run("down", "--volumes", "--remove-orphans", "--timeout", "20", check=False, timeout=300)
-    leftovers = compose.leftovers()
+    assert volumes, "no volume was mounted: the project did not run"
+    leftovers = compose.leftovers(volumes)
     assert leftovers == {"container": [], "network": [], "volume": []}, leftovers
     print(f"total {time.monotonic() - started:.0f}s")
 
