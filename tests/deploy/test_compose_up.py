@@ -389,6 +389,7 @@ def test_compose_up_survives_worker_kill_and_triggerer_restart(docker_engine: No
                 "conf": {
                     "input": "compose.jsonl",
                     "poll_interval": 1,
+                    "settle_seconds": 0,
                     "max_requests_per_batch": MAX_PER_BATCH,
                 },
             },
