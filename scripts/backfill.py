@@ -33,18 +33,31 @@ def _backfills(api: str, dag_id: str) -> list[dict[str, Any]]:
     return found
 
 
-def _recorded(api: str, backfill_id: int, wait: float = 10.0) -> bool:
+def _recorded(api: str, backfill_id: int, wait: float = 20.0, steady: float = 5.0) -> bool:
+    """
+    Return True once a backfill has existed for ``steady`` seconds; False if it vanished or never showed.
+
+    Airflow commits a new backfill before it creates its runs, and deletes it again when creating the
+    runs hits a locked SQLite database: such a backfill is seen for a moment and then is gone.
+    """
     deadline = time.monotonic() + wait
-    while True:
+    first_seen: float | None = None
+    while time.monotonic() < deadline:
         try:
             http_json(f"{api}/backfills/{backfill_id}")
-            return True
         except urllib.error.HTTPError as err:
-            if err.code != 404 and err.code < 500:
+            if err.code == 404:
+                if first_seen is not None:
+                    return False  # seen, then removed
+            elif err.code < 500:
                 raise
-        if time.monotonic() > deadline:
-            return False
+        else:
+            now = time.monotonic()
+            first_seen = now if first_seen is None else first_seen
+            if now - first_seen >= steady:
+                return True
         time.sleep(1)
+    return False
 
 
 def request_backfill(
@@ -84,7 +97,7 @@ def request_backfill(
             detail = err.read()[:300]
             if err.code == 409:
                 active = [b for b in _backfills(api, dag_id) if not b.get("completed_at")]
-                if active:
+                if active and _recorded(api, active[-1]["id"]):
                     return active[-1]
             if err.code < 500 or attempt == attempts:
                 raise SystemExit(f"POST /backfills answered {err.code}: {detail!r}") from err
@@ -93,8 +106,9 @@ def request_backfill(
             raise SystemExit(f"no Airflow API at {api} ({err.reason}); is `make run` running?") from err
         time.sleep(3)
         new = [b for b in _backfills(api, dag_id) if b["id"] not in known]
-        if new:
+        if new and _recorded(api, new[0]["id"]):
             return new[0]
+        known.update(b["id"] for b in new)
     raise AssertionError("unreachable")
 
 
