@@ -41,11 +41,16 @@ def _route_count(stats: dict[str, Any], needle: str) -> int:
 
 # -- trigger lag -------------------------------------------------------------------------------
 
+TRIGGER_KINDS = tuple(os.environ.get("BENCH_TRIGGER_KINDS", "ours,ours_gc_freeze,provider").split(","))
+
 
 def run_trigger_bench(sizes: dict[str, Any], results: dict[str, Any]) -> None:
+    """1,000 waits on 1,000 distinct batches against a 200 ms server; ticker lag, CPU per poll, load."""
     import openai
 
-    emu = _emulator("emu-trigger", ["--requests-per-second", "0.01", "--validating-seconds", "0"])
+    # Batches stay `validating` for an hour: every poll answers "not done", and the emulator spends
+    # no CPU on processing them, so it takes as little as possible from the triggerer's cores.
+    emu = _emulator("emu-trigger", ["--validating-seconds", "3600"])
     try:
         client = openai.OpenAI(base_url=emu.base_url, api_key="k", max_retries=2)
         line = {
@@ -54,55 +59,78 @@ def run_trigger_bench(sizes: dict[str, Any], results: dict[str, Any]) -> None:
             "url": "/v1/chat/completions",
             "body": {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]},
         }
-        batch_ids = []
-        for n in range(5):
-            data = "".join(json.dumps({**line, "custom_id": f"b{n}-{i}"}) + "\n" for i in range(20)).encode()
-            uploaded = client.files.create(file=(f"in{n}.jsonl", data), purpose="batch")
-            batch = client.batches.create(
+        data = "".join(json.dumps({**line, "custom_id": f"r{i}"}) + "\n" for i in range(20)).encode()
+        uploaded = client.files.create(file=("in.jsonl", data), purpose="batch")
+        started = time.perf_counter()
+        batch_ids = [
+            client.batches.create(
                 input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
-            )
-            batch_ids.append(batch.id)
+            ).id
+            for _ in range(sizes["triggers"])
+        ]
+        create_s = time.perf_counter() - started
+        if len(set(batch_ids)) != sizes["triggers"]:
+            raise RuntimeError(f"expected {sizes['triggers']} distinct batches, got {len(set(batch_ids))}")
         emu.set_faults(latency_ms=200, latency_routes=["GET /v1/batches/*"])
         home = WORK / "airflow-trigger"
         home.mkdir(parents=True, exist_ok=True)
         env = airflow_env(home, {"AIRFLOW_CONN_OPENAI_DEFAULT": openai_conn(emu.base_url)})
         args = {
             "batch_ids": batch_ids,
-            "triggers": sizes["triggers"],
             "window_s": sizes["trigger_window_s"],
             "warmup_s": sizes["trigger_warmup_s"],
             "poll_interval": sizes["trigger_poll_interval_s"],
+            "stats_url": f"{emu.url}/_emulator/stats",
         }
         out: dict[str, Any] = {}
-        for kind in ("ours", "provider"):
-            before = _route_count(emu.stats(), "GET /v1/batches")
+        for kind in TRIGGER_KINDS:
             res = run_worker(
                 "trigger", {**args, "kind": kind}, env=env, log=WORK / "logs" / f"trigger-{kind}.log"
             )
-            res["emulator_batch_gets"] = _route_count(emu.stats(), "GET /v1/batches") - before
+            # A lag figure means something only if the triggers really polled, each its own batch.
+            if kind != "provider" and res["distinct_batches_polled"] < 0.9 * len(batch_ids):
+                raise RuntimeError(
+                    f"trigger bench ({kind}): only {res['distinct_batches_polled']} of {len(batch_ids)} "
+                    "batches were polled in the window"
+                )
             out[kind] = res
             results[f"trigger_lag_p99_ms_{kind}"] = round(res["p99_ms"], 1)
-            # A lag figure only means something if the triggers really polled meanwhile.
-            results[f"trigger_polls_{kind}"] = res["emulator_batch_gets"]
-        statuses = {b: client.batches.retrieve(b).status for b in batch_ids}
+            results[f"trigger_loadavg_{kind}"] = res["loadavg_1m"]
+            if res["cpu_ms_per_poll"] is not None:
+                results[f"trigger_cpu_ms_per_poll_{kind}"] = round(res["cpu_ms_per_poll"], 3)
+        statuses = {client.batches.retrieve(b).status for b in batch_ids[:20]}
         results["trigger_context"] = {
-            **{k: v for k, v in args.items() if k != "batch_ids"},
+            **{k: v for k, v in args.items() if k not in ("batch_ids", "stats_url")},
             "emulator_latency_ms": 200,
             "batches": len(batch_ids),
-            "batch_statuses_after": sorted(set(statuses.values())),
-            "ours": out["ours"],
-            "provider": out["provider"],
+            "create_batches_seconds": round(create_s, 2),
+            "batch_statuses_after (first 20)": sorted(statuses),
+            **out,
+            "note": "lag of a 10 ms ticker on the triggers' loop; a late tick also counts every tick it "
+            "swallowed (lag, lag-10ms, ...), so a stall weighs what it blocked; cpu_ms_per_poll is the "
+            "worker's CPU time in the window over the emulator's batch GETs in the window; loadavg_1m is "
+            "the machine's 1-minute load average at the end of the window (2 cores)",
         }
     finally:
         emu.stop()
 
 
+def _emulator_gets(url: str) -> dict[str, int]:
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=30) as response:  # noqa: S310 - loopback URL
+        stats = json.loads(response.read())
+    return {"gets": _route_count(stats, "GET /v1/batches")}
+
+
 def trigger(args: dict[str, Any]) -> dict[str, Any]:  # noqa: C901 - one closure-heavy worker
-    """Worker: run N triggers plus a 10 ms ticker on one loop; report the ticker's lag."""
+    """Worker: run one trigger per batch plus a 10 ms ticker on one loop; report the ticker's lag."""
     setup_paths()
+    import gc
     import logging
 
-    if args["kind"] == "ours":
+    kind = args["kind"]
+    if kind.startswith("ours"):
         from openai_batch.triggers import OpenAIBatchTrigger as Ours
 
         def make(batch_id: str) -> Any:
@@ -117,57 +145,92 @@ def trigger(args: dict[str, Any]) -> dict[str, Any]:  # noqa: C901 - one closure
 
     logging.getLogger().setLevel(logging.WARNING)
     batch_ids = args["batch_ids"]
-    triggers = [make(batch_ids[i % len(batch_ids)]) for i in range(args["triggers"])]
+    triggers = [make(b) for b in batch_ids]
+    polled: set[str] = set()
+    if kind.startswith("ours"):
+        from openai_batch import poller as poller_module
+
+        original = poller_module.BatchStatusPoller.get_batch
+
+        async def counting(self: Any, batch_id: str) -> Any:
+            polled.add(batch_id)
+            return await original(self, batch_id)
+
+        poller_module.BatchStatusPoller.get_batch = counting  # type: ignore[method-assign]
+    if kind == "ours_gc_freeze":
+        gc.collect()
+        gc.freeze()  # start-up objects (Airflow, the SDK, the triggers) leave the collector's scans
     tick = 0.010
     warmup, window = float(args["warmup_s"]), float(args["window_s"])
-    samples: list[tuple[float, float]] = []  # (time, lag seconds)
+    samples: list[float] = []
+    gc_pauses: list[tuple[int, float]] = []
+    gc_started: list[float] = [0.0]
     events: list[Any] = []
-    state = {"expected": 0.0, "done": False}
+    state: dict[str, Any] = {"expected": 0.0, "done": False, "in_window": False}
     lock = threading.Lock()
-    start = time.monotonic()
+    marks: dict[str, Any] = {}
+
+    def on_gc(phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            gc_started[0] = time.perf_counter()
+        elif state["in_window"]:
+            gc_pauses.append((info["generation"], time.perf_counter() - gc_started[0]))
+
+    gc.callbacks.append(on_gc)
+
+    def pct(values: list[float], q: float) -> float:
+        if not values:
+            return 0.0
+        return values[min(len(values) - 1, int(q * len(values)))] * 1000
 
     def report(blocked: bool) -> None:
         with lock:
             if state["done"]:
                 return
             state["done"] = True
-        now = time.monotonic()
-        lo, hi = start + warmup, start + warmup + window
-        lags = [lag for at, lag in samples if lo <= at <= hi]
-        pending = max(0.0, now - state["expected"]) if state["expected"] else now - start
-        if blocked:
-            lags.append(pending)  # the tick still waiting when the window closed
+        lags = list(samples)
+        if blocked:  # the loop is stuck: count the ticks it has swallowed so far
+            pending = time.monotonic() - state["expected"]
+            lags.extend(pending - k * tick for k in range(int(pending / tick) + 1))
         lags.sort()
-        all_lags = sorted(lag for _, lag in samples) + ([pending] if blocked else [])
-
-        def pct(values: list[float], q: float) -> float:
-            if not values:
-                return 0.0
-            return values[min(len(values) - 1, int(q * len(values)))] * 1000
-
+        cpu = marks.get("cpu_end", time.process_time()) - marks.get("cpu_start", 0.0)
+        gets = marks["gets_end"] - marks["gets_start"] if "gets_end" in marks else 0
+        gen2 = [p for g, p in gc_pauses if g == 2]
         result = {
-            "kind": args["kind"],
+            "kind": kind,
+            "triggers": len(triggers),
+            "distinct_batches_polled": len(polled) if kind.startswith("ours") else None,
             "p99_ms": pct(lags, 0.99),
             "p50_ms": pct(lags, 0.50),
             "max_ms": (lags[-1] * 1000) if lags else 0.0,
-            "ticks_in_window": len(lags),
-            "expected_ticks": int(window / tick),
-            "p99_ms_including_warmup": pct(all_lags, 0.99),
+            "ticks_counted": len(lags),
+            "ticks_nominal": int(window / tick),
+            "emulator_batch_gets_in_window": gets,
+            "polls_per_s": round(gets / window, 1),
+            "cpu_seconds_in_window": round(cpu, 3),
+            "cpu_ms_per_poll": (cpu / gets * 1000) if gets else None,
+            "gc_collections_in_window": len(gc_pauses),
+            "gc_full_collections_in_window": len(gen2),
+            "gc_full_max_ms": round(max(gen2) * 1000, 1) if gen2 else 0.0,
+            "gc_frozen_objects": gc.get_freeze_count(),
+            "loadavg_1m": round(os.getloadavg()[0], 2),
+            "loadavg_at_start": marks.get("load_start"),
             "events": len(events),
             "loop_blocked_at_end": blocked,
-            "blocked_for_ms_at_end": pending * 1000 if blocked else 0.0,
         }
         sys.stdout.write("\n" + json.dumps(result) + "\n")
         sys.stdout.flush()
         os._exit(0)
 
     async def ticker() -> None:
-        loop_time = time.monotonic
+        clock = time.monotonic
         while True:
-            state["expected"] = loop_time() + tick
+            state["expected"] = clock() + tick
             await asyncio.sleep(tick)
-            now = loop_time()
-            samples.append((now, now - state["expected"]))
+            lag = clock() - state["expected"]
+            if state["in_window"]:
+                # A tick that comes late by N intervals stands for the N ticks that could not run.
+                samples.extend(lag - k * tick for k in range(int(lag / tick) + 1))
 
     async def drive(t: Any) -> None:
         async for event in t.run():
@@ -175,14 +238,34 @@ def trigger(args: dict[str, Any]) -> dict[str, Any]:  # noqa: C901 - one closure
             return
 
     async def main() -> None:
-        asyncio.get_running_loop().create_task(ticker())
+        loop = asyncio.get_running_loop()
+        loop.create_task(ticker())
         for t in triggers:
-            asyncio.get_running_loop().create_task(drive(t))
-        await asyncio.sleep(warmup + window)
+            loop.create_task(drive(t))
+        await asyncio.sleep(warmup)
+        marks["load_start"] = round(os.getloadavg()[0], 2)
+        marks["gets_start"] = (await asyncio.to_thread(_emulator_gets, args["stats_url"]))["gets"]
+        polled.clear()
+        profile_to = os.environ.get("BENCH_PROFILE_DIR")
+        profiler = None
+        if profile_to:  # BENCH_PROFILE_DIR=dir: a cProfile of the window, one file per kind
+            import cProfile
+
+            profiler = cProfile.Profile()
+            profiler.enable()
+        marks["cpu_start"] = time.process_time()
+        state["in_window"] = True
+        await asyncio.sleep(window)
+        state["in_window"] = False
+        if profiler is not None:
+            profiler.disable()
+            profiler.dump_stats(os.path.join(profile_to, f"trigger-{kind}.prof"))
+        marks["cpu_end"] = time.process_time()
+        marks["gets_end"] = (await asyncio.to_thread(_emulator_gets, args["stats_url"]))["gets"]
         report(blocked=False)
 
     def watchdog() -> None:
-        time.sleep(warmup + window + 2.0)
+        time.sleep(warmup + window + 10.0)
         report(blocked=True)  # the loop is stuck in a blocking call
 
     threading.Thread(target=watchdog, daemon=True).start()

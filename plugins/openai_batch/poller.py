@@ -150,10 +150,14 @@ class BatchStatusPoller:
 
     :param settings: Where and how to poll.
     :param ssl_context: TLS settings for ``https`` base URLs.
+    :param proxy: Proxy URL for every call (``env_proxy`` finds the one the environment sets).
     """
 
-    def __init__(self, settings: PollSettings, ssl_context: ssl.SSLContext | None = None) -> None:
+    def __init__(
+        self, settings: PollSettings, ssl_context: ssl.SSLContext | None = None, proxy: str | None = None
+    ) -> None:
         self.settings = settings
+        self.proxy = proxy
         headers = {
             **dict(settings.headers),
             "Authorization": f"Bearer {settings.api_key}",
@@ -169,7 +173,9 @@ class BatchStatusPoller:
             connector=connector,
             headers=headers,
             timeout=aiohttp.ClientTimeout(total=settings.timeout),
-            trust_env=True,  # HTTP(S)_PROXY, as the SDK's client honours them
+            # No per-call look-up of proxy variables and .netrc: aiohttp does it in a worker
+            # thread on every request. The proxy is looked up once instead (``env_proxy``).
+            trust_env=False,
             raise_for_status=False,
         )
         self.calls = 0
@@ -209,7 +215,7 @@ class BatchStatusPoller:
     async def _get_once(self, url: str, batch_id: str) -> dict[str, Any]:
         self.calls += 1
         try:
-            async with self._session.get(url) as response:
+            async with self._session.get(url, proxy=self.proxy) as response:
                 body = await response.read()
                 status = response.status
         except TimeoutError:
@@ -254,9 +260,20 @@ class _Shared:
 
 
 #: Pollers shared per event loop and settings; an entry goes away with its last user.
-_SHARED: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, _Shared]] = (
+_SHARED: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, tuple[asyncio.Lock, dict[str, _Shared]]] = (
     weakref.WeakKeyDictionary()
 )
+
+
+def env_proxy(url: str) -> str | None:
+    """Return the proxy that ``HTTP(S)_PROXY``/``NO_PROXY`` choose for ``url`` (as the SDK's client does)."""
+    import urllib.request
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.hostname and urllib.request.proxy_bypass(parts.hostname):
+        return None
+    return urllib.request.getproxies().get(parts.scheme)
 
 
 @asynccontextmanager
@@ -267,14 +284,15 @@ async def shared_poller(settings: PollSettings) -> AsyncIterator[BatchStatusPoll
     The first user opens the session, the last one to leave closes it, so a triggerer running a
     thousand waits holds one session and at most ``pool_size`` connections.
     """
-    context = await _ssl_context() if settings.base_url.startswith("https:") else None
-    pollers = _SHARED.setdefault(asyncio.get_running_loop(), {})
+    lock, pollers = _SHARED.setdefault(asyncio.get_running_loop(), (asyncio.Lock(), {}))
     key = settings.key()
-    # No await between the lookup and the insert: two users on one loop cannot both create one.
-    entry = pollers.get(key)
-    if entry is None or entry.poller.closed:
-        entry = pollers[key] = _Shared(BatchStatusPoller(settings, context))
-    entry.users += 1
+    async with lock:  # a thousand waits starting at once build one poller, not a thousand
+        entry = pollers.get(key)
+        if entry is None or entry.poller.closed:
+            context = await _ssl_context() if settings.base_url.startswith("https:") else None
+            proxy = await asyncio.to_thread(env_proxy, settings.base_url)
+            entry = pollers[key] = _Shared(BatchStatusPoller(settings, context, proxy))
+        entry.users += 1
     try:
         yield entry.poller
     finally:

@@ -16,6 +16,7 @@ from openai_batch.poller import (
     BatchPollError,
     BatchStatusPoller,
     PollSettings,
+    env_proxy,
     shared_poller,
 )
 from openai_batch.triggers import OpenAIBatchTrigger
@@ -239,3 +240,30 @@ async def test_trigger_uses_the_sdk_when_the_poller_cannot_honour_the_connection
         events = [event.payload async for event in trigger.run()]
     assert [e["status"] for e in events] == ["completed"]
     assert used == [batch_id]
+
+
+@pytest.mark.parametrize(
+    ("env", "url", "expected"),
+    [
+        pytest.param(
+            {"HTTPS_PROXY": "http://proxy:3128"}, "https://api.openai.com/v1", "http://proxy:3128", id="https"
+        ),
+        pytest.param(
+            {"HTTPS_PROXY": "http://proxy:3128", "NO_PROXY": "api.openai.com"},
+            "https://api.openai.com/v1",
+            None,
+            id="no-proxy",
+        ),
+        pytest.param(
+            {"HTTPS_PROXY": "http://proxy:3128"}, "http://127.0.0.1:8800/v1", None, id="other-scheme"
+        ),
+    ],
+)
+def test_the_proxy_comes_from_the_environment_once(
+    env: dict[str, str], url: str, expected: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert env_proxy(url) == expected
