@@ -14,6 +14,7 @@ is sent in a header only and never appears in a message or a log line.
 from __future__ import annotations
 
 import asyncio
+import gc
 import hashlib
 import json
 import logging
@@ -276,6 +277,29 @@ def env_proxy(url: str) -> str | None:
     return urllib.request.getproxies().get(parts.scheme)
 
 
+#: Set to 1 in the triggerer's environment: see ``freeze_startup_objects``.
+GC_FREEZE_ENV = "OPENAI_BATCH_GC_FREEZE"
+_FROZEN = False
+
+
+def freeze_startup_objects() -> bool:
+    """
+    Move every object alive now out of the garbage collector's scans, once per process, if enabled.
+
+    Called when the first poller of a process starts, that is after the triggerer has imported
+    Airflow, the SDK and this package: those ~200,000 long-lived objects otherwise make each full
+    collection take 0.2-0.6 s, and a full collection stops every trigger on the loop. Enabled by
+    ``OPENAI_BATCH_GC_FREEZE=1``; garbage that exists at that moment is kept (a bounded, one-off cost).
+    """
+    global _FROZEN
+    if _FROZEN or os.environ.get(GC_FREEZE_ENV, "").strip().lower() not in ("1", "true", "yes"):
+        return False
+    _FROZEN = True
+    gc.freeze()
+    log.info("Froze %s start-up objects out of garbage collection (%s)", gc.get_freeze_count(), GC_FREEZE_ENV)
+    return True
+
+
 @asynccontextmanager
 async def shared_poller(settings: PollSettings) -> AsyncIterator[BatchStatusPoller]:
     """
@@ -292,6 +316,7 @@ async def shared_poller(settings: PollSettings) -> AsyncIterator[BatchStatusPoll
             context = await _ssl_context() if settings.base_url.startswith("https:") else None
             proxy = await asyncio.to_thread(env_proxy, settings.base_url)
             entry = pollers[key] = _Shared(BatchStatusPoller(settings, context, proxy))
+            freeze_startup_objects()
         entry.users += 1
     try:
         yield entry.poller

@@ -267,3 +267,24 @@ def test_the_proxy_comes_from_the_environment_once(
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     assert env_proxy(url) == expected
+
+
+async def test_gc_freeze_setting_freezes_once_when_the_first_poller_starts(
+    emulator: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import gc
+
+    from openai_batch import poller as module
+
+    monkeypatch.setattr(module, "_FROZEN", False)
+    monkeypatch.setenv("OPENAI_BATCH_GC_FREEZE", "0")
+    async with shared_poller(settings(emulator)):
+        assert gc.get_freeze_count() == 0
+    monkeypatch.setenv("OPENAI_BATCH_GC_FREEZE", "1")
+    try:
+        async with shared_poller(settings(emulator)):
+            frozen = gc.get_freeze_count()
+            assert frozen > 10_000  # Airflow, the SDK and aiohttp are loaded in this process
+        assert module.freeze_startup_objects() is False  # once per process
+    finally:
+        gc.unfreeze()
