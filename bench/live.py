@@ -455,9 +455,10 @@ def run_e2e_bench(sizes: dict[str, Any], results: dict[str, Any]) -> None:  # no
         "airflow_db_migrate_seconds": round(migrate_s, 2),
         "note": "Airflow's one-time start-up (imports, DagBag, the in-process Execution API that dag.test "
         "builds on its first task) is paid by a 30-request warm-up run in the same process before the clock "
-        "(e2e_airflow_startup_seconds); then the DAG and the script alternate on new 100k-request inputs and "
-        "the best of each is compared. Both poll every 1 s; both results are checked line by line (every "
-        "request succeeded, input order). Emulator at its default 2,000 requests/s per batch.",
+        "(e2e_airflow_startup_seconds); then the DAG and the script alternate on new inputs of "
+        f"{count} requests and the best of each is compared. Both poll every 1 s; both results are "
+        "checked line by line (every request succeeded, input order). Emulator at its default 2,000 "
+        "requests/s per batch.",
     }
 
 
