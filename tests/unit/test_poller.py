@@ -81,15 +81,19 @@ async def test_unknown_batch_raises_not_found_without_retrying(emulator: Any) ->
     assert info.value.status == 404
 
 
-async def test_server_errors_are_retried_then_raised(emulator: Any) -> None:
+async def test_server_errors_are_retried_then_raised(emulator: Any, caplog: pytest.LogCaptureFixture) -> None:
     batch_id = create_batch(emulator)
     emulator.set_faults(error_rate=1.0, error_codes=[503], error_routes=["GET /v1/batches/*"])
+    caplog.set_level(logging.DEBUG)
     async with shared_poller(settings(emulator, max_retries=2)) as poller:
         with pytest.raises(BatchPollError) as info:
             await poller.get_batch(batch_id)
         assert poller.calls == 3  # the first try and two retries
     assert info.value.status == 503
     assert not isinstance(info.value, BatchNotFoundError)
+    assert "retry 2" in caplog.text
+    assert KEY not in caplog.text
+    assert KEY not in str(info.value)
 
 
 async def test_a_retry_recovers_from_one_error(emulator: Any) -> None:
