@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint bench bench-smoke venv clean
+.PHONY: run backfill test lint bench bench-smoke venv clean
 
 venv: $(STAMP)
 
@@ -17,6 +17,11 @@ $(STAMP): requirements.txt requirements-dev.txt constraints.txt
 
 run: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python scripts/run_local.py
+
+# Backfill dates on the running `make run` stack:
+#   make backfill FROM=2024-01-01 TO=2024-01-03 [REPROCESS=completed] [CONF='{"poll_interval": 10}']
+backfill: $(STAMP)
+	$(BIN)/python scripts/backfill.py --from-date "$(FROM)" --to-date "$(TO)" --reprocess "$(or $(REPROCESS),none)" --conf '$(or $(CONF),{})'
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

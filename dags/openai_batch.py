@@ -3,13 +3,15 @@
 
 Send JSONL request files to the OpenAI Batch API and store the results joined to their requests.
 
-A run with a logical date takes `<inbox>/YYYY-MM-DD/*.jsonl`; a run triggered without one takes the
-`input` param (default `<inbox>/*.jsonl`). Each file is validated and split, each shard is uploaded
-and submitted once (retries re-attach), the wait is deferred, unfinished requests are resubmitted
-for a few rounds, and `results.jsonl`, `rejects.jsonl` and `manifest.json` land in
-`<results>/<partition>/<stem>/`.
+A scheduled or backfill run for date D takes `<inbox>/D/*.jsonl`; a run a person triggers (UI, REST,
+CLI) takes the `input` param (default `<inbox>/*.jsonl`), whatever logical date the form pre-fills.
+Each file is validated and split, each shard is uploaded and submitted once (retries re-attach),
+the wait is deferred, unfinished requests are resubmitted for a few rounds, and `results.jsonl`,
+`rejects.jsonl` and `manifest.json` land in `<results>/<path of the file in the inbox>/`
+(`<inbox>/D/reviews.jsonl` -> `<results>/D/reviews/`).
 
-Variables: `openai_batch_inbox`, `openai_batch_results`. Connection: `openai_default`.
+Variables: `openai_batch_inbox`, `openai_batch_results`, `openai_batch_allowed_roots`.
+Connection: `openai_default`.
 """
 
 from __future__ import annotations
@@ -20,8 +22,8 @@ from pathlib import Path
 import pendulum
 from airflow.sdk import Param, dag, task
 
-from openai_batch.assets import RESULTS_ASSET
-from openai_batch.limits import SUPPORTED_ENDPOINTS
+from openai_batch.assets import RESULTS_ALIAS
+from openai_batch.limits import OUTPUT_EXPIRY_SECONDS, SUPPORTED_ENDPOINTS
 from openai_batch.operators import (
     OpenAIBatchPrepareOperator,
     OpenAIBatchSubmitOperator,
@@ -32,6 +34,7 @@ from openai_batch.sensors import OpenAIBatchInputSensor, OpenAIBatchSensor
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 INBOX = "{{ var.value.get('openai_batch_inbox', '%s') }}" % (PROJECT_ROOT / "data" / "inbox")
 RESULTS = "{{ var.value.get('openai_batch_results', '%s') }}" % (PROJECT_ROOT / "data" / "results")
+ALLOWED_ROOTS = "{{ var.value.get('openai_batch_allowed_roots', '') }}"
 
 
 @dag(
@@ -96,6 +99,32 @@ RESULTS = "{{ var.value.get('openai_batch_results', '%s') }}" % (PROJECT_ROOT / 
             title="Input wait (s)",
             description="How long to wait for input files; with none by then the run ends skipped.",
         ),
+        "output_expires_after": Param(
+            None,
+            type=["null", "object"],
+            properties={
+                "anchor": {"type": "string", "enum": ["created_at"]},
+                "seconds": {
+                    "type": "integer",
+                    "minimum": OUTPUT_EXPIRY_SECONDS[0],
+                    "maximum": OUTPUT_EXPIRY_SECONDS[1],
+                },
+            },
+            required=["anchor", "seconds"],
+            additionalProperties=False,
+            title="Output files expire after",
+            description='Optional, e.g. {"anchor": "created_at", "seconds": 604800}: the batches\' output '
+            "and error files expire that many seconds (3600 to 2592000) after they are created.",
+        ),
+        "settle_seconds": Param(
+            30,
+            type="integer",
+            minimum=0,
+            maximum=86400,
+            title="Settle time (s)",
+            description="A file is taken only once its size and modification time have not changed "
+            "for this long. Write big files as *.tmp or *.part and rename them when complete.",
+        ),
         "dry_run": Param(
             False,
             type="boolean",
@@ -116,11 +145,16 @@ def openai_batch() -> None:
         task_id="wait_for_input",
         inbox=INBOX,
         input="{{ params.input }}",
+        allowed_roots=ALLOWED_ROOTS,
         poll_interval="{{ params.poll_interval }}",
         input_timeout="{{ params.input_timeout }}",
+        settle_seconds="{{ params.settle_seconds }}",
     )
     plans = OpenAIBatchPrepareOperator.partial(
         task_id="prepare",
+        map_index_template="{{ task.source['key'] }}",
+        inbox=INBOX,
+        allowed_roots=ALLOWED_ROOTS,
         results_root=RESULTS,
         endpoint="{{ params.endpoint }}",
         model="{{ params.model }}",
@@ -134,14 +168,23 @@ def openai_batch() -> None:
         """Flatten every file's shards into one list to map over."""
         return [shard for plan in all_plans for shard in plan["shards"]]
 
-    submitted = OpenAIBatchSubmitOperator.partial(task_id="submit").expand(shard=list_shards(plans.output))
+    shard_label = "{{ task.shard['key'] }} #{{ task.shard['index'] + 1 }}/{{ task.shard['count'] }}"
+    submitted = OpenAIBatchSubmitOperator.partial(
+        task_id="submit",
+        map_index_template=shard_label,
+        output_expires_after="{{ params.output_expires_after }}",
+    ).expand(shard=list_shards(plans.output))
     waited = OpenAIBatchSensor.partial(
         task_id="wait_for_batch",
+        map_index_template=shard_label,
         poll_interval="{{ params.poll_interval }}",
         max_retry_rounds="{{ params.max_retry_rounds }}",
     ).expand(shard=submitted.output)
     written = OpenAIBatchWriteResultsOperator.partial(
-        task_id="write_results", trigger_rule="none_failed", outlets=[RESULTS_ASSET]
+        task_id="write_results",
+        trigger_rule="none_failed",
+        outlets=[RESULTS_ALIAS],
+        map_index_template="{{ task.plan['key'] }}",
     ).expand(plan=plans.output)
     waited >> written
 

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import json
 import math
+import secrets
+import struct
 import time
+import zlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -32,8 +36,10 @@ class BackendResult:
 class Backend(Protocol):
     """Answers the bodies of batch requests."""
 
-    async def handle_many(self, endpoint: str, bodies: list[dict[str, Any]]) -> list[BackendResult]:
-        """Answer every body, in order."""
+    async def handle_many(
+        self, endpoint: str, bodies: list[dict[str, Any]], keys: list[str] | None = None
+    ) -> list[BackendResult]:
+        """Answer every body, in order; ``keys`` name each request uniquely (batch id + custom_id)."""
         ...
 
     async def aclose(self) -> None:
@@ -72,6 +78,31 @@ def _inputs(value: Any) -> list[Any]:
     return [value]
 
 
+def png_image(width: int, height: int, rgb: tuple[int, int, int]) -> bytes:
+    """Return a valid PNG of one colour (8-bit RGB, no interlace)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    row = b"\x00" + bytes(rgb) * width
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(row * height))
+        + chunk(b"IEND", b"")
+    )
+
+
+# Output image tokens of gpt-image models for a square image, by quality (OpenAI's image guide).
+IMAGE_OUTPUT_TOKENS = {"low": 272, "medium": 1056, "high": 4160}
+IMAGE_INPUT_TOKENS = 65  # per input image of an edit, low input fidelity
+IMAGES_RESPONSE_SIZES = frozenset({"1024x1024", "1024x1536", "1536x1024"})
+VIDEO_SIZES = frozenset({"720x1280", "1280x720", "1024x1792", "1792x1024"})
+VIDEO_SECONDS = frozenset({"4", "8", "12"})
+ECHO_IMAGE_SIDE = 8
+
+
 def _vector(item: Any, dimensions: int) -> list[float]:
     seed = hashlib.sha256(json.dumps(item, sort_keys=True).encode()).digest()
     while len(seed) < dimensions:
@@ -90,19 +121,33 @@ class EchoBackend:
     def __init__(self, embedding_dimensions: int = 8) -> None:
         self.embedding_dimensions = embedding_dimensions
 
-    async def handle_many(self, endpoint: str, bodies: list[dict[str, Any]]) -> list[BackendResult]:
+    async def handle_many(
+        self, endpoint: str, bodies: list[dict[str, Any]], keys: list[str] | None = None
+    ) -> list[BackendResult]:
         """Answer every body, in order."""
-        return [self.handle(endpoint, body) for body in bodies]
+        if keys is None:
+            return [self.handle(endpoint, body) for body in bodies]
+        return [self.handle(endpoint, body, key) for body, key in zip(bodies, keys, strict=True)]
 
     async def aclose(self) -> None:
         """Release resources (none)."""
 
-    def handle(self, endpoint: str, body: dict[str, Any]) -> BackendResult:
-        """Answer one request body."""
-        key = _digest(endpoint, json.dumps(body, sort_keys=True, default=str))
+    def handle(self, endpoint: str, body: dict[str, Any], request_key: str | None = None) -> BackendResult:
+        """Answer one request body.
+
+        The answer's content depends on the body only; its ids (``request_id``, the body's ``id``)
+        also depend on ``request_key``, so two identical bodies in one batch or in two batches still get
+        ids of their own. Without a key (a synchronous call) the ids are random.
+        """
+        content_key = _digest(endpoint, json.dumps(body, sort_keys=True, default=str))
+        key = _digest(request_key or secrets.token_hex(16), content_key)
         created = int(time.time())
         model = str(body.get("model") or "omni-moderation-latest")
         request_id = "req_" + key[:32]
+        if endpoint in ("/v1/images/generations", "/v1/images/edits"):
+            return BackendResult(200, self._images(content_key, created, endpoint, body), request_id)
+        if endpoint == "/v1/videos":
+            return BackendResult(200, self._video(key, created, body), request_id)
         if endpoint == "/v1/chat/completions":
             payload = self._chat(key, created, model, body)
         elif endpoint == "/v1/completions":
@@ -218,18 +263,30 @@ class EchoBackend:
             "id": "resp_" + key[:24],
             "object": "response",
             "created_at": created,
+            "completed_at": created,
             "status": "completed",
+            "error": None,
+            "incomplete_details": None,
+            "instructions": body.get("instructions"),
+            "max_output_tokens": body.get("max_output_tokens"),
+            "metadata": body.get("metadata") or {},
             "model": model,
-            "parallel_tool_calls": True,
-            "tool_choice": "auto",
-            "tools": [],
+            "parallel_tool_calls": body.get("parallel_tool_calls", True),
+            "previous_response_id": body.get("previous_response_id"),
+            "reasoning": None,
+            "temperature": body.get("temperature", 1.0),
+            "top_p": body.get("top_p", 1.0),
+            "tool_choice": body.get("tool_choice", "auto"),
+            "tools": body.get("tools") or [],
+            "truncation": body.get("truncation", "disabled"),
+            "user": body.get("user"),
             "output": [
                 {
                     "type": "message",
                     "id": "msg_" + key[24:48],
                     "status": "completed",
                     "role": "assistant",
-                    "content": [{"type": "output_text", "text": answer, "annotations": []}],
+                    "content": [{"type": "output_text", "text": answer, "annotations": [], "logprobs": []}],
                 }
             ],
             "usage": {
@@ -239,6 +296,66 @@ class EchoBackend:
                 "output_tokens_details": {"reasoning_tokens": 0},
                 "total_tokens": input_tokens + output_tokens,
             },
+        }
+
+    @staticmethod
+    def _images(content_key: str, created: int, endpoint: str, body: dict[str, Any]) -> dict[str, Any]:
+        """Answer an image generation or edit: ``n`` small base64 PNGs, usage as gpt-image reports it."""
+        n = body.get("n") or 1
+        n = n if isinstance(n, int) and 1 <= n <= 10 else 1
+        model = str(
+            body.get("model") or ("dall-e-2" if endpoint == "/v1/images/generations" else "gpt-image-1.5")
+        )
+        data = []
+        for index in range(n):
+            shade = bytes.fromhex(_digest(content_key, str(index))[:6])
+            png = png_image(ECHO_IMAGE_SIDE, ECHO_IMAGE_SIDE, (shade[0], shade[1], shade[2]))
+            data.append({"b64_json": base64.b64encode(png).decode("ascii")})
+        payload: dict[str, Any] = {"created": created, "data": data, "output_format": "png"}
+        size = body.get("size")
+        if size in IMAGES_RESPONSE_SIZES or size in (None, "auto"):
+            payload["size"] = size if size in IMAGES_RESPONSE_SIZES else "1024x1024"
+        quality = body.get("quality")
+        if quality in IMAGE_OUTPUT_TOKENS or quality in (None, "auto"):
+            payload["quality"] = quality if quality in IMAGE_OUTPUT_TOKENS else "medium"
+        background = body.get("background")
+        payload["background"] = "transparent" if background == "transparent" else "opaque"
+        if model.startswith("dall-e"):
+            return payload  # DALL-E answers carry no token usage
+        text_tokens = estimate_tokens(len(str(body.get("prompt") or "")))
+        images = body.get("images")
+        image_tokens = IMAGE_INPUT_TOKENS * (len(images) if isinstance(images, list) else 0)
+        output_tokens = (
+            IMAGE_OUTPUT_TOKENS.get(str(payload.get("quality")), IMAGE_OUTPUT_TOKENS["medium"]) * n
+        )
+        payload["usage"] = {
+            "input_tokens": text_tokens + image_tokens,
+            "input_tokens_details": {"text_tokens": text_tokens, "image_tokens": image_tokens},
+            "output_tokens": output_tokens,
+            "output_tokens_details": {"image_tokens": output_tokens, "text_tokens": 0},
+            "total_tokens": text_tokens + image_tokens + output_tokens,
+        }
+        return payload
+
+    @staticmethod
+    def _video(key: str, created: int, body: dict[str, Any]) -> dict[str, Any]:
+        """Answer a video creation with the job object the API returns: queued, not yet rendered."""
+        size = body.get("size")
+        seconds = body.get("seconds")
+        return {
+            "id": "video_" + key[:32],
+            "object": "video",
+            "model": str(body.get("model") or "sora-2"),
+            "status": "queued",
+            "progress": 0,
+            "created_at": created,
+            "completed_at": None,
+            "expires_at": None,
+            "prompt": body.get("prompt"),
+            "size": size if size in VIDEO_SIZES else "720x1280",
+            "seconds": seconds if seconds in VIDEO_SECONDS else "4",
+            "remixed_from_video_id": None,
+            "error": None,
         }
 
 
@@ -265,8 +382,10 @@ class ProxyBackend:
         """Close the HTTP client."""
         await self._client.aclose()
 
-    async def handle_many(self, endpoint: str, bodies: list[dict[str, Any]]) -> list[BackendResult]:
-        """Answer every body, in order, running up to ``concurrency`` at a time."""
+    async def handle_many(
+        self, endpoint: str, bodies: list[dict[str, Any]], keys: list[str] | None = None
+    ) -> list[BackendResult]:
+        """Answer every body, in order, running up to ``concurrency`` at a time (``keys`` are not needed)."""
         return list(await asyncio.gather(*(self.handle(endpoint, body) for body in bodies)))
 
     def url_for(self, endpoint: str) -> str:

@@ -18,6 +18,9 @@ SUPPORTED_ENDPOINTS = (
     "/v1/embeddings",
     "/v1/completions",
     "/v1/moderations",
+    "/v1/images/generations",
+    "/v1/images/edits",
+    "/v1/videos",
 )
 COMPLETION_WINDOWS = ("24h",)
 

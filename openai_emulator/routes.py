@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import logging
 import shutil
 import time
@@ -21,6 +22,7 @@ from openai_emulator.models import (
     FileRecord,
     new_id,
 )
+from openai_emulator.validation import BOM
 
 if TYPE_CHECKING:
     from typing import BinaryIO
@@ -50,20 +52,68 @@ def _copy_upload(source: BinaryIO, target_path: Any) -> int:
         return target.tell()
 
 
+FILE_FORM_FIELDS = frozenset({"file", "purpose", "expires_after[anchor]", "expires_after[seconds]"})
+EXPIRY_SECONDS = (3600, 2_592_000)
+
+
+def _expiry_seconds(anchor: Any, seconds: Any, param: str) -> int:
+    """Check an expiration policy ``{anchor, seconds}`` as the spec defines it; return the seconds."""
+    for name, value in (("anchor", anchor), ("seconds", seconds)):
+        if value is None:
+            message = f"Missing required parameter: '{param}.{name}'."
+            raise bad_request(message, f"{param}.{name}", "missing_required_parameter")
+    if anchor != "created_at":
+        raise bad_request(f"{param}.anchor must be 'created_at'.", f"{param}.anchor")
+    if isinstance(seconds, bool) or not isinstance(seconds, int | str):
+        raise bad_request(f"{param}.seconds must be an integer.", f"{param}.seconds", "invalid_type")
+    try:
+        value = int(seconds)
+    except ValueError as exc:
+        raise bad_request(f"{param}.seconds must be an integer.", f"{param}.seconds", "invalid_type") from exc
+    low, high = EXPIRY_SECONDS
+    if not low <= value <= high:
+        raise bad_request(f"{param}.seconds must be between {low} and {high}.", f"{param}.seconds")
+    return value
+
+
 def _expires_after(form: Any) -> int | None:
     seconds = form.get("expires_after[seconds]")
     anchor = form.get("expires_after[anchor]")
     if seconds is None and anchor is None:
         return None
-    if anchor not in (None, "created_at"):
-        raise bad_request("expires_after.anchor must be 'created_at'.", "expires_after.anchor")
+    return _expiry_seconds(anchor, seconds, "expires_after")
+
+
+def _check_jsonl(path: Any) -> str | None:
+    """Return why a batch input file is not JSONL, or None: UTF-8 text whose lines are JSON objects.
+
+    Each non-blank line must start with ``{``; a line that does and still does not parse is left to
+    batch validation, which reports it as ``invalid_json_line`` with its line number, as the service does.
+    The file is read in pieces of at most :data:`COPY_CHUNK` bytes, however long its lines.
+    """
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    number, at_start, blank_so_far = 0, True, True
+    with open(path, "rb") as handle:
+        while piece := handle.readline(COPY_CHUNK):
+            if at_start:
+                number += 1
+                blank_so_far = True
+                if number == 1 and piece.startswith(BOM):
+                    piece = piece[len(BOM) :]
+            try:
+                text = decoder.decode(piece)
+            except UnicodeDecodeError:
+                return f"line {number} is not UTF-8 text"
+            if blank_so_far and (stripped := text.lstrip()):
+                blank_so_far = False
+                if not stripped.startswith("{"):
+                    return f"line {number} is not a JSON object"
+            at_start = piece.endswith(b"\n")
     try:
-        value = int(str(seconds))
-    except ValueError as exc:
-        raise bad_request("expires_after.seconds must be an integer.", "expires_after.seconds") from exc
-    if not 3600 <= value <= 2_592_000:
-        raise bad_request("expires_after.seconds must be between 3600 and 2592000.", "expires_after.seconds")
-    return value
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        return f"line {number} is not UTF-8 text"
+    return None
 
 
 # Files
@@ -74,6 +124,11 @@ async def create_file(request: Request) -> JSONResponse:
     """Upload a file (multipart ``file`` and ``purpose``), streaming it to disk."""
     state = _state(request)
     form = await request.form()
+    unknown = sorted(set(form.keys()) - FILE_FORM_FIELDS)
+    if unknown:
+        raise bad_request(
+            f"Unrecognized request argument supplied: {unknown[0]}", unknown[0], "unknown_parameter"
+        )
     upload = form.get("file")
     purpose = form.get("purpose")
     if upload is None or isinstance(upload, str):
@@ -83,17 +138,28 @@ async def create_file(request: Request) -> JSONResponse:
     if purpose not in FILE_PURPOSES:
         raise bad_request(f"Invalid purpose '{purpose}'.", "purpose")
     seconds = _expires_after(form)
-    limit = state.settings.max_input_file_bytes
-    too_big = bad_request(f"File is too large; the limit for purpose 'batch' is {limit} bytes.", "file")
-    if purpose == "batch" and upload.size is not None and upload.size > limit:
+    filename = upload.filename or "upload"
+    if purpose == "batch" and not filename.endswith(".jsonl"):
+        raise bad_request("Invalid file format for Batch API. Must be .jsonl", "file")
+    limit = state.settings.max_file_bytes
+    what = "files"
+    if purpose == "batch" and state.settings.max_input_file_bytes < limit:
+        limit, what = state.settings.max_input_file_bytes, "purpose 'batch'"
+    too_big = bad_request(f"File is too large; the limit for {what} is {limit} bytes.", "file")
+    if upload.size is not None and upload.size > limit:
         raise too_big
     file_id = new_id("file-")
     final = state.store.file_path(file_id)
     partial = final.with_name(file_id + ".part")
     size = await run_in_threadpool(_copy_upload, upload.file, partial)
-    if purpose == "batch" and size > limit:
+    if size > limit:
         partial.unlink(missing_ok=True)
         raise too_big
+    if purpose == "batch" and (problem := await run_in_threadpool(_check_jsonl, partial)) is not None:
+        partial.unlink(missing_ok=True)
+        raise bad_request(
+            f"Invalid file format for Batch API: {problem}. Each line must be a JSON object.", "file"
+        )
     partial.replace(final)
     now = int(time.time())
     if seconds is None and purpose == "batch":
@@ -102,7 +168,7 @@ async def create_file(request: Request) -> JSONResponse:
         id=file_id,
         bytes=size,
         created_at=now,
-        filename=upload.filename or "upload",
+        filename=filename,
         purpose=purpose,
         expires_at=now + seconds if seconds else None,
     )
@@ -134,15 +200,16 @@ async def list_files(request: Request) -> JSONResponse:
     records, has_more = _state(request).store.list_files(
         params.get("purpose"), limit, order == "asc", params.get("after")
     )
-    return JSONResponse(_page([r.to_api() for r in records], has_more))
+    # The spec's ListFilesResponse requires first_id and last_id as strings, even for an empty page.
+    return JSONResponse(_page([r.to_api() for r in records], has_more, empty_id=""))
 
 
-def _page(data: list[dict[str, Any]], has_more: bool) -> dict[str, Any]:
+def _page(data: list[dict[str, Any]], has_more: bool, empty_id: str | None = None) -> dict[str, Any]:
     return {
         "object": "list",
         "data": data,
-        "first_id": data[0]["id"] if data else None,
-        "last_id": data[-1]["id"] if data else None,
+        "first_id": data[0]["id"] if data else empty_id,
+        "last_id": data[-1]["id"] if data else empty_id,
         "has_more": has_more,
     }
 
@@ -200,6 +267,41 @@ def _check_metadata(metadata: Any) -> dict[str, str] | None:
     return metadata
 
 
+def _check_output_expiry(value: Any) -> dict[str, Any] | None:
+    """Check ``output_expires_after`` against the spec's BatchFileExpirationAfter."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise bad_request("output_expires_after must be an object.", "output_expires_after", "invalid_type")
+    extra = sorted(set(value) - {"anchor", "seconds"})
+    if extra:
+        raise bad_request(
+            f"Unrecognized request argument supplied: output_expires_after.{extra[0]}",
+            f"output_expires_after.{extra[0]}",
+            "unknown_parameter",
+        )
+    if isinstance(value.get("seconds"), str):
+        raise bad_request(
+            "output_expires_after.seconds must be an integer.", "output_expires_after.seconds", "invalid_type"
+        )
+    seconds = _expiry_seconds(value.get("anchor"), value.get("seconds"), "output_expires_after")
+    return {"anchor": "created_at", "seconds": seconds}
+
+
+def _check_input_purpose(state: EmulatorState, file_id: str) -> None:
+    """Refuse an input file uploaded with another purpose than ``batch``.
+
+    An unknown id is not refused here: as before, such a batch goes ``failed`` during validation.
+    """
+    record = state.store.get_file(file_id)
+    if record is not None and record.purpose != "batch":
+        raise bad_request(
+            f"The input file {file_id} has purpose '{record.purpose}'; a batch needs a file uploaded "
+            "with purpose 'batch'.",
+            "input_file_id",
+        )
+
+
 @v1.post("/batches")
 async def create_batch(request: Request) -> JSONResponse:
     """Create a batch; bad file contents do not fail the call, the batch goes ``failed`` later."""
@@ -224,9 +326,8 @@ async def create_batch(request: Request) -> JSONResponse:
             "Invalid value for 'completion_window': only '24h' is supported.", "completion_window"
         )
     metadata = _check_metadata(body.get("metadata"))
-    output_expires_after = body.get("output_expires_after")
-    if output_expires_after is not None and not isinstance(output_expires_after, dict):
-        raise bad_request("output_expires_after must be an object.", "output_expires_after", "invalid_type")
+    output_expires_after = _check_output_expiry(body.get("output_expires_after"))
+    _check_input_purpose(state, body["input_file_id"])
     now = time.time()
     faults = state.faults
     record = BatchRecord(

@@ -7,11 +7,11 @@ import contextlib
 import fnmatch
 import re
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
 
 from openai_emulator.backends import make_backend
@@ -22,8 +22,6 @@ from openai_emulator.worker import BatchWorker
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable
-
-    from starlette.responses import Response
 
     from openai_emulator.settings import EmulatorSettings
 
@@ -53,6 +51,20 @@ def _matches(patterns: list[str], method: str, path: str) -> bool:
 
 def _error_response(error: APIError) -> JSONResponse:
     return JSONResponse(error.envelope(), status_code=error.status_code, headers=error.headers)
+
+
+class _CutResponse(Response):
+    """An answer cut off in the middle: headers promise a body that never fully arrives."""
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", b"1000")],
+            }
+        )
+        await send({"type": "http.response.body", "body": b'{"id": "', "more_body": False})
 
 
 def create_app(settings: EmulatorSettings) -> FastAPI:
@@ -129,6 +141,16 @@ def create_app(settings: EmulatorSettings) -> FastAPI:
                 return _error_response(
                     APIError(code, message, error_type_for(code), None, error_code, headers)
                 )
-        return await call_next(request)
+        response = await call_next(request)
+        # A lost answer comes after the route ran: the call took effect, the client cannot know it.
+        if faults.lost_response_rate > 0 and _matches(faults.lost_response_routes, method, path):
+            if state.rng.random() < faults.lost_response_rate:
+                state.stats.incr("lost_responses")
+                if faults.lost_response_code == 0:
+                    return _CutResponse()
+                code = faults.lost_response_code
+                message = f"Injected fault: the answer to {method} {path} was lost (HTTP {code})."
+                return _error_response(APIError(code, message, error_type_for(code), None, None))
+        return response
 
     return app

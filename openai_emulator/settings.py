@@ -15,6 +15,11 @@ DEFAULT_MODELS = (
     "text-embedding-3-small",
     "text-embedding-3-large",
     "omni-moderation-latest",
+    "gpt-3.5-turbo-instruct",
+    "gpt-image-1",
+    "gpt-image-1-mini",
+    "dall-e-3",
+    "sora-2",
 )
 
 
@@ -83,6 +88,23 @@ class FaultConfig:
         int,
         default=None,
     )
+    lost_response_rate: float = _opt(
+        "Fraction (0..1) of /v1 API calls that take effect (a file stored, a batch created) and then "
+        "lose their answer, as a proxy or a network cut would.",
+        float,
+        default=0.0,
+    )
+    lost_response_routes: list[str] = _opt(
+        "Route patterns that lose answers; empty means every /v1 route.",
+        _str_list,
+        default_factory=list,
+    )
+    lost_response_code: int = _opt(
+        "How an answer is lost: an HTTP status code sent instead (e.g. 502), or 0 to cut the "
+        "connection in the middle of the answer.",
+        int,
+        default=502,
+    )
     seed: int = _opt("Seed of the random generator that decides injected faults.", int, default=0)
 
     def to_dict(self) -> dict[str, Any]:
@@ -102,7 +124,7 @@ class FaultConfig:
 
     def check(self) -> None:
         """Raise ``ValueError`` when a field is out of range."""
-        for name in ("error_rate", "request_failure_rate"):
+        for name in ("error_rate", "request_failure_rate", "lost_response_rate"):
             value = getattr(self, name)
             if not isinstance(value, int | float) or not 0.0 <= float(value) <= 1.0:
                 raise ValueError(f"{name} must be a number between 0 and 1")
@@ -112,7 +134,7 @@ class FaultConfig:
             codes = getattr(self, name)
             if not isinstance(codes, list) or not codes or not all(isinstance(c, int) for c in codes):
                 raise ValueError(f"{name} must be a non-empty list of integers")
-        for name in ("error_routes", "latency_routes"):
+        for name in ("error_routes", "latency_routes", "lost_response_routes"):
             routes = getattr(self, name)
             if not isinstance(routes, list) or not all(isinstance(r, str) for r in routes):
                 raise ValueError(f"{name} must be a list of strings")
@@ -161,7 +183,15 @@ class EmulatorSettings:
     max_input_file_bytes: int = _opt(
         "Largest accepted upload with purpose 'batch', in bytes.", int, default=200 * 1024 * 1024
     )
+    max_file_bytes: int = _opt(
+        "Largest accepted upload of any purpose, in bytes (OpenAI's 512 MB per file).",
+        int,
+        default=512 * 1024 * 1024,
+    )
     max_requests_per_batch: int = _opt("Most requests in one batch input file.", int, default=50_000)
+    max_embedding_inputs: int = _opt(
+        "Most embedding inputs across all requests of one embeddings batch.", int, default=50_000
+    )
     models: list[str] = _opt(
         "Model ids listed by /v1/models, comma separated.",
         _str_list,

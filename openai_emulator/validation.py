@@ -12,15 +12,19 @@ if TYPE_CHECKING:
 BOM = b"\xef\xbb\xbf"
 MAX_REPORTED_ERRORS = 100
 REQUIRED_LINE_FIELDS = ("custom_id", "method", "url", "body")
-# The field each endpoint needs besides ``model``.
-REQUIRED_BODY_FIELD = {
-    "/v1/chat/completions": "messages",
-    "/v1/embeddings": "input",
-    "/v1/completions": "prompt",
-    "/v1/responses": "input",
-    "/v1/moderations": "input",
+# The body fields each endpoint needs besides ``model`` (the request schemas' ``required`` lists).
+REQUIRED_BODY_FIELDS: dict[str, tuple[str, ...]] = {
+    "/v1/chat/completions": ("messages",),
+    "/v1/embeddings": ("input",),
+    "/v1/completions": ("prompt",),
+    "/v1/responses": ("input",),
+    "/v1/moderations": ("input",),
+    "/v1/images/generations": ("prompt",),
+    "/v1/images/edits": ("images", "prompt"),
+    "/v1/videos": ("prompt",),
 }
-MODEL_OPTIONAL = frozenset({"/v1/moderations"})
+# Endpoints whose model has a default in the spec (moderations, dall-e-2, gpt-image-1.5, sora-2).
+MODEL_OPTIONAL = frozenset({"/v1/moderations", "/v1/images/generations", "/v1/images/edits", "/v1/videos"})
 
 
 @dataclass
@@ -29,6 +33,7 @@ class ValidationResult:
 
     errors: list[dict[str, Any]] = field(default_factory=list)
     total: int = 0
+    embedding_inputs: int = 0
     model: str | None = None
     estimated_tokens: int = 0
 
@@ -41,6 +46,13 @@ class ValidationResult:
 def estimate_tokens(text_length: int) -> int:
     """Estimate tokens from a length in characters (about four characters per token)."""
     return max(1, (text_length + 3) // 4)
+
+
+def count_embedding_inputs(value: Any) -> int:
+    """Return how many inputs an embeddings ``input`` holds: a string or one token array is one."""
+    if isinstance(value, list) and value and not all(isinstance(v, int) for v in value):
+        return len(value)
+    return 1
 
 
 def iter_request_lines(path: Path, offset: int = 0) -> Any:
@@ -100,10 +112,13 @@ def _check_body(
     if model is None and endpoint not in MODEL_OPTIONAL:
         result.add("invalid_request", "Missing required parameter: 'model'.", "body.model", line_no)
         return
-    needed = REQUIRED_BODY_FIELD.get(endpoint)
-    if needed and needed not in body:
-        result.add("invalid_request", f"Missing required parameter: '{needed}'.", f"body.{needed}", line_no)
-        return
+    for needed in REQUIRED_BODY_FIELDS.get(endpoint, ()):
+        if needed not in body:
+            message = f"Missing required parameter: '{needed}'."
+            result.add("invalid_request", message, f"body.{needed}", line_no)
+            return
+    if endpoint == "/v1/embeddings":
+        result.embedding_inputs += count_embedding_inputs(body.get("input"))
     if model is None:
         return
     if models is not None and model not in models:
@@ -117,7 +132,11 @@ def _check_body(
 
 
 def validate_input(
-    path: Path, endpoint: str, max_requests: int, models: frozenset[str] | None = None
+    path: Path,
+    endpoint: str,
+    max_requests: int,
+    models: frozenset[str] | None = None,
+    max_embedding_inputs: int = 50_000,
 ) -> ValidationResult:
     """Validate a batch input file without loading it whole into memory."""
     result = ValidationResult()
@@ -146,4 +165,10 @@ def validate_input(
     elif result.total > max_requests:
         message = f"The batch has {result.total} requests; the limit is {max_requests}."
         result.add("too_many_tasks", message, None, None)
+    elif result.embedding_inputs > max_embedding_inputs:
+        message = (
+            f"The batch has {result.embedding_inputs} embedding inputs; the limit is "
+            f"{max_embedding_inputs} per embeddings batch."
+        )
+        result.add("too_many_embedding_inputs", message, None, None)
     return result

@@ -205,7 +205,12 @@ class BatchWorker:
             return
         models = frozenset(self.settings.models) if self.settings.strict_models else None
         result = await asyncio.to_thread(
-            validate_input, path, record.endpoint, self.settings.max_requests_per_batch, models
+            validate_input,
+            path,
+            record.endpoint,
+            self.settings.max_requests_per_batch,
+            models,
+            self.settings.max_embedding_inputs,
         )
         if self._get(record.id).status != "validating":
             return
@@ -292,8 +297,9 @@ class BatchWorker:
                     record.id, "finalizing", finalizing_at=int(time.time()), finalizing_time=time.time()
                 )
                 return
+            keys = [f"{record.id}\x1f{custom_id}" for custom_id, _ in items]
             results = self._inject_failures(
-                await self.backend.handle_many(record.endpoint, [b for _, b in items])
+                await self.backend.handle_many(record.endpoint, [b for _, b in items], keys)
             )
             await self._checkpoint(record, items, results, input_end)
             self.state.stats.incr("requests_processed", len(items))

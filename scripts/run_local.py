@@ -50,23 +50,50 @@ def wait_until(check: Any, what: str, timeout: float, procs: list[subprocess.Pop
     raise SystemExit(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
-def stop(procs: list[subprocess.Popen[bytes]]) -> None:
-    for proc in reversed(procs):
-        if proc.poll() is None:
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def stop(procs: list[subprocess.Popen[bytes]], grace: float = 30.0) -> list[int]:
+    """
+    Stop every process group started here; return the groups still alive (none, normally).
+
+    SIGTERM to each group, a wait for every process of the group (not just its leader) to exit,
+    then SIGKILL to what is left. A second Ctrl-C or SIGTERM while stopping is ignored: the stop
+    goes on, quietly.
+    """
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_IGN)
+    groups = [proc.pid for proc in procs]  # each was started as the leader of its own session
+    for pgid in reversed(groups):
+        if _group_alive(pgid):
             try:
-                os.killpg(proc.pid, signal.SIGTERM)
+                os.killpg(pgid, signal.SIGTERM)
             except ProcessLookupError:
                 pass
-    deadline = time.monotonic() + 30
-    for proc in reversed(procs):
-        try:
-            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
+    deadline = time.monotonic() + grace
+    while any(_group_alive(g) for g in groups) and time.monotonic() < deadline:
+        for proc in procs:
+            proc.poll()  # reap the leaders so their group can disappear
+        time.sleep(0.2)
+    for pgid in groups:
+        if _group_alive(pgid):
             try:
-                os.killpg(proc.pid, signal.SIGKILL)
+                os.killpg(pgid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-            proc.wait()
+    for proc in procs:
+        proc.wait()
+    deadline = time.monotonic() + 10
+    while any(_group_alive(g) for g in groups) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return [g for g in groups if _group_alive(g)]
 
 
 def airflow_env(
@@ -191,7 +218,8 @@ def main() -> int:
         run = http(
             "POST",
             f"{api}/dags/openai_batch/dagRuns",
-            {"logical_date": None, "conf": {"poll_interval": 2}},
+            # The samples are placed with one rename each, so they need no settle time.
+            {"logical_date": None, "conf": {"poll_interval": 2, "settle_seconds": 1}},
         )
         run_id = run["dag_run_id"]
         log(f"triggered run {run_id}")
@@ -214,7 +242,8 @@ def main() -> int:
             f"  Airflow UI : http://127.0.0.1:{ui_port}/dags/openai_batch\n"
             "  Login      : none needed (local only: every user is admin, bound to 127.0.0.1)\n"
             f"  Inputs     : {inbox}\n"
-            f"  Results    : {results}/<date>/<file>/results.jsonl, rejects.jsonl, manifest.json\n"
+            f"  Results    : {results}/<file>/results.jsonl, rejects.jsonl, manifest.json\n"
+            "  Backfill   : make backfill FROM=2024-01-01 TO=2024-01-03 (takes <inbox>/<date>/*.jsonl)\n"
             "  Stop       : Ctrl-C\n",
             flush=True,
         )
@@ -225,7 +254,9 @@ def main() -> int:
 
         state = wait_until(finished, f"run {run_id}", args.timeout, procs)
         log(f"run {run_id} ended: {state}")
-        for manifest in sorted(results.glob("*/*/manifest.json")):
+        for manifest in sorted(results.rglob("manifest.json")):
+            if "_history" in manifest.parts or "_state" in manifest.parts:
+                continue
             summary = json.loads(manifest.read_text())
             log(f"{manifest.relative_to(ROOT)}: {json.dumps(summary['counts'])}")
         if args.once:
@@ -238,8 +269,8 @@ def main() -> int:
         log("stopping")
         return 0
     finally:
-        stop(procs)
-        log("stopped")
+        left = stop(procs)
+        log(f"stopped (process groups still alive: {left})" if left else "stopped")
 
 
 if __name__ == "__main__":

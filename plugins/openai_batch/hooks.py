@@ -14,7 +14,8 @@ import openai
 from airflow.providers.openai.hooks.openai import OpenAIHook
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator, Mapping
+    from collections.abc import Callable, Iterator, Mapping
+    from contextlib import AbstractContextManager
 
     from openai import AsyncOpenAI
     from openai.types import Batch, FileObject
@@ -73,6 +74,61 @@ class OpenAIBatchHook(OpenAIHook):
     def upload_batch_file(self, stream: IO[bytes], filename: str) -> FileObject:
         """Upload an open binary stream as a batch input file named ``filename``."""
         return self.conn.files.create(file=(filename, stream), purpose="batch")
+
+    def find_file(self, filename: str, size: int, max_scan: int = 1000) -> FileObject | None:
+        """Return the newest batch input file with this name and size, scanning at most ``max_scan``."""
+        scanned = 0
+        after: str | None = None
+        while scanned < max_scan:
+            kwargs: dict[str, Any] = {"purpose": "batch", "limit": min(100, max_scan - scanned)}
+            if after:
+                kwargs["after"] = after
+            page = self.conn.files.list(**kwargs)
+            for found in page.data:
+                scanned += 1
+                if found.filename == filename and found.bytes == size:
+                    return found
+            if not page.has_more or not page.data:
+                return None
+            after = page.data[-1].id
+        return None
+
+    def upload_batch_file_once(
+        self,
+        open_stream: Callable[[], AbstractContextManager[IO[bytes]]],
+        filename: str,
+        size: int,
+        attempts: int = 6,
+        backoff: float = 1.0,
+    ) -> FileObject:
+        """
+        Upload a batch input file, retrying transient errors without leaving a second copy behind.
+
+        As for batches, an upload whose answer was lost may have been stored: before each new attempt
+        the file is looked up by its name (unique per shard, round and attempt) and size.
+        """
+        client = self.conn.with_options(max_retries=0)
+        for attempt in range(1, attempts + 1):
+            if attempt > 1 and (existing := self.find_file(filename, size)) is not None:
+                log.info("File %s was stored as %s by an earlier attempt; re-using it", filename, existing.id)
+                return existing
+            try:
+                with open_stream() as stream:
+                    return client.files.create(file=(filename, stream), purpose="batch")
+            except TRANSIENT_ERRORS as err:
+                if attempt == attempts:
+                    raise
+                delay = backoff * 2 ** (attempt - 1)
+                log.warning(
+                    "Uploading %s failed (%s); attempt %s of %s in %.1fs",
+                    filename,
+                    err,
+                    attempt,
+                    attempts,
+                    delay,
+                )
+                time.sleep(delay)
+        raise AssertionError("unreachable")
 
     def iter_file_lines(self, file_id: str, chunk_size: int = 1 << 20) -> Iterator[bytes]:
         """Yield the lines of a file's content as they arrive, without holding the file in memory."""
@@ -164,6 +220,7 @@ class OpenAIBatchHook(OpenAIHook):
         metadata: dict[str, str],
         attempts: int = 6,
         backoff: float = 1.0,
+        output_expires_after: dict[str, Any] | None = None,
     ) -> Batch:
         """
         Create a batch, retrying transient errors without ever creating it twice.
@@ -172,8 +229,12 @@ class OpenAIBatchHook(OpenAIHook):
         service did create, so before each new attempt the batch is looked up by ``metadata``. After
         the create, a concurrent duplicate (another run that scanned before this one created) is
         settled: the oldest batch is kept and returned, a newer one is cancelled.
+        ``output_expires_after`` (``{"anchor": "created_at", "seconds": N}``) is sent only when set.
         """
         client = self.conn.with_options(max_retries=0)
+        extra: dict[str, Any] = {}
+        if output_expires_after is not None:
+            extra["output_expires_after"] = output_expires_after
         for attempt in range(1, attempts + 1):
             if attempt > 1 and (existing := self.find_batch(metadata)) is not None:
                 log.info("Batch %s already exists for %s; re-attaching", existing.id, metadata)
@@ -184,6 +245,7 @@ class OpenAIBatchHook(OpenAIHook):
                     endpoint=endpoint,  # type: ignore[arg-type]
                     completion_window="24h",
                     metadata=metadata,
+                    **extra,
                 )
             except TRANSIENT_ERRORS as err:
                 if attempt == attempts:

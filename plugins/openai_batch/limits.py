@@ -8,14 +8,23 @@ and 50,000 embedding inputs per embeddings batch. Every value is a field of
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
+#: The batch endpoints of OpenAI's API spec (``CreateBatchRequest.endpoint``).
 SUPPORTED_ENDPOINTS: tuple[str, ...] = (
     "/v1/chat/completions",
     "/v1/embeddings",
     "/v1/completions",
     "/v1/moderations",
     "/v1/responses",
+    "/v1/images/generations",
+    "/v1/images/edits",
+    "/v1/videos",
 )
+
+#: Bounds of ``output_expires_after.seconds`` (the spec's BatchFileExpirationAfter), anchored at
+#: ``created_at``: one hour to 30 days.
+OUTPUT_EXPIRY_SECONDS = (3600, 2_592_000)
 
 #: Largest batch input file we produce. OpenAI documents "200 MB" without saying whether it
 #: means 10**6 or 2**20 bytes; 200,000,000 bytes is below both readings, and shard files are
@@ -84,3 +93,25 @@ def is_retryable_code(code: str | None) -> bool:
         status = code[5:]
         return status == "429" or status == "408" or status.startswith("5")
     return False
+
+
+def check_output_expires_after(value: Any) -> dict[str, Any] | None:
+    """Return ``output_expires_after`` as the Batch API takes it, or None when not set.
+
+    :raises ValueError: unless ``value`` is ``{"anchor": "created_at", "seconds": N}`` with N an
+        integer in :data:`OUTPUT_EXPIRY_SECONDS` (both keys required, no other key).
+    """
+    if value is None or value == {}:
+        return None
+    if not isinstance(value, dict) or set(value) != {"anchor", "seconds"}:
+        raise ValueError(
+            f"output_expires_after must be {{'anchor': 'created_at', 'seconds': N}}, got {value!r}"
+        )
+    seconds, (low, high) = value["seconds"], OUTPUT_EXPIRY_SECONDS
+    if value["anchor"] != "created_at":
+        raise ValueError(f"output_expires_after.anchor must be 'created_at', got {value['anchor']!r}")
+    if isinstance(seconds, bool) or not isinstance(seconds, int) or not low <= seconds <= high:
+        raise ValueError(
+            f"output_expires_after.seconds must be an integer from {low} to {high}, got {seconds!r}"
+        )
+    return {"anchor": "created_at", "seconds": seconds}

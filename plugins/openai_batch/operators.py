@@ -2,29 +2,41 @@
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
+import shutil
 import tempfile
+import zlib
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, cast
 
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowFailException
 
+from openai_batch.pricing import format_usd, is_unpriced
 from openai_batch.storage import (
     copy_file,
+    file_digest,
+    iter_lines,
     local_dir,
+    move,
+    open_atomic,
     read_json,
-    safe_name,
     to_path,
     url_of,
     write_json,
 )
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from airflow.sdk import Context, ObjectStoragePath
 
     from openai_batch.hooks import OpenAIBatchHook
+    from openai_batch.identity import InputRef
+    from openai_batch.reuse import ReuseIndex
     from openai_batch.state import ShardState
 
 #: Names inside each input file's result folder (contract: results, rejects, manifest).
@@ -32,30 +44,49 @@ RESULTS_FILE = "results.jsonl"
 REJECTS_FILE = "rejects.jsonl"
 MANIFEST_FILE = "manifest.json"
 PLAN_FILE = "plan.json"
-STATE_DIR = "_state"
+ORDER_FILE = "order.txt"
 
 
 def run_partition(context: Context) -> str:
-    """Return the run's partition key: the logical date, or the run's date when it has none."""
+    """Return the run's date: its logical date, or the date it ran when it has none (for the manifest)."""
     logical_date = context.get("logical_date")
     if logical_date is not None:
         return str(logical_date.strftime("%Y-%m-%d"))
     return str(context["dag_run"].run_after.strftime("%Y-%m-%d"))
 
 
-def output_dir(results_root: str, partition: str, source: str) -> ObjectStoragePath:
-    """Return ``<results>/<partition>/<stem>`` for an input file; the stem is made path-safe."""
-    stem = safe_name(Path(source.rstrip("/").rsplit("/", 1)[-1]).stem)
-    return to_path(results_root) / safe_name(partition) / stem
+def stat_of(path: ObjectStoragePath) -> tuple[int, float | None]:
+    """Return ``(size, mtime)`` of a file, local or in object storage (mtime None where unknown)."""
+    from openai_batch.storage import mtime_of
+
+    local = local_dir(path)
+    if local is not None:
+        st = local.stat()
+        return st.st_size, st.st_mtime
+    info = path.stat()
+    info = info if isinstance(info, dict) else {"size": info.st_size, "mtime": info.st_mtime}
+    return int(info.get("size") or 0), mtime_of(info)
 
 
-def sha256_of(path: ObjectStoragePath, chunk_size: int = 1 << 20) -> str:
-    """Return the SHA-256 of a file's bytes, read in chunks."""
-    digest = hashlib.sha256()
-    with path.open("rb") as fin:
-        while chunk := fin.read(chunk_size):
-            digest.update(chunk)
-    return digest.hexdigest()
+def results_complete(folder: ObjectStoragePath, manifest: dict[str, Any]) -> bool:
+    """
+    Return True when the folder's results and rejects are exactly what its manifest recorded.
+
+    A truncated or missing results file (a full disk, a crash, a hand edit) is not complete, so
+    the run writes it again from the state it kept, without paying again.
+    """
+    for name, key in ((RESULTS_FILE, "results_sha256"), (REJECTS_FILE, "rejects_sha256")):
+        recorded = manifest.get(key)
+        path = folder / name
+        if not recorded or not path.exists() or file_digest(path)[0] != recorded:
+            return False
+    return True
+
+
+def _variant(endpoint: str, model: str | None, max_requests: int, salt: str) -> str:
+    """Return a short hash of the settings that change how one content is split into shards."""
+    text = json.dumps([endpoint, model or None, max_requests, salt])
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
 
 
 def load_state(state_dir: ObjectStoragePath, shard_ref: dict[str, Any]) -> ShardState:
@@ -82,7 +113,13 @@ def save_state(state_dir: ObjectStoragePath, state: ShardState) -> None:
     write_json(state_dir / f"shard-{state.index:05d}.state.json", state.to_dict())
 
 
-def submit_round(hook: OpenAIBatchHook, state_dir: ObjectStoragePath, state: ShardState, source: str) -> str:
+def submit_round(
+    hook: OpenAIBatchHook,
+    state_dir: ObjectStoragePath,
+    state: ShardState,
+    source: str,
+    output_expires_after: dict[str, Any] | None = None,
+) -> str:
     """
     Make sure the latest round of ``state`` has a batch, creating one only if none exists.
 
@@ -104,14 +141,18 @@ def submit_round(hook: OpenAIBatchHook, state_dir: ObjectStoragePath, state: Sha
         save_state(state_dir, state)
         return existing.id
     if not rnd.input_file_id:
-        with (state_dir / rnd.file).open("rb") as fin:
-            uploaded = hook.upload_batch_file(
-                fin, filename=f"{state.identity}-r{rnd.round}a{rnd.attempt}.jsonl"
-            )
+        request_file = state_dir / rnd.file
+        uploaded = hook.upload_batch_file_once(
+            lambda: request_file.open("rb"),
+            filename=f"{state.identity}-r{rnd.round}a{rnd.attempt}.jsonl",
+            size=stat_of(request_file)[0],
+        )
         rnd.input_file_id = uploaded.id
         save_state(state_dir, state)
         hook.log.info("Uploaded %s (%s requests) as %s", rnd.file, rnd.requests, uploaded.id)
-    batch = hook.create_batch_once(rnd.input_file_id, state.endpoint, metadata)
+    batch = hook.create_batch_once(
+        rnd.input_file_id, state.endpoint, metadata, output_expires_after=output_expires_after
+    )
     rnd.batch_id, rnd.status = batch.id, batch.status
     save_state(state_dir, state)
     hook.log.info("Created batch %s for shard %s round %s", batch.id, state.identity, rnd.round)
@@ -122,21 +163,28 @@ class OpenAIBatchPrepareOperator(BaseOperator):
     """
     Validate, normalize and split one JSONL request file into shards ready to upload.
 
-    Returns a plan (XCom) with one entry per shard. Nothing is uploaded here. A file whose results
-    already exist for the same content hash is skipped unless ``force`` is set.
+    Returns a plan (XCom) with one entry per shard. Nothing is uploaded here. The file must resolve
+    inside the inbox or an allowed root. A file whose complete results already exist for the same
+    content is skipped unless ``force`` is set. A file that cannot be used (empty, binary, no valid
+    line) returns a plan with an ``error``: its rejects and manifest are written by the results task,
+    which then fails for this file only, while the run's other files go on.
 
-    :param source: The input file, a path or object-storage URL. (templated)
-    :param results_root: The results root; this file's folder is ``<root>/<partition>/<stem>``. (templated)
+    :param source: The input: a file entry from the input sensor, or a path or URL. (templated)
+    :param inbox: The inbox root; keys are paths relative to it. (templated)
+    :param allowed_roots: Other roots inputs may be read from, comma-separated. (templated)
+    :param results_root: The results root. (templated)
     :param endpoint: Endpoint for short lines and lines without a url. (templated)
     :param model: When set, overrides the model of every request. (templated)
     :param max_requests_per_batch: At most this many requests per batch (ceiling 50,000). (templated)
     :param plan_only: Write the plan and the rejects only; upload nothing (the ``dry_run`` param). (templated)
     :param force: Process the file again even if its results exist for the same content. (templated)
-    :param partition: The partition key; defaults to the run's logical date or run date. (templated)
+    :param partition: The run date for the manifest; default: the logical or run date. (templated)
     """
 
     template_fields = (
         "source",
+        "inbox",
+        "allowed_roots",
         "results_root",
         "endpoint",
         "model",
@@ -149,8 +197,10 @@ class OpenAIBatchPrepareOperator(BaseOperator):
     def __init__(
         self,
         *,
-        source: str,
+        source: dict[str, Any] | str,
+        inbox: str,
         results_root: str,
+        allowed_roots: str | None = None,
         endpoint: str = "/v1/chat/completions",
         model: str | None = None,
         max_requests_per_batch: int = 50_000,
@@ -161,6 +211,8 @@ class OpenAIBatchPrepareOperator(BaseOperator):
     ) -> None:
         super().__init__(**kwargs)
         self.source = source
+        self.inbox = inbox
+        self.allowed_roots = allowed_roots
         self.results_root = results_root
         self.endpoint = endpoint
         self.model = model
@@ -169,103 +221,243 @@ class OpenAIBatchPrepareOperator(BaseOperator):
         self.force = force
         self.partition = partition
 
+    def input_ref(self) -> InputRef:
+        """Return the input's reference, checked again here: it must resolve inside the allowed roots."""
+        from openai_batch.identity import OutsideRootsError, input_ref
+        from openai_batch.sensors import allowed_roots
+
+        path = self.source["source"] if isinstance(self.source, dict) else str(self.source)
+        inbox = str(to_path(self.inbox)) if "://" not in self.inbox else self.inbox
+        if "://" not in path and not path.startswith("/"):
+            path = f"{inbox.rstrip('/')}/{path}"
+        try:
+            return input_ref(path, inbox, allowed_roots(self.allowed_roots))
+        except OutsideRootsError as err:
+            raise AirflowFailException(str(err)) from err
+
     def execute(self, context: Context) -> dict[str, Any]:
         """Prepare the file and return its plan."""
+        ref = self.input_ref()
+        folder = to_path(self.results_root) / ref.folder
+        src = to_path(ref.source)
+        size, mtime = stat_of(src)
+        base: dict[str, Any] = {
+            "source": ref.source,
+            "key": ref.display,
+            "partition": self.partition or run_partition(context),
+            "out_dir": url_of(folder),
+            "size": size,
+            "mtime": mtime,
+            "skipped": False,
+            "dry_run": bool(self.plan_only),
+        }
+        manifest = folder / MANIFEST_FILE
+        if not self.force and not self.plan_only and manifest.exists():
+            done = read_json(manifest)
+            digest = file_digest(src)[0]
+            if done.get("input_sha256") == digest and results_complete(folder, done):
+                if done.get("error"):
+                    self.log.warning("%s was found unusable before: %s", ref.display, done["error"])
+                self.log.info(
+                    "Results for %s (sha256 %s) are complete in %s; skipping (set force to redo)",
+                    ref.display,
+                    digest,
+                    folder,
+                )
+                return {**base, "input_sha256": digest, "skipped": True, "shards": []}
+        salt = f"-f{hashlib.sha256(context['run_id'].encode()).hexdigest()[:8]}" if self.force else ""
+        limit = max(1, min(int(self.max_requests_per_batch), 50_000))
+        variant = _variant(self.endpoint, self.model or None, limit, salt)
+        with tempfile.TemporaryDirectory(prefix="openai-batch-") as tmp:
+            plan = self._prepare(ref, src, folder, Path(tmp), limit, variant, salt)
+        plan = {**base, **plan}
+        if plan.get("error"):
+            self.log.error("%s cannot be sent: %s", ref.display, plan["error"])
+            return plan
+        self.log.info(
+            "%s: %s lines, %s valid, %s rejected, %s shard(s), ~%s input tokens, estimated cost %s",
+            ref.display,
+            plan["lines"],
+            plan["valid"],
+            plan["rejected"],
+            len(plan["shards"]),
+            plan["estimated_input_tokens"],
+            format_usd(plan["estimated_cost_usd"]),
+        )
+        if plan["unpriced_models"]:
+            self.log.warning(
+                "%s: no price is known for model(s) %s; the cost cannot be estimated (check the "
+                "model names, or add them to openai_batch.pricing.PRICES)",
+                ref.display,
+                ", ".join(plan["unpriced_models"]),
+            )
+        if self.plan_only:
+            state_dir = to_path(plan["state_dir"])
+            write_json(folder / PLAN_FILE, plan)
+            copy_file(state_dir / REJECTS_FILE, folder / REJECTS_FILE)
+            self.log.info("Dry run: plan written to %s; nothing uploaded", folder / PLAN_FILE)
+            return {**plan, "shards": []}
+        return plan
+
+    def _earlier_results(self, folder: ObjectStoragePath, work: Path) -> ReuseIndex | None:
+        """
+        Return the succeeded requests of the content whose results are in ``folder`` now, if complete.
+
+        Unchanged requests of a file that came back with lines added or changed are then not sent
+        again. Results that are incomplete or from before digests were kept give no index.
+        """
+        from openai_batch.reuse import INDEX_FILE, ReuseIndex
+
+        manifest_path = folder / MANIFEST_FILE
+        if not manifest_path.exists():
+            return None
+        manifest = read_json(manifest_path)
+        state_dir = manifest.get("state_dir")
+        if not state_dir or not results_complete(folder, manifest):
+            return None
+        digests = to_path(state_dir) / INDEX_FILE
+        if not digests.exists():
+            return None
+        index = ReuseIndex(work / ".reuse.sqlite")
+        try:
+            count = index.load(iter_lines(digests), iter_lines(folder / RESULTS_FILE))
+        except (ValueError, KeyError) as err:
+            self.log.warning("Earlier results in %s cannot be reused: %s", folder, err)
+            index.close()
+            return None
+        self.log.info("%s earlier succeeded request(s) of this file can be reused if unchanged", count)
+        return index
+
+    def _prepare(
+        self,
+        ref: InputRef,
+        src: ObjectStoragePath,
+        folder: ObjectStoragePath,
+        work: Path,
+        limit: int,
+        variant: str,
+        salt: str,
+    ) -> dict[str, Any]:
+        """Prepare into ``work``, then publish the files into the content's state folder."""
+        from openai_batch.identity import state_folder
         from openai_batch.limits import DEFAULT_LIMITS, BatchLimits
-        from openai_batch.prepare import NoValidRequestsError, default_id_prefix, prepare_requests
+        from openai_batch.prepare import (
+            NoValidRequestsError,
+            PrepareError,
+            default_id_prefix,
+            prepare_requests,
+        )
+        from openai_batch.reuse import INDEX_FILE, REUSED_FILE
         from openai_batch.state import shard_identity
 
-        partition = self.partition or run_partition(context)
-        src = to_path(self.source)
-        out = output_dir(self.results_root, partition, self.source)
-        state_dir = out / STATE_DIR
-        base = {
-            "source": self.source,
-            "partition": partition,
-            "out_dir": url_of(out),
-            "state_dir": url_of(state_dir),
-        }
-        manifest = out / MANIFEST_FILE
-        if not self.force and manifest.exists():
-            digest = sha256_of(src)
-            if read_json(manifest).get("input_sha256") == digest:
-                self.log.info(
-                    "Results for %s (sha256 %s) exist in %s; skipping (set force to redo)",
-                    self.source,
-                    digest,
-                    out,
-                )
-                return {**base, "input_sha256": digest, "skipped": True, "dry_run": False, "shards": []}
         limits = BatchLimits(
-            max_requests=max(1, min(int(self.max_requests_per_batch), DEFAULT_LIMITS.max_requests)),
+            max_requests=limit,
             max_bytes=DEFAULT_LIMITS.max_bytes,
             max_embedding_inputs=DEFAULT_LIMITS.max_embedding_inputs,
             max_request_bytes=DEFAULT_LIMITS.max_request_bytes,
         )
-        local = local_dir(state_dir)
-        with tempfile.TemporaryDirectory(prefix="openai-batch-") as tmp:
-            work = local if local is not None else Path(tmp)
-            work.mkdir(parents=True, exist_ok=True)
-            try:
-                with src.open("rb") as fin:
-                    result = prepare_requests(
-                        fin,
-                        source_name=self.source,
-                        work_dir=work,
-                        endpoint=self.endpoint,
-                        model=self.model or None,
-                        limits=limits,
-                        # Ids from the file name, not its folder: the same file re-attaches anywhere.
-                        id_prefix=default_id_prefix(self.source.rstrip("/").rsplit("/", 1)[-1]),
-                    )
-            except NoValidRequestsError as err:
-                copy_file(work / REJECTS_FILE, out / REJECTS_FILE)
-                raise AirflowFailException(str(err)) from err
-            if local is None:
-                for name in [Path(s.path).name for s in result.shards] + ["order.txt", REJECTS_FILE]:
-                    copy_file(work / name, state_dir / name)
-        self.log.info(
-            "%s: %s lines, %s valid, %s rejected, %s shard(s), ~%s input tokens, estimated cost %s USD",
-            self.source,
-            result.lines,
-            result.valid,
-            result.rejected,
-            len(result.shards),
-            result.estimated_input_tokens,
-            result.estimated_cost_usd,
-        )
-        salt = f"-f{hashlib.sha256(context['run_id'].encode()).hexdigest()[:8]}" if self.force else ""
-        shards = [
-            {
-                **base,
-                "index": s.index,
-                "identity": shard_identity(result.input_sha256, s.sha256, s.index, salt),
-                "file": Path(s.path).name,
-                "endpoint": s.endpoint,
-                "model": s.model,
-                "requests": s.requests,
-            }
-            for s in result.shards
+        reuse = None if salt else self._earlier_results(folder, work)
+        try:
+            with open_input(src) as fin:
+                result = prepare_requests(
+                    fin,
+                    source_name=ref.display,
+                    work_dir=work,
+                    endpoint=self.endpoint,
+                    model=self.model or None,
+                    limits=limits,
+                    # Ids from the file name, not its folder: the same file re-attaches anywhere.
+                    id_prefix=default_id_prefix(ref.name),
+                    reuse=reuse,
+                )
+        except NoValidRequestsError as err:
+            digest = err.input_sha256 or file_digest(src)[0]
+            state_dir = folder / f"{state_folder(digest)}-{variant}"
+            for name in (ORDER_FILE, REJECTS_FILE):
+                copy_file(work / name, state_dir / name)
+            return _error_plan(state_dir, digest, str(err), lines=err.lines, rejected=err.rejected)
+        except (PrepareError, EOFError, OSError, zlib.error) as err:
+            if isinstance(err, OSError) and not isinstance(err, gzip.BadGzipFile):
+                raise  # storage trouble is worth a task retry; a corrupt file is not
+            digest = file_digest(src)[0]
+            state_dir = folder / f"{state_folder(digest)}-{variant}"
+            for name in (ORDER_FILE, REJECTS_FILE):
+                (work / name).write_bytes(b"")
+                copy_file(work / name, state_dir / name)
+            return _error_plan(
+                state_dir, digest, f"{ref.display}: cannot be read: {err}", lines=0, rejected=0
+            )
+        state_dir = folder / f"{state_folder(result.input_sha256)}-{variant}"
+        if (state_dir / PLAN_FILE).exists():
+            # This content was prepared with these settings before (a retry, a clear, a re-run whose
+            # results were incomplete): its shards, rounds and downloads are there; keep them.
+            plan: dict[str, Any] = read_json(state_dir / PLAN_FILE)
+            return plan
+        names = [Path(s.path).name for s in result.shards] + [
+            ORDER_FILE,
+            REJECTS_FILE,
+            INDEX_FILE,
+            REUSED_FILE,
         ]
+        for name in names:
+            copy_file(work / name, state_dir / name)
+        unpriced = sorted({s.model for s in result.shards if is_unpriced(s.model, s.endpoint)})
         plan = {
-            **base,
+            "state_dir": url_of(state_dir),
             "input_sha256": result.input_sha256,
             "lines": result.lines,
             "valid": result.valid,
             "rejected": result.rejected,
             "estimated_input_tokens": result.estimated_input_tokens,
             "estimated_cost_usd": result.estimated_cost_usd,
-            "shards": shards,
-            "skipped": False,
-            "dry_run": bool(self.plan_only),
+            "reused": result.reused,
+            "unpriced_models": unpriced,
+            "shards": [
+                {
+                    "source": ref.source,
+                    "key": ref.display,
+                    "state_dir": url_of(state_dir),
+                    "index": s.index,
+                    "count": len(result.shards),
+                    "identity": shard_identity(result.input_sha256, s.sha256, s.index, salt),
+                    "file": Path(s.path).name,
+                    "endpoint": s.endpoint,
+                    "model": s.model,
+                    "requests": s.requests,
+                }
+                for s in result.shards
+            ],
         }
-        write_json(state_dir / PLAN_FILE, plan)
-        if self.plan_only:
-            write_json(out / PLAN_FILE, plan)
-            copy_file(state_dir / REJECTS_FILE, out / REJECTS_FILE)
-            self.log.info("Dry run: plan written to %s; nothing uploaded", out / PLAN_FILE)
-            return {**plan, "shards": []}
+        write_json(state_dir / PLAN_FILE, plan)  # last: its presence means the folder is complete
         return plan
+
+
+def _error_plan(
+    state_dir: ObjectStoragePath, digest: str, error: str, *, lines: int, rejected: int
+) -> dict[str, Any]:
+    return {
+        "state_dir": url_of(state_dir),
+        "input_sha256": digest,
+        "lines": lines,
+        "valid": 0,
+        "rejected": rejected,
+        "estimated_input_tokens": 0,
+        "estimated_cost_usd": 0.0,
+        "unpriced_models": [],
+        "shards": [],
+        "error": error,
+    }
+
+
+@contextmanager
+def open_input(src: ObjectStoragePath) -> Iterator[IO[bytes]]:
+    """Open an input file for streaming; ``*.gz`` is decompressed on the fly."""
+    with src.open("rb") as raw:
+        if str(src).endswith(".gz"):
+            with gzip.GzipFile(fileobj=raw, mode="rb") as unzipped:
+                yield cast("IO[bytes]", unzipped)
+        else:
+            yield raw
 
 
 class OpenAIBatchSubmitOperator(BaseOperator):
@@ -277,23 +469,43 @@ class OpenAIBatchSubmitOperator(BaseOperator):
 
     :param shard: One shard entry of a plan from ``OpenAIBatchPrepareOperator``. (templated)
     :param conn_id: The OpenAI connection id.
+    :param output_expires_after: When set, ``{"anchor": "created_at", "seconds": N}`` (N from 3600
+        to 2592000): the batch's output and error files expire N seconds after they are created.
+        Passed on with the shard, so follow-up rounds use it too. (templated)
     """
 
-    template_fields = ("shard",)
+    template_fields = ("shard", "output_expires_after")
 
-    def __init__(self, *, shard: dict[str, Any], conn_id: str = "openai_default", **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *,
+        shard: dict[str, Any],
+        conn_id: str = "openai_default",
+        output_expires_after: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.shard = shard
         self.conn_id = conn_id
+        self.output_expires_after = output_expires_after
 
     def execute(self, context: Context) -> dict[str, Any]:
         """Submit the shard and return it with its batch id."""
         from openai_batch.hooks import OpenAIBatchHook
+        from openai_batch.limits import check_output_expires_after
 
+        try:
+            expiry = check_output_expires_after(self.output_expires_after)
+        except ValueError as err:
+            raise AirflowFailException(str(err)) from err
         state_dir = to_path(self.shard["state_dir"])
         state = load_state(state_dir, self.shard)
-        batch_id = submit_round(OpenAIBatchHook(conn_id=self.conn_id), state_dir, state, self.shard["source"])
-        return {**self.shard, "batch_id": batch_id}
+        hook = OpenAIBatchHook(conn_id=self.conn_id)
+        batch_id = submit_round(hook, state_dir, state, self.shard["source"], expiry)
+        shard = {**self.shard, "batch_id": batch_id}
+        if expiry is not None:
+            shard["output_expires_after"] = expiry
+        return shard
 
 
 class OpenAIBatchWriteResultsOperator(BaseOperator):
@@ -301,7 +513,11 @@ class OpenAIBatchWriteResultsOperator(BaseOperator):
     Join every shard's outcomes back to the input order and write results, rejects and manifest.
 
     Writes ``results.jsonl`` (one line per valid request, input order), ``rejects.jsonl`` and
-    ``manifest.json`` into the file's result folder, and returns the manifest summary.
+    ``manifest.json`` into the file's result folder, each to a temporary name renamed into place,
+    manifest last. Results of an earlier content of the same file are moved to
+    ``_history/<sha16>/`` first. Returns the manifest summary and adds one event to the results
+    asset for each file written in this run (none for skipped files or dry runs). A file that
+    could not be used gets its rejects and a manifest saying why, and then fails this task.
 
     :param plan: The plan from ``OpenAIBatchPrepareOperator`` for one input file. (templated)
     """
@@ -313,13 +529,13 @@ class OpenAIBatchWriteResultsOperator(BaseOperator):
         self.plan = plan
 
     def execute(self, context: Context) -> dict[str, Any]:
-        """Write the three output files and return the manifest."""
+        """Write the three output files and return the manifest summary."""
         from openai_batch.results_io import build_manifest, merge_shards
 
         plan = self.plan
         if plan.get("skipped") or plan.get("dry_run"):
             self.log.info(
-                "%s: nothing to write (%s)", plan["source"], "skipped" if plan.get("skipped") else "dry run"
+                "%s: nothing to write (%s)", plan["key"], "skipped" if plan.get("skipped") else "dry run"
             )
             return {
                 "input": plan["source"],
@@ -329,14 +545,25 @@ class OpenAIBatchWriteResultsOperator(BaseOperator):
         out = to_path(plan["out_dir"])
         state_dir = to_path(plan["state_dir"])
         states = [load_state(state_dir, shard) for shard in plan["shards"]]
-        counts = merge_shards(state_dir, states, out / RESULTS_FILE)
-        copy_file(state_dir / REJECTS_FILE, out / REJECTS_FILE)
+        self._archive_earlier_content(out, plan["input_sha256"])
+        with open_atomic(out / RESULTS_FILE) as raw:
+            digest = _DigestWriter(raw)
+            counts = merge_shards(state_dir, states, digest)
+        with open_atomic(out / REJECTS_FILE) as raw:
+            rejects = _DigestWriter(raw)
+            with (state_dir / REJECTS_FILE).open("rb") as fin:
+                shutil.copyfileobj(fin, rejects, 1 << 20)
         manifest = build_manifest(plan, states, counts)
+        manifest["results_sha256"], manifest["results_bytes"] = digest.hexdigest(), digest.size
+        manifest["rejects_sha256"] = rejects.hexdigest()
+        manifest["input_changed_after_taken"] = self._input_changed(plan)
         write_json(out / MANIFEST_FILE, manifest)
+        if plan.get("error"):
+            raise AirflowFailException(f"{plan['key']}: {plan['error']} (rejects and manifest in {out})")
         self.log.info(
             "%s: %s requests: %s succeeded, %s failed, %s expired, %s cancelled, %s rejected; "
-            "%s input / %s output tokens; estimated cost %s USD; results in %s",
-            plan["source"],
+            "%s input / %s output tokens; estimated cost %s; results in %s",
+            plan["key"],
             manifest["counts"]["total"],
             manifest["counts"]["succeeded"],
             manifest["counts"]["failed"],
@@ -345,7 +572,7 @@ class OpenAIBatchWriteResultsOperator(BaseOperator):
             manifest["counts"]["rejected"],
             manifest["usage"]["input_tokens"],
             manifest["usage"]["output_tokens"],
-            manifest["estimated_cost_usd"],
+            format_usd(manifest["estimated_cost_usd"]),
             out,
         )
         summary = {k: manifest[k] for k in ("input", "input_sha256", "counts", "usage", "estimated_cost_usd")}
@@ -353,6 +580,60 @@ class OpenAIBatchWriteResultsOperator(BaseOperator):
         self._emit_asset_event(context, summary)
         return summary
 
+    def _archive_earlier_content(self, out: ObjectStoragePath, input_sha256: str) -> None:
+        """Move the results of another content of this file to ``_history/<sha16>/``; nothing is lost."""
+        from openai_batch.identity import history_folder
+
+        manifest = out / MANIFEST_FILE
+        if not manifest.exists():
+            return
+        earlier = read_json(manifest).get("input_sha256")
+        if not earlier or earlier == input_sha256:
+            return
+        dest = out / history_folder(earlier)
+        for name in (RESULTS_FILE, REJECTS_FILE, MANIFEST_FILE):  # the manifest last
+            if (out / name).exists():
+                move(out / name, dest / name)
+        self.log.info("Results of the earlier content (sha256 %s) moved to %s", earlier, dest)
+
+    def _input_changed(self, plan: dict[str, Any]) -> bool:
+        src = to_path(plan["source"])
+        now = stat_of(src) if src.exists() else None
+        if now == (plan.get("size"), plan.get("mtime")):
+            return False
+        self.log.warning(
+            "%s changed after it was taken (size/mtime %s -> %s): these results are for the content "
+            "with sha256 %s; the next run takes the new content",
+            plan["key"],
+            (plan.get("size"), plan.get("mtime")),
+            now,
+            plan["input_sha256"],
+        )
+        return True
+
     def _emit_asset_event(self, context: Context, summary: dict[str, Any]) -> None:
+        from airflow.sdk import AssetAlias
+
+        from openai_batch.assets import RESULTS_ASSET
+
+        extra = json.loads(json.dumps(summary))
         for outlet in self.outlets:
-            context["outlet_events"][outlet].extra = json.loads(json.dumps(summary))
+            if isinstance(outlet, AssetAlias):
+                context["outlet_events"][outlet].add(RESULTS_ASSET, extra=extra)
+
+
+class _DigestWriter:
+    """A binary writer that hashes and counts what passes through it."""
+
+    def __init__(self, out: IO[bytes]) -> None:
+        self._out = out
+        self._hash = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes) -> int:
+        self._hash.update(data)
+        self.size += len(data)
+        return self._out.write(data)
+
+    def hexdigest(self) -> str:
+        return self._hash.hexdigest()

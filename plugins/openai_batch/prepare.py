@@ -43,10 +43,13 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, BinaryIO, cast
 
 from openai_batch.limits import DEFAULT_LIMITS, SUPPORTED_ENDPOINTS, BatchLimits
-from openai_batch.pricing import estimate_cost_usd
+from openai_batch.pricing import FREE_ENDPOINTS, estimate_cost_usd
+from openai_batch.reuse import INDEX_FILE, REUSED_FILE, request_digest
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator
+
+    from openai_batch.reuse import ReuseIndex
 
 __all__ = [
     "NoValidRequestsError",
@@ -69,8 +72,11 @@ _REQUIRED_FIELDS: dict[str, tuple[str, ...]] = {
     "/v1/completions": ("model", "prompt"),
     "/v1/moderations": ("input",),
     "/v1/responses": ("model", "input"),
+    # The spec gives these a default model (dall-e-2, gpt-image-1.5, sora-2).
+    "/v1/images/generations": ("prompt",),
+    "/v1/images/edits": ("images", "prompt"),
+    "/v1/videos": ("prompt",),
 }
-_FREE_ENDPOINTS = frozenset({"/v1/moderations"})
 # Lines held before duplicate ids are checked against the scratch table and written out.
 _FLUSH_LINES = 8192
 _FLUSH_BYTES = 32 * 1024 * 1024
@@ -103,8 +109,16 @@ class NoValidRequestsError(PrepareError):
     :param first_reject: ``(line, reason)`` of the first rejected line, if any.
     """
 
-    def __init__(self, source: str, lines: int, rejected: int, first_reject: tuple[int, str] | None) -> None:
+    def __init__(
+        self,
+        source: str,
+        lines: int,
+        rejected: int,
+        first_reject: tuple[int, str] | None,
+        input_sha256: str = "",
+    ) -> None:
         self.source = source
+        self.input_sha256 = input_sha256
         self.lines = lines
         self.rejected = rejected
         self.first_reject = first_reject
@@ -168,6 +182,8 @@ class PrepareResult:
     :param estimated_input_tokens: heuristic input token count over all shards.
     :param estimated_cost_usd: batch price of the estimated input tokens only (output
         tokens are unknown before the run), or None when a model has no known price.
+    :param reused: valid requests not sent because an earlier content's result is carried over
+        (counted in ``valid``, in no shard).
     """
 
     source: str
@@ -180,6 +196,7 @@ class PrepareResult:
     rejects_path: str = ""
     estimated_input_tokens: int = 0
     estimated_cost_usd: float | None = None
+    reused: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-serialisable dict."""
@@ -266,6 +283,10 @@ def _check_body(body: dict[str, Any], endpoint: str, limits: BatchLimits) -> tup
         messages = body["messages"]
         if not isinstance(messages, list) or not messages:
             return "body.messages must be a non-empty list", 0
+    elif endpoint == "/v1/images/edits":
+        images = body["images"]
+        if not isinstance(images, list) or not images:
+            return "body.images must be a non-empty list of image references", 0
     elif endpoint == "/v1/embeddings":
         inputs = _count_embedding_inputs(body["input"])
         if inputs == 0:
@@ -341,8 +362,11 @@ class _Preparer:
         model: str | None,
         limits: BatchLimits,
         id_prefix: str,
+        reuse: ReuseIndex | None = None,
     ) -> None:
         self.work_dir = work_dir
+        self.reuse = reuse
+        self.reused = 0
         self.endpoint = endpoint
         self.model = model
         self.limits = limits
@@ -360,6 +384,8 @@ class _Preparer:
         self.order = open(work_dir / ORDER_FILE, "w", encoding="utf-8", buffering=_WRITE_BUFFER)  # noqa: SIM115
         self.rejects = open(work_dir / REJECTS_FILE, "w", encoding="utf-8", buffering=_WRITE_BUFFER)  # noqa: SIM115
         self.order_buffer: list[str] = []
+        self.index = open(work_dir / INDEX_FILE, "w", encoding="ascii", buffering=_WRITE_BUFFER)  # noqa: SIM115
+        self.reused_file = open(work_dir / REUSED_FILE, "wb", buffering=_WRITE_BUFFER)  # noqa: SIM115
         self.seen_path = work_dir / ".seen.sqlite"
         self.seen: sqlite3.Connection | None = None
         self.flushed_once = False
@@ -424,6 +450,7 @@ class _Preparer:
         if (
             type(custom_id) is not str
             or not custom_id
+            or not (custom_id.isascii() and custom_id.isprintable())  # odd ids take the checked path
             or obj.get("method") != "POST"
             or obj.get("url") != "/v1/chat/completions"
             or type(body) is not dict
@@ -484,6 +511,9 @@ class _Preparer:
             return "custom_id is missing"
         if not isinstance(custom_id, str) or not custom_id:
             return "custom_id must be a non-empty string"
+        bad = _bad_custom_id(custom_id)
+        if bad is not None:
+            return bad
         method = obj.get("method", "POST")
         if method != "POST":
             return f"method must be POST, got {json.dumps(method)}"
@@ -576,6 +606,11 @@ class _Preparer:
         limits = self.limits
         max_requests, max_bytes = limits.max_requests, limits.max_bytes
         max_inputs = limits.max_embedding_inputs
+        digests = {
+            custom_id: request_digest(out) for _, custom_id, _, _, out, _, _, _ in self.pending if custom_id
+        }
+        reusable = self.reuse.take(list(digests.items())) if self.reuse is not None else {}
+        digest_lines: list[str] = []
         for line_no, custom_id, endpoint, model, out, inputs, tokens, original in self.pending:
             if custom_id is None:
                 self._write_reject(line_no, endpoint, model)
@@ -583,6 +618,13 @@ class _Preparer:
             if earlier and custom_id in earlier:
                 text = original.decode("utf-8", "replace")
                 self._write_reject(line_no, _duplicate_reason(custom_id, earlier[custom_id]), text)
+                continue
+            digest_lines.append(digests[custom_id] + "\n")
+            if custom_id in reusable:
+                self.valid += 1
+                self.reused += 1
+                order_append(encode_basestring_ascii(custom_id) + "\n")
+                self.reused_file.write(reusable.pop(custom_id))
                 continue
             shard = open_shards.get((endpoint, model))
             if shard is not None:
@@ -607,6 +649,7 @@ class _Preparer:
         if self.order_buffer:
             self.order.write("".join(self.order_buffer))
             self.order_buffer = []
+        self.index.write("".join(digest_lines))
         self.pending = []
         self.pending_bytes = 0
         self.chunk_ids = {}
@@ -647,10 +690,30 @@ class _Preparer:
             shard.file.close()
         self.order.close()
         self.rejects.close()
+        self.index.close()
+        self.reused_file.close()
         if self.seen is not None:
             self.seen.close()
             self.seen = None
         self.seen_path.unlink(missing_ok=True)
+
+
+#: NUL (cut short by SQLite's JSON functions and C strings) and lone UTF-16 surrogates (not Unicode
+#: text, so not encodable as UTF-8): ids with them cannot be joined back reliably.
+_BAD_ID_CHARS = re.compile("[\x00\ud800-\udfff]")
+
+
+def _bad_custom_id(custom_id: str) -> str | None:
+    """Return why a custom_id cannot be sent, or None when it can."""
+    if custom_id.isascii() and custom_id.isprintable():
+        return None
+    found = _BAD_ID_CHARS.search(custom_id)
+    if found is None:
+        return None
+    char = found.group()
+    kind = "a lone surrogate" if "\ud800" <= char <= "\udfff" else "a NUL character"
+    where = f"U+{ord(char):04X} at position {found.start() + 1}"
+    return f"custom_id contains {kind} ({where}); it cannot be joined back to its result"
 
 
 def _json_type(value: Any) -> str:
@@ -676,7 +739,7 @@ def _duplicate_reason(custom_id: str, first_line: int, *, generated: bool = Fals
 def _estimate_cost(shards: list[Shard]) -> float | None:
     total = 0.0
     for shard in shards:
-        if shard.endpoint in _FREE_ENDPOINTS:
+        if shard.endpoint in FREE_ENDPOINTS:
             continue
         cost = estimate_cost_usd(shard.model, shard.estimated_input_tokens, 0)
         if cost is None:
@@ -694,6 +757,7 @@ def prepare_requests(
     model: str | None = None,
     limits: BatchLimits = DEFAULT_LIMITS,
     id_prefix: str | None = None,
+    reuse: ReuseIndex | None = None,
 ) -> PrepareResult:
     """Validate and split the requests of one input file into batch shards in ``work_dir``.
 
@@ -705,6 +769,8 @@ def prepare_requests(
     :param model: when set, replaces ``body.model`` on every line.
     :param limits: limits each shard must respect.
     :param id_prefix: prefix of generated custom_ids, default :func:`default_id_prefix`.
+    :param reuse: succeeded requests of an earlier content of the file; unchanged ones are not put
+        in a shard, their earlier result lines go to ``reused.jsonl``.
     :raises PrepareError: for an unsupported ``endpoint``.
     :raises NoValidRequestsError: when no line is valid (after writing the rejects).
     """
@@ -712,10 +778,10 @@ def prepare_requests(
         raise PrepareError(f"unsupported endpoint {endpoint!r} (supported: {', '.join(SUPPORTED_ENDPOINTS)})")
     work = Path(work_dir)
     work.mkdir(parents=True, exist_ok=True)
-    for stale in work.glob("shard-*.jsonl"):
+    for stale in work.glob("shard-[0-9][0-9][0-9][0-9][0-9].jsonl"):  # never a later round's file
         stale.unlink()
     prefix = id_prefix if id_prefix is not None else default_id_prefix(source_name)
-    state = _Preparer(work, endpoint, model, limits, prefix)
+    state = _Preparer(work, endpoint, model, limits, prefix, reuse)
     hasher = hashlib.sha256()
     line_no = 0
     try:
@@ -763,7 +829,10 @@ def prepare_requests(
         rejects_path=str(work / REJECTS_FILE),
         estimated_input_tokens=sum(s.estimated_input_tokens for s in shards),
         estimated_cost_usd=_estimate_cost(shards),
+        reused=state.reused,
     )
-    if not shards:
-        raise NoValidRequestsError(source_name, state.lines, state.rejected, state.first_reject)
+    if not shards and not state.reused:
+        raise NoValidRequestsError(
+            source_name, state.lines, state.rejected, state.first_reject, result.input_sha256
+        )
     return result

@@ -8,6 +8,7 @@ applies by default. Update the table when OpenAI changes its prices; unknown mod
 
 from __future__ import annotations
 
+import re
 from typing import NamedTuple
 
 
@@ -25,6 +26,8 @@ class Price(NamedTuple):
 
 
 BATCH_DISCOUNT = 0.5
+#: Endpoints OpenAI does not charge for.
+FREE_ENDPOINTS = frozenset({"/v1/moderations"})
 
 PRICES: dict[str, Price] = {
     "gpt-4o": Price(2.50, 1.25, 10.00),
@@ -46,21 +49,47 @@ PRICES: dict[str, Price] = {
     "text-embedding-ada-002": Price(0.10, 0.10, 0.0),
     "omni-moderation-latest": Price(0.0, 0.0, 0.0),
     "text-moderation-latest": Price(0.0, 0.0, 0.0),
+    # Image models bill text input, image input and image output tokens; image input tokens
+    # (edits) are priced here as text input, so an edit's estimate is a lower bound. DALL-E
+    # (per image) and Sora (per second of video) have no per-token price: their cost is unknown.
+    "gpt-image-1": Price(5.00, 1.25, 40.00),
+    "gpt-image-1-mini": Price(2.00, 0.20, 8.00),
 }
 
-# Longest names first, so "gpt-4o-mini-2024-07-18" matches gpt-4o-mini and not gpt-4o.
-_BY_LENGTH = sorted(PRICES, key=len, reverse=True)
+#: A dated snapshot of a listed model: ``gpt-4o-2024-08-06`` or ``gpt-3.5-turbo-0125``.
+_SNAPSHOT = re.compile(r"^(?P<base>.+)-(?:\d{4}-\d{2}-\d{2}|\d{4})$")
 
 
 def price_for(model: str) -> Price | None:
-    """Return the price of ``model``, matching dated names (``gpt-4o-2024-08-06``) by prefix."""
+    """
+    Return the price of ``model``: an exact id of :data:`PRICES` or a dated snapshot of one.
+
+    Nothing else matches: ``gpt-4o-mimi`` is not ``gpt-4o``, and an unknown model has no price
+    (callers report it as unpriced rather than guess).
+    """
     price = PRICES.get(model)
     if price is not None:
         return price
-    for name in _BY_LENGTH:
-        if model.startswith(name) and model[len(name)] == "-":
-            return PRICES[name]
-    return None
+    snapshot = _SNAPSHOT.match(model)
+    return PRICES.get(snapshot.group("base")) if snapshot else None
+
+
+def is_unpriced(model: str, endpoint: str) -> bool:
+    """Return True when requests of ``model`` on ``endpoint`` cost money but no price is known."""
+    return endpoint not in FREE_ENDPOINTS and price_for(model) is None
+
+
+def format_usd(amount: float | None) -> str:
+    """Return an amount as money: ``$0.000077``, ``$12.50``; ``unknown`` for None."""
+    if amount is None:
+        return "unknown"
+    if abs(amount) >= 1:
+        return f"${amount:,.2f}"
+    if 0 < abs(amount) < 0.000001:
+        return "<$0.000001"
+    text = f"{amount:.6f}".rstrip("0")
+    decimals = len(text.split(".")[1]) if "." in text else 0
+    return f"${amount:.{max(decimals, 2)}f}"
 
 
 def estimate_cost_usd(

@@ -39,6 +39,8 @@ ResultStatus = Literal["succeeded", "failed", "expired", "cancelled"]
 RESULT_STATUSES: tuple[str, ...] = get_args(ResultStatus)
 
 _CHUNK_ROWS = 20000
+#: The round of results carried over from an earlier content: below every round of this one.
+REUSED_ROUND = -1
 _CHUNK_BYTES = 32 * 1024 * 1024
 _ORDER_CHUNK = 4000
 # Encoders built once: json.dumps with non-default arguments builds a new encoder per call.
@@ -130,7 +132,8 @@ class ResultCounts:
     :param expired: requests whose batch expired before they ran.
     :param cancelled: requests whose batch was cancelled before they ran.
     :param total: lines written.
-    :param usage: usage summed over succeeded responses.
+    :param usage: usage summed over succeeded responses paid in this content's batches.
+    :param reused: succeeded results carried over from an earlier content (in ``succeeded`` too).
     """
 
     succeeded: int = 0
@@ -139,6 +142,7 @@ class ResultCounts:
     cancelled: int = 0
     total: int = 0
     usage: Usage = field(default_factory=Usage)
+    reused: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-serialisable dict."""
@@ -317,6 +321,36 @@ class ResultStore:
             self._write(_UPSERT, rows)
         return count
 
+    def add_final_lines(self, lines: Iterable[bytes]) -> int:
+        """Store ``results.jsonl`` lines carried over from an earlier content (round -1); return how many."""
+        rows: list[_Row] = []
+        count = 0
+        for raw in lines:
+            if not raw.strip():
+                continue
+            record = json.loads(raw)
+            body = record.get("response")
+            usage = _usage_of(body if isinstance(body, dict) else None)
+            rows.append(
+                (
+                    record["custom_id"],
+                    REUSED_ROUND,
+                    record["status"],
+                    _dumps(body),
+                    _dumps(record.get("error")),
+                    str(record.get("batch_id") or ""),
+                    0,
+                    *usage,
+                )
+            )
+            count += 1
+            if len(rows) >= _CHUNK_ROWS:
+                self._write(_UPSERT, rows)
+                rows = []
+        if rows:
+            self._write(_UPSERT, rows)
+        return count
+
     def mark_missing(
         self,
         custom_ids: Iterable[str],
@@ -374,7 +408,7 @@ class ResultStore:
             row[0]: row
             for row in self._db.execute(
                 "SELECT custom_id, status, response, error, batch_id, input_tokens, output_tokens,"
-                " cached_tokens, reasoning_tokens FROM results"
+                " cached_tokens, reasoning_tokens, round FROM results"
                 " WHERE custom_id IN (SELECT value FROM json_each(?))",
                 (json.dumps(ids),),
             )
@@ -410,7 +444,9 @@ class ResultStore:
             else:
                 status, response, error = row[1], row[2], row[3]
                 batch_id = batch_json.get(row[4]) or batch_json.setdefault(row[4], json.dumps(row[4]))
-                if status == "succeeded":
+                if row[9] == REUSED_ROUND:
+                    counts.reused += 1
+                elif status == "succeeded":
                     usage.input_tokens += row[5]
                     usage.output_tokens += row[6]
                     usage.cached_tokens += row[7]

@@ -9,8 +9,9 @@ from __future__ import annotations
 import json
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
+from openai_batch.reuse import REUSED_FILE
 from openai_batch.storage import check_batch_id, iter_lines
 
 if TYPE_CHECKING:
@@ -81,7 +82,7 @@ def _custom_ids(path: ObjectStoragePath) -> list[str]:
 
 
 def merge_shards(
-    state_dir: ObjectStoragePath, states: list[ShardState], dest: ObjectStoragePath
+    state_dir: ObjectStoragePath, states: list[ShardState], dest: BinaryIO | Any
 ) -> ResultCounts:
     """
     Write ``results.jsonl`` in input order from every round of every shard; return the counts.
@@ -94,6 +95,9 @@ def merge_shards(
 
     with tempfile.TemporaryDirectory(prefix="openai-batch-merge-") as tmp:
         with ResultStore(Path(tmp) / "results.sqlite") as store:
+            reused = state_dir / REUSED_FILE
+            if reused.exists():
+                store.add_final_lines(iter_lines(reused))
             for state in states:
                 # The store keeps the outcome of the highest sequence number: the position in the
                 # shard's history, so a token-limit resubmission of a round also counts as later.
@@ -104,9 +108,7 @@ def merge_shards(
             with order.open("wb") as fout:
                 for line in iter_lines(state_dir / "order.txt"):
                     fout.write(line)
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            with dest.open("wb") as fout:
-                return store.write_results(read_order(order), fout)
+            return store.write_results(read_order(order), dest)
 
 
 def _apply_round(store: ResultStore, state_dir: ObjectStoragePath, rnd: Round, seq: int) -> None:
@@ -143,7 +145,7 @@ def _apply_round(store: ResultStore, state_dir: ObjectStoragePath, rnd: Round, s
 
 def build_manifest(plan: dict[str, Any], states: list[ShardState], counts: ResultCounts) -> dict[str, Any]:
     """Return the manifest: input, hash, counts, batches with their rounds, usage and estimated cost."""
-    from openai_batch.pricing import estimate_cost_usd
+    from openai_batch.pricing import FREE_ENDPOINTS, estimate_cost_usd, is_unpriced
 
     counts_dict = counts.to_dict()
     usage = counts_dict.pop("usage", None) or {}
@@ -166,17 +168,26 @@ def build_manifest(plan: dict[str, Any], states: list[ShardState], counts: Resul
                 }
             )
             batch_usage = rnd.usage or {}
-            part = estimate_cost_usd(
-                state.model,
-                int(batch_usage.get("input_tokens") or 0),
-                int(batch_usage.get("output_tokens") or 0),
-                int((batch_usage.get("input_tokens_details") or {}).get("cached_tokens") or 0),
+            part = (
+                0.0
+                if state.endpoint in FREE_ENDPOINTS
+                else estimate_cost_usd(
+                    state.model,
+                    int(batch_usage.get("input_tokens") or 0),
+                    int(batch_usage.get("output_tokens") or 0),
+                    int((batch_usage.get("input_tokens_details") or {}).get("cached_tokens") or 0),
+                )
             )
             cost = None if cost is None or part is None else cost + part
+    unpriced = sorted({s.model for s in states if is_unpriced(s.model, s.endpoint)})
     return {
         "input": plan["source"],
+        "input_key": plan["key"],
         "input_sha256": plan["input_sha256"],
+        "state_dir": plan["state_dir"],
         "partition": plan["partition"],
+        "error": plan.get("error"),
+        "unpriced_models": unpriced,
         "counts": {
             "total": plan["lines"],
             "succeeded": counts_dict.get("succeeded", 0),
@@ -184,6 +195,7 @@ def build_manifest(plan: dict[str, Any], states: list[ShardState], counts: Resul
             "expired": counts_dict.get("expired", 0),
             "cancelled": counts_dict.get("cancelled", 0),
             "rejected": plan["rejected"],
+            "reused": counts_dict.get("reused", 0),
         },
         "rounds": max((rnd.round for s in states for rnd in s.rounds), default=0) + 1,
         "batches": batches,

@@ -10,7 +10,7 @@ from airflow.sdk import BaseSensorOperator
 from airflow.sdk.exceptions import AirflowException
 
 from openai_batch.operators import load_state, save_state, submit_round
-from openai_batch.storage import join_pattern, list_input_files, to_path
+from openai_batch.storage import join_pattern, to_path
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -19,8 +19,6 @@ if TYPE_CHECKING:
     from openai_batch.state import ShardState
 
 TOKEN_LIMIT_CODE = "token_limit_exceeded"
-#: Longest pause between the two listings that tell a finished input file from one still growing.
-SETTLE_SECONDS = 5.0
 DEFAULT_TOKEN_LIMIT_WAIT = 600.0
 
 
@@ -39,77 +37,138 @@ def token_limit_wait(value: float | None) -> float:
     return float(conf.getfloat("openai_batch", "token_limit_wait", fallback=DEFAULT_TOKEN_LIMIT_WAIT))
 
 
+#: Run types that take their date's partition; every other run (a person's, an asset's) takes ``input``.
+PARTITIONED_RUN_TYPES = frozenset({"scheduled", "backfill"})
+
+
+def run_date(context: Context) -> str | None:
+    """Return the partition date (``YYYY-MM-DD``) of a scheduled or backfill run, else None."""
+    dag_run = context.get("dag_run")
+    run_type = str(getattr(getattr(dag_run, "run_type", None), "value", getattr(dag_run, "run_type", "")))
+    logical_date = context.get("logical_date")
+    if run_type not in PARTITIONED_RUN_TYPES or logical_date is None:
+        return None
+    return str(logical_date.strftime("%Y-%m-%d"))
+
+
 def input_pattern(input_param: str | None, inbox: str, context: Context) -> str:
     """
     Return the path or glob a run takes.
 
-    The ``input`` param wins (relative to the inbox unless absolute or a URL); a run with a logical
-    date D takes ``<inbox>/D/*.jsonl``; a run without one takes ``<inbox>/*.jsonl``.
+    The ``input`` param wins (relative to the inbox unless absolute or a URL). Otherwise a scheduled
+    or backfill run for date D takes ``<inbox>/D/*``, and any other run (triggered by a person from
+    the UI, REST or CLI, whatever logical date the form pre-filled) takes ``<inbox>/*``. Only
+    ``*.jsonl`` and ``*.jsonl.gz`` files among the matches are taken.
     """
     root = str(to_path(inbox)) if "://" not in inbox else inbox
     if input_param:
         return join_pattern(root, input_param)
-    logical_date = context.get("logical_date")
-    if logical_date is not None:
-        return join_pattern(root, f"{logical_date.strftime('%Y-%m-%d')}/*.jsonl")
-    return join_pattern(root, "*.jsonl")
+    date = run_date(context)
+    return join_pattern(root, f"{date}/*" if date else "*")
+
+
+def is_past(date: str, now: float | None = None) -> bool:
+    """Return True when ``date`` (``YYYY-MM-DD``) is before today (UTC)."""
+    today = time.strftime("%Y-%m-%d", time.gmtime(time.time() if now is None else now))
+    return date < today
+
+
+def allowed_roots(value: str | None) -> list[str]:
+    """Return the allowed input roots (besides the inbox) from the Variable's value."""
+    from openai_batch.identity import parse_roots
+
+    return [r if "://" in r else str(to_path(r)) for r in parse_roots(value)]
 
 
 class OpenAIBatchInputSensor(BaseSensorOperator):
     """
-    Wait, deferred, until the run's input files exist and stop growing; return their paths.
+    Wait, deferred, until the run's input files exist and stop changing; return them.
 
-    Files named ``*.tmp``, ``*.part`` or starting with a dot are never taken. When nothing arrives
-    before ``timeout`` the task is skipped (``soft_fail``), so a day without input is not a failure.
+    A file is taken when it is named ``*.jsonl`` or ``*.jsonl.gz``, lies (symlinks resolved) under
+    the inbox or an allowed root, and has not changed for ``settle_seconds``. Everything else that
+    matches is listed in the log with the reason it is not taken. A scheduled or backfill run for a
+    past date whose partition holds no input is skipped at once; otherwise, when nothing arrives
+    before ``input_timeout``, the task is skipped (``soft_fail``), so a day without input is not a
+    failure.
 
     :param inbox: The input root (path or URL). (templated)
     :param input: A path or glob relative to the inbox, absolute, or a URL; None for the default. (templated)
+    :param allowed_roots: Other roots inputs may be read from, comma-separated (the Variable
+        ``openai_batch_allowed_roots``). (templated)
     :param poll_interval: Seconds between two listings. (templated)
     :param input_timeout: Seconds to wait for input before the task is skipped. (templated)
+    :param settle_seconds: A file is taken only once unchanged (size, mtime) for this long. (templated)
     :param soft_fail: Skip (instead of fail) when no input arrives in time.
     """
 
-    template_fields = ("inbox", "input", "poll_interval", "input_timeout")
+    template_fields = ("inbox", "input", "allowed_roots", "poll_interval", "input_timeout", "settle_seconds")
 
     def __init__(
         self,
         *,
         inbox: str,
         input: str | None = None,
+        allowed_roots: str | None = None,
         poll_interval: float = 30.0,
         input_timeout: float = 6 * 3600,
+        settle_seconds: float = 30.0,
         soft_fail: bool = True,
         **kwargs: Any,
     ) -> None:
         super().__init__(soft_fail=soft_fail, **kwargs)
         self.inbox = inbox
         self.input = input
+        self.allowed_roots = allowed_roots
         self.poll_interval = poll_interval
         self.input_timeout = input_timeout
+        self.settle_seconds = settle_seconds
 
-    def execute(self, context: Context) -> list[str]:
+    def execute(self, context: Context) -> list[dict[str, Any]]:
         """Return the input files if they are there and settled, else defer to the input trigger."""
+        from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+
+        from openai_batch.identity import OutsideRootsError, check_pattern
+        from openai_batch.storage import scan_inputs
         from openai_batch.triggers import InputFilesTrigger
 
         pattern = input_pattern(self.input, self.inbox, context)
+        inbox = str(to_path(self.inbox)) if "://" not in self.inbox else self.inbox
+        roots = allowed_roots(self.allowed_roots)
+        try:
+            check_pattern(pattern, inbox, roots)
+        except OutsideRootsError as err:
+            raise AirflowFailException(str(err)) from err
         # Check once before deferring: files already in place need no trigger, and a trigger that
         # fires within a second of the deferral can lose a race in the scheduler (apache/airflow#72716).
-        found = list_input_files(pattern)
-        if found:
-            time.sleep(min(float(self.poll_interval), SETTLE_SECONDS))
-            if list_input_files(pattern) == found:
-                return self.execute_complete(context, {"files": sorted(found)})
+        scan = scan_inputs(pattern, inbox, roots, float(self.settle_seconds))
+        for path, reason in scan.ignored:
+            self.log.warning("Not taking %s: %s", path, reason)
+        if not scan.base_exists:
+            self.log.warning("The folder of %s does not exist (yet)", pattern)
+        if scan.ready():
+            return self.execute_complete(context, {"status": "found", "files": scan.taken})
+        date = run_date(context)
+        if date and not self.input and is_past(date) and not scan.taken and not scan.waiting:
+            raise AirflowSkipException(f"No input for the past date {date} in {pattern}")
+        if scan.waiting:
+            self.log.info("Waiting for %s to stop changing: %s", len(scan.waiting), scan.waiting)
         self.log.info("Waiting for input files matching %s", pattern)
         self.defer(
-            trigger=InputFilesTrigger(pattern=pattern, poll_interval=float(self.poll_interval)),
+            trigger=InputFilesTrigger(
+                pattern=pattern,
+                poll_interval=float(self.poll_interval),
+                inbox=inbox,
+                allowed_roots=roots,
+                settle_seconds=float(self.settle_seconds),
+            ),
             method_name="execute_complete",
             timeout=timedelta(seconds=float(self.input_timeout)),
         )
 
-    def execute_complete(self, context: Context, event: dict[str, Any]) -> list[str]:
+    def execute_complete(self, context: Context, event: dict[str, Any]) -> list[dict[str, Any]]:
         """Return the files the trigger found."""
         files = list(event["files"])
-        self.log.info("Taking %s file(s): %s", len(files), files)
+        self.log.info("Taking %s file(s): %s", len(files), [f["key"] for f in files])
         return files
 
 
@@ -175,7 +234,9 @@ class OpenAIBatchSensor(BaseSensorOperator):
         state = load_state(state_dir, self.shard)
         rnd = state.current
         if not rnd.batch_id:
-            submit_round(self.hook, state_dir, state, self.shard["source"])
+            submit_round(
+                self.hook, state_dir, state, self.shard["source"], self.shard.get("output_expires_after")
+            )
         if rnd.collected:
             return self._next_round_or_finish(state)
         # Check once before deferring: a batch that already ended needs no trigger (and a trigger
@@ -265,7 +326,9 @@ class OpenAIBatchSensor(BaseSensorOperator):
                 Round(round=old.round, file=old.file, requests=old.requests, attempt=old.attempt + 1)
             )
             save_state(state_dir, state)
-        submit_round(self.hook, state_dir, state, self.shard["source"])
+        submit_round(
+            self.hook, state_dir, state, self.shard["source"], self.shard.get("output_expires_after")
+        )
         self._defer(state)
         raise AssertionError("unreachable")
 
@@ -287,7 +350,9 @@ class OpenAIBatchSensor(BaseSensorOperator):
                 )
                 state.rounds.append(Round(round=rnd.round + 1, file=name, requests=count))
                 save_state(state_dir, state)
-                submit_round(self.hook, state_dir, state, self.shard["source"])
+                submit_round(
+                    self.hook, state_dir, state, self.shard["source"], self.shard.get("output_expires_after")
+                )
                 self._defer(state)
         return {
             **self.shard,

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import glob as globlib
+import os
 import re
 import shutil
+import stat as stat_module
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
@@ -77,19 +82,104 @@ def check_batch_id(batch_id: str) -> str:
     return batch_id
 
 
-def list_input_files(pattern: str, conn_id: str | None = None) -> dict[str, int]:
-    """
-    Return ``{url_or_path: size}`` for finished files matching ``pattern``.
+@dataclass
+class InputScan:
+    """What one look at the inbox found.
 
-    Files still being written (``*.tmp``, ``*.part``) and dotfiles are left out.
+    :param taken: Files ready to take: ``{"source", "key", "root", "size", "mtime"}`` each.
+    :param waiting: Files that match but changed within the settle window (still being written).
+    :param ignored: ``(path, reason)`` of every match the pipeline does not take.
+    :param base_exists: Whether the folder the pattern lists exists at all.
     """
-    found: dict[str, int] = {}
+
+    taken: list[dict[str, Any]] = field(default_factory=list)
+    waiting: list[str] = field(default_factory=list)
+    ignored: list[tuple[str, str]] = field(default_factory=list)
+    base_exists: bool = True
+
+    def ready(self) -> bool:
+        """Return True when there is something to take and nothing matching is still being written."""
+        return bool(self.taken) and not self.waiting
+
+    def fingerprint(self) -> list[tuple[str, int, float | None]]:
+        """Return what must stay the same between two looks for the taken files to count as settled."""
+        return [(f["source"], f["size"], f["mtime"]) for f in self.taken]
+
+
+def _ignore_reason(name: str) -> str:
+    if name.startswith("."):
+        return "hidden file"
+    if _UNFINISHED.search(name):
+        return "still being written (.tmp/.part: rename it when complete)"
+    return "not a .jsonl or .jsonl.gz file"
+
+
+def scan_inputs(
+    pattern: str,
+    inbox: str,
+    allowed_roots: list[str] | tuple[str, ...] = (),
+    settle_seconds: float = 0.0,
+    conn_id: str | None = None,
+    now: float | None = None,
+) -> InputScan:
+    """
+    Look for the input files matching ``pattern`` and sort them into taken, waiting and ignored.
+
+    A file is taken when its name is ``*.jsonl`` or ``*.jsonl.gz`` (not hidden), it resolves inside
+    the inbox or an allowed root (symlinks pointing elsewhere are refused), it is a regular file, and
+    it has not been modified for ``settle_seconds``.
+    """
+    from openai_batch.identity import OutsideRootsError, input_ref, is_input_name
+
+    now = time.time() if now is None else now
+    scan = InputScan()
+    seen: set[str] = set()
+    for path, name, info in _matches(pattern, conn_id, scan):
+        if not is_input_name(name):
+            scan.ignored.append((path, _ignore_reason(name)))
+            continue
+        try:
+            ref = input_ref(path, inbox, allowed_roots)
+        except OutsideRootsError as err:
+            scan.ignored.append((path, f"refused: {err}"))
+            continue
+        mtime: float | None
+        if info is None:  # local: stat the resolved file, never what a link claims
+            try:
+                st = os.stat(ref.source)
+            except OSError as err:
+                scan.ignored.append((path, f"cannot be read: {err.strerror}"))
+                continue
+            if not stat_module.S_ISREG(st.st_mode):
+                scan.ignored.append((path, "not a regular file"))
+                continue
+            size, mtime = st.st_size, st.st_mtime
+        else:
+            size, mtime = info
+        if ref.source in seen:
+            continue
+        seen.add(ref.source)
+        if mtime is not None and now - mtime < settle_seconds:
+            scan.waiting.append(path)
+            continue
+        scan.taken.append(
+            {"source": ref.source, "key": ref.display, "root": ref.root, "size": size, "mtime": mtime}
+        )
+    scan.taken.sort(key=lambda f: (f["root"], f["key"]))
+    return scan
+
+
+def _matches(
+    pattern: str, conn_id: str | None, scan: InputScan
+) -> Iterator[tuple[str, str, tuple[int, float | None] | None]]:
+    """Yield ``(path, name, (size, mtime) or None for local files)`` of every file matching ``pattern``."""
     if not is_url(pattern):
-        for name in globlib.glob(pattern):
-            p = Path(name)
-            if p.is_file() and not _UNFINISHED.search(p.name):
-                found[str(p.resolve())] = p.stat().st_size
-        return found
+        glob_at = _GLOB_CHARS.search(pattern)
+        scan.base_exists = os.path.isdir(os.path.dirname(pattern[: glob_at.start()] if glob_at else pattern))
+        for name in sorted(globlib.glob(pattern, include_hidden=True)):
+            if not Path(name).is_dir():
+                yield name, Path(name).name, None
+        return
     scheme, rest = pattern.split("://", 1)
     parts = rest.split("/")
     cut = next((i for i, part in enumerate(parts) if _GLOB_CHARS.search(part)), len(parts))
@@ -97,16 +187,28 @@ def list_input_files(pattern: str, conn_id: str | None = None) -> dict[str, int]
     if cut == len(parts):
         matches = [base] if base.exists() else []
     else:
+        scan.base_exists = base.exists()
         matches = list(base.glob("/".join(parts[cut:])))
     for match in matches:
-        if match.is_file() and not _UNFINISHED.search(match.name):
-            url = (
-                f"{scheme}://{match.path}"
-                if not str(match.path).startswith(f"{scheme}://")
-                else str(match.path)
-            )
-            found[url] = int(match.stat()["size"] if isinstance(match.stat(), dict) else match.stat().st_size)
-    return found
+        if not match.is_file():
+            continue
+        url = (
+            f"{scheme}://{match.path}" if not str(match.path).startswith(f"{scheme}://") else str(match.path)
+        )
+        info = match.stat()
+        info = info if isinstance(info, dict) else {"size": info.st_size, "mtime": info.st_mtime}
+        yield url, match.name, (int(info.get("size") or 0), mtime_of(info))
+
+
+def mtime_of(info: dict[str, Any]) -> float | None:
+    """Return the modification time in a file-system info dict (epoch seconds), or None."""
+    value = info.get("mtime") or info.get("LastModified") or info.get("last_modified")
+    if value is None:
+        return None
+    if isinstance(value, int | float):
+        return float(value)
+    timestamp = getattr(value, "timestamp", None)
+    return float(timestamp()) if callable(timestamp) else None
 
 
 def local_dir(path: ObjectStoragePath) -> Path | None:
@@ -140,6 +242,57 @@ def _lines_of(stream: IO[bytes], chunk_size: int) -> Iterator[bytes]:
         yield tail
 
 
+@contextmanager
+def open_atomic(path: ObjectStoragePath) -> Iterator[IO[bytes]]:
+    """
+    Open ``path`` for writing so that readers see the old file or the whole new one, never a part.
+
+    Locally the data goes to a temporary name in the same folder, is flushed to disk and renamed
+    into place only when the block ends without an error (a full disk leaves the old file alone).
+    Object stores publish an object only when its upload completes.
+    """
+    local = local_dir(path)
+    if local is None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("wb") as fout:
+            yield fout
+        return
+    local.parent.mkdir(parents=True, exist_ok=True)
+    tmp = local.with_name(f".{local.name}.{os.getpid()}.tmp")
+    try:
+        with tmp.open("wb") as fout:
+            yield fout
+            fout.flush()
+            os.fsync(fout.fileno())
+        tmp.replace(local)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def move(src: ObjectStoragePath, dest: ObjectStoragePath) -> None:
+    """Move a file (a rename where local), creating the destination folder."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    local_src, local_dest = local_dir(src), local_dir(dest)
+    if local_src is not None and local_dest is not None:
+        local_src.replace(local_dest)
+        return
+    copy_file(src, dest)
+    src.unlink()
+
+
+def file_digest(path: ObjectStoragePath, chunk_size: int = 1 << 20) -> tuple[str, int]:
+    """Return the SHA-256 (hex) and size of a file's bytes, read in chunks."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    size = 0
+    with path.open("rb") as fin:
+        while chunk := fin.read(chunk_size):
+            digest.update(chunk)
+            size += len(chunk)
+    return digest.hexdigest(), size
+
+
 def read_json(path: ObjectStoragePath) -> Any:
     """Return the parsed JSON content of ``path``."""
     import json
@@ -152,13 +305,5 @@ def write_json(path: ObjectStoragePath, value: Any) -> None:
     """Write ``value`` as indented JSON to ``path`` (to a temporary name first where local)."""
     import json
 
-    data = json.dumps(value, indent=2, sort_keys=True).encode()
-    local = local_dir(path)
-    if local is not None:
-        local.parent.mkdir(parents=True, exist_ok=True)
-        tmp = local.with_name(local.name + ".tmp")
-        tmp.write_bytes(data)
-        tmp.replace(local)
-        return
-    with path.open("wb") as fout:
-        fout.write(data)
+    with open_atomic(path) as fout:
+        fout.write(json.dumps(value, indent=2, sort_keys=True).encode())

@@ -209,42 +209,68 @@ class OpenAIBatchTrigger(BaseTrigger):
 
 class InputFilesTrigger(BaseTrigger):
     """
-    Wait until files match a pattern and their sizes stop changing, then yield their URLs.
+    Wait until input files match a pattern and have stopped changing, then yield them.
 
     Listing runs in a worker thread (object-store listings are blocking calls), so the event loop
-    never blocks. Names ending in ``.tmp`` or ``.part`` and dotfiles are never taken.
+    never blocks. What is taken follows :func:`openai_batch.storage.scan_inputs`; the event fires
+    when at least one file is ready, none is still changing, and two listings agree.
 
     :param pattern: A path or glob, local or an object-storage URL.
     :param poll_interval: Seconds between two listings.
     :param conn_id: Object-storage connection id, for URLs that need one.
+    :param inbox: The inbox root (inputs must resolve under it or an allowed root).
+    :param allowed_roots: Other roots inputs may come from.
+    :param settle_seconds: How long a file must stay unchanged before it is taken.
     """
 
-    def __init__(self, pattern: str, poll_interval: float = 30.0, conn_id: str | None = None) -> None:
+    def __init__(
+        self,
+        pattern: str,
+        poll_interval: float = 30.0,
+        conn_id: str | None = None,
+        inbox: str = "",
+        allowed_roots: list[str] | None = None,
+        settle_seconds: float = 30.0,
+    ) -> None:
         super().__init__()
         self.pattern = pattern
         self.poll_interval = poll_interval
         self.conn_id = conn_id
+        self.inbox = inbox
+        self.allowed_roots = list(allowed_roots or [])
+        self.settle_seconds = settle_seconds
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         """Serialize the trigger's class path and arguments."""
         return (
             f"{type(self).__module__}.{type(self).__qualname__}",
-            {"pattern": self.pattern, "poll_interval": self.poll_interval, "conn_id": self.conn_id},
+            {
+                "pattern": self.pattern,
+                "poll_interval": self.poll_interval,
+                "conn_id": self.conn_id,
+                "inbox": self.inbox,
+                "allowed_roots": self.allowed_roots,
+                "settle_seconds": self.settle_seconds,
+            },
         )
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
-        """List the pattern until the same non-empty set of files keeps the same sizes twice."""
-        from openai_batch.storage import list_input_files
+        """List the pattern until the files are ready and the same in two listings in a row."""
+        from openai_batch.storage import scan_inputs
 
-        previous: dict[str, int] | None = None
+        previous: list[Any] | None = None
+        reported: set[tuple[str, str]] = set()
         while True:
-            current = await asyncio.to_thread(list_input_files, self.pattern, self.conn_id)
-            if current and current == previous:
-                yield TriggerEvent({"status": "found", "files": sorted(current)})
+            scan = await asyncio.to_thread(
+                scan_inputs, self.pattern, self.inbox, self.allowed_roots, self.settle_seconds, self.conn_id
+            )
+            for path, reason in set(scan.ignored) - reported:
+                self.log.warning("Not taking %s: %s", path, reason)
+                reported.add((path, reason))
+            if scan.ready() and scan.fingerprint() == previous:
+                yield TriggerEvent({"status": "found", "files": scan.taken})
                 return
-            if current:
-                self.log.info(
-                    "Found %s file(s) for %s; waiting for their sizes to settle", len(current), self.pattern
-                )
-            previous = current
+            if scan.waiting:
+                self.log.info("Waiting for %s file(s) to stop changing: %s", len(scan.waiting), scan.waiting)
+            previous = scan.fingerprint() if scan.ready() else None
             await asyncio.sleep(self.poll_interval)

@@ -52,6 +52,8 @@ def test_params_have_titles_descriptions_and_schema() -> None:
         "force",
         "max_retry_rounds",
         "input_timeout",
+        "output_expires_after",
+        "settle_seconds",
     }
     assert set(dag.params.keys()) == expected
     for name in expected:

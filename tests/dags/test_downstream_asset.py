@@ -27,15 +27,15 @@ def get_downstream() -> Any:
 
 
 def test_downstream_dag_is_scheduled_on_the_results_asset() -> None:
-    from openai_batch.assets import RESULTS_ASSET
+    from openai_batch.assets import RESULTS_ALIAS, RESULTS_ASSET
 
     downstream = get_downstream()
     assert type(downstream.timetable).__name__ == "AssetTriggeredTimetable"
     assert list(downstream.timetable.asset_condition.objects) == [RESULTS_ASSET]
     assert downstream.doc_md
-    # The producer's outlet is the very same asset.
+    # The producer adds its events to that asset through an alias, only for files it wrote.
     (write_results,) = [t for t in get_dag().tasks if t.task_id == "write_results"]
-    assert list(write_results.partial_kwargs.get("outlets") or write_results.outlets) == [RESULTS_ASSET]
+    assert list(write_results.partial_kwargs.get("outlets") or write_results.outlets) == [RESULTS_ALIAS]
 
 
 def test_results_event_carries_the_manifest_summary(pipeline: dict[str, Any]) -> None:
@@ -49,16 +49,26 @@ def test_results_event_carries_the_manifest_summary(pipeline: dict[str, Any]) ->
     (inbox / "one.jsonl").write_text(request_line("a", "hello") + "\n" + request_line("b", "hi") + "\n")
     (inbox / "two.jsonl").write_text(request_line("c", "bonjour") + "\n{not json\n")
 
-    dag_run = get_dag().test(run_conf={"poll_interval": 1, "input": "*.jsonl", "input_timeout": 60})
+    conf = {"poll_interval": 1, "input": "*.jsonl", "input_timeout": 60, "settle_seconds": 0}
+    dag_run = get_dag().test(run_conf=conf)
     assert dag_run.state == "success"
+    # The same files again: skipped (results exist for the same content), so no event at all.
+    again = get_dag().test(run_conf=conf)
+    assert again.state == "success"
+
+    def run_events(session: Any, run_id: str) -> list[Any]:
+        return list(
+            session.scalars(
+                select(AssetEvent)
+                .join(AssetModel, AssetModel.id == AssetEvent.asset_id)
+                .where(AssetModel.uri == RESULTS_ASSET.uri, AssetEvent.source_run_id == run_id)
+                .order_by(AssetEvent.id)
+            ).all()
+        )
 
     with create_session() as session:
-        events = session.scalars(
-            select(AssetEvent)
-            .join(AssetModel, AssetModel.id == AssetEvent.asset_id)
-            .where(AssetModel.uri == RESULTS_ASSET.uri, AssetEvent.source_run_id == dag_run.run_id)
-            .order_by(AssetEvent.id)
-        ).all()
+        events = run_events(session, dag_run.run_id)
+        assert run_events(session, again.run_id) == []
         extras = [dict(e.extra) for e in events]
         assert {e.source_dag_id for e in events} == {"openai_batch"}
         assert {e.source_task_id for e in events} == {"write_results"}
@@ -94,6 +104,7 @@ def test_results_event_carries_the_manifest_summary(pipeline: dict[str, Any]) ->
         "expired": 0,
         "cancelled": 0,
         "rejected": 1,
+        "reused": 0,
     }
     assert sorted(f["results"] for f in summary["files"]) == sorted(e["results"] for e in extras)
     assert summary["estimated_cost_usd"] == pytest.approx(sum(e["estimated_cost_usd"] for e in extras))

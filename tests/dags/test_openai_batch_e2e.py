@@ -53,7 +53,7 @@ def write_input(path: Path, lines: list[Any]) -> None:
 
 def run_dag(conf: dict[str, Any], **kwargs: Any) -> Any:
     dag = get_dag()
-    return dag.test(run_conf={"poll_interval": 1, **conf}, **kwargs)
+    return dag.test(run_conf={"poll_interval": 1, "settle_seconds": 0, **conf}, **kwargs)
 
 
 def task_states(dag_run: Any) -> dict[str, str]:
@@ -64,7 +64,7 @@ def task_states(dag_run: Any) -> dict[str, str]:
 
 
 def result_dir(results: Path) -> Path:
-    manifests = list(results.glob("*/*/manifest.json"))
+    manifests = [m for m in results.rglob("manifest.json") if "_history" not in m.parts]
     assert len(manifests) == 1, manifests
     return manifests[0].parent
 
@@ -106,7 +106,15 @@ def test_mixed_file_end_to_end(pipeline: dict[str, Any]) -> None:
     assert "json" in rejects[0]["reason"].lower()
 
     counts = manifest["counts"]
-    assert counts == {"total": 6, "succeeded": 5, "failed": 0, "expired": 0, "cancelled": 0, "rejected": 1}
+    assert counts == {
+        "total": 6,
+        "succeeded": 5,
+        "failed": 0,
+        "expired": 0,
+        "cancelled": 0,
+        "rejected": 1,
+        "reused": 0,
+    }
     assert counts["total"] == len(results) + len(rejects)  # conservation
     assert len(manifest["batches"]) == 3
     assert {b["status"] for b in manifest["batches"]} == {"completed"}
@@ -121,7 +129,7 @@ def test_same_content_is_not_submitted_twice(pipeline: dict[str, Any]) -> None:
     write_input(pipeline["inbox"] / "again.jsonl", SEED_LINES)
     assert run_dag({"input": "again.jsonl"}).state == "success"
     assert _batches(pipeline["emulator"]) == 1
-    manifest = next(pipeline["results"].glob("*/again/manifest.json"))
+    manifest = pipeline["results"] / "again" / "manifest.json"
     first = manifest.read_text()
 
     dag_run = run_dag({"input": "again.jsonl"})
@@ -142,7 +150,7 @@ def test_dry_run_uploads_nothing(pipeline: dict[str, Any]) -> None:
     write_input(pipeline["inbox"] / "plan.jsonl", [*SEED_LINES, "[1, 2]"])
     dag_run = run_dag({"input": "plan.jsonl", "dry_run": True})
     assert dag_run.state == "success", task_states(dag_run)
-    out = next(pipeline["results"].glob("*/plan"))
+    out = pipeline["results"] / "plan"
     plan = json.loads((out / "plan.json").read_text())
     assert plan["valid"] == 3
     assert plan["rejected"] == 1
@@ -152,25 +160,14 @@ def test_dry_run_uploads_nothing(pipeline: dict[str, Any]) -> None:
     assert _batches(pipeline["emulator"]) == 0
 
 
-def test_scheduled_run_takes_its_date_partition(pipeline: dict[str, Any]) -> None:
-    import pendulum
-
-    day = pipeline["inbox"] / "2024-03-05"
-    day.mkdir()
-    write_input(day / "daily.jsonl", SEED_LINES)
-    write_input(pipeline["inbox"] / "other.jsonl", SEED_LINES)  # not in the partition: not taken
-    dag_run = run_dag({}, logical_date=pendulum.datetime(2024, 3, 5, tz="UTC"))
-    assert dag_run.state == "success", task_states(dag_run)
-    out = pipeline["results"] / "2024-03-05" / "daily"
-    assert len(read_jsonl(out / "results.jsonl")) == 3
-    assert not list(pipeline["results"].glob("*/other"))
-
-
 def test_file_without_valid_line_fails_naming_the_file(pipeline: dict[str, Any]) -> None:
     write_input(pipeline["inbox"] / "bad.jsonl", ["nope", '{"stream": true}'])
     dag_run = run_dag({"input": "bad.jsonl"})
     assert dag_run.state == "failed"
     states = task_states(dag_run)
-    assert states["prepare[0]"] == "failed"
-    rejects = read_jsonl(next(pipeline["results"].glob("*/bad")) / "rejects.jsonl")
+    assert states["write_results[0]"] == "failed", states
+    rejects = read_jsonl(pipeline["results"] / "bad" / "rejects.jsonl")
     assert [r["line"] for r in rejects] == [1, 2]
+    manifest = json.loads((pipeline["results"] / "bad" / "manifest.json").read_text())
+    assert "bad.jsonl: no valid request in 2 lines" in manifest["error"]
+    assert manifest["counts"]["rejected"] == 2

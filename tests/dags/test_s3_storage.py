@@ -71,7 +71,12 @@ def test_input_and_results_on_s3(pipeline: dict[str, Any], s3: Any, monkeypatch:
     monkeypatch.setenv("AIRFLOW_VAR_OPENAI_BATCH_RESULTS", f"s3://{BUCKET}/results")
 
     dag_run = get_dag().test(
-        run_conf={"poll_interval": 1, "input_timeout": 60, "input": f"s3://{BUCKET}/inbox/x.jsonl"}
+        run_conf={
+            "poll_interval": 1,
+            "settle_seconds": 0,
+            "input_timeout": 60,
+            "input": f"s3://{BUCKET}/inbox/x.jsonl",
+        }
     )
 
     states = {f"{ti.task_id}[{ti.map_index}]": ti.state for ti in dag_run.get_task_instances()}
@@ -81,7 +86,7 @@ def test_input_and_results_on_s3(pipeline: dict[str, Any], s3: Any, monkeypatch:
     assert len(manifests) == 1, keys
     out = manifests[0].rsplit("/", 1)[0]
     assert out.startswith("results/"), out
-    assert out.count("/") == 2, out  # results/<partition>/x
+    assert out == "results/x", out  # <results>/<path of the file in the inbox, without .jsonl>
 
     results = [json.loads(x) for x in read_object(s3, f"{out}/results.jsonl").splitlines()]
     rejects = [json.loads(x) for x in read_object(s3, f"{out}/rejects.jsonl").splitlines()]
@@ -103,7 +108,12 @@ def test_input_and_results_on_s3(pipeline: dict[str, Any], s3: Any, monkeypatch:
 
     # The same content again: skipped, nothing new submitted, results unchanged.
     again = get_dag().test(
-        run_conf={"poll_interval": 1, "input_timeout": 60, "input": f"s3://{BUCKET}/inbox/x.jsonl"}
+        run_conf={
+            "poll_interval": 1,
+            "settle_seconds": 0,
+            "input_timeout": 60,
+            "input": f"s3://{BUCKET}/inbox/x.jsonl",
+        }
     )
     assert again.state == "success"
     assert pipeline["emulator"].stats()["batches_created"] == 1

@@ -3,22 +3,23 @@
 from __future__ import annotations
 
 import json
-import time
-import urllib.error
-from typing import TYPE_CHECKING, Any
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
 
 import pytest
 
+from scripts.backfill import request_backfill
 from tests.deploy.processes import http_json, wait_until
 from tests.deploy.standalone import DAG_ID, StandaloneStack, standalone  # noqa: F401 - fixture
 
-if TYPE_CHECKING:
-    from pathlib import Path
-
+ROOT = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.deploy, pytest.mark.timeout(600)]
 
 DATES = ["2024-01-01", "2024-01-02", "2024-01-03"]
-CONF = {"poll_interval": 1, "input_timeout": 60}
+EMPTY_DATE = "2024-01-04"  # no input for this date
+CONF = {"poll_interval": 1, "input_timeout": 600, "settle_seconds": 0}
 
 
 def request_line(custom_id: str, text: str) -> str:
@@ -37,43 +38,25 @@ def wait_for_backfill(stack: StandaloneStack, backfill_id: int) -> dict[str, Any
     )
     runs = http_json(
         f"{stack.api}/dags/{DAG_ID}/dagRuns?logical_date_gte=2024-01-01T00:00:00Z"
-        "&logical_date_lte=2024-01-03T23:59:59Z&limit=50"
+        "&logical_date_lte=2024-01-04T23:59:59Z&limit=50"
     )["dag_runs"]
     return {run["logical_date"][:10]: run for run in runs}
 
 
-def backfill(stack: StandaloneStack, conf: dict[str, Any], reprocess: str) -> dict[str, Any]:
-    """Ask for a backfill of DATES; return the backfill record.
-
-    Standalone's SQLite database makes the API answer 500/503 ("database is locked") while the
-    scheduler holds it; the request is then retried, unless the backfill was recorded after all.
-    """
-    known = {b["id"] for b in http_json(f"{stack.api}/backfills?dag_id={DAG_ID}")["backfills"]}
-    body = {
-        "dag_id": DAG_ID,
-        "from_date": f"{DATES[0]}T00:00:00Z",
-        "to_date": f"{DATES[-1]}T00:00:00Z",
-        "reprocess_behavior": reprocess,
-        "max_active_runs": 3,
-        "dag_run_conf": conf,
-    }
-    for attempt in range(8):
-        try:
-            created: dict[str, Any] = http_json(f"{stack.api}/backfills", "POST", body)
-            return created
-        except urllib.error.HTTPError as err:
-            if err.code < 500 or attempt == 7:
-                raise
-            print(f"POST /backfills answered {err.code}: {err.read()[:300]!r}; retrying")
-        time.sleep(3)
-        new = [
-            b
-            for b in http_json(f"{stack.api}/backfills?dag_id={DAG_ID}")["backfills"]
-            if b["id"] not in known
-        ]
-        if new:
-            return dict(new[0])
-    raise AssertionError("unreachable")
+def make_backfill(stack: StandaloneStack, conf: dict[str, Any]) -> None:
+    """Run the README's command, ``make backfill FROM=... TO=... CONF=...``, against the stack."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "PYTEST_"))}
+    env["OPENAI_BATCH_UI_PORT"] = str(stack.port)
+    done = subprocess.run(
+        ["make", "backfill", f"FROM={DATES[0]}", f"TO={EMPTY_DATE}", f"CONF={json.dumps(conf)}"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "recorded" in done.stdout, done.stdout
 
 
 def manifests(results: Path) -> dict[str, dict[str, Any]]:
@@ -97,14 +80,17 @@ def test_backfill_three_partitions_then_no_second_payment(standalone: Standalone
     # the request; the running scheduler creates and runs the three dated runs.
     # (The CLI writes to the same SQLite file as the running scheduler and can fail with "database is
     # locked" under standalone; the REST API goes through the api-server.)
-    created = backfill(stack, CONF, reprocess="none")
+    make_backfill(stack, CONF)
     backfills = http_json(f"{stack.api}/backfills?dag_id={DAG_ID}")["backfills"]
-    assert [b["id"] for b in backfills] == [created["id"]], backfills
+    assert len(backfills) == 1, backfills
     runs = wait_for_backfill(stack, backfills[0]["id"])
-    assert sorted(runs) == DATES, runs
+    assert sorted(runs) == [*DATES, EMPTY_DATE], runs
     failed = {d: stack.task_states(r["dag_run_id"]) for d, r in runs.items() if r["state"] != "success"}
     assert not failed, f"{failed}\n{stack.logs()}"
     assert {run["run_type"] for run in runs.values()} == {"backfill"}
+    # A past date with no input ends at once, skipped, instead of waiting input_timeout for files.
+    empty = stack.task_states(runs[EMPTY_DATE]["dag_run_id"])
+    assert empty["wait_for_input[-1]"] == "skipped", empty
 
     first = manifests(stack.results)
     assert sorted(first) == [f"{date}/day{n}" for n, date in enumerate(DATES, 1)], first
@@ -116,7 +102,7 @@ def test_backfill_three_partitions_then_no_second_payment(standalone: Standalone
     assert after_first == before + 3
 
     # The same dates again (completed runs re-run): results exist for the same content, no new batch.
-    second = backfill(stack, CONF, reprocess="completed")
+    second = request_backfill(stack.api, DATES[0], EMPTY_DATE, CONF, reprocess="completed")
     runs = wait_for_backfill(stack, second["id"])
     assert {run["state"] for run in runs.values()} == {"success"}, runs
     assert stack.batches_created() == after_first

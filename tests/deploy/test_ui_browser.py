@@ -59,48 +59,52 @@ def request_line(custom_id: str, text: str) -> str:
     return json.dumps({"custom_id": custom_id, "method": "POST", "url": "/v1/chat/completions", "body": body})
 
 
+def _manual_runs(stack: StandaloneStack) -> list[dict[str, Any]]:
+    runs: list[dict[str, Any]] = http_json(f"{stack.api}/dags/{DAG_ID}/dagRuns?run_type=manual&limit=50")[
+        "dag_runs"
+    ]
+    return runs
+
+
 def test_trigger_form_runs_the_dag(standalone: StandaloneStack, page: Any, tmp_path: Path) -> None:  # noqa: F811
     stack = standalone
-    (stack.inbox / "ui").mkdir(exist_ok=True)
-    (stack.inbox / "ui" / "from_ui.jsonl").write_text(
+    # Dropped straight into the inbox, as the seed script's users do; the form's input stays empty.
+    (stack.inbox / "from_ui.jsonl").write_text(
         request_line("ui-1", "hello from the form") + "\n" + request_line("ui-2", "second") + "\n"
     )
-    pattern = "ui/*.jsonl"
+    before = {r["dag_run_id"] for r in _manual_runs(stack)}
 
     page.goto(f"{stack.url}/dags/{DAG_ID}")
     page.get_by_test_id("trigger-dag-button").click()
     dialog = page.get_by_role("dialog")
     dialog.get_by_text("Run Parameters").wait_for()
 
-    # No logical date: open the date picker, clear the date, close the picker.
-    dialog.get_by_test_id("datetime-input").click()
-    page.get_by_role("button", name="Clear start date").click()
-    dialog.get_by_text(f"Trigger Dag - {DAG_ID}").click()
-    # The params form: one field per param.
-    dialog.locator("#element_input").fill(pattern)
+    # The form pre-fills a logical date (today); a person leaves it. The run must still take the
+    # inbox's *.jsonl, not wait on <inbox>/<today>/.
     dialog.locator('input[name="element_poll_interval"]').fill("1")
-    dialog.locator('input[name="element_input_timeout"]').fill("60")
-    dialog.locator("#element_input").click()
+    dialog.locator('input[name="element_input_timeout"]').fill("120")
+    dialog.locator('input[name="element_settle_seconds"]').fill("0")
+    dialog.locator('input[name="element_poll_interval"]').click()
     page.screenshot(path=str(tmp_path / "trigger-form.png"), full_page=True)
     dialog.get_by_test_id("trigger-dag-submit").click()
     dialog.wait_for(state="hidden")
 
     def triggered() -> dict[str, Any] | None:
-        runs = http_json(f"{stack.api}/dags/{DAG_ID}/dagRuns?run_type=manual&limit=50")["dag_runs"]
-        return next((r for r in runs if r["conf"].get("input") == pattern), None)
+        return next((r for r in _manual_runs(stack) if r["dag_run_id"] not in before), None)
 
     run = wait_until("the run triggered from the form", triggered, 60, alive=stack.group)
-    assert run["logical_date"] is None, run
+    assert run["logical_date"] is not None, run  # the pre-filled date was kept
     assert run["conf"]["poll_interval"] == 1, run["conf"]
+    assert not run["conf"].get("input"), run["conf"]
 
     ended = stack.wait_for_run(run["dag_run_id"], timeout=240)
     assert ended["state"] == "success", f"{stack.task_states(run['dag_run_id'])}\n{stack.logs()}"
 
-    manifests = list(stack.results.glob("*/from_ui/manifest.json"))
+    manifests = list(stack.results.glob("from_ui/manifest.json"))  # <results>/<path in the inbox>
     assert len(manifests) == 1, manifests
     manifest = json.loads(manifests[0].read_text())
     assert manifest["counts"]["succeeded"] == 2, manifest
-    assert manifest["input"].endswith("ui/from_ui.jsonl")
+    assert manifest["input"].endswith("/from_ui.jsonl")
     results = [json.loads(x) for x in (manifests[0].parent / "results.jsonl").read_text().splitlines()]
     assert [r["custom_id"] for r in results] == ["ui-1", "ui-2"]
 

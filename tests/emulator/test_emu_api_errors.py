@@ -47,7 +47,7 @@ def test_models_for_connection_checks(client: openai.OpenAI) -> None:
     ("changes", "param", "code"),
     [
         pytest.param(
-            {"endpoint": "/v1/images/edits"}, "endpoint", "invalid_value", id="unsupported-endpoint"
+            {"endpoint": "/v1/audio/speech"}, "endpoint", "invalid_value", id="unsupported-endpoint"
         ),
         pytest.param({"completion_window": "1h"}, "completion_window", "invalid_value", id="bad-window"),
         pytest.param(
@@ -109,7 +109,7 @@ def test_unknown_input_file_fails_the_batch(client: openai.OpenAI) -> None:
 
 @pytest.mark.parametrize("final", ["completed", "failed"])
 def test_cancel_finished_batch_is_409(client: openai.OpenAI, final: str) -> None:
-    content = chat_file(2) if final == "completed" else b"not json\n"
+    content = chat_file(2) if final == "completed" else b"{not json\n"
     batch = wait_for(client, create_batch(client, content).id)
     assert batch.status == final
     with pytest.raises(openai.ConflictError):

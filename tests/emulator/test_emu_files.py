@@ -69,4 +69,5 @@ def test_batch_input_over_limit_is_rejected(tmp_path: Path) -> None:
             client.files.create(file=("big.jsonl", b"x" * 1001), purpose="batch")
         assert info.value.param == "file"
         assert client.files.list().data == []
-        assert client.files.create(file=("ok.jsonl", b"x" * 1000), purpose="batch").bytes == 1000
+        content = b'{"custom_id": "a"}' + b" " * 981 + b"\n"
+        assert client.files.create(file=("ok.jsonl", content), purpose="batch").bytes == 1000

@@ -48,7 +48,7 @@ def write_input(path: Path, lines: list[Any]) -> Path:
 
 def run_dag(conf: dict[str, Any], **kwargs: Any) -> Any:
     """Run the ``openai_batch`` DAG once with ``dag.test()`` (deferred tasks run inline)."""
-    return get_dag().test(run_conf={"poll_interval": 1, **conf}, **kwargs)
+    return get_dag().test(run_conf={"poll_interval": 1, "settle_seconds": 0, **conf}, **kwargs)
 
 
 def task_states(dag_run: Any) -> dict[str, str]:
@@ -61,7 +61,7 @@ def task_states(dag_run: Any) -> dict[str, str]:
 
 def result_dir(results: Path, stem: str) -> Path:
     """Return the one result folder of input ``<stem>.jsonl``."""
-    found = list(results.glob(f"*/{stem}/manifest.json"))
+    found = [m for m in results.rglob("manifest.json") if m.parent.name == stem and "_history" not in m.parts]
     assert len(found) == 1, found
     return found[0].parent
 
@@ -72,14 +72,19 @@ def batches_created(server: Any) -> int:
 
 
 def prepare(
-    source: Path, results: Path, partition: str = PARTITION, max_requests_per_batch: int = 50_000
+    source: Path,
+    results: Path,
+    partition: str = PARTITION,
+    max_requests_per_batch: int = 50_000,
+    inbox: Path | None = None,
 ) -> dict[str, Any]:
-    """Run the prepare operator as its task would; return the plan."""
+    """Run the prepare operator as its task would (inbox: the file's folder by default); return the plan."""
     from openai_batch.operators import OpenAIBatchPrepareOperator
 
     op = OpenAIBatchPrepareOperator(
         task_id="prepare",
         source=str(source),
+        inbox=str(inbox or source.parent),
         results_root=str(results),
         partition=partition,
         max_requests_per_batch=max_requests_per_batch,

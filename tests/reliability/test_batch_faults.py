@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Any
 
 from openai_batch.results import classify_line, is_retryable
 from tests.reliability.support import (
@@ -16,9 +17,6 @@ from tests.reliability.support import (
     task_states,
     write_input,
 )
-
-if TYPE_CHECKING:
-    from pathlib import Path
 
 
 def _lines(n: int, prefix: str = "req") -> list[dict[str, Any]]:
@@ -92,7 +90,8 @@ def test_retryable_request_failures_are_resubmitted_and_client_errors_are_not(
     assert dag_run.state == "success", task_states(dag_run)
     out = result_dir(pipeline["results"], "partly")
     results, manifest = _outputs(out)
-    state_dir = out / "_state"
+    state_dir = Path(manifest["state_dir"])
+    assert state_dir.parent == out / "_state"
     sent = _round_files(state_dir)
     last_round = max(sent)
     assert last_round >= 1
@@ -151,5 +150,6 @@ def test_batch_where_every_request_failed_is_reported_with_the_api_message(
         "expired": 0,
         "cancelled": 0,
         "rejected": 0,
+        "reused": 0,
     }
     assert manifest["usage"]["output_tokens"] == 0

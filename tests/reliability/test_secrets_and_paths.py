@@ -7,12 +7,13 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import pytest
+from airflow.sdk.exceptions import AirflowFailException
+
 from tests.reliability.support import chat_line, prepare, read_jsonl, run_dag, task_states, write_input
 
 if TYPE_CHECKING:
     from collections.abc import Callable
-
-    import pytest
 
 SECRET = "sk-canary-7f3e9c1d5b2a-do-not-log"
 CRAFTED_IDS = ["../../escape", "/tmp/abs-escape", "..\\..\\win-escape", "ok-1"]
@@ -98,19 +99,20 @@ def test_crafted_file_names_and_custom_ids_stay_inside_the_results_root(
     dag_run = run_dag({"input": "*.jsonl"})
 
     assert dag_run.state == "success", task_states(dag_run)
-    (manifest,) = results.glob("*/*/manifest.json")
-    assert manifest.parent.parent.parent == results  # <results>/<partition>/<one safe segment>
-    assert manifest.parent.name == "we_ird_..name"
+    (manifest,) = results.rglob("manifest.json")
+    assert manifest.parent.parent == results  # <results>/<one segment for the file>
+    assert manifest.parent.name.startswith("we_ird_..name.jsonl~")  # cleaned for reading, hashed for keying
     got = read_jsonl(manifest.parent / "results.jsonl")
     assert [r["custom_id"] for r in got] == CRAFTED_IDS  # kept verbatim, as data
     assert all(r["status"] == "succeeded" for r in got)
 
-    # A traversal in the partition key or the source path is reduced to one safe segment.
+    # A traversal in the source path is refused; a partition key plays no part in where results go.
     outside = write_input(tmp_path / "elsewhere" / "evil.jsonl", [chat_line("e", "x")])
     sneaky = pipeline["inbox"] / ".." / "elsewhere" / "evil.jsonl"
-    plan = prepare(Path(str(sneaky)), results, partition="../../../escaped")
-    assert Path(plan["out_dir"]).resolve().parent.parent == results.resolve()
-    assert Path(plan["out_dir"]).name == "evil"
+    with pytest.raises(AirflowFailException, match="outside the inbox"):
+        prepare(Path(str(sneaky)), results, partition="../../../escaped", inbox=pipeline["inbox"])
+    plan = prepare(pipeline["inbox"] / CRAFTED_NAME, results, partition="../../../escaped")
+    assert Path(plan["out_dir"]).resolve().parent == results.resolve()
 
     new = _files(tmp_path.parent) - before
     stray = [

@@ -145,15 +145,15 @@ def test_task_process_killed_9_right_after_create_reattaches(pipeline: dict[str,
 
 
 def test_overlapping_runs_on_one_file_share_its_batches(pipeline: dict[str, Any]) -> None:
-    """Two runs (different partitions, so different state folders) take the same file one after the other.
+    """Two runs with separate state (a lost results folder) take the same file one after the other.
 
     The second run has no state record of its own; the metadata scan finds the first run's batches.
     Two submits that both scan before either creates: see the next test.
     """
     server = pipeline["emulator"]
     source = _input(pipeline["inbox"], "shared.jsonl", n=6)
-    plan_a = prepare(source, pipeline["results"], partition="2024-06-01", max_requests_per_batch=3)
-    plan_b = prepare(source, pipeline["results"], partition="2024-06-02", max_requests_per_batch=3)
+    plan_a = prepare(source, pipeline["results"], max_requests_per_batch=3)
+    plan_b = prepare(source, pipeline["results"] / "lost", max_requests_per_batch=3)
     assert plan_a["state_dir"] != plan_b["state_dir"]
     ids_a = [submit(s)["batch_id"] for s in plan_a["shards"]]
     ids_b = [submit(s)["batch_id"] for s in plan_b["shards"]]
@@ -173,9 +173,7 @@ def test_two_submits_racing_past_the_scan_keep_one_live_batch(
 
     server = pipeline["emulator"]
     source = _input(pipeline["inbox"], "race.jsonl", n=4)
-    shards = [
-        prepare(source, pipeline["results"], partition=p)["shards"][0] for p in ("2024-06-01", "2024-06-02")
-    ]
+    shards = [prepare(source, pipeline["results"] / run)["shards"][0] for run in ("run-a", "run-b")]
     both_scanned = threading.Barrier(2, timeout=30)
     real_find = OpenAIBatchHook.find_batch
 

@@ -274,7 +274,7 @@ def test_endpoint_from_url_and_param(tmp_path: Path) -> None:
 
 def test_unsupported_endpoint_param(tmp_path: Path) -> None:
     with pytest.raises(prepare_module.PrepareError, match="unsupported endpoint"):
-        run(jl(chat_body()), tmp_path, endpoint="/v1/images/generations")
+        run(jl(chat_body()), tmp_path, endpoint="/v1/audio/speech")
 
 
 # --- splitting -------------------------------------------------------------------------------

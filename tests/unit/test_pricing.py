@@ -2,7 +2,14 @@ from __future__ import annotations
 
 import pytest
 
-from openai_batch.pricing import BATCH_DISCOUNT, PRICES, estimate_cost_usd, estimate_tokens, price_for
+from openai_batch.pricing import (
+    BATCH_DISCOUNT,
+    PRICES,
+    estimate_cost_usd,
+    estimate_tokens,
+    format_usd,
+    price_for,
+)
 
 
 @pytest.mark.parametrize(
@@ -12,7 +19,11 @@ from openai_batch.pricing import BATCH_DISCOUNT, PRICES, estimate_cost_usd, esti
         pytest.param("gpt-4o-2024-08-06", "gpt-4o", id="dated"),
         pytest.param("gpt-4o-mini-2024-07-18", "gpt-4o-mini", id="longest-prefix"),
         pytest.param("gpt-4.1-nano-2025-04-14", "gpt-4.1-nano", id="nano"),
+        pytest.param("gpt-3.5-turbo-0125", "gpt-3.5-turbo", id="short-snapshot"),
         pytest.param("gpt-4oo", None, id="not-a-dash-suffix"),
+        pytest.param("gpt-4o-mimi", None, id="typo-suffix-is-not-a-snapshot"),
+        pytest.param("gtp-4o-mini", None, id="typo-prefix"),
+        pytest.param("gpt-4o-2024-08", None, id="partial-date"),
         pytest.param("llama3", None, id="unknown"),
         pytest.param("", None, id="empty"),
     ],
@@ -73,3 +84,19 @@ def test_every_common_model_has_a_price() -> None:
 )
 def test_estimate_tokens(value: object, tokens: int) -> None:
     assert estimate_tokens(value) == tokens
+
+
+@pytest.mark.parametrize(
+    ("amount", "text"),
+    [
+        pytest.param(7.7e-05, "$0.000077", id="small"),
+        pytest.param(0.0, "$0.00", id="zero"),
+        pytest.param(0.5, "$0.50", id="cents"),
+        pytest.param(12.5, "$12.50", id="dollars"),
+        pytest.param(1234.567, "$1,234.57", id="thousands"),
+        pytest.param(1e-9, "<$0.000001", id="tiny"),
+        pytest.param(None, "unknown", id="unpriced"),
+    ],
+)
+def test_format_usd(amount: float | None, text: str) -> None:
+    assert format_usd(amount) == text

@@ -206,6 +206,7 @@ def test_merge_rounds_order_statuses_and_usage(tmp_path: Path) -> None:
             "cached_tokens": 4 * 3 + 1 * 2,
             "reasoning_tokens": 2 * 3 + 1 * 2,
         },
+        "reused": 0,
     }
 
 
