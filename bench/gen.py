@@ -36,8 +36,8 @@ def _texts(rng: random.Random, count: int) -> list[str]:
     return texts
 
 
-def _body(rng: random.Random, texts: list[str], i: int) -> str:
-    model = _MODELS[i % len(_MODELS)]
+def _body(rng: random.Random, texts: list[str], i: int, models: tuple[str, ...] | list[str] = _MODELS) -> str:
+    model = models[i % len(models)]
     user = json.dumps(f"{texts[i % len(texts)]} (#{i})", ensure_ascii=False)
     messages = f'{{"role":"user","content":{user}}}'
     if i % 3 == 0:
@@ -55,8 +55,11 @@ def write_requests(
     short_fraction: float = 0.3,
     invalid_every: int = 20000,
     seed: int = 7,
+    models: tuple[str, ...] | list[str] = tuple(_MODELS),
 ) -> dict[str, Any]:
     """Write a chat-completions request file of about ``target_bytes`` bytes or ``count`` lines.
+
+    Line ``i`` uses ``models[i % len(models)]``.
 
     About ``short_fraction`` of the lines are bare request bodies, the rest full batch lines;
     one line in ``invalid_every`` is broken JSON (0: none). Returns sizes.
@@ -76,7 +79,7 @@ def write_requests(
                 break
             if target_bytes is not None and written >= target_bytes:
                 break
-            body = _body(rng, texts, i)
+            body = _body(rng, texts, i, models)
             if invalid_every and i % invalid_every == invalid_every - 1:
                 line = body[: len(body) // 2]
             elif short_every and i % short_every == 1:
@@ -113,7 +116,47 @@ def ensure_requests(path: Path, target_bytes: int, **kwargs: Any) -> dict[str, A
     return sizes
 
 
-def _completion(rng: random.Random, texts: list[str], i: int) -> str:
+def write_small_requests(path: Path, count: int, seed: int = 5) -> dict[str, Any]:
+    """Write ``count`` short full batch lines (about 190 bytes each) for the scale row."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    written = 0
+    with tmp.open("wb", buffering=4 * 1024 * 1024) as out:
+        for start in range(0, count, 8192):
+            data = "".join(
+                f'{{"custom_id":"req-{i:09d}","method":"POST","url":"/v1/chat/completions","body":'
+                f'{{"model":"gpt-4o-mini","messages":[{{"role":"user","content":"Summarise ticket {i}."}}],'
+                f'"max_tokens":{16 + i % 64}}}}}\n'
+                for i in range(start, min(count, start + 8192))
+            ).encode()
+            out.write(data)
+            written += len(data)
+    tmp.replace(path)
+    return {"path": str(path), "bytes": written, "lines": count, "seed": seed}
+
+
+def ensure_small_requests(path: Path, count: int) -> dict[str, Any]:
+    """Generate the scale row's request file once; reuse it while the count matches."""
+    meta = path.with_suffix(".meta.json")
+    if path.exists() and meta.exists():
+        info = json.loads(meta.read_text())
+        if info.get("lines") == count and info.get("version") == 1:
+            return dict(info)
+    info = write_small_requests(path, count)
+    info["version"] = 1
+    meta.write_text(json.dumps(info))
+    return info
+
+
+def _completion(rng: random.Random, texts: list[str], i: int, small: bool = False) -> str:
+    if small:
+        content = f'"Ticket {i}: resolved."'
+        return (
+            f'{{"id":"chatcmpl-{i:012x}","object":"chat.completion","model":"gpt-4o-mini",'
+            f'"choices":[{{"index":0,"message":{{"role":"assistant","content":{content}}},'
+            f'"finish_reason":"stop"}}],"usage":{{"prompt_tokens":{12 + i % 40},"completion_tokens":5,'
+            f'"total_tokens":{17 + i % 40}}}}}'
+        )
     content = json.dumps(texts[i % len(texts)][: 80 + i % 300], ensure_ascii=False)
     prompt, completion = 20 + i % 300, 10 + i % 120
     return (
@@ -127,7 +170,7 @@ def _completion(rng: random.Random, texts: list[str], i: int) -> str:
 
 
 def write_results(
-    directory: Path, count: int, *, outputs: int = 4, errors: int = 2, seed: int = 11
+    directory: Path, count: int, *, outputs: int = 4, errors: int = 2, seed: int = 11, small: bool = False
 ) -> dict[str, Any]:
     """Write ``count`` result lines over several shuffled output and error files, plus ``order.txt``.
 
@@ -150,7 +193,7 @@ def write_results(
             custom_id = ids[i]
             kind = i % 100
             if kind >= 3 or not err_files:
-                body = _completion(rng, texts, i)
+                body = _completion(rng, texts, i, small)
                 line = (
                     f'{{"id":"batch_req_{i:012x}","custom_id":"{custom_id}","response":{{"status_code":200,'
                     f'"request_id":"req_{i:016x}","body":{body}}},"error":null}}\n'
@@ -181,14 +224,15 @@ def write_results(
     return {"directory": str(directory), "lines": count, "bytes": total, "files": files}
 
 
-def ensure_results(directory: Path, count: int) -> dict[str, Any]:
+def ensure_results(directory: Path, count: int, small: bool = False) -> dict[str, Any]:
     """Generate the result files once; reuse them while the line count matches."""
     meta = directory / "meta.json"
     if meta.exists():
         info = json.loads(meta.read_text())
-        if info.get("lines") == count and info.get("version") == 2:
+        if info.get("lines") == count and info.get("version") == 2 and info.get("small", False) == small:
             return dict(info)
-    info = write_results(directory, count)
+    info = write_results(directory, count, small=small)
+    info["small"] = small
     info["version"] = 2
     meta.write_text(json.dumps(info))
     return info

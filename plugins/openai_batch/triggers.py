@@ -12,9 +12,10 @@ import openai
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from openai_batch.hooks import TERMINAL_STATUSES, OpenAIBatchHook
+from openai_batch.poller import BatchNotFoundError, BatchPollError, PollSettings, shared_poller
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Awaitable, Callable
 
     from openai import AsyncOpenAI
 
@@ -35,12 +36,30 @@ def batch_summary(batch: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+async def _sdk_get_batch(client: AsyncOpenAI, batch_id: str) -> dict[str, Any]:
+    """Return a batch's JSON through the SDK's client, with its errors mapped as the poller maps them."""
+    try:
+        # The raw JSON, not the SDK's model: building models costs CPU on a busy triggerer.
+        raw = await client.batches.with_raw_response.retrieve(batch_id)
+    except openai.NotFoundError as err:
+        raise BatchNotFoundError(err.message, 404) from None
+    except openai.APIStatusError as err:
+        message = f"batch {batch_id}: HTTP {err.status_code}: {err.message}"
+        raise BatchPollError(message, err.status_code) from None
+    except (openai.APIError, openai.APIConnectionError) as err:
+        raise BatchPollError(f"polling batch {batch_id} failed: {type(err).__name__}") from None
+    batch: dict[str, Any] = json.loads(raw.content)
+    return batch
+
+
 class OpenAIBatchTrigger(BaseTrigger):
     """
     Poll a batch with the async client until it ends, then yield one event.
 
     Every call is awaited on the event loop (no sync HTTP, no threads), so one triggerer can watch
-    thousands of batches. A few consecutive polling errors are tolerated. When ``end_time`` passes,
+    thousands of batches. Status polls go through ``BatchStatusPoller`` (one small connection pool
+    per event loop, see ``openai_batch.poller``); cancelling uses the SDK's client. A few
+    consecutive polling errors are tolerated. When ``end_time`` passes,
     the batch is cancelled (if ``cancel_on_timeout``) and a ``timeout`` event is yielded. When a
     user kills, fails or clears the deferred task, ``on_kill`` cancels the batch (if ``cancel_on_kill``).
 
@@ -93,29 +112,46 @@ class OpenAIBatchTrigger(BaseTrigger):
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         """Poll until the batch ends, the wait times out, or polling keeps failing."""
-        client = await self._hook().shared_async_client()
+        hook = self._hook()
+        settings = PollSettings.from_client_kwargs(await hook._async_client_kwargs())
+        if settings is None:
+            # A connection the lean poller cannot honour (workload identity, a custom HTTP client).
+            client = await hook.shared_async_client()
+
+            async def fetch_with_sdk() -> dict[str, Any]:
+                return await _sdk_get_batch(client, self.batch_id)
+
+            async for event in self._poll(fetch_with_sdk):
+                yield event
+            return
+        async with shared_poller(settings) as poller:
+
+            async def fetch() -> dict[str, Any]:
+                return await poller.get_batch(self.batch_id)
+
+            async for event in self._poll(fetch):
+                yield event
+
+    async def _poll(self, fetch: Callable[[], Awaitable[dict[str, Any]]]) -> AsyncIterator[TriggerEvent]:
         errors = 0
         # The task checked the batch right before deferring, so the first poll waits about one
         # interval; spread over 0.5-1.5 intervals, waits deferred together do not poll together.
         await asyncio.sleep(self.poll_interval * random.uniform(0.5, 1.5))
         while True:
             try:
-                # The raw JSON, not the SDK's model: a triggerer polling a thousand batches spends
-                # its CPU on building models otherwise.
-                raw = await client.batches.with_raw_response.retrieve(self.batch_id)
-                batch = json.loads(raw.content)
+                batch = await fetch()
                 errors = 0
-            except openai.NotFoundError as err:
-                yield TriggerEvent(self._error_event(f"batch {self.batch_id} not found: {err.message}"))
+            except BatchNotFoundError as err:
+                yield TriggerEvent(self._error_event(f"batch {self.batch_id} not found: {err}"))
                 return
-            except (openai.APIError, openai.APIConnectionError) as err:
+            except BatchPollError as err:
                 errors += 1
                 self.log.warning(
                     "Polling batch %s failed (%s of %s tolerated): %s",
                     self.batch_id,
                     errors,
                     self.max_poll_errors,
-                    type(err).__name__,
+                    err,
                 )
                 if errors > self.max_poll_errors:
                     yield TriggerEvent(self._error_event(f"polling failed {errors} times in a row: {err}"))
@@ -126,6 +162,7 @@ class OpenAIBatchTrigger(BaseTrigger):
                     yield TriggerEvent(batch_summary(batch))
                     return
             if self.end_time is not None and time.time() >= self.end_time:
+                client = await self._hook().shared_async_client()
                 yield TriggerEvent(await self._timeout_event(client))
                 return
             # +-20% jitter: waits started together (a mapped task, a backfill) drift apart instead

@@ -1,23 +1,33 @@
-"""The benchmark harness runs end to end at smoke size and writes its contract keys."""
+"""The benchmark harness: smoke run, and baselines that fail loudly when they did not do the work."""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from bench import live
+from bench.gen import write_requests
+from tests.conftest import ROOT
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
     from pathlib import Path
-
-from tests.conftest import ROOT
 
 KEYS = (
     "prepare_mb_per_s",
     "prepare_ratio_vs_stdlib",
     "prepare_peak_rss_mb_1gb",
     "merge_mb_per_s",
+    "merge_ratio_vs_stdlib",
     "merge_peak_rss_mb_1m",
+    "scale_prepare_seconds",
+    "scale_merge_seconds",
+    "scale_prepare_peak_rss_mb",
+    "scale_merge_peak_rss_mb",
     "dag_parse_ms",
 )
 
@@ -25,11 +35,20 @@ KEYS = (
 def test_bench_smoke_writes_results(tmp_path: Path) -> None:
     output = tmp_path / "results.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "bench", "--smoke", "--only", "prepare,merge,parse", "--output", str(output)],
+        [
+            sys.executable,
+            "-m",
+            "bench",
+            "--smoke",
+            "--only",
+            "prepare,merge,parse,scale",
+            "--output",
+            str(output),
+        ],
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=180,
         check=False,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -38,4 +57,66 @@ def test_bench_smoke_writes_results(tmp_path: Path) -> None:
         assert isinstance(results[key], int | float), key
         assert results[key] > 0, key
     assert results["context"]["mode"] == "smoke"
+    assert results["context"]["failures"] == {}
+    assert set(results["context"]["loadavg_1m_before_after"]) == {"prepare", "merge", "parse", "scale"}
+    assert results["merge_context"]["counts"]["total"] == results["merge_context"]["lines"]
+    assert results["scale_context"]["full"]["requests"] == 10 * results["scale_context"]["tenth"]["requests"]
     assert "| prepare_ratio_vs_stdlib |" in proc.stdout
+    assert "| merge_ratio_vs_stdlib |" in proc.stdout
+
+
+def _rows(ids: list[str], status: str = "succeeded") -> str:
+    return "".join(
+        json.dumps({"custom_id": i, "status": status, "response": {"id": i}, "error": None, "batch_id": "b"})
+        + "\n"
+        for i in ids
+    )
+
+
+@pytest.mark.parametrize(
+    ("written", "status", "message"),
+    [
+        pytest.param(["b", "a", "c"], "succeeded", "input order", id="out-of-order"),
+        pytest.param(["a", "b"], "succeeded", "input order", id="missing"),
+        pytest.param(["a", "b", "c"], "failed", "not every request succeeded", id="failed"),
+    ],
+)
+def test_result_check_fails_loudly(tmp_path: Path, written: list[str], status: str, message: str) -> None:
+    path = tmp_path / "results.jsonl"
+    path.write_text(_rows(written, status))
+    with pytest.raises(RuntimeError, match=message):
+        live._check_results(path, ["a", "b", "c"], "script")
+
+
+def test_result_check_passes_complete_results(tmp_path: Path) -> None:
+    path = tmp_path / "results.jsonl"
+    path.write_text(_rows(["a", "b", "c"]))
+    assert live._check_results(path, ["a", "b", "c"], "script") == {"succeeded": 3}
+
+
+@pytest.fixture
+def emulator(tmp_path: Path) -> Iterator[Any]:
+    from openai_emulator.testing import EmulatorServer
+
+    server = EmulatorServer(tmp_path / "emu", validating_seconds=0, finalizing_seconds=0).start()
+    yield server
+    server.stop()
+
+
+def test_e2e_script_does_the_dags_work(tmp_path: Path, emulator: Any) -> None:
+    path = tmp_path / "in.jsonl"
+    write_requests(path, count=60, short_fraction=0, invalid_every=0, models=live.E2E_MODELS)
+    out = tmp_path / "out"
+    result = live.e2e_script({"input": str(path), "base_url": emulator.base_url, "out_dir": str(out)})
+    assert result["batches"] == 3  # one per model: a mixed batch would fail with model_mismatch
+    assert result["requests"] == 60
+    ids = live._input_ids(path)
+    assert live._check_results(out / "results.jsonl", ids, "script") == {"succeeded": 60}
+
+
+def test_e2e_script_fails_loudly_when_a_batch_does_not_complete(tmp_path: Path, emulator: Any) -> None:
+    emulator.set_faults(expire_after_requests=5)
+    path = tmp_path / "in.jsonl"
+    write_requests(path, count=30, short_fraction=0, invalid_every=0, models=live.E2E_MODELS)
+    with pytest.raises(RuntimeError, match="ended expired"):
+        live.e2e_script({"input": str(path), "base_url": emulator.base_url, "out_dir": str(tmp_path / "out")})
