@@ -47,7 +47,8 @@ def received(sock: socket.socket) -> list[str]:
 
 
 def metric(lines: list[str], name: str) -> list[str]:
-    return [line.split(":", 1)[1] for line in lines if line.split(":", 1)[0] == f"airflow.openai_batch.{name}"]
+    full = f"airflow.openai_batch.{name}"
+    return [line.split(":", 1)[1] for line in lines if line.split(":", 1)[0] == full]
 
 
 def test_run_sends_request_token_cost_batch_and_delay_metrics(
