@@ -22,6 +22,15 @@ pytestmark = [pytest.mark.deploy, pytest.mark.timeout(600)]
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 SHOTS = Path(os.environ.get("OPENAI_BATCH_SCREENSHOTS", "/tmp/openai-batch-screenshots"))
+#: Set to 1 to refresh the README's screenshots in docs/ as well.
+UPDATE_DOCS = os.environ.get("OPENAI_BATCH_UPDATE_DOCS") == "1"
+
+
+def shot(browser_page: Page, name: str) -> None:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    browser_page.screenshot(path=str(SHOTS / name))
+    if UPDATE_DOCS:
+        browser_page.screenshot(path=str(DOCS / name))
 
 
 def trigger(stack: StandaloneStack, pattern: str) -> str:
@@ -58,9 +67,7 @@ def test_finished_run_tab_shows_each_files_counts_and_cost(standalone: Standalon
         assert re.fullmatch(r"\$\d+\.\d+", section.locator(".cost").inner_text()), section.inner_html()
         assert section.locator(".batch-status").first.inner_text() == "completed"
     assert "line 2:" in tickets.locator(".rejects").inner_text()
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SHOTS / "results-view.png"))
-    page.screenshot(path=str(DOCS / "results-view.png"))
+    shot(page, "results-view.png")
 
     # The link to a file opens it from the API server, read only.
     href = reviews.get_by_role("link", name="manifest.json").get_attribute("href")
@@ -73,8 +80,7 @@ def test_finished_run_tab_shows_each_files_counts_and_cost(standalone: Standalon
     page.goto(f"{stack.url}/dags/{DAG_ID}/runs/{quoted(run_id)}/tasks/wait_for_batch/mapped")
     page.get_by_text("viewed/reviews.jsonl #1/1").first.wait_for()
     page.get_by_text("viewed/tickets.jsonl #1/1").first.wait_for()
-    page.screenshot(path=str(SHOTS / "labelled-grid.png"))
-    page.screenshot(path=str(DOCS / "labelled-grid.png"))
+    shot(page, "labelled-grid.png")
 
 
 def test_running_batch_progress_changes_between_page_loads(standalone: StandaloneStack, page: Page) -> None:  # noqa: F811
@@ -92,18 +98,19 @@ def test_running_batch_progress_changes_between_page_loads(standalone: Standalon
         def live_done() -> int | None:
             page.goto(url)
             progress = page.locator("section .progress")
-            if "(live)" not in page.locator("section .batch-status").first.inner_text(timeout=2000):
-                return None
+            status = page.locator("section .batch-status")
+            if status.count() == 0 or "(live)" not in status.first.inner_text():
+                return None  # not prepared or submitted yet, or no poll recorded yet
             done = int(progress.first.get_attribute("data-done") or 0)
             return done if 0 < done < 40 else None
 
         first = wait_until("a live progress record", live_done, 120, interval=0.5, alive=stack.group)
-        page.screenshot(path=str(SHOTS / "progress-1.png"))
+        shot(page, "progress-1.png")
         time.sleep(3)
         second = wait_until(
             "progress to move", lambda: (d := live_done()) and d > first and d, 30, interval=0.5
         )
-        page.screenshot(path=str(SHOTS / "progress-2.png"))
+        shot(page, "progress-2.png")
         assert second > first
     finally:
         settings.requests_per_second = rate

@@ -29,11 +29,13 @@ def plan_for(root: Path) -> dict[str, Any]:
     }
 
 
-def write_state(state_dir: Path, index: int, identity: str, batch_id: str | None) -> None:
+def write_state(
+    state_dir: Path, index: int, identity: str, batch_id: str | None, status: str | None = None
+) -> None:
     record = {
         "identity": identity,
         "index": index,
-        "rounds": [{"round": 0, "batch_id": batch_id, "status": None}],
+        "rounds": [{"round": 0, "batch_id": batch_id, "status": status}],
     }
     (state_dir / f"shard-{index:05d}.state.json").write_text(json.dumps(record))
 
@@ -41,7 +43,7 @@ def write_state(state_dir: Path, index: int, identity: str, batch_id: str | None
 def test_running_file_shows_the_last_polled_counts(tmp_path: Path) -> None:
     plan = plan_for(tmp_path)
     state_dir = tmp_path / "_state" / "abcd-v1"
-    write_state(state_dir, 0, "id-0", "batch_a")
+    write_state(state_dir, 0, "id-0", "batch_a", status="validating")  # as submit records it
     write_state(state_dir, 1, "id-of-other-content", "batch_old")
     trigger = OpenAIBatchProgressTrigger(
         progress_file=progress_file(str(state_dir), 0), conn_id="c", batch_id="batch_a"

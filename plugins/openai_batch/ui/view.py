@@ -17,6 +17,8 @@ from urllib.parse import quote
 SERVED_FILES = ("results.jsonl", "rejects.jsonl", "manifest.json")
 COUNT_KEYS = ("total", "succeeded", "failed", "expired", "cancelled", "rejected", "reused")
 MAX_REJECTS = 5
+#: Batch statuses after which a state record's counts are final (the last poll may be older).
+ENDED = frozenset({"completed", "failed", "expired", "cancelled"})
 
 
 @dataclass
@@ -107,7 +109,8 @@ def _live_rows(state_dir: Path, shards: list[dict[str, Any]]) -> list[BatchRow]:
                 rnd.get("status"),
                 rnd.get("request_counts"),
             )
-            if row.status is None and row.batch_id and progress.get("batch_id") == row.batch_id:
+            ended = row.status in ENDED
+            if not ended and row.batch_id and progress.get("batch_id") == row.batch_id:
                 row.status, row.request_counts, row.live = (
                     progress.get("status"),
                     progress.get("request_counts"),
