@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from typing import TYPE_CHECKING, Any
 
 from openai_batch.progress import OpenAIBatchProgressTrigger, progress_file, read_progress
@@ -10,6 +11,8 @@ from openai_batch.ui.view import file_view, render_file
 
 if TYPE_CHECKING:
     from pathlib import Path
+
+    import pytest
 
 
 def plan_for(root: Path) -> dict[str, Any]:
@@ -92,3 +95,36 @@ def test_results_outside_the_root_are_not_read(tmp_path: Path) -> None:
     assert view.state == "unavailable"
     assert view.batches == []
     assert view.files == []
+
+
+def test_one_progress_line_per_poll_with_a_percentage(caplog: pytest.LogCaptureFixture) -> None:
+    trigger = OpenAIBatchProgressTrigger(conn_id="c", batch_id="batch_p")
+    trigger._log = logging.getLogger("test.trigger")  # a stdlib logger, which caplog sees
+    with caplog.at_level(logging.INFO):
+        trigger._log_progress(
+            {
+                "id": "batch_p",
+                "status": "in_progress",
+                "request_counts": {"total": 8, "completed": 5, "failed": 1},
+            }
+        )
+    assert [r.getMessage() for r in caplog.records] == [
+        "Batch batch_p is in_progress: 5/8 done, 1 failed (75%)"
+    ]
+
+
+def test_http_client_request_lines_are_not_logged_at_info(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from openai_batch.hooks import OpenAIBatchHook
+    from openai_emulator.testing import EmulatorServer
+
+    with EmulatorServer(tmp_path / "emu") as server:
+        monkeypatch.setenv(
+            "AIRFLOW_CONN_OPENAI_DEFAULT",
+            json.dumps({"conn_type": "openai", "password": "sk-test-quiet", "host": server.base_url}),
+        )
+        with caplog.at_level(logging.INFO):
+            OpenAIBatchHook(conn_id="openai_default").list_batches()
+        assert server.stats().get("requests_total", 0) >= 1  # the call did reach the server
+    assert not [r for r in caplog.records if "HTTP Request" in r.getMessage()], caplog.text
