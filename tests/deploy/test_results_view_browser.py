@@ -76,6 +76,13 @@ def test_finished_run_tab_shows_each_files_counts_and_cost(standalone: Standalon
     assert manifest.ok
     assert manifest.json()["counts"]["succeeded"] == 4
 
+    # write_results and wait_for_batch link to this view.
+    for task_id in ("write_results", "wait_for_batch"):
+        links = http_json(
+            f"{stack.api}/dags/{DAG_ID}/dagRuns/{quoted(run_id)}/taskInstances/{task_id}/links?map_index=0"
+        )
+        assert links.get("Batch results") == f"/openai-batch/runs/{DAG_ID}/{quoted(run_id)}", links
+
     # The grid's mapped tasks carry the file and shard labels.
     page.goto(f"{stack.url}/dags/{DAG_ID}/runs/{quoted(run_id)}/tasks/wait_for_batch/mapped")
     page.get_by_text("viewed/reviews.jsonl #1/1").first.wait_for()
