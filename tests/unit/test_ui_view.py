@@ -128,3 +128,9 @@ def test_http_client_request_lines_are_not_logged_at_info(
             OpenAIBatchHook(conn_id="openai_default").list_batches()
         assert server.stats().get("requests_total", 0) >= 1  # the call did reach the server
     assert not [r for r in caplog.records if "HTTP Request" in r.getMessage()], caplog.text
+
+
+def test_object_storage_results_are_named_not_read(tmp_path: Path) -> None:
+    plan = {**plan_for(tmp_path), "out_dir": "s3://bucket/results/reviews"}
+    view = file_view(0, plan, tmp_path)
+    assert (view.key, view.state, view.files) == ("reviews.jsonl", "on object storage", [])

@@ -126,7 +126,9 @@ def file_view(index: int, plan: dict[str, Any], results_root: Path) -> FileView:
     """Return the view of one file from its plan (the ``prepare`` task's XCom)."""
     key = str(plan.get("key") or plan.get("source") or f"file {index}")
     out = local_folder(str(plan.get("out_dir") or ""))
-    if out is None or not contained(results_root, out):
+    if out is None:
+        return FileView(index, key, "on object storage", error="this view reads local results only")
+    if not contained(results_root, out):
         return FileView(index, key, "unavailable", error="results are not under the results root")
     manifest = _read_json(out / "manifest.json")
     state_dir = local_folder(str(plan.get("state_dir") or ""))
