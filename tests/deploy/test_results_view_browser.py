@@ -81,7 +81,7 @@ def test_finished_run_tab_shows_each_files_counts_and_cost(standalone: Standalon
         links = http_json(
             f"{stack.api}/dags/{DAG_ID}/dagRuns/{quoted(run_id)}/taskInstances/{task_id}/links?map_index=0"
         )
-        assert links.get("Batch results") == f"/openai-batch/runs/{DAG_ID}/{quoted(run_id)}", links
+        assert links["extra_links"] == {"Batch results": f"/openai-batch/runs/{DAG_ID}/{quoted(run_id)}"}
 
     # The grid's mapped tasks carry the file and shard labels.
     page.goto(f"{stack.url}/dags/{DAG_ID}/runs/{quoted(run_id)}/tasks/wait_for_batch/mapped")
