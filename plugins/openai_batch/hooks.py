@@ -21,6 +21,9 @@ if TYPE_CHECKING:
     from openai.types import Batch, FileObject
 
 log = logging.getLogger(__name__)
+# The SDK's HTTP client logs one INFO line per request; polls and uploads would drown the task logs.
+for _name in ("httpx", "httpx2", "httpcore"):
+    logging.getLogger(_name).setLevel(logging.WARNING)
 
 #: Errors after which a request may be sent again: the service did not act on it, or we cannot tell.
 TRANSIENT_ERRORS: tuple[type[Exception], ...] = (

@@ -28,6 +28,7 @@ from openai_batch.storage import (
     url_of,
     write_json,
 )
+from openai_batch.ui.links import OpenAIBatchResultsLink
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -523,6 +524,7 @@ class OpenAIBatchWriteResultsOperator(BaseOperator):
     """
 
     template_fields = ("plan",)
+    operator_extra_links = (OpenAIBatchResultsLink(),)
 
     def __init__(self, *, plan: dict[str, Any], **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -558,6 +560,9 @@ class OpenAIBatchWriteResultsOperator(BaseOperator):
         manifest["rejects_sha256"] = rejects.hexdigest()
         manifest["input_changed_after_taken"] = self._input_changed(plan)
         write_json(out / MANIFEST_FILE, manifest)
+        from openai_batch.metrics import emit_file_metrics
+
+        emit_file_metrics(manifest, states)
         if plan.get("error"):
             raise AirflowFailException(f"{plan['key']}: {plan['error']} (rejects and manifest in {out})")
         self.log.info(

@@ -11,6 +11,7 @@ from airflow.sdk.exceptions import AirflowException
 
 from openai_batch.operators import load_state, save_state, submit_round
 from openai_batch.storage import join_pattern, to_path
+from openai_batch.ui.links import OpenAIBatchResultsLink
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -197,6 +198,7 @@ class OpenAIBatchSensor(BaseSensorOperator):
     """
 
     template_fields = ("shard", "poll_interval", "max_retry_rounds")
+    operator_extra_links = (OpenAIBatchResultsLink(),)
 
     def __init__(
         self,
@@ -252,11 +254,12 @@ class OpenAIBatchSensor(BaseSensorOperator):
         raise AssertionError("unreachable")  # defer() raises
 
     def _defer(self, state: ShardState) -> None:
-        from openai_batch.triggers import OpenAIBatchTrigger
+        from openai_batch.progress import OpenAIBatchProgressTrigger, progress_file
 
         assert state.current.batch_id is not None
         self.defer(
-            trigger=OpenAIBatchTrigger(
+            trigger=OpenAIBatchProgressTrigger(
+                progress_file=progress_file(self.shard["state_dir"], state.index),
                 conn_id=self.conn_id,
                 batch_id=state.current.batch_id,
                 poll_interval=float(self.poll_interval),
@@ -283,6 +286,7 @@ class OpenAIBatchSensor(BaseSensorOperator):
         rnd.errors = list(event.get("errors") or [])
         rnd.request_counts = event.get("request_counts")
         rnd.usage = event.get("usage")
+        rnd.ended_at = rnd.ended_at or time.time()
         self.log.info("Batch %s ended %s: %s", rnd.batch_id, rnd.status, rnd.request_counts)
         if rnd.status == "failed":
             for err in rnd.errors:

@@ -60,6 +60,7 @@ class Round:
     request_counts: dict[str, Any] | None = None
     usage: dict[str, Any] | None = None
     collected: bool = False
+    ended_at: float | None = None
 
 
 @dataclass

@@ -171,13 +171,15 @@ class OpenAIBatchTrigger(BaseTrigger):
 
     def _log_progress(self, batch: dict[str, Any]) -> None:
         counts = batch.get("request_counts") or {}
+        done, failed, total = counts.get("completed", 0), counts.get("failed", 0), counts.get("total", 0)
         self.log.info(
-            "Batch %s is %s: %s of %s requests done, %s failed",
+            "Batch %s is %s: %s/%s done, %s failed (%.0f%%)",
             batch["id"],
             batch["status"],
-            counts.get("completed", 0),
-            counts.get("total", "?"),
-            counts.get("failed", 0),
+            done,
+            total,
+            failed,
+            100.0 * (done + failed) / total if total else 0.0,
         )
 
     def _error_event(self, message: str) -> dict[str, Any]:

@@ -184,7 +184,7 @@ def _assert_ran_distributed(
         task_log = home / "logs" / ti_log_path(ti, run["dag_run_id"])
         trigger_log = task_log.with_name(f"{task_log.name}.trigger.{jobs[0]['id']}.log")
         text = trigger_log.read_text()
-        assert "openai_batch.triggers.OpenAIBatchTrigger" in text, text
+        assert "openai_batch.progress.OpenAIBatchProgressTrigger" in text, text
         assert "trigger completed" in text, text
     assert all(ti["try_number"] == 1 for ti in tis), _states(api, run["dag_run_id"])
     # One secret, one execution API for every component.

@@ -1,0 +1,135 @@
+"""The results view's FastAPI app, mounted by the Airflow API server under ``/openai-batch``.
+
+Every route requires what the Airflow UI requires to see a DAG's runs: a signed-in user (the UI's
+session cookie or a bearer token) whom the configured auth manager allows to read that DAG's runs.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity
+from airflow.api_fastapi.common.db.common import SessionDep  # noqa: TC002 - FastAPI reads it at runtime
+from airflow.api_fastapi.core_api.security import requires_access_dag
+from fastapi import Depends, FastAPI, HTTPException
+from fastapi.responses import FileResponse, HTMLResponse
+
+from openai_batch.ui.view import SERVED_FILES, contained, file_view, local_folder, render_file, render_page
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+PREFIX = "/openai-batch"
+PREPARE_TASK = "prepare"
+RESULTS_VARIABLE = "openai_batch_results"
+DEFAULT_RESULTS = Path(__file__).resolve().parents[3] / "data" / "results"
+REFRESH_SECONDS = 10
+
+READ_RUNS = [Depends(requires_access_dag(method="GET", access_entity=DagAccessEntity.RUN))]
+
+app = FastAPI(title="OpenAI Batch results", docs_url=None, redoc_url=None, openapi_url=None)
+
+
+def results_root() -> Path:
+    """Return the results root the pipeline writes to (the same Variable the DAG reads)."""
+    from airflow.models.variable import Variable
+
+    value = Variable.get(RESULTS_VARIABLE, default_var=None)
+    return Path(value or os.environ.get("OPENAI_BATCH_RESULTS") or DEFAULT_RESULTS)
+
+
+def run_plans(session: Session, dag_id: str, run_id: str) -> list[dict[str, Any]]:
+    """Return the plans the run's ``prepare`` tasks returned, in map index order."""
+    from airflow.models.xcom import XComModel
+    from sqlalchemy import select
+
+    rows = session.scalars(
+        select(XComModel)
+        .where(
+            XComModel.dag_id == dag_id,
+            XComModel.run_id == run_id,
+            XComModel.task_id == PREPARE_TASK,
+            XComModel.key == "return_value",
+        )
+        .order_by(XComModel.map_index)
+    ).all()
+    plans = [XComModel.deserialize_value(row) for row in rows]
+    return [p for p in plans if isinstance(p, dict)]
+
+
+def run_state(session: Session, dag_id: str, run_id: str) -> str | None:
+    """Return the run's state, or None when there is no such run."""
+    from airflow.models.dagrun import DagRun
+    from sqlalchemy import select
+
+    state = session.scalar(select(DagRun.state).where(DagRun.dag_id == dag_id, DagRun.run_id == run_id))
+    return None if state is None else str(state)
+
+
+@app.get("/runs/{dag_id}/{run_id}", response_class=HTMLResponse, dependencies=READ_RUNS)
+def run_page(dag_id: str, run_id: str, session: SessionDep) -> HTMLResponse:
+    """Show every file of one run: counts, tokens, cost, batches with live progress, rejects, links."""
+    state = run_state(session, dag_id, run_id)
+    if state is None:
+        raise HTTPException(404, "no such run")
+    root = results_root()
+    plans = run_plans(session, dag_id, run_id)
+    sections = [
+        render_file(file_view(i, plan, root), f"{quote(run_id, safe='')}/files/{i}")
+        for i, plan in enumerate(plans)
+    ]
+    what = f"{len(plans)} file(s)." if plans else "No file prepared yet."
+    body = f"<p>Run <b>{_esc(run_id)}</b>: {_esc(state)}. {what}</p>" + "".join(sections)
+    running = state in ("queued", "running")
+    return HTMLResponse(render_page(f"{dag_id} results", body, refresh=REFRESH_SECONDS if running else None))
+
+
+def _esc(value: str) -> str:
+    import html
+
+    return html.escape(value)
+
+
+@app.get("/runs/{dag_id}/{run_id}/files/{index}/{name}", dependencies=READ_RUNS)
+def run_file(dag_id: str, run_id: str, index: int, name: str, session: SessionDep) -> FileResponse:
+    """Send one of a file's results, rejects or manifest, read only, only from under the results root."""
+    if name not in SERVED_FILES:
+        raise HTTPException(404, "not a results file")
+    plans = run_plans(session, dag_id, run_id)
+    if not 0 <= index < len(plans):
+        raise HTTPException(404, "no such file in this run")
+    root = results_root()
+    folder = local_folder(str(plans[index].get("out_dir") or ""))
+    if folder is None or not contained(root, folder / name):
+        raise HTTPException(404, "not under the results root")
+    path = (folder / name).resolve()
+    if not path.is_file():
+        raise HTTPException(404, "not written yet")
+    media = "application/json" if name.endswith(".json") else "text/plain; charset=utf-8"
+    return FileResponse(path, media_type=media)
+
+
+@app.get("/dags/{dag_id}", response_class=HTMLResponse, dependencies=READ_RUNS)
+def dag_page(dag_id: str, session: SessionDep) -> HTMLResponse:
+    """List the DAG's recent runs with a link to each run's results."""
+    from airflow.models.dagrun import DagRun
+    from sqlalchemy import select
+
+    runs = session.execute(
+        select(DagRun.run_id, DagRun.state, DagRun.run_after)
+        .where(DagRun.dag_id == dag_id)
+        .order_by(DagRun.run_after.desc())
+        .limit(25)
+    ).all()
+    rows = "".join(
+        f"<tr><td class='l'><a href='../runs/{quote(dag_id, safe='')}/{quote(r.run_id, safe='')}'>"
+        f"{_esc(r.run_id)}</a></td><td class='l'>{_esc(str(r.state))}</td>"
+        f"<td class='l'>{r.run_after}</td></tr>"
+        for r in runs
+    )
+    head = "<tr><th class='l'>run</th><th class='l'>state</th><th class='l'>run after</th></tr>"
+    table = f"<table>{head}{rows}</table>"
+    return HTMLResponse(render_page(f"{dag_id}: recent runs", table))

@@ -1,0 +1,262 @@
+"""What the results view shows for one input file, built from the files the pipeline writes.
+
+No Airflow imports and no API calls: a finished file is read from its ``manifest.json``; a file
+still running from its plan, the shards' state records and the last poll's progress record.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+#: The files of a result folder the view links to (nothing else is served).
+SERVED_FILES = ("results.jsonl", "rejects.jsonl", "manifest.json")
+COUNT_KEYS = ("total", "succeeded", "failed", "expired", "cancelled", "rejected", "reused")
+MAX_REJECTS = 5
+#: Batch statuses after which a state record's counts are final (the last poll may be older).
+ENDED = frozenset({"completed", "failed", "expired", "cancelled"})
+
+
+@dataclass
+class BatchRow:
+    """One batch of a file: a shard's round."""
+
+    shard: int
+    round: int
+    batch_id: str | None
+    status: str | None
+    request_counts: dict[str, Any] | None
+    live: bool = False
+
+
+@dataclass
+class FileView:
+    """Everything the page shows for one input file."""
+
+    index: int
+    key: str
+    state: str
+    counts: dict[str, Any] = field(default_factory=dict)
+    usage: dict[str, Any] = field(default_factory=dict)
+    cost_usd: float | None = None
+    batches: list[BatchRow] = field(default_factory=list)
+    rejects: list[str] = field(default_factory=list)
+    files: list[str] = field(default_factory=list)
+    error: str | None = None
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def local_folder(url: str) -> Path | None:
+    """Return the local folder of a ``file://`` URL or plain path, None for object storage."""
+    if url.startswith("file://"):
+        return Path(url.removeprefix("file://"))
+    if "://" in url:
+        return None
+    return Path(url)
+
+
+def contained(root: Path, path: Path) -> bool:
+    """Return whether ``path`` (links resolved) lies inside ``root`` (links resolved)."""
+    try:
+        path.resolve().relative_to(root.resolve())
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def first_rejects(path: Path, limit: int = MAX_REJECTS) -> list[str]:
+    """Return ``line N: reason`` for the first ``limit`` rejected lines in ``path``."""
+    out: list[str] = []
+    try:
+        with path.open(encoding="utf-8", errors="replace") as fin:
+            for line in fin:
+                if len(out) >= limit:
+                    break
+                try:
+                    row = json.loads(line)
+                except ValueError:
+                    continue
+                out.append(f"line {row.get('line')}: {row.get('reason')}")
+    except OSError:
+        pass
+    return out
+
+
+def _live_rows(state_dir: Path, shards: list[dict[str, Any]]) -> list[BatchRow]:
+    rows: list[BatchRow] = []
+    for shard in shards:
+        index = int(shard["index"])
+        record = _read_json(state_dir / f"shard-{index:05d}.state.json") or {}
+        if record.get("identity") != shard.get("identity"):
+            rows.append(BatchRow(index, 0, None, "not submitted", None))
+            continue
+        progress = _read_json(state_dir / f"shard-{index:05d}.progress.json") or {}
+        for rnd in record.get("rounds") or []:
+            row = BatchRow(
+                index,
+                int(rnd.get("round", 0)),
+                rnd.get("batch_id"),
+                rnd.get("status"),
+                rnd.get("request_counts"),
+            )
+            ended = row.status in ENDED
+            if not ended and row.batch_id and progress.get("batch_id") == row.batch_id:
+                row.status, row.request_counts, row.live = (
+                    progress.get("status"),
+                    progress.get("request_counts"),
+                    True,
+                )
+            elif row.status is None:
+                row.status = "submitted" if row.batch_id else "not submitted"
+            rows.append(row)
+    return rows
+
+
+def file_view(index: int, plan: dict[str, Any], results_root: Path) -> FileView:
+    """Return the view of one file from its plan (the ``prepare`` task's XCom)."""
+    key = str(plan.get("key") or plan.get("source") or f"file {index}")
+    out = local_folder(str(plan.get("out_dir") or ""))
+    if out is None:
+        return FileView(index, key, "on object storage", error="this view reads local results only")
+    if not contained(results_root, out):
+        return FileView(index, key, "unavailable", error="results are not under the results root")
+    manifest = _read_json(out / "manifest.json")
+    state_dir = local_folder(str(plan.get("state_dir") or ""))
+    view = FileView(index, key, "running", error=plan.get("error"))
+    if plan.get("skipped"):
+        view.state = "skipped (results exist for this content)"
+    elif plan.get("dry_run"):
+        view.state = "dry run"
+    if isinstance(manifest, dict) and manifest.get("input_sha256") == plan.get("input_sha256"):
+        view.state = "failed" if manifest.get("error") else "written"
+        view.counts = dict(manifest.get("counts") or {})
+        view.usage = dict(manifest.get("usage") or {})
+        view.cost_usd = manifest.get("estimated_cost_usd")
+        view.error = manifest.get("error")
+        view.batches = [
+            BatchRow(
+                int(b.get("shard", 0)),
+                int(b.get("round", 0)),
+                b.get("batch_id"),
+                b.get("status"),
+                b.get("request_counts"),
+            )
+            for b in manifest.get("batches") or []
+        ]
+        view.files = [name for name in SERVED_FILES if (out / name).is_file()]
+        view.rejects = first_rejects(out / "rejects.jsonl")
+    elif state_dir is not None and contained(results_root, state_dir):
+        view.counts = {
+            "total": plan.get("lines"),
+            "rejected": plan.get("rejected"),
+            "reused": plan.get("reused"),
+        }
+        view.cost_usd = None
+        view.batches = _live_rows(state_dir, list(plan.get("shards") or []))
+        view.rejects = first_rejects(state_dir / "rejects.jsonl")
+    return view
+
+
+def format_usd(amount: float | None) -> str:
+    """Return dollars with enough digits for small batches (same rule as the task logs)."""
+    from openai_batch.pricing import format_usd as fmt
+
+    return fmt(amount)
+
+
+def _e(value: Any) -> str:
+    return html.escape("" if value is None else str(value))
+
+
+STYLE = """
+body{font-family:system-ui,sans-serif;margin:16px;color:#1a202c}
+table{border-collapse:collapse;margin:6px 0 14px}
+td,th{border:1px solid #cbd5e0;padding:3px 8px;text-align:right}
+th{background:#edf2f7}td.l,th.l{text-align:left}h2{font-size:1.1em;margin:18px 0 4px}
+.state{font-weight:normal;color:#4a5568}.bar{display:inline-block;width:120px;height:10px;background:#e2e8f0}
+.bar span{display:block;height:10px;background:#3182ce}.err{color:#c53030}
+"""
+
+
+def _progress(counts: dict[str, Any] | None) -> str:
+    counts = counts or {}
+    total = int(counts.get("total") or 0)
+    done, failed = int(counts.get("completed") or 0), int(counts.get("failed") or 0)
+    pct = 100.0 * (done + failed) / total if total else 0.0
+    return (
+        f'<span class="progress" data-done="{done}" data-total="{total}">{done}/{total} done, '
+        f'{failed} failed ({pct:.0f}%)</span> <span class="bar"><span style="width:{pct:.0f}%"></span></span>'
+    )
+
+
+def render_file(view: FileView, file_href: str) -> str:
+    """Return the HTML section of one file; ``file_href`` is the link prefix for its files."""
+    parts = [
+        f'<section class="file" data-key="{_e(view.key)}">',
+        f'<h2>{_e(view.key)} <span class="state">{_e(view.state)}</span></h2>',
+    ]
+    if view.error:
+        parts.append(f'<p class="err">{_e(view.error)}</p>')
+    if view.counts:
+        keys = [k for k in COUNT_KEYS if k in view.counts]
+        parts.append(
+            "<table class='counts'><tr>"
+            + "".join(f"<th>{k}</th>" for k in keys)
+            + "</tr><tr>"
+            + "".join(f'<td data-count="{k}">{_e(view.counts[k])}</td>' for k in keys)
+            + "</tr></table>"
+        )
+    if view.usage or view.state == "written":
+        parts.append(
+            f"<p>Tokens: {_e(view.usage.get('input_tokens', 0))} input, "
+            f"{_e(view.usage.get('output_tokens', 0))} output, "
+            f"{_e(view.usage.get('cached_tokens', 0))} cached."
+            f' Estimated cost: <b class="cost">{_e(format_usd(view.cost_usd))}</b></p>'
+        )
+    if view.batches:
+        parts.append(
+            "<table class='batches'><tr><th>shard</th><th>round</th><th class='l'>batch</th>"
+            "<th class='l'>status</th><th class='l'>requests</th></tr>"
+        )
+        for b in view.batches:
+            parts.append(
+                f"<tr><td>{b.shard + 1}</td><td>{b.round}</td><td class='l'>{_e(b.batch_id)}</td>"
+                f"<td class='l batch-status'>{_e(b.status)}{' (live)' if b.live else ''}</td>"
+                f"<td class='l'>{_progress(b.request_counts)}</td></tr>"
+            )
+        parts.append("</table>")
+    if view.rejects:
+        parts.append(
+            "<p>First rejects:</p><ul class='rejects'>"
+            + "".join(f"<li>{_e(r)}</li>" for r in view.rejects)
+            + "</ul>"
+        )
+    if view.files:
+        parts.append(
+            "<p>"
+            + " · ".join(
+                f'<a href="{file_href}/{quote(name)}" target="_blank">{_e(name)}</a>' for name in view.files
+            )
+            + "</p>"
+        )
+    parts.append("</section>")
+    return "\n".join(parts)
+
+
+def render_page(title: str, body: str, refresh: int | None = None) -> str:
+    """Return a whole HTML page."""
+    meta = f'<meta http-equiv="refresh" content="{refresh}">' if refresh else ""
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'>{meta}<title>{_e(title)}</title>"
+        f"<style>{STYLE}</style></head><body><h1>{_e(title)}</h1>{body}</body></html>"
+    )

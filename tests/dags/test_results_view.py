@@ -1,0 +1,120 @@
+"""The results view of a real ``dag.test()`` run, served by Airflow's own API app with its auth manager."""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from tests.dags.test_openai_batch_e2e import full_line, run_dag, task_states, write_input
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from fastapi.testclient import TestClient
+
+DAG_ID = "openai_batch"
+
+
+def api_client(monkeypatch: pytest.MonkeyPatch, *, all_admins: bool) -> TestClient:
+    """Airflow's API app (plugins mounted) with the simple auth manager, login on or off."""
+    from airflow.api_fastapi.app import create_app, purge_cached_app
+    from airflow.plugins_manager import get_fastapi_plugins  # noqa: F401 - plugins load through it
+    from fastapi.testclient import TestClient
+
+    monkeypatch.setenv(
+        "AIRFLOW__CORE__AUTH_MANAGER",
+        "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager",
+    )
+    monkeypatch.setenv("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS", str(all_admins))
+    monkeypatch.setenv("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS", "ada:admin,vic:viewer")
+    purge_cached_app()
+    return TestClient(create_app("core"))
+
+
+def token_for(username: str, role: str) -> str:
+    from airflow.api_fastapi.app import get_auth_manager
+    from airflow.api_fastapi.auth.managers.simple.user import SimpleAuthManagerUser
+
+    return str(get_auth_manager().generate_jwt(SimpleAuthManagerUser(username=username, role=role)))
+
+
+@pytest.fixture
+def finished_run(pipeline: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """Two files, one with a reject, run to the end."""
+    write_input(pipeline["inbox"] / "alpha.jsonl", [full_line(f"a{i}", f"hi {i}") for i in range(3)])
+    write_input(pipeline["inbox"] / "beta.jsonl", [full_line("b0", "bonjour", model="gpt-4o"), "{broken"])
+    dag_run = run_dag({"input": "*.jsonl"})
+    assert dag_run.state == "success", task_states(dag_run)
+    yield {**pipeline, "run_id": dag_run.run_id}
+    from airflow.api_fastapi.app import purge_cached_app
+
+    purge_cached_app()
+
+
+def test_unauthenticated_requests_are_refused(
+    finished_run: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client = api_client(monkeypatch, all_admins=False)
+    run_url = f"/openai-batch/runs/{DAG_ID}/{finished_run['run_id']}"
+    for url in (run_url, f"{run_url}/files/0/manifest.json", f"/openai-batch/dags/{DAG_ID}"):
+        response = client.get(url)
+        assert response.status_code == 401, (url, response.status_code, response.text[:200])
+        assert "alpha" not in response.text
+    bad = client.get(run_url, headers={"Authorization": "Bearer not-a-token"})
+    assert bad.status_code in (401, 403)
+
+
+def test_signed_in_user_sees_each_file(finished_run: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    client = api_client(monkeypatch, all_admins=False)
+    headers = {"Authorization": f"Bearer {token_for('vic', 'viewer')}"}
+    run_url = f"/openai-batch/runs/{DAG_ID}/{finished_run['run_id']}"
+    page = client.get(run_url, headers=headers)
+    assert page.status_code == 200, page.text[:300]
+    html = page.text
+    assert 'data-key="alpha.jsonl"' in html
+    assert 'data-key="beta.jsonl"' in html
+    assert '<td data-count="succeeded">3</td>' in html
+    assert "line 2:" in html  # beta's first reject reason
+    assert html.count('class="cost">$') == 2
+    manifests = {}
+    for index in (0, 1):
+        response = client.get(f"{run_url}/files/{index}/manifest.json", headers=headers)
+        assert response.status_code == 200
+        manifests[response.json()["input_key"]] = response.json()
+    assert manifests["alpha.jsonl"]["counts"]["succeeded"] == 3
+    assert manifests["beta.jsonl"]["counts"]["rejected"] == 1
+    results = client.get(f"{run_url}/files/0/results.jsonl", headers=headers)
+    assert results.status_code == 200
+    assert len([json.loads(x) for x in results.text.splitlines()]) in (1, 3)
+    # Only the three result files, and only files of this run.
+    for url in (
+        f"{run_url}/files/0/plan.json",
+        f"{run_url}/files/0/..%2F..%2Fetc%2Fpasswd",
+        f"{run_url}/files/9/manifest.json",
+    ):
+        assert client.get(url, headers=headers).status_code == 404, url
+    listing = client.get(f"/openai-batch/dags/{DAG_ID}", headers=headers)
+    assert listing.status_code == 200
+    assert finished_run["run_id"] in listing.text
+
+
+def test_results_outside_the_root_are_not_served(
+    finished_run: dict[str, Any], monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    # The API server's results root differs from where this run wrote: nothing of it is shown or sent.
+    monkeypatch.setenv("AIRFLOW_VAR_OPENAI_BATCH_RESULTS", str(tmp_path / "elsewhere"))
+    client = api_client(monkeypatch, all_admins=True)
+    run_url = f"/openai-batch/runs/{DAG_ID}/{finished_run['run_id']}"
+    page = client.get(run_url)
+    assert page.status_code == 200
+    assert "results are not under the results root" in page.text
+    assert client.get(f"{run_url}/files/0/manifest.json").status_code == 404
+
+
+def test_all_admins_needs_no_login(finished_run: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    client = api_client(monkeypatch, all_admins=True)
+    page = client.get(f"/openai-batch/runs/{DAG_ID}/{finished_run['run_id']}")
+    assert page.status_code == 200
+    assert 'data-key="alpha.jsonl"' in page.text

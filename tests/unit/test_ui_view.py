@@ -1,0 +1,136 @@
+"""The results view's data for a file still running, from state and progress records only."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import TYPE_CHECKING, Any
+
+from openai_batch.progress import OpenAIBatchProgressTrigger, progress_file, read_progress
+from openai_batch.ui.view import file_view, render_file
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    import pytest
+
+
+def plan_for(root: Path) -> dict[str, Any]:
+    state_dir = root / "_state" / "abcd-v1"
+    state_dir.mkdir(parents=True)
+    (state_dir / "rejects.jsonl").write_text(json.dumps({"line": 4, "reason": "not JSON", "raw": "{"}) + "\n")
+    shards = [{"index": i, "identity": f"id-{i}", "requests": 10, "model": "gpt-4o-mini"} for i in range(2)]
+    return {
+        "key": "reviews.jsonl",
+        "out_dir": str(root / "reviews"),
+        "state_dir": str(state_dir),
+        "input_sha256": "f" * 64,
+        "lines": 21,
+        "rejected": 1,
+        "reused": 0,
+        "shards": shards,
+    }
+
+
+def write_state(
+    state_dir: Path, index: int, identity: str, batch_id: str | None, status: str | None = None
+) -> None:
+    record = {
+        "identity": identity,
+        "index": index,
+        "rounds": [{"round": 0, "batch_id": batch_id, "status": status}],
+    }
+    (state_dir / f"shard-{index:05d}.state.json").write_text(json.dumps(record))
+
+
+def test_running_file_shows_the_last_polled_counts(tmp_path: Path) -> None:
+    plan = plan_for(tmp_path)
+    state_dir = tmp_path / "_state" / "abcd-v1"
+    write_state(state_dir, 0, "id-0", "batch_a", status="validating")  # as submit records it
+    write_state(state_dir, 1, "id-of-other-content", "batch_old")
+    trigger = OpenAIBatchProgressTrigger(
+        progress_file=progress_file(str(state_dir), 0), conn_id="c", batch_id="batch_a"
+    )
+    trigger._log_progress(
+        {
+            "id": "batch_a",
+            "status": "in_progress",
+            "request_counts": {"total": 10, "completed": 4, "failed": 1},
+        }
+    )
+
+    view = file_view(0, plan, tmp_path)
+
+    assert view.state == "running"
+    assert view.counts == {"total": 21, "rejected": 1, "reused": 0}
+    first, second = view.batches
+    assert (first.batch_id, first.status, first.live) == ("batch_a", "in_progress", True)
+    assert first.request_counts == {"total": 10, "completed": 4, "failed": 1}
+    assert (second.batch_id, second.status) == (None, "not submitted")  # another content's record
+    assert view.rejects == ["line 4: not JSON"]
+    html = render_file(view, "x")
+    assert "4/10 done, 1 failed (50%)" in html
+    assert "in_progress (live)" in html
+
+
+def test_progress_trigger_serializes_its_file(tmp_path: Path) -> None:
+    target = str(tmp_path / "p.json")
+    path, kwargs = OpenAIBatchProgressTrigger(progress_file=target, conn_id="c", batch_id="b").serialize()
+    assert path == "openai_batch.progress.OpenAIBatchProgressTrigger"
+    again = OpenAIBatchProgressTrigger(**kwargs)
+    assert again.progress_file == target
+    assert again.batch_id == "b"
+    again._log_progress({"id": "b", "status": "finalizing", "request_counts": {"total": 2, "completed": 2}})
+    from openai_batch.storage import to_path
+
+    record = read_progress(to_path(target))
+    assert record is not None
+    assert record["status"] == "finalizing"
+    assert record["request_counts"] == {"total": 2, "completed": 2}
+
+
+def test_results_outside_the_root_are_not_read(tmp_path: Path) -> None:
+    plan = plan_for(tmp_path / "real")
+    view = file_view(0, plan, tmp_path / "other-root")
+    assert view.state == "unavailable"
+    assert view.batches == []
+    assert view.files == []
+
+
+def test_one_progress_line_per_poll_with_a_percentage(caplog: pytest.LogCaptureFixture) -> None:
+    trigger = OpenAIBatchProgressTrigger(conn_id="c", batch_id="batch_p")
+    trigger._log = logging.getLogger("test.trigger")  # a stdlib logger, which caplog sees
+    with caplog.at_level(logging.INFO):
+        trigger._log_progress(
+            {
+                "id": "batch_p",
+                "status": "in_progress",
+                "request_counts": {"total": 8, "completed": 5, "failed": 1},
+            }
+        )
+    assert [r.getMessage() for r in caplog.records] == [
+        "Batch batch_p is in_progress: 5/8 done, 1 failed (75%)"
+    ]
+
+
+def test_http_client_request_lines_are_not_logged_at_info(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from openai_batch.hooks import OpenAIBatchHook
+    from openai_emulator.testing import EmulatorServer
+
+    with EmulatorServer(tmp_path / "emu") as server:
+        monkeypatch.setenv(
+            "AIRFLOW_CONN_OPENAI_DEFAULT",
+            json.dumps({"conn_type": "openai", "password": "sk-test-quiet", "host": server.base_url}),
+        )
+        with caplog.at_level(logging.INFO):
+            OpenAIBatchHook(conn_id="openai_default").list_batches()
+        assert server.stats().get("requests_total", 0) >= 1  # the call did reach the server
+    assert not [r for r in caplog.records if "HTTP Request" in r.getMessage()], caplog.text
+
+
+def test_object_storage_results_are_named_not_read(tmp_path: Path) -> None:
+    plan = {**plan_for(tmp_path), "out_dir": "s3://bucket/results/reviews"}
+    view = file_view(0, plan, tmp_path)
+    assert (view.key, view.state, view.files) == ("reviews.jsonl", "on object storage", [])
