@@ -22,7 +22,7 @@ from pathlib import Path
 import pendulum
 from airflow.sdk import Param, dag, task
 
-from openai_batch.assets import RESULTS_ALIAS
+from openai_batch.assets import RESULTS_ASSET
 from openai_batch.limits import OUTPUT_EXPIRY_SECONDS, SUPPORTED_ENDPOINTS
 from openai_batch.operators import (
     OpenAIBatchPrepareOperator,
@@ -183,7 +183,7 @@ def openai_batch() -> None:
     written = OpenAIBatchWriteResultsOperator.partial(
         task_id="write_results",
         trigger_rule="none_failed",
-        outlets=[RESULTS_ALIAS],
+        outlets=[RESULTS_ASSET],
         map_index_template="{{ task.plan['key'] }}",
     ).expand(plan=plans.output)
     waited >> written

@@ -5,14 +5,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from airflow.sdk import Asset, AssetAlias
+from airflow.sdk import Asset
 
 #: Updated once per input file written in a run; the event's extra is that file's manifest summary
 #: (``input``, ``input_sha256``, ``counts``, ``usage``, ``estimated_cost_usd``, ``results``).
 RESULTS_ASSET = Asset("openai_batch_results", uri="file:///openai_batch/results")
-#: The results task's outlet: events are added to :data:`RESULTS_ASSET` through it only for files
-#: processed in the run, so a skipped file or a dry run emits nothing downstream DAGs would run on.
-RESULTS_ALIAS = AssetAlias("openai_batch_results_written")
 
 _COUNT_KEYS = ("total", "succeeded", "failed", "expired", "cancelled", "rejected", "reused")
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, cast
 
 from airflow.sdk import BaseOperator
-from airflow.sdk.exceptions import AirflowFailException
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from openai_batch.pricing import format_usd, is_unpriced
 from openai_batch.storage import (
@@ -516,8 +516,9 @@ class OpenAIBatchWriteResultsOperator(BaseOperator):
     Writes ``results.jsonl`` (one line per valid request, input order), ``rejects.jsonl`` and
     ``manifest.json`` into the file's result folder, each to a temporary name renamed into place,
     manifest last. Results of an earlier content of the same file are moved to
-    ``_history/<sha16>/`` first. Returns the manifest summary and adds one event to the results
-    asset for each file written in this run (none for skipped files or dry runs). A file that
+    ``_history/<sha16>/`` first. Returns the manifest summary, which is also the extra of the
+    results asset's event. A skipped file or a dry run ends the task skipped, so no event is
+    emitted for it. A file that
     could not be used gets its rejects and a manifest saying why, and then fails this task.
 
     :param plan: The plan from ``OpenAIBatchPrepareOperator`` for one input file. (templated)
@@ -536,14 +537,10 @@ class OpenAIBatchWriteResultsOperator(BaseOperator):
 
         plan = self.plan
         if plan.get("skipped") or plan.get("dry_run"):
-            self.log.info(
-                "%s: nothing to write (%s)", plan["key"], "skipped" if plan.get("skipped") else "dry run"
-            )
-            return {
-                "input": plan["source"],
-                "skipped": bool(plan.get("skipped")),
-                "dry_run": bool(plan.get("dry_run")),
-            }
+            # Skipped, not succeeded: a task that ends skipped emits no asset event, so downstream
+            # DAGs never run on a file that was not processed in this run.
+            why = "its results are complete for this content" if plan.get("skipped") else "dry run"
+            raise AirflowSkipException(f"{plan['key']}: nothing to write ({why})")
         out = to_path(plan["out_dir"])
         state_dir = to_path(plan["state_dir"])
         states = [load_state(state_dir, shard) for shard in plan["shards"]]
@@ -617,14 +614,9 @@ class OpenAIBatchWriteResultsOperator(BaseOperator):
         return True
 
     def _emit_asset_event(self, context: Context, summary: dict[str, Any]) -> None:
-        from airflow.sdk import AssetAlias
-
-        from openai_batch.assets import RESULTS_ASSET
-
         extra = json.loads(json.dumps(summary))
         for outlet in self.outlets:
-            if isinstance(outlet, AssetAlias):
-                context["outlet_events"][outlet].add(RESULTS_ASSET, extra=extra)
+            context["outlet_events"][outlet].extra = extra
 
 
 class _DigestWriter:

@@ -27,15 +27,15 @@ def get_downstream() -> Any:
 
 
 def test_downstream_dag_is_scheduled_on_the_results_asset() -> None:
-    from openai_batch.assets import RESULTS_ALIAS, RESULTS_ASSET
+    from openai_batch.assets import RESULTS_ASSET
 
     downstream = get_downstream()
     assert type(downstream.timetable).__name__ == "AssetTriggeredTimetable"
     assert list(downstream.timetable.asset_condition.objects) == [RESULTS_ASSET]
     assert downstream.doc_md
-    # The producer adds its events to that asset through an alias, only for files it wrote.
+    # The producer's outlet is the very same asset.
     (write_results,) = [t for t in get_dag().tasks if t.task_id == "write_results"]
-    assert list(write_results.partial_kwargs.get("outlets") or write_results.outlets) == [RESULTS_ALIAS]
+    assert list(write_results.partial_kwargs.get("outlets") or write_results.outlets) == [RESULTS_ASSET]
 
 
 def test_results_event_carries_the_manifest_summary(pipeline: dict[str, Any]) -> None:
