@@ -15,7 +15,7 @@ from tests.deploy.processes import http_json, wait_until
 from tests.deploy.standalone import DAG_ID, StandaloneStack, standalone  # noqa: F401 - fixture
 
 ROOT = Path(__file__).resolve().parents[2]
-pytestmark = [pytest.mark.deploy, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.deploy, pytest.mark.timeout(1200)]
 
 DATES = ["2024-01-01", "2024-01-02", "2024-01-03"]
 EMPTY_DATE = "2024-01-04"  # no input for this date
@@ -32,7 +32,7 @@ def wait_for_backfill(stack: StandaloneStack, backfill_id: int) -> dict[str, Any
     wait_until(
         f"backfill {backfill_id}",
         lambda: http_json(f"{stack.api}/backfills/{backfill_id}")["completed_at"],
-        300,
+        480,
         interval=2,
         alive=stack.group,
     )
