@@ -187,7 +187,7 @@ def openai_batch() -> None:
         max_cost_usd: object,
         daily_budget_usd: object,
         ledger_dir: str,
-        run_id: str = "",
+        run_id: str | None = None,
     ) -> list[dict]:
         """Fail before any upload when the run's estimate is above max_cost_usd or the day's budget."""
         from airflow.sdk.exceptions import AirflowFailException
@@ -198,7 +198,7 @@ def openai_batch() -> None:
         try:
             line = check_run_budget(
                 plans_list,
-                run_id=run_id,
+                run_id=str(run_id),
                 max_cost_usd=max_cost_usd,
                 daily_budget_usd=daily_budget_usd,
                 ledger_dir=ledger_dir,
