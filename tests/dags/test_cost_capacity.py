@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import threading
 import time
 import urllib.request
@@ -177,7 +176,7 @@ def _shard_file(shard: dict[str, Any]) -> Path:
 
 
 def test_estimate_above_max_cost_uploads_nothing(
-    pipeline: dict[str, Any], caplog: pytest.LogCaptureFixture
+    pipeline: dict[str, Any], capfd: pytest.CaptureFixture[str]
 ) -> None:
     from openai_batch.budget import plan_cost
     from openai_batch.pricing import format_usd
@@ -187,8 +186,8 @@ def test_estimate_above_max_cost_uploads_nothing(
     estimate = plan_cost(prepare(pipeline["inbox"] / "big.jsonl", pipeline["results"] / "_dry"))
     assert estimate is not None
     assert 0.036 < estimate < 0.04
-    with caplog.at_level(logging.ERROR):
-        dag_run = run_dag({"input": "big.jsonl", "max_cost_usd": 0.01})
+    capfd.readouterr()
+    dag_run = run_dag({"input": "big.jsonl", "max_cost_usd": 0.01})
     states = task_states(dag_run)
     assert states["check_budget"] == "failed", states
     assert all(
@@ -197,14 +196,14 @@ def test_estimate_above_max_cost_uploads_nothing(
     stats = pipeline["emulator"].stats()
     assert stats.get("files_uploaded", 0) == 0, stats
     assert stats.get("batches_created", 0) == 0, stats
-    text = caplog.text
+    text = "".join(capfd.readouterr())  # the task's log goes to the console under dag.test()
     assert f"estimated cost {format_usd(estimate)} exceeds" in text, text[-2000:]
     assert "exceeds max_cost_usd $0.01" in text
     assert "Raise the max_cost_usd param" in text
 
 
 def test_daily_budget_counts_what_earlier_runs_spent(
-    pipeline: dict[str, Any], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    pipeline: dict[str, Any], monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
 ) -> None:
     from openai_batch.budget import Ledger, plan_cost
     from openai_batch.pricing import format_usd
@@ -228,13 +227,14 @@ def test_daily_budget_counts_what_earlier_runs_spent(
     budget = round(second_estimate + actual / 2, 6)  # the second run fits alone, not after the first
     monkeypatch.setenv("AIRFLOW_VAR_OPENAI_BATCH_DAILY_BUDGET_USD", str(budget))
     uploaded = pipeline["emulator"].stats().get("files_uploaded", 0)
-    with caplog.at_level(logging.ERROR):
-        second = run_dag({"input": "second.jsonl"})
+    capfd.readouterr()
+    second = run_dag({"input": "second.jsonl"})
+    text = "".join(capfd.readouterr())
     assert task_states(second)["check_budget"] == "failed", task_states(second)
     assert pipeline["emulator"].stats().get("files_uploaded", 0) == uploaded
-    assert f"plus {format_usd(actual)} spent by earlier runs" in caplog.text, caplog.text[-2000:]
-    assert f"exceeds the daily budget {format_usd(budget)}" in caplog.text
-    assert "openai_batch_daily_budget_usd" in caplog.text
+    assert f"plus {format_usd(actual)} spent by earlier runs" in text, text[-2000:]
+    assert f"exceeds the daily budget {format_usd(budget)}" in text
+    assert "openai_batch_daily_budget_usd" in text
 
     # Raised as the message says, the same file goes.
     monkeypatch.setenv(
