@@ -166,31 +166,31 @@ class Ledger:
         capacity in use after admission.
         """
         now = time.time()
+        refused: NoCapacityError | None = None
         with self.locked() as data:
             _drop_stale(data["inflight"], now)
             inflight: dict[str, Any] = data["inflight"]
-            if key not in inflight:
-                used = sum(e["tokens"] for e in inflight.values() if e["model"] == model)
-                if limit is not None and used + tokens > limit:
-                    data["waiting"][key] = {"model": model, "tokens": tokens, "since": now, "label": label}
-                    waiting = [e for e in data["waiting"].values() if e["model"] == model]
-                    count = sum(1 for e in inflight.values() if e["model"] == model)
-                    raise NoCapacityError(
-                        f"{label or key} ({tokens:,} tokens) waits: {model} has {used:,} of {limit:,} "
-                        f"enqueued tokens in use by {count} batch(es); {len(waiting)} shard(s) waiting",
-                        ever_fits=tokens <= limit,
-                    )
-                inflight[key] = {
-                    "model": model,
-                    "tokens": tokens,
-                    "since": now,
-                    "batch_id": None,
-                    "label": label,
-                }
-            data["waiting"].pop(key, None)
+            used = sum(e["tokens"] for e in inflight.values() if e["model"] == model)
+            if key not in inflight and limit is not None and used + tokens > limit:
+                # Recorded as waiting (for the logs), and the ledger written, before refusing.
+                data["waiting"][key] = {"model": model, "tokens": tokens, "since": now, "label": label}
+                waiting = sum(1 for e in data["waiting"].values() if e["model"] == model)
+                count = sum(1 for e in inflight.values() if e["model"] == model)
+                refused = NoCapacityError(
+                    f"{label or key} ({tokens:,} tokens) waits: {model} has {used:,} of {limit:,} "
+                    f"enqueued tokens in use by {count} batch(es); {waiting} shard(s) waiting",
+                    ever_fits=tokens <= limit,
+                )
+            else:
+                inflight.setdefault(
+                    key, {"model": model, "tokens": tokens, "since": now, "batch_id": None, "label": label}
+                )
+                data["waiting"].pop(key, None)
             used = sum(e["tokens"] for e in inflight.values() if e["model"] == model)
             count = sum(1 for e in inflight.values() if e["model"] == model)
             waiting_count = sum(1 for e in data["waiting"].values() if e["model"] == model)
+        if refused is not None:
+            raise refused
         shown = f"{limit:,}" if limit is not None else "no limit"
         return (
             f"{model}: {used:,} of {shown} enqueued tokens in use by {count} batch(es); "
