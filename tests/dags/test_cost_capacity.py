@@ -47,7 +47,9 @@ def _list_batches(base_url: str) -> list[dict[str, Any]]:
     return data
 
 
-def _drive_shard(shard: dict[str, Any], ledger_dir: str, limits: str, errors: list[BaseException]) -> None:
+def _drive_shard(
+    shard: dict[str, Any], ledger_dir: str, limits: str, errors: list[BaseException], **sensor_args: Any
+) -> None:
     """Run one shard's submit and wait tasks as the scheduler would, resuming after each deferral."""
     from airflow.sdk.exceptions import TaskDeferred
 
@@ -75,6 +77,7 @@ def _drive_shard(shard: dict[str, Any], ledger_dir: str, limits: str, errors: li
             token_limits=limits,
             capacity_poll=0.2,
             poll_interval=0.2,
+            **sensor_args,
         )
         call = sensor.execute
         while True:
@@ -243,3 +246,37 @@ def test_daily_budget_counts_what_earlier_runs_spent(
     third = run_dag({"input": "second.jsonl"})
     assert third.state == "success", task_states(third)
     assert pipeline["emulator"].stats().get("files_uploaded", 0) == uploaded + 1
+
+
+def test_token_limit_exceeded_is_retried_past_the_attempt_cap_when_the_shard_fits(
+    tmp_path: Path,
+    emulator_with: Any,  # noqa: F811
+    point_pipeline: Any,  # noqa: F811
+) -> None:
+    """The configured limit is above what the service takes (another client uses the organisation)."""
+    inbox = tmp_path / "in"
+    src = write_input(inbox / "over.jsonl", _lines("o", 16))
+    plan = prepare(src, tmp_path / "results", max_requests_per_batch=4, inbox=inbox)
+    shard_tokens = max(_emulator_tokens(_shard_file(s)) for s in plan["shards"])
+    server = emulator_with(token_limit=shard_tokens + shard_tokens // 2, requests_per_second=8)
+    point_pipeline(server.base_url)
+    limits = json.dumps({MODEL: 4 * shard_tokens})  # all four admitted; the service takes one at a time
+    errors: list[BaseException] = []
+    threads = [
+        threading.Thread(
+            target=_drive_shard,
+            args=(s, str(tmp_path / "ledger"), limits, errors),
+            kwargs={"max_token_limit_retries": 0, "token_limit_wait": 0.2},
+        )
+        for s in plan["shards"]
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert not errors, errors
+    batches = _list_batches(server.base_url)
+    refused = [b for b in batches if b["status"] == "failed"]
+    assert refused, "the service never refused a batch: the fallback was not exercised"
+    assert all(e["code"] == "token_limit_exceeded" for b in refused for e in b["errors"]["data"])
+    assert sum(b["status"] == "completed" for b in batches) == 4
