@@ -365,7 +365,16 @@ def check_run_budget(
 
 
 def ledger_for(folder: str | None) -> Ledger | None:
-    """Return the ledger in ``folder``, or None when no folder is configured (no accounting)."""
+    """
+    Return the ledger in the local ``folder``, or None when none is configured (no accounting).
+
+    An object-storage URL gives None: a file lock needs a file system (the default under an
+    ``s3://`` results root); set ``openai_batch_ledger_dir`` to a shared mount instead.
+    """
     if not folder or folder == "None":
+        return None
+    if folder.startswith("file://"):
+        folder = folder[len("file://") :]
+    elif "://" in folder:
         return None
     return Ledger(Path(folder))

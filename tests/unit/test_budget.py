@@ -15,6 +15,7 @@ from openai_batch.budget import (
     Ledger,
     NoCapacityError,
     check_run_budget,
+    ledger_for,
     limit_for,
     parse_limits,
     plan_cost,
@@ -153,3 +154,11 @@ def test_daily_budget_counts_actual_spending_of_earlier_runs(tmp_path: Path) -> 
     unpriced = {**plan, "shards": [{**plan["shards"][0], "model": "nope"}], "unpriced_models": ["nope"]}
     with pytest.raises(BudgetError, match="no price is known for model"):
         check_run_budget([unpriced], run_id="r5", max_cost_usd=1, ledger_dir=None)
+
+
+def test_ledger_needs_a_local_folder(tmp_path: Path) -> None:
+    assert ledger_for(f"file://{tmp_path}") == Ledger(tmp_path)
+    assert ledger_for("s3://bucket/results/_ledger") is None
+    assert ledger_for("") is None
+    with pytest.raises(BudgetError, match="no ledger folder"):
+        check_run_budget([], run_id="r", daily_budget_usd=5, ledger_dir="s3://bucket/_ledger")
