@@ -10,7 +10,9 @@ the wait is deferred, unfinished requests are resubmitted for a few rounds, and 
 `rejects.jsonl` and `manifest.json` land in `<results>/<path of the file in the inbox>/`
 (`<inbox>/D/reviews.jsonl` -> `<results>/D/reviews/`).
 
-Variables: `openai_batch_inbox`, `openai_batch_results`, `openai_batch_allowed_roots`.
+Variables: `openai_batch_inbox`, `openai_batch_results`, `openai_batch_allowed_roots`;
+cost and capacity: `openai_batch_daily_budget_usd`, `openai_batch_token_limits`,
+`openai_batch_ledger_dir`, `openai_batch_capacity_poll`.
 Connection: `openai_default`.
 """
 
@@ -35,6 +37,14 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 INBOX = "{{ var.value.get('openai_batch_inbox', '%s') }}" % (PROJECT_ROOT / "data" / "inbox")
 RESULTS = "{{ var.value.get('openai_batch_results', '%s') }}" % (PROJECT_ROOT / "data" / "results")
 ALLOWED_ROOTS = "{{ var.value.get('openai_batch_allowed_roots', '') }}"
+# Cost and capacity: see the README section "Cost and capacity" and openai_batch.budget.
+LEDGER = (
+    "{{ var.value.get('openai_batch_ledger_dir', '') or "
+    "(var.value.get('openai_batch_results', '%s') ~ '/_ledger') }}" % (PROJECT_ROOT / "data" / "results")
+)
+TOKEN_LIMITS = "{{ var.value.get('openai_batch_token_limits', '') }}"
+DAILY_BUDGET = "{{ var.value.get('openai_batch_daily_budget_usd', '') }}"
+CAPACITY_POLL = "{{ var.value.get('openai_batch_capacity_poll', 30) }}"
 
 
 @dag(
@@ -131,6 +141,14 @@ ALLOWED_ROOTS = "{{ var.value.get('openai_batch_allowed_roots', '') }}"
             title="Dry run",
             description="Validate and plan only: write plan.json and rejects.jsonl, upload nothing.",
         ),
+        "max_cost_usd": Param(
+            None,
+            type=["null", "number"],
+            minimum=0,
+            title="Max cost (USD)",
+            description="The run fails before anything is uploaded when its estimated cost (input tokens, "
+            "plus max_tokens or 1000 output tokens per request) is above this. Empty: no cap.",
+        ),
         "force": Param(
             False,
             type="boolean",
@@ -164,6 +182,33 @@ def openai_batch() -> None:
     ).expand(source=files.output)
 
     @task
+    def check_budget(
+        all_plans: list[dict],
+        max_cost_usd: object,
+        daily_budget_usd: object,
+        ledger_dir: str,
+        run_id: str | None = None,
+    ) -> list[dict]:
+        """Fail before any upload when the run's estimate is above max_cost_usd or the day's budget."""
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from openai_batch.budget import BudgetError, check_run_budget
+
+        plans_list = list(all_plans)
+        try:
+            line = check_run_budget(
+                plans_list,
+                run_id=str(run_id),
+                max_cost_usd=max_cost_usd,
+                daily_budget_usd=daily_budget_usd,
+                ledger_dir=ledger_dir,
+            )
+        except BudgetError as err:
+            raise AirflowFailException(str(err)) from err
+        print(f"Budget: {line}")
+        return plans_list
+
+    @task
     def list_shards(all_plans: list[dict]) -> list[dict]:
         """Flatten every file's shards into one list to map over."""
         return [shard for plan in all_plans for shard in plan["shards"]]
@@ -173,18 +218,29 @@ def openai_batch() -> None:
         task_id="submit",
         map_index_template=shard_label,
         output_expires_after="{{ params.output_expires_after }}",
-    ).expand(shard=list_shards(plans.output))
+        ledger_dir=LEDGER,
+        token_limits=TOKEN_LIMITS,
+        capacity_poll=CAPACITY_POLL,
+    ).expand(
+        shard=list_shards(
+            check_budget(plans.output, "{{ params.max_cost_usd }}", DAILY_BUDGET, LEDGER)  # type: ignore[arg-type]
+        )
+    )
     waited = OpenAIBatchSensor.partial(
         task_id="wait_for_batch",
         map_index_template=shard_label,
         poll_interval="{{ params.poll_interval }}",
         max_retry_rounds="{{ params.max_retry_rounds }}",
+        ledger_dir=LEDGER,
+        token_limits=TOKEN_LIMITS,
+        capacity_poll=CAPACITY_POLL,
     ).expand(shard=submitted.output)
     written = OpenAIBatchWriteResultsOperator.partial(
         task_id="write_results",
         trigger_rule="none_failed",
         outlets=[RESULTS_ASSET],
         map_index_template="{{ task.plan['key'] }}",
+        ledger_dir=LEDGER,
     ).expand(plan=plans.output)
     waited >> written
 

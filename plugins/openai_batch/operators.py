@@ -10,11 +10,12 @@ import tempfile
 import zlib
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, cast
+from typing import IO, TYPE_CHECKING, Any, NoReturn, cast
 
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
+from openai_batch.budget import NoCapacityError, limit_for, plan_cost, shard_estimates
 from openai_batch.pricing import format_usd, is_unpriced
 from openai_batch.storage import (
     copy_file,
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
 
     from airflow.sdk import Context, ObjectStoragePath
 
+    from openai_batch.budget import Ledger
     from openai_batch.hooks import OpenAIBatchHook
     from openai_batch.identity import InputRef
     from openai_batch.reuse import ReuseIndex
@@ -120,6 +122,8 @@ def submit_round(
     state: ShardState,
     source: str,
     output_expires_after: dict[str, Any] | None = None,
+    ledger: Ledger | None = None,
+    token_limits: dict[str, int] | None = None,
 ) -> str:
     """
     Make sure the latest round of ``state`` has a batch, creating one only if none exists.
@@ -127,6 +131,10 @@ def submit_round(
     The batch is looked up by its identity first (a crash between create and record, or another
     run on the same content), then the request file is uploaded once and the batch created once.
     The state record is written after each step so that a retry resumes where this one stopped.
+
+    With a ``ledger``, nothing is uploaded before the round's estimated enqueued tokens fit under
+    its model's limit in ``token_limits`` together with every batch of that model in flight;
+    :class:`~openai_batch.budget.NoCapacityError` is raised otherwise (the caller waits, deferred).
     """
     from openai_batch.state import batch_metadata
 
@@ -141,6 +149,11 @@ def submit_round(
         rnd.batch_id, rnd.input_file_id, rnd.status = existing.id, existing.input_file_id, existing.status
         save_state(state_dir, state)
         return existing.id
+    if ledger is not None:
+        limit = limit_for(token_limits or {}, state.model)
+        tokens = shard_estimates(state_dir / rnd.file, state.endpoint)[0]
+        label = f"shard {state.index + 1} of {source.rsplit('/', 1)[-1]} (round {rnd.round})"
+        hook.log.info("Capacity: %s", ledger.admit(capacity_key(state), state.model, tokens, limit, label))
     if not rnd.input_file_id:
         request_file = state_dir / rnd.file
         uploaded = hook.upload_batch_file_once(
@@ -156,8 +169,15 @@ def submit_round(
     )
     rnd.batch_id, rnd.status = batch.id, batch.status
     save_state(state_dir, state)
+    if ledger is not None:
+        ledger.attach(capacity_key(state), batch.id)
     hook.log.info("Created batch %s for shard %s round %s", batch.id, state.identity, rnd.round)
     return batch.id
+
+
+def capacity_key(state: ShardState) -> str:
+    """Return the ledger key of the state's current round: one per batch the shard may create."""
+    return f"{state.identity}-r{state.current.round}a{state.current.attempt}"
 
 
 class OpenAIBatchPrepareOperator(BaseOperator):
@@ -276,13 +296,16 @@ class OpenAIBatchPrepareOperator(BaseOperator):
             self.log.error("%s cannot be sent: %s", ref.display, plan["error"])
             return plan
         self.log.info(
-            "%s: %s lines, %s valid, %s rejected, %s shard(s), ~%s input tokens, estimated cost %s",
+            "%s: %s lines, %s valid, %s rejected, %s shard(s), ~%s input tokens, ~%s output tokens, "
+            "estimated cost %s (input only %s)",
             ref.display,
             plan["lines"],
             plan["valid"],
             plan["rejected"],
             len(plan["shards"]),
             plan["estimated_input_tokens"],
+            plan.get("estimated_output_tokens", "?"),
+            format_usd(plan.get("estimated_total_cost_usd")),
             format_usd(plan["estimated_cost_usd"]),
         )
         if plan["unpriced_models"]:
@@ -403,6 +426,7 @@ class OpenAIBatchPrepareOperator(BaseOperator):
         for name in names:
             copy_file(work / name, state_dir / name)
         unpriced = sorted({s.model for s in result.shards if is_unpriced(s.model, s.endpoint)})
+        estimates = {s.index: shard_estimates(work / Path(s.path).name, s.endpoint) for s in result.shards}
         plan = {
             "state_dir": url_of(state_dir),
             "input_sha256": result.input_sha256,
@@ -425,10 +449,15 @@ class OpenAIBatchPrepareOperator(BaseOperator):
                     "endpoint": s.endpoint,
                     "model": s.model,
                     "requests": s.requests,
+                    "estimated_input_tokens": s.estimated_input_tokens,
+                    "estimated_output_tokens": estimates[s.index][1],
+                    "enqueued_tokens": estimates[s.index][0],
                 }
                 for s in result.shards
             ],
         }
+        plan["estimated_output_tokens"] = sum(e[1] for e in estimates.values())
+        plan["estimated_total_cost_usd"] = plan_cost(plan)
         write_json(state_dir / PLAN_FILE, plan)  # last: its presence means the folder is complete
         return plan
 
@@ -444,6 +473,8 @@ def _error_plan(
         "rejected": rejected,
         "estimated_input_tokens": 0,
         "estimated_cost_usd": 0.0,
+        "estimated_output_tokens": 0,
+        "estimated_total_cost_usd": 0.0,
         "unpriced_models": [],
         "shards": [],
         "error": error,
@@ -473,9 +504,15 @@ class OpenAIBatchSubmitOperator(BaseOperator):
     :param output_expires_after: When set, ``{"anchor": "created_at", "seconds": N}`` (N from 3600
         to 2592000): the batch's output and error files expire N seconds after they are created.
         Passed on with the shard, so follow-up rounds use it too. (templated)
+    :param ledger_dir: The deployment's ledger folder (see :mod:`openai_batch.budget`); None: no
+        admission control. (templated)
+    :param token_limits: Enqueued-token limit per model, a JSON object (``*`` for any other model).
+        A shard is uploaded only when it fits under its model's limit with the batches in flight;
+        until then it waits deferred, re-checking every ``capacity_poll`` seconds. (templated)
+    :param capacity_poll: Seconds between two capacity checks of a waiting shard. (templated)
     """
 
-    template_fields = ("shard", "output_expires_after")
+    template_fields = ("shard", "output_expires_after", "ledger_dir", "token_limits", "capacity_poll")
 
     def __init__(
         self,
@@ -483,12 +520,18 @@ class OpenAIBatchSubmitOperator(BaseOperator):
         shard: dict[str, Any],
         conn_id: str = "openai_default",
         output_expires_after: dict[str, Any] | None = None,
+        ledger_dir: str | None = None,
+        token_limits: str | dict[str, Any] | None = None,
+        capacity_poll: float = 30.0,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.shard = shard
         self.conn_id = conn_id
         self.output_expires_after = output_expires_after
+        self.ledger_dir = ledger_dir
+        self.token_limits = token_limits
+        self.capacity_poll = capacity_poll
 
     def execute(self, context: Context) -> dict[str, Any]:
         """Submit the shard and return it with its batch id."""
@@ -499,14 +542,45 @@ class OpenAIBatchSubmitOperator(BaseOperator):
             expiry = check_output_expires_after(self.output_expires_after)
         except ValueError as err:
             raise AirflowFailException(str(err)) from err
+        from openai_batch.budget import ledger_for, parse_limits
+
         state_dir = to_path(self.shard["state_dir"])
         state = load_state(state_dir, self.shard)
         hook = OpenAIBatchHook(conn_id=self.conn_id)
-        batch_id = submit_round(hook, state_dir, state, self.shard["source"], expiry)
+        try:
+            limits = parse_limits(self.token_limits)
+        except ValueError as err:
+            raise AirflowFailException(str(err)) from err
+        try:
+            batch_id = submit_round(
+                hook, state_dir, state, self.shard["source"], expiry, ledger_for(self.ledger_dir), limits
+            )
+        except NoCapacityError as err:
+            wait_for_capacity(self, err, float(self.capacity_poll), "execute_after_wait")
         shard = {**self.shard, "batch_id": batch_id}
         if expiry is not None:
             shard["output_expires_after"] = expiry
         return shard
+
+    def execute_after_wait(self, context: Context, event: Any = None) -> dict[str, Any]:
+        """Try again after waiting for capacity."""
+        return self.execute(context)
+
+
+def wait_for_capacity(task: BaseOperator, err: NoCapacityError, poll: float, method_name: str) -> NoReturn:
+    """Defer ``task`` for ``poll`` seconds (no worker slot held), or fail if the shard can never fit."""
+    from datetime import timedelta
+
+    from airflow.providers.standard.triggers.temporal import TimeDeltaTrigger
+
+    if not err.ever_fits:
+        raise AirflowFailException(
+            f"{err}: the shard alone is above the model's enqueued-token limit; raise the limit in the "
+            "Variable openai_batch_token_limits or lower max_requests_per_batch"
+        )
+    task.log.info("Capacity: %s; checking again in %.0f s (deferred)", err, poll)
+    task.defer(trigger=TimeDeltaTrigger(timedelta(seconds=poll)), method_name=method_name)
+    raise AssertionError("unreachable")  # defer() raises
 
 
 class OpenAIBatchWriteResultsOperator(BaseOperator):
@@ -522,14 +596,17 @@ class OpenAIBatchWriteResultsOperator(BaseOperator):
     could not be used gets its rejects and a manifest saying why, and then fails this task.
 
     :param plan: The plan from ``OpenAIBatchPrepareOperator`` for one input file. (templated)
+    :param ledger_dir: The deployment's ledger folder: the file's actual cost is recorded there for
+        the daily budget. None: not recorded. (templated)
     """
 
-    template_fields = ("plan",)
+    template_fields = ("plan", "ledger_dir")
     operator_extra_links = (OpenAIBatchResultsLink(),)
 
-    def __init__(self, *, plan: dict[str, Any], **kwargs: Any) -> None:
+    def __init__(self, *, plan: dict[str, Any], ledger_dir: str | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.plan = plan
+        self.ledger_dir = ledger_dir
 
     def execute(self, context: Context) -> dict[str, Any]:
         """Write the three output files and return the manifest summary."""
@@ -556,10 +633,21 @@ class OpenAIBatchWriteResultsOperator(BaseOperator):
         manifest["results_sha256"], manifest["results_bytes"] = digest.hexdigest(), digest.size
         manifest["rejects_sha256"] = rejects.hexdigest()
         manifest["input_changed_after_taken"] = self._input_changed(plan)
+        manifest["estimate"] = {
+            "input_tokens": plan.get("estimated_input_tokens", 0),
+            "output_tokens": plan.get("estimated_output_tokens"),
+            "cost_usd": plan.get("estimated_total_cost_usd"),
+        }
+        manifest["actual"] = {
+            "input_tokens": manifest["usage"]["input_tokens"],
+            "output_tokens": manifest["usage"]["output_tokens"],
+            "cost_usd": manifest["estimated_cost_usd"],
+        }
         write_json(out / MANIFEST_FILE, manifest)
         from openai_batch.metrics import emit_file_metrics
 
         emit_file_metrics(manifest, states)
+        self._record_spending(context, manifest)
         if plan.get("error"):
             raise AirflowFailException(f"{plan['key']}: {plan['error']} (rejects and manifest in {out})")
         self.log.info(
@@ -581,6 +669,25 @@ class OpenAIBatchWriteResultsOperator(BaseOperator):
         summary["results"] = url_of(out / RESULTS_FILE)
         self._emit_asset_event(context, summary)
         return summary
+
+    def _record_spending(self, context: Context, manifest: dict[str, Any]) -> None:
+        from openai_batch.budget import ledger_for
+
+        ledger = ledger_for(self.ledger_dir)
+        if ledger is None:
+            return
+        ledger.record_actual(
+            run_id=str(context["run_id"]),
+            name=self.plan["key"],
+            actual_usd=manifest["actual"]["cost_usd"],
+            estimated_usd=manifest["estimate"]["cost_usd"],
+        )
+        self.log.info(
+            "%s: cost estimated %s, actual %s (recorded for the daily budget)",
+            self.plan["key"],
+            format_usd(manifest["estimate"]["cost_usd"]),
+            format_usd(manifest["actual"]["cost_usd"]),
+        )
 
     def _archive_earlier_content(self, out: ObjectStoragePath, input_sha256: str) -> None:
         """Move the results of another content of this file to ``_history/<sha16>/``; nothing is lost."""

@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseSensorOperator
 from airflow.sdk.exceptions import AirflowException
 
-from openai_batch.operators import load_state, save_state, submit_round
+from openai_batch.budget import NoCapacityError, ledger_for, limit_for, parse_limits, shard_estimates
+from openai_batch.operators import capacity_key, load_state, save_state, submit_round, wait_for_capacity
 from openai_batch.storage import join_pattern, to_path
 from openai_batch.ui.links import OpenAIBatchResultsLink
 
@@ -182,8 +183,9 @@ class OpenAIBatchSensor(BaseSensorOperator):
     cancelled, failed with a retryable error (429, 5xx) or have no result are sent again in a
     follow-up batch, for up to ``max_retry_rounds`` rounds. A batch that fails with
     ``token_limit_exceeded`` waits ``token_limit_wait`` seconds (deferred) and is resubmitted, up to
-    ``max_token_limit_retries`` times. Other validation failures are logged with their line numbers
-    and end as failed requests in the results.
+    ``max_token_limit_retries`` times (without that cap when capacity accounting is on and the
+    shard fits under its model's limit: it will fit once other batches end). Other validation
+    failures are logged with their line numbers and end as failed requests in the results.
 
     :param shard: One shard entry returned by ``OpenAIBatchSubmitOperator``. (templated)
     :param conn_id: The OpenAI connection id.
@@ -195,9 +197,22 @@ class OpenAIBatchSensor(BaseSensorOperator):
         config (env ``AIRFLOW__OPENAI_BATCH__TOKEN_LIMIT_WAIT``), else 600.
     :param wait_timeout: Seconds to wait for one batch before cancelling it and failing.
     :param cancel_on_kill: Cancel the batch when the deferred task is killed, failed or cleared.
+    :param ledger_dir: The deployment's ledger folder: the batch's enqueued tokens are given back
+        when it ends, and follow-up rounds and resubmissions wait for capacity there. With a ledger
+        and a limit for the model that the shard fits under, ``token_limit_exceeded`` is retried
+        without the ``max_token_limit_retries`` cap. (templated)
+    :param token_limits: Enqueued-token limit per model (JSON object). (templated)
+    :param capacity_poll: Seconds between two capacity checks of a waiting round. (templated)
     """
 
-    template_fields = ("shard", "poll_interval", "max_retry_rounds")
+    template_fields = (
+        "shard",
+        "poll_interval",
+        "max_retry_rounds",
+        "ledger_dir",
+        "token_limits",
+        "capacity_poll",
+    )
     operator_extra_links = (OpenAIBatchResultsLink(),)
 
     def __init__(
@@ -211,9 +226,15 @@ class OpenAIBatchSensor(BaseSensorOperator):
         token_limit_wait: float | None = None,
         wait_timeout: float = 26 * 3600,
         cancel_on_kill: bool = True,
+        ledger_dir: str | None = None,
+        token_limits: str | dict[str, Any] | None = None,
+        capacity_poll: float = 30.0,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.ledger_dir = ledger_dir
+        self.token_limits = token_limits
+        self.capacity_poll = capacity_poll
         self.shard = shard
         self.conn_id = conn_id
         self.poll_interval = poll_interval
@@ -236,9 +257,7 @@ class OpenAIBatchSensor(BaseSensorOperator):
         state = load_state(state_dir, self.shard)
         rnd = state.current
         if not rnd.batch_id:
-            submit_round(
-                self.hook, state_dir, state, self.shard["source"], self.shard.get("output_expires_after")
-            )
+            self._submit(state_dir, state)
         if rnd.collected:
             return self._next_round_or_finish(state)
         # Check once before deferring: a batch that already ended needs no trigger (and a trigger
@@ -279,7 +298,10 @@ class OpenAIBatchSensor(BaseSensorOperator):
         if event.get("batch_id") != rnd.batch_id:
             raise AirflowException(f"event for batch {event.get('batch_id')}, expected {rnd.batch_id}")
         if event["status"] in ("error", "timeout"):
+            if event["status"] == "timeout":  # the trigger cancelled it
+                self._release(state)
             raise AirflowException(event["message"])
+        self._release(state)
         rnd.status = event["status"]
         rnd.output_file_id = event.get("output_file_id")
         rnd.error_file_id = event.get("error_file_id")
@@ -298,7 +320,7 @@ class OpenAIBatchSensor(BaseSensorOperator):
                     err.get("code"),
                 )
             if any(e.get("code") == TOKEN_LIMIT_CODE for e in rnd.errors):
-                if rnd.attempt < self.max_token_limit_retries:
+                if rnd.attempt < self.max_token_limit_retries or self._fits_eventually(state):
                     save_state(state_dir, state)
                     return self._wait_for_token_budget(rnd.attempt)
                 self.log.error(
@@ -313,7 +335,7 @@ class OpenAIBatchSensor(BaseSensorOperator):
     def _wait_for_token_budget(self, attempt: int) -> dict[str, Any]:
         from airflow.providers.standard.triggers.temporal import TimeDeltaTrigger
 
-        delay = token_limit_wait(self.token_limit_wait) * (attempt + 1)
+        delay = token_limit_wait(self.token_limit_wait) * min(attempt + 1, 6)
         self.log.warning("Enqueued-token limit reached; resubmitting in %.0f s (deferred)", delay)
         self.defer(trigger=TimeDeltaTrigger(timedelta(seconds=delay)), method_name="resubmit")
         raise AssertionError("unreachable")
@@ -330,11 +352,39 @@ class OpenAIBatchSensor(BaseSensorOperator):
                 Round(round=old.round, file=old.file, requests=old.requests, attempt=old.attempt + 1)
             )
             save_state(state_dir, state)
-        submit_round(
-            self.hook, state_dir, state, self.shard["source"], self.shard.get("output_expires_after")
-        )
+        self._submit(state_dir, state)
         self._defer(state)
         raise AssertionError("unreachable")
+
+    def _submit(self, state_dir: Any, state: ShardState) -> None:
+        """Submit the current round once capacity allows; until then wait deferred, then ``resubmit``."""
+        try:
+            submit_round(
+                self.hook,
+                state_dir,
+                state,
+                self.shard["source"],
+                self.shard.get("output_expires_after"),
+                ledger_for(self.ledger_dir),
+                parse_limits(self.token_limits),
+            )
+        except NoCapacityError as err:
+            wait_for_capacity(self, err, float(self.capacity_poll), "resubmit")
+
+    def _release(self, state: ShardState) -> None:
+        ledger = ledger_for(self.ledger_dir)
+        if ledger is not None:
+            ledger.release(capacity_key(state))
+
+    def _fits_eventually(self, state: ShardState) -> bool:
+        """Return True when capacity accounting is on and the round fits under its model's limit alone."""
+        if ledger_for(self.ledger_dir) is None:
+            return False
+        limit = limit_for(parse_limits(self.token_limits), state.model)
+        if limit is None:
+            return False
+        state_dir = to_path(self.shard["state_dir"])
+        return shard_estimates(state_dir / state.current.file, state.endpoint)[0] <= limit
 
     def _next_round_or_finish(self, state: ShardState) -> dict[str, Any]:
         from openai_batch.results_io import nothing_to_retry, write_retry_file
@@ -358,9 +408,7 @@ class OpenAIBatchSensor(BaseSensorOperator):
                 )
                 state.rounds.append(Round(round=rnd.round + 1, file=name, requests=count))
                 save_state(state_dir, state)
-                submit_round(
-                    self.hook, state_dir, state, self.shard["source"], self.shard.get("output_expires_after")
-                )
+                self._submit(state_dir, state)
                 self._defer(state)
         return {
             **self.shard,

@@ -30,6 +30,7 @@ def test_dag_policy() -> None:
     assert {t.task_id for t in dag.tasks} == {
         "wait_for_input",
         "prepare",
+        "check_budget",
         "list_shards",
         "submit",
         "wait_for_batch",
@@ -53,6 +54,7 @@ def test_params_have_titles_descriptions_and_schema() -> None:
         "max_retry_rounds",
         "input_timeout",
         "output_expires_after",
+        "max_cost_usd",
         "settle_seconds",
     }
     assert set(dag.params.keys()) == expected

@@ -1,0 +1,380 @@
+"""
+Cost and capacity control: cost estimates with output tokens, budgets, and enqueued-token admission.
+
+Both the daily spending and the enqueued tokens in flight are kept in one small JSON ledger,
+``ledger.json`` in a local folder every worker and triggerer of the deployment shares (by default
+``<results root>/_ledger``), changed only under an exclusive ``fcntl`` lock on ``ledger.lock``
+next to it. A task reads, changes and writes the ledger in one short critical section, so two
+runs (or two shards of one run) cannot both take the last free tokens or the last dollars.
+
+* ``inflight``: one entry per batch that holds enqueued tokens (``<shard identity>-r<round>a<attempt>``):
+  its model, estimated tokens, batch id once created, and when it was taken. Taken before the
+  upload, released when the batch ends. Entries older than :data:`STALE_SECONDS` (a worker lost
+  for good) are dropped, so a lost release cannot block a model forever.
+* ``waiting``: the shards waiting for capacity, for the logs.
+* ``spend``: per UTC day, per run and input file, the estimate taken by the budget check and the
+  actual cost from the batches' usage once the results are written.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from openai_batch.pricing import FREE_ENDPOINTS, estimate_cost_usd, format_usd
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from airflow.sdk import ObjectStoragePath
+
+#: Output tokens assumed per request without max_tokens, max_completion_tokens or max_output_tokens.
+DEFAULT_OUTPUT_TOKENS = 1000
+#: Endpoints whose requests produce no billed output tokens.
+NO_OUTPUT_ENDPOINTS = frozenset({"/v1/embeddings", "/v1/moderations"})
+#: An in-flight entry older than this (longer than a batch's 24 h window plus the wait) is dropped.
+STALE_SECONDS = 27 * 3600
+#: An entry taken but never given a batch (the task died between upload and create) is dropped after this.
+UNCREATED_STALE_SECONDS = 3600
+LEDGER_FILE = "ledger.json"
+LOCK_FILE = "ledger.lock"
+
+# A key of the request body: in a JSON line an unescaped quote cannot occur inside a string, so
+# this matches keys only, never message text.
+_MAX_TOKENS = re.compile(rb'"max_(?:completion_|output_)?tokens"\s*:\s*(\d+)')
+
+
+def shard_estimates(
+    path: Path | ObjectStoragePath, endpoint: str, default_output_tokens: int = DEFAULT_OUTPUT_TOKENS
+) -> tuple[int, int]:
+    """
+    Return ``(enqueued_tokens, output_tokens)`` estimated for one request file.
+
+    Enqueued tokens are a quarter of each line's length (the whole line, as the service counts
+    the enqueued input: a slight overestimate). Output tokens are each request's
+    ``max_tokens``/``max_completion_tokens``/``max_output_tokens`` where given, else
+    ``default_output_tokens``; none for embeddings and moderations.
+    """
+    enqueued = output = 0
+    no_output = endpoint in NO_OUTPUT_ENDPOINTS
+    with path.open("rb") as fin:
+        for line in fin:
+            if not line.strip():
+                continue
+            enqueued += max(1, (len(line) + 3) // 4)
+            if no_output:
+                continue
+            found = _MAX_TOKENS.search(line)
+            output += int(found.group(1)) if found else default_output_tokens
+    return enqueued, output
+
+
+def shard_cost(shard: dict[str, Any]) -> float | None:
+    """Return a shard's estimated batch cost with its output tokens, or None when its model has no price."""
+    if shard["endpoint"] in FREE_ENDPOINTS:
+        return 0.0
+    return estimate_cost_usd(
+        shard["model"],
+        int(shard.get("estimated_input_tokens") or 0),
+        int(shard.get("estimated_output_tokens") or 0),
+    )
+
+
+def plan_cost(plan: dict[str, Any]) -> float | None:
+    """Return a plan's estimated cost (input and output tokens), or None when a model has no price."""
+    total = 0.0
+    for shard in plan.get("shards") or []:
+        cost = shard_cost(shard)
+        if cost is None:
+            return None
+        total += cost
+    return round(total, 6)
+
+
+def parse_limits(value: str | dict[str, Any] | None) -> dict[str, int]:
+    """
+    Return the per-model enqueued-token limits from the Variable's value (a JSON object).
+
+    ``{"gpt-4o-mini": 2000000, "*": 90000}``: ``*`` applies to every model not listed. Empty: none.
+    """
+    if value is None or value == "":
+        return {}
+    data = json.loads(value) if isinstance(value, str) else value
+    if not isinstance(data, dict):
+        raise ValueError(f"enqueued-token limits must be a JSON object of model: tokens, got {value!r}")
+    return {str(k): int(v) for k, v in data.items()}
+
+
+def limit_for(limits: dict[str, int], model: str) -> int | None:
+    """Return the model's enqueued-token limit: its own, else ``*``, else None (no limit)."""
+    return limits.get(model, limits.get("*"))
+
+
+def parse_usd(value: object) -> float | None:
+    """Return a cap in USD from a param or Variable value; empty or None means no cap."""
+    if value is None or value == "" or value == "None":
+        return None
+    return float(value)  # type: ignore[arg-type]
+
+
+class NoCapacityError(Exception):
+    """The shard does not fit under its model's enqueued-token limit yet."""
+
+    def __init__(self, message: str, *, ever_fits: bool) -> None:
+        super().__init__(message)
+        self.ever_fits = ever_fits
+
+
+@dataclass
+class Ledger:
+    """The deployment's ledger in ``folder`` (see the module docstring)."""
+
+    folder: Path
+
+    @contextmanager
+    def locked(self) -> Iterator[dict[str, Any]]:
+        """Yield the ledger's data under the exclusive lock; write it back when the block ends."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with open(self.folder / LOCK_FILE, "a+b") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                path = self.folder / LEDGER_FILE
+                data: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
+                for key in ("inflight", "waiting", "spend"):
+                    data.setdefault(key, {})
+                yield data
+                tmp = path.with_suffix(".tmp")
+                tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+                os.replace(tmp, path)
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    # --- enqueued tokens -------------------------------------------------------------------
+
+    def admit(self, key: str, model: str, tokens: int, limit: int | None, label: str = "") -> str:
+        """
+        Take ``tokens`` of ``model``'s capacity for batch ``key``, or raise :class:`NoCapacityError`.
+
+        Idempotent: a key already admitted stays admitted. Returns a line for the log with the
+        capacity in use after admission.
+        """
+        now = time.time()
+        refused: NoCapacityError | None = None
+        with self.locked() as data:
+            _drop_stale(data["inflight"], now)
+            inflight: dict[str, Any] = data["inflight"]
+            used = sum(e["tokens"] for e in inflight.values() if e["model"] == model)
+            if key not in inflight and limit is not None and used + tokens > limit:
+                # Recorded as waiting (for the logs), and the ledger written, before refusing.
+                data["waiting"][key] = {"model": model, "tokens": tokens, "since": now, "label": label}
+                waiting = sum(1 for e in data["waiting"].values() if e["model"] == model)
+                count = sum(1 for e in inflight.values() if e["model"] == model)
+                refused = NoCapacityError(
+                    f"{label or key} ({tokens:,} tokens) waits: {model} has {used:,} of {limit:,} "
+                    f"enqueued tokens in use by {count} batch(es); {waiting} shard(s) waiting",
+                    ever_fits=tokens <= limit,
+                )
+            else:
+                inflight.setdefault(
+                    key, {"model": model, "tokens": tokens, "since": now, "batch_id": None, "label": label}
+                )
+                data["waiting"].pop(key, None)
+            used = sum(e["tokens"] for e in inflight.values() if e["model"] == model)
+            count = sum(1 for e in inflight.values() if e["model"] == model)
+            waiting_count = sum(1 for e in data["waiting"].values() if e["model"] == model)
+        if refused is not None:
+            raise refused
+        shown = f"{limit:,}" if limit is not None else "no limit"
+        return (
+            f"{model}: {used:,} of {shown} enqueued tokens in use by {count} batch(es); "
+            f"{waiting_count} shard(s) waiting"
+        )
+
+    def attach(self, key: str, batch_id: str) -> None:
+        """Record the batch created for an admitted key."""
+        with self.locked() as data:
+            entry = data["inflight"].get(key)
+            if entry is not None:
+                entry["batch_id"] = batch_id
+
+    def release(self, key: str) -> None:
+        """Give back the capacity of a batch that ended."""
+        with self.locked() as data:
+            data["inflight"].pop(key, None)
+            data["waiting"].pop(key, None)
+
+    def in_use(self) -> dict[str, dict[str, int]]:
+        """Return ``{model: {"tokens", "batches", "waiting"}}`` of what is in flight and waiting now."""
+        with self.locked() as data:
+            _drop_stale(data["inflight"], time.time())
+            out: dict[str, dict[str, int]] = {}
+            for entry in data["inflight"].values():
+                row = out.setdefault(entry["model"], {"tokens": 0, "batches": 0, "waiting": 0})
+                row["tokens"] += entry["tokens"]
+                row["batches"] += 1
+            for entry in data["waiting"].values():
+                out.setdefault(entry["model"], {"tokens": 0, "batches": 0, "waiting": 0})["waiting"] += 1
+            return out
+
+    # --- spending --------------------------------------------------------------------------
+
+    def check_budget(
+        self,
+        *,
+        day: str,
+        run_id: str,
+        estimates: dict[str, float],
+        max_cost_usd: float | None,
+        daily_budget_usd: float | None,
+    ) -> tuple[float, float]:
+        """
+        Check a run's estimate against its cap and the day's budget, and reserve it for the day.
+
+        ``estimates`` maps each input file of the run to its estimated cost. Earlier runs of the
+        day count with their actual cost where their results are written, else their estimate.
+        Returns ``(estimate, spent by earlier runs today)``; raises :class:`BudgetError`.
+        """
+        estimate = round(sum(estimates.values()), 6)
+        if max_cost_usd is not None and estimate > max_cost_usd:
+            raise BudgetError(
+                f"The run's estimated cost {format_usd(estimate)} exceeds max_cost_usd "
+                f"{format_usd(max_cost_usd)}; nothing was uploaded. Raise the max_cost_usd param of "
+                "the run (or split the input) to send it."
+            )
+        with self.locked() as data:
+            today: dict[str, Any] = data["spend"].setdefault(day, {})
+            spent = round(
+                sum(_spent(e) for k, e in today.items() if e.get("run_id") != run_id),
+                6,
+            )
+            if daily_budget_usd is not None and spent + estimate > daily_budget_usd:
+                raise BudgetError(
+                    f"The run's estimated cost {format_usd(estimate)} plus {format_usd(spent)} spent by "
+                    f"earlier runs on {day} (UTC) exceeds the daily budget {format_usd(daily_budget_usd)}; "
+                    "nothing was uploaded. Raise the Airflow Variable openai_batch_daily_budget_usd, or "
+                    "run it tomorrow."
+                )
+            for name, cost in estimates.items():
+                entry = today.setdefault(
+                    f"{run_id}|{name}", {"run_id": run_id, "input": name, "actual_usd": None}
+                )
+                entry["estimated_usd"] = cost
+        return estimate, spent
+
+    def record_actual(
+        self, *, run_id: str, name: str, actual_usd: float | None, estimated_usd: float | None
+    ) -> None:
+        """Record the actual cost of one input file of a run, on the day its estimate was reserved."""
+        with self.locked() as data:
+            key = f"{run_id}|{name}"
+            days = [d for d, entries in data["spend"].items() if key in entries]
+            day = days[0] if days else time.strftime("%Y-%m-%d", time.gmtime())
+            entry = (
+                data["spend"]
+                .setdefault(day, {})
+                .setdefault(key, {"run_id": run_id, "input": name, "estimated_usd": estimated_usd})
+            )
+            entry["actual_usd"] = actual_usd
+
+    def spent(self, day: str) -> float:
+        """Return what the runs of ``day`` spent (actual where known, else their estimate)."""
+        with self.locked() as data:
+            return round(sum(_spent(e) for e in data["spend"].get(day, {}).values()), 6)
+
+
+class BudgetError(Exception):
+    """A run's estimate does not fit under its cap or the day's budget."""
+
+
+def _spent(entry: dict[str, Any]) -> float:
+    actual = entry.get("actual_usd")
+    return float(actual if actual is not None else entry.get("estimated_usd") or 0.0)
+
+
+def _drop_stale(inflight: dict[str, Any], now: float) -> None:
+    for key in [
+        k
+        for k, e in inflight.items()
+        if now - e["since"] > STALE_SECONDS
+        or (e.get("batch_id") is None and now - e["since"] > UNCREATED_STALE_SECONDS)
+    ]:
+        del inflight[key]
+
+
+def check_run_budget(
+    plans: list[dict[str, Any]],
+    *,
+    run_id: str,
+    max_cost_usd: object = None,
+    daily_budget_usd: object = None,
+    ledger_dir: str | None = None,
+    day: str | None = None,
+) -> str:
+    """
+    Check a run's plans against ``max_cost_usd`` and the daily budget before anything is uploaded.
+
+    Skipped files, dry runs and unusable files cost nothing. With a cap set, a file whose model
+    has no price fails the check (its cost cannot be bounded). A daily budget needs the ledger.
+    Returns a line for the log; raises :class:`BudgetError`.
+    """
+    cap, daily = parse_usd(max_cost_usd), parse_usd(daily_budget_usd)
+    estimates: dict[str, float] = {}
+    for plan in plans:
+        if plan.get("skipped") or plan.get("dry_run") or plan.get("error") or not plan.get("shards"):
+            continue
+        cost = plan_cost(plan)
+        if cost is None:
+            if cap is not None or daily is not None:
+                raise BudgetError(
+                    f"{plan['key']}: no price is known for model(s) "
+                    f"{', '.join(plan.get('unpriced_models') or [])}, "
+                    "so its cost cannot be checked against the budget; nothing was uploaded. Add the "
+                    "model to openai_batch.pricing.PRICES or unset the budget."
+                )
+            continue
+        estimates[plan["key"]] = cost
+    estimate = round(sum(estimates.values()), 6)
+    ledger = ledger_for(ledger_dir)
+    if ledger is None:
+        if daily is not None:
+            raise BudgetError(
+                "a daily budget is set but no ledger folder (openai_batch_ledger_dir) is configured"
+            )
+        if cap is not None and estimate > cap:
+            raise BudgetError(
+                f"The run's estimated cost {format_usd(estimate)} exceeds max_cost_usd {format_usd(cap)}; "
+                "nothing was uploaded. Raise the max_cost_usd param of the run (or split the input) "
+                "to send it."
+            )
+        return f"estimated cost {format_usd(estimate)}; max_cost_usd {format_usd(cap)}"
+    day = day or time.strftime("%Y-%m-%d", time.gmtime())
+    estimate, spent = ledger.check_budget(
+        day=day, run_id=run_id, estimates=estimates, max_cost_usd=cap, daily_budget_usd=daily
+    )
+    return (
+        f"estimated cost {format_usd(estimate)} (max_cost_usd {format_usd(cap)}); spent earlier on {day}: "
+        f"{format_usd(spent)} of the daily budget {format_usd(daily)}"
+    )
+
+
+def ledger_for(folder: str | None) -> Ledger | None:
+    """
+    Return the ledger in the local ``folder``, or None when none is configured (no accounting).
+
+    An object-storage URL gives None: a file lock needs a file system (the default under an
+    ``s3://`` results root); set ``openai_batch_ledger_dir`` to a shared mount instead.
+    """
+    if not folder or folder == "None":
+        return None
+    if folder.startswith("file://"):
+        folder = folder[len("file://") :]
+    elif "://" in folder:
+        return None
+    return Ledger(Path(folder))

@@ -1,0 +1,282 @@
+"""Cost and capacity control against the emulator: enqueued-token limit, max_cost_usd, daily budget."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import urllib.request
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from tests.reliability.conftest import emulator_with, point_pipeline  # noqa: F401 - fixtures
+from tests.reliability.support import PARTITION, chat_line, prepare, run_dag, task_states, write_input
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+pytestmark = pytest.mark.timeout(600)
+
+MODEL = "gpt-4o-mini"
+
+
+def _lines(prefix: str, count: int, max_tokens: int | None = None) -> list[dict[str, Any]]:
+    lines = []
+    for i in range(count):
+        line = chat_line(f"{prefix}-{i:03d}", f"question {prefix} number {i:03d} " + "x" * 200, MODEL)
+        if max_tokens is not None:
+            line["body"]["max_tokens"] = max_tokens
+        lines.append(line)
+    return lines
+
+
+def _emulator_tokens(path: Path) -> int:
+    """The emulator's enqueued-token estimate of one request file (a quarter of each line's length)."""
+    return sum(
+        max(1, (len(raw) + 3) // 4) for raw in path.read_bytes().splitlines(keepends=True) if raw.strip()
+    )
+
+
+def _list_batches(base_url: str) -> list[dict[str, Any]]:
+    req = urllib.request.Request(
+        f"{base_url}/batches?limit=100", headers={"Authorization": "Bearer sk-test-0123456789abcdef-secret"}
+    )
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        data: list[dict[str, Any]] = json.load(resp)["data"]
+    return data
+
+
+def _drive_shard(
+    shard: dict[str, Any], ledger_dir: str, limits: str, errors: list[BaseException], **sensor_args: Any
+) -> None:
+    """Run one shard's submit and wait tasks as the scheduler would, resuming after each deferral."""
+    from airflow.sdk.exceptions import TaskDeferred
+
+    from openai_batch.operators import OpenAIBatchSubmitOperator
+    from openai_batch.sensors import OpenAIBatchSensor
+    from openai_batch.triggers import OpenAIBatchTrigger
+
+    ctx: Any = {"run_id": "manual__capacity"}
+    try:
+        submit = OpenAIBatchSubmitOperator(
+            task_id="submit", shard=shard, ledger_dir=ledger_dir, token_limits=limits, capacity_poll=0.2
+        )
+        call: Any = submit.execute
+        while True:
+            try:
+                submitted = call(ctx) if call == submit.execute else call(ctx, None)
+                break
+            except TaskDeferred as deferred:  # waiting for capacity: a time trigger
+                time.sleep(0.2)
+                call = getattr(submit, deferred.method_name)
+        sensor = OpenAIBatchSensor(
+            task_id="wait_for_batch",
+            shard=submitted,
+            ledger_dir=ledger_dir,
+            token_limits=limits,
+            capacity_poll=0.2,
+            poll_interval=0.2,
+            **sensor_args,
+        )
+        call = sensor.execute
+        while True:
+            try:
+                call(ctx) if call == sensor.execute else call(ctx, None)
+                return
+            except TaskDeferred as deferred:
+                time.sleep(0.2)
+                # A batch trigger resumes through execute (it checks the batch and goes on); a time
+                # trigger resumes the method it names.
+                call = (
+                    sensor.execute
+                    if isinstance(deferred.trigger, OpenAIBatchTrigger)
+                    else getattr(sensor, deferred.method_name)
+                )
+    except BaseException as err:  # reported by the test
+        errors.append(err)
+
+
+def test_ten_shards_of_two_runs_stay_under_the_enqueued_token_limit(
+    tmp_path: Path,
+    emulator_with: Any,  # noqa: F811
+    point_pipeline: Any,  # noqa: F811
+) -> None:
+    from openai_batch.budget import Ledger
+    from openai_batch.operators import OpenAIBatchWriteResultsOperator
+
+    inbox = tmp_path / "in"
+    run_a = write_input(inbox / "run_a.jsonl", _lines("a", 20))
+    run_b = write_input(inbox / "run_b.jsonl", _lines("b", 20))
+    results = tmp_path / "results"
+    plans = [prepare(src, results, max_requests_per_batch=4, inbox=inbox) for src in (run_a, run_b)]
+    shards = [s for p in plans for s in p["shards"]]
+    assert len(shards) == 10
+    sizes = {_emulator_tokens(_shard_file(s)) for s in shards}
+    shard_tokens = max(sizes)
+    assert all(s["enqueued_tokens"] == _emulator_tokens(_shard_file(s)) for s in shards)
+    cap = 3 * shard_tokens + shard_tokens // 2  # three shards fit, a fourth does not
+    server = emulator_with(token_limit=cap, requests_per_second=8, validating_seconds=0.3)
+    point_pipeline(server.base_url)
+    ledger_dir = str(tmp_path / "ledger")
+    limits = json.dumps({MODEL: cap})
+
+    most = [0]
+    most_in_ledger = [0]
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.is_set():
+            live = [
+                b
+                for b in _list_batches(server.base_url)
+                if b["status"] in ("validating", "in_progress", "finalizing")
+            ]
+            most[0] = max(most[0], len(live))
+            most_in_ledger[0] = max(
+                most_in_ledger[0],
+                sum(row["batches"] for row in Ledger(tmp_path / "ledger").in_use().values()),
+            )
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    errors: list[BaseException] = []
+    threads = [threading.Thread(target=_drive_shard, args=(s, ledger_dir, limits, errors)) for s in shards]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=400)
+    stop.set()
+    watcher.join(timeout=10)
+    assert not errors, errors
+    assert not any(t.is_alive() for t in threads)
+
+    batches = _list_batches(server.base_url)
+    assert len(batches) == 10, [b["status"] for b in batches]
+    assert all(b["status"] == "completed" for b in batches), [(b["status"], b.get("errors")) for b in batches]
+    assert server.stats().get("batches_failed", 0) == 0
+    assert 2 <= most[0] <= 3, most[0]  # more than one at a time (it is not serialised), never a fourth
+    assert most_in_ledger[0] <= 3
+    assert Ledger(tmp_path / "ledger").in_use() == {}  # every batch gave its tokens back
+
+    for plan in plans:
+        out = OpenAIBatchWriteResultsOperator(
+            task_id="write_results", plan=plan, ledger_dir=ledger_dir
+        ).execute(
+            {"run_id": "manual__capacity", "outlet_events": {}}  # type: ignore[arg-type]
+        )
+        assert out["counts"]["succeeded"] == 20, out["counts"]
+
+
+def _shard_file(shard: dict[str, Any]) -> Path:
+    """Return the local path of a shard's request file."""
+    from openai_batch.storage import local_dir, to_path
+
+    folder = local_dir(to_path(shard["state_dir"]))
+    assert folder is not None
+    return folder / shard["file"]
+
+
+def test_estimate_above_max_cost_uploads_nothing(
+    pipeline: dict[str, Any], capfd: pytest.CaptureFixture[str]
+) -> None:
+    from openai_batch.budget import plan_cost
+    from openai_batch.pricing import format_usd
+
+    write_input(pipeline["inbox"] / "big.jsonl", _lines("big", 30, max_tokens=4000))
+    # 30 requests x 4000 output tokens at gpt-4o-mini's batch price ($0.30/1M) = $0.036 and some input.
+    estimate = plan_cost(prepare(pipeline["inbox"] / "big.jsonl", pipeline["results"] / "_dry"))
+    assert estimate is not None
+    assert 0.036 < estimate < 0.04
+    capfd.readouterr()
+    dag_run = run_dag({"input": "big.jsonl", "max_cost_usd": 0.01})
+    states = task_states(dag_run)
+    assert states["check_budget"] == "failed", states
+    assert all(
+        states[k] == "upstream_failed" for k in states if k.startswith(("submit", "wait_for_batch"))
+    ), states
+    stats = pipeline["emulator"].stats()
+    assert stats.get("files_uploaded", 0) == 0, stats
+    assert stats.get("batches_created", 0) == 0, stats
+    text = "".join(capfd.readouterr())  # the task's log goes to the console under dag.test()
+    assert f"estimated cost {format_usd(estimate)} exceeds" in text, text[-2000:]
+    assert "exceeds max_cost_usd $0.01" in text
+    assert "Raise the max_cost_usd param" in text
+
+
+def test_daily_budget_counts_what_earlier_runs_spent(
+    pipeline: dict[str, Any], monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    from openai_batch.budget import Ledger, plan_cost
+    from openai_batch.pricing import format_usd
+
+    inbox, results = pipeline["inbox"], pipeline["results"]
+    write_input(inbox / "first.jsonl", _lines("first", 40))
+    write_input(inbox / "second.jsonl", _lines("second", 10, max_tokens=50))
+    first = run_dag({"input": "first.jsonl"})
+    assert first.state == "success", task_states(first)
+    manifest = json.loads(next(results.rglob("first/manifest.json")).read_text())
+    actual = manifest["actual"]["cost_usd"]
+    # Estimate and actual side by side; the default 1000 output tokens per request is above what came back.
+    assert manifest["estimate"]["output_tokens"] == 40 * 1000
+    assert 0 < actual < manifest["estimate"]["cost_usd"]
+    today = time.strftime("%Y-%m-%d", time.gmtime())
+    ledger = Ledger(results / "_ledger")
+    assert ledger.spent(today) == pytest.approx(actual)  # the actual, not the estimate, counts
+
+    second_estimate = plan_cost(prepare(inbox / "second.jsonl", results / "_dry", partition=PARTITION))
+    assert second_estimate is not None
+    budget = round(second_estimate + actual / 2, 6)  # the second run fits alone, not after the first
+    monkeypatch.setenv("AIRFLOW_VAR_OPENAI_BATCH_DAILY_BUDGET_USD", str(budget))
+    uploaded = pipeline["emulator"].stats().get("files_uploaded", 0)
+    capfd.readouterr()
+    second = run_dag({"input": "second.jsonl"})
+    text = "".join(capfd.readouterr())
+    assert task_states(second)["check_budget"] == "failed", task_states(second)
+    assert pipeline["emulator"].stats().get("files_uploaded", 0) == uploaded
+    assert f"plus {format_usd(actual)} spent by earlier runs" in text, text[-2000:]
+    assert f"exceeds the daily budget {format_usd(budget)}" in text
+    assert "openai_batch_daily_budget_usd" in text
+
+    # Raised as the message says, the same file goes.
+    monkeypatch.setenv(
+        "AIRFLOW_VAR_OPENAI_BATCH_DAILY_BUDGET_USD", str(round(actual + second_estimate + 0.001, 6))
+    )
+    third = run_dag({"input": "second.jsonl"})
+    assert third.state == "success", task_states(third)
+    assert pipeline["emulator"].stats().get("files_uploaded", 0) == uploaded + 1
+
+
+def test_token_limit_exceeded_is_retried_past_the_attempt_cap_when_the_shard_fits(
+    tmp_path: Path,
+    emulator_with: Any,  # noqa: F811
+    point_pipeline: Any,  # noqa: F811
+) -> None:
+    """The configured limit is above what the service takes (another client uses the organisation)."""
+    inbox = tmp_path / "in"
+    src = write_input(inbox / "over.jsonl", _lines("o", 16))
+    plan = prepare(src, tmp_path / "results", max_requests_per_batch=4, inbox=inbox)
+    shard_tokens = max(_emulator_tokens(_shard_file(s)) for s in plan["shards"])
+    server = emulator_with(token_limit=shard_tokens + shard_tokens // 2, requests_per_second=8)
+    point_pipeline(server.base_url)
+    limits = json.dumps({MODEL: 4 * shard_tokens})  # all four admitted; the service takes one at a time
+    errors: list[BaseException] = []
+    threads = [
+        threading.Thread(
+            target=_drive_shard,
+            args=(s, str(tmp_path / "ledger"), limits, errors),
+            kwargs={"max_token_limit_retries": 0, "token_limit_wait": 0.2},
+        )
+        for s in plan["shards"]
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert not errors, errors
+    batches = _list_batches(server.base_url)
+    refused = [b for b in batches if b["status"] == "failed"]
+    assert refused, "the service never refused a batch: the fallback was not exercised"
+    assert all(e["code"] == "token_limit_exceeded" for b in refused for e in b["errors"]["data"])
+    assert sum(b["status"] == "completed" for b in batches) == 4

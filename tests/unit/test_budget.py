@@ -1,0 +1,164 @@
+"""Unit tests of the cost and capacity ledger and estimates."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from typing import TYPE_CHECKING
+
+import pytest
+
+from openai_batch.budget import (
+    DEFAULT_OUTPUT_TOKENS,
+    BudgetError,
+    Ledger,
+    NoCapacityError,
+    check_run_budget,
+    ledger_for,
+    limit_for,
+    parse_limits,
+    plan_cost,
+    shard_estimates,
+)
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+
+def _line(i: int, body_extra: dict[str, object]) -> str:
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": f'say "max_tokens": 99 {i}'}]}
+    return json.dumps(
+        {
+            "custom_id": f"r{i}",
+            "method": "POST",
+            "url": "/v1/chat/completions",
+            "body": {**body, **body_extra},
+        }
+    )
+
+
+def test_output_tokens_from_max_tokens_keys_else_the_default(tmp_path: Path) -> None:
+    path = tmp_path / "shard.jsonl"
+    lines = [
+        _line(0, {"max_tokens": 10}),
+        _line(1, {"max_completion_tokens": 20}),
+        _line(2, {"max_output_tokens": 30}),
+        _line(3, {}),  # the text mentions "max_tokens": 99 inside a string: not a key
+    ]
+    path.write_text("\n".join(lines) + "\n")
+    enqueued, output = shard_estimates(path, "/v1/chat/completions")
+    assert output == 10 + 20 + 30 + DEFAULT_OUTPUT_TOKENS
+    assert enqueued == sum((len(x) + 1 + 3) // 4 for x in lines)
+    assert shard_estimates(path, "/v1/embeddings")[1] == 0
+
+
+def test_plan_cost_counts_output_tokens_and_unknown_models() -> None:
+    shard = {"endpoint": "/v1/chat/completions", "model": "gpt-4o-mini", "estimated_input_tokens": 1_000_000}
+    assert plan_cost({"shards": [{**shard, "estimated_output_tokens": 0}]}) == pytest.approx(0.075)
+    assert plan_cost({"shards": [{**shard, "estimated_output_tokens": 1_000_000}]}) == pytest.approx(0.375)
+    assert plan_cost({"shards": [{**shard, "model": "no-such-model", "estimated_output_tokens": 1}]}) is None
+
+
+def test_limits_per_model_with_a_default() -> None:
+    limits = parse_limits('{"gpt-4o": 90000, "*": 2000000}')
+    assert limit_for(limits, "gpt-4o") == 90_000
+    assert limit_for(limits, "gpt-4o-mini") == 2_000_000
+    assert limit_for(parse_limits(""), "gpt-4o") is None
+    with pytest.raises(ValueError, match="JSON object"):
+        parse_limits("[1, 2]")
+
+
+def test_admission_waits_then_goes_when_capacity_frees(tmp_path: Path) -> None:
+    ledger = Ledger(tmp_path / "ledger")
+    ledger.admit("a", "m", 40, 100)
+    ledger.admit("b", "m", 40, 100)
+    ledger.admit("x", "other", 90, 100)  # another model has its own limit
+    with pytest.raises(
+        NoCapacityError, match=r"m has 80 of 100 enqueued tokens in use by 2 batch\(es\)"
+    ) as info:
+        ledger.admit("c", "m", 40, 100)
+    assert info.value.ever_fits
+    assert ledger.in_use()["m"] == {"tokens": 80, "batches": 2, "waiting": 1}
+    ledger.admit("a", "m", 40, 100)  # admitted already: idempotent, nothing added
+    assert ledger.in_use()["m"]["tokens"] == 80
+    ledger.release("a")
+    ledger.admit("c", "m", 40, 100)
+    assert ledger.in_use()["m"] == {"tokens": 80, "batches": 2, "waiting": 0}
+    with pytest.raises(NoCapacityError) as never:
+        ledger.admit("huge", "m", 101, 100)
+    assert not never.value.ever_fits
+
+
+def test_admission_is_atomic_across_threads(tmp_path: Path) -> None:
+    ledger = Ledger(tmp_path / "ledger")
+    admitted: list[str] = []
+
+    def take(key: str) -> None:
+        try:
+            ledger.admit(key, "m", 30, 100)
+            admitted.append(key)
+        except NoCapacityError:
+            pass
+
+    threads = [threading.Thread(target=take, args=(f"k{i}",)) for i in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(admitted) == 3
+    assert ledger.in_use()["m"]["tokens"] == 90
+
+
+def test_stale_entries_are_dropped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ledger = Ledger(tmp_path / "ledger")
+    ledger.admit("created", "m", 60, 100)
+    ledger.attach("created", "batch_1")
+    ledger.admit("never-created", "m", 40, 100)
+    later = time.time() + 2 * 3600
+    monkeypatch.setattr(time, "time", lambda: later)
+    assert ledger.in_use()["m"] == {"tokens": 60, "batches": 1, "waiting": 0}
+    monkeypatch.setattr(time, "time", lambda: later + 27 * 3600)
+    assert "m" not in ledger.in_use()
+
+
+def test_daily_budget_counts_actual_spending_of_earlier_runs(tmp_path: Path) -> None:
+    ledger_dir = str(tmp_path / "ledger")
+    plan = {
+        "key": "a.jsonl",
+        "shards": [
+            {
+                "endpoint": "/v1/chat/completions",
+                "model": "gpt-4o-mini",
+                "estimated_input_tokens": 0,
+                "estimated_output_tokens": 1_000_000,
+            }
+        ],
+    }  # $0.30
+    check_run_budget([plan], run_id="r1", daily_budget_usd="1", ledger_dir=ledger_dir, day="2026-01-01")
+    Ledger(tmp_path / "ledger").record_actual(run_id="r1", name="a.jsonl", actual_usd=0.5, estimated_usd=0.3)
+    assert Ledger(tmp_path / "ledger").spent("2026-01-01") == 0.5
+    with pytest.raises(BudgetError, match=r"\$0.60 plus \$0.50 spent by earlier runs on 2026-01-01"):
+        check_run_budget(
+            [plan, {**plan, "key": "b.jsonl"}],
+            run_id="r2",
+            daily_budget_usd=1,
+            ledger_dir=ledger_dir,
+            day="2026-01-01",
+        )
+    check_run_budget(
+        [plan], run_id="r3", daily_budget_usd=1, ledger_dir=ledger_dir, day="2026-01-02"
+    )  # a new day
+    with pytest.raises(BudgetError, match=r"estimated cost \$0.30 exceeds max_cost_usd \$0.10"):
+        check_run_budget([plan], run_id="r4", max_cost_usd=0.1, ledger_dir=None)
+    unpriced = {**plan, "shards": [{**plan["shards"][0], "model": "nope"}], "unpriced_models": ["nope"]}
+    with pytest.raises(BudgetError, match="no price is known for model"):
+        check_run_budget([unpriced], run_id="r5", max_cost_usd=1, ledger_dir=None)
+
+
+def test_ledger_needs_a_local_folder(tmp_path: Path) -> None:
+    assert ledger_for(f"file://{tmp_path}") == Ledger(tmp_path)
+    assert ledger_for("s3://bucket/results/_ledger") is None
+    assert ledger_for("") is None
+    with pytest.raises(BudgetError, match="no ledger folder"):
+        check_run_budget([], run_id="r", daily_budget_usd=5, ledger_dir="s3://bucket/_ledger")
