@@ -31,22 +31,12 @@ def stat_name(*parts: str) -> str:
 
 def cost_by_model(states: list[ShardState]) -> dict[str, float]:
     """Return the estimated cost in USD of every round's usage, summed by model (unpriced left out)."""
-    from openai_batch.pricing import FREE_ENDPOINTS, estimate_cost_usd
+    from openai_batch.pricing import usage_cost_usd
 
     costs: dict[str, float] = {}
     for state in states:
         for rnd in state.rounds:
-            usage = rnd.usage or {}
-            cost = (
-                0.0
-                if state.endpoint in FREE_ENDPOINTS
-                else estimate_cost_usd(
-                    state.model,
-                    int(usage.get("input_tokens") or 0),
-                    int(usage.get("output_tokens") or 0),
-                    int((usage.get("input_tokens_details") or {}).get("cached_tokens") or 0),
-                )
-            )
+            cost = usage_cost_usd(state.endpoint, state.model, rnd.usage)
             if cost is not None:
                 costs[state.model] = costs.get(state.model, 0.0) + cost
     return costs

@@ -9,7 +9,7 @@ applies by default. Update the table when OpenAI changes its prices; unknown mod
 from __future__ import annotations
 
 import re
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 
 class Price(NamedTuple):
@@ -72,6 +72,19 @@ def price_for(model: str) -> Price | None:
         return price
     snapshot = _SNAPSHOT.match(model)
     return PRICES.get(snapshot.group("base")) if snapshot else None
+
+
+def usage_cost_usd(endpoint: str, model: str, usage: dict[str, Any] | None) -> float | None:
+    """Return the batch cost of a batch's ``usage`` object (as the API reports it), or None if unpriced."""
+    if endpoint in FREE_ENDPOINTS:
+        return 0.0
+    usage = usage or {}
+    return estimate_cost_usd(
+        model,
+        int(usage.get("input_tokens") or 0),
+        int(usage.get("output_tokens") or 0),
+        int((usage.get("input_tokens_details") or {}).get("cached_tokens") or 0),
+    )
 
 
 def is_unpriced(model: str, endpoint: str) -> bool:

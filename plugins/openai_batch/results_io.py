@@ -165,7 +165,7 @@ def _apply_round(store: ResultStore, state_dir: ObjectStoragePath, rnd: Round, s
 
 def build_manifest(plan: dict[str, Any], states: list[ShardState], counts: ResultCounts) -> dict[str, Any]:
     """Return the manifest: input, hash, counts, batches with their rounds, usage and estimated cost."""
-    from openai_batch.pricing import FREE_ENDPOINTS, estimate_cost_usd, is_unpriced
+    from openai_batch.pricing import is_unpriced, usage_cost_usd
 
     counts_dict = counts.to_dict()
     usage = counts_dict.pop("usage", None) or {}
@@ -187,17 +187,7 @@ def build_manifest(plan: dict[str, Any], states: list[ShardState], counts: Resul
                     "errors": rnd.errors,
                 }
             )
-            batch_usage = rnd.usage or {}
-            part = (
-                0.0
-                if state.endpoint in FREE_ENDPOINTS
-                else estimate_cost_usd(
-                    state.model,
-                    int(batch_usage.get("input_tokens") or 0),
-                    int(batch_usage.get("output_tokens") or 0),
-                    int((batch_usage.get("input_tokens_details") or {}).get("cached_tokens") or 0),
-                )
-            )
+            part = usage_cost_usd(state.endpoint, state.model, rnd.usage)
             cost = None if cost is None or part is None else cost + part
     unpriced = sorted({s.model for s in states if is_unpriced(s.model, s.endpoint)})
     return {
