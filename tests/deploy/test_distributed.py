@@ -164,6 +164,7 @@ def _assert_ran_distributed(
     assert {ti["task_id"] for ti in tis} == {
         "wait_for_input",
         "prepare",
+        "check_budget",
         "list_shards",
         "submit",
         "wait_for_batch",
