@@ -11,10 +11,12 @@ results: lines are parsed one by one and written to SQLite in chunks.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 from dataclasses import asdict, dataclass, field
 from json.encoder import encode_basestring_ascii
 from json.scanner import make_scanner
+from operator import itemgetter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Literal, cast, get_args
 
@@ -233,20 +235,44 @@ class _Line(msgspec.Struct):
     response: _Response | None = None
 
 
+class _Final(msgspec.Struct):
+    custom_id: str
+    status: str
+    response: msgspec.Raw = msgspec.Raw(b"null")
+    error: msgspec.Raw = msgspec.Raw(b"null")
+    batch_id: str | None = None
+
+
 _LINE = msgspec.json.Decoder(_Line)
 _BODY = msgspec.json.Decoder(_Body)
+_FINAL = msgspec.json.Decoder(_Final)
+_DECODE_ERRORS = (msgspec.DecodeError, msgspec.ValidationError)
+_NO_USAGE = (0, 0, 0, 0)
 
 
-def _fast_success(raw: bytes) -> tuple[str, str, tuple[int, int, int, int]] | None:
+def _usage_tuple(usage: _Usage | None) -> tuple[int, int, int, int]:
+    """Return (input, output, cached, reasoning) tokens of a decoded usage object."""
+    if usage is None:
+        return _NO_USAGE
+    if usage.input_tokens or usage.output_tokens:  # responses API
+        cached = usage.input_tokens_details.cached_tokens if usage.input_tokens_details else 0
+        reasoning = usage.output_tokens_details.reasoning_tokens if usage.output_tokens_details else 0
+        return usage.input_tokens, usage.output_tokens, cached, reasoning
+    cached = usage.prompt_tokens_details.cached_tokens if usage.prompt_tokens_details else 0
+    reasoning = usage.completion_tokens_details.reasoning_tokens if usage.completion_tokens_details else 0
+    return usage.prompt_tokens, usage.completion_tokens, cached, reasoning
+
+
+def _fast_success(raw: bytes) -> tuple[str, bytes, tuple[int, int, int, int]] | None:
     """
     Return ``(custom_id, raw body, usage)`` of a 2xx output line, or None to take the general path.
 
     Only the envelope and the usage are decoded; the body is kept as the exact bytes the service
-    sent (valid JSON by construction), so it is neither parsed nor serialised again.
+    sent (valid JSON, checked to be UTF-8), so it is neither parsed into objects nor serialised again.
     """
     try:
         line = _LINE.decode(raw)
-    except (msgspec.DecodeError, msgspec.ValidationError):
+    except _DECODE_ERRORS:
         return None
     response = line.response
     if response is None or not 200 <= response.status_code < 300:
@@ -254,20 +280,16 @@ def _fast_success(raw: bytes) -> tuple[str, str, tuple[int, int, int, int]] | No
     body = bytes(response.body)
     if body[:1] != b"{":
         return None
+    if not body.isascii():
+        try:  # skipped strings are not checked by the decoder: the file must stay UTF-8
+            body.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
     try:
         usage = _BODY.decode(body).usage
-    except (msgspec.DecodeError, msgspec.ValidationError):
+    except _DECODE_ERRORS:
         return None
-    text = body.decode("utf-8")
-    if usage is None:
-        return line.custom_id, text, (0, 0, 0, 0)
-    if usage.input_tokens or usage.output_tokens:  # responses API
-        cached = usage.input_tokens_details.cached_tokens if usage.input_tokens_details else 0
-        reasoning = usage.output_tokens_details.reasoning_tokens if usage.output_tokens_details else 0
-        return line.custom_id, text, (usage.input_tokens, usage.output_tokens, cached, reasoning)
-    cached = usage.prompt_tokens_details.cached_tokens if usage.prompt_tokens_details else 0
-    reasoning = usage.completion_tokens_details.reasoning_tokens if usage.completion_tokens_details else 0
-    return line.custom_id, text, (usage.prompt_tokens, usage.completion_tokens, cached, reasoning)
+    return line.custom_id, body, _usage_tuple(usage)
 
 
 def _dumps(value: Any) -> str:
@@ -284,14 +306,15 @@ def _dumps(value: Any) -> str:
 
 
 _UPSERT_HEAD = """
-INSERT INTO results (custom_id, round, status, response, error, batch_id, retryable,
+INSERT INTO results (custom_id, round, status, body_at, body_len, error, batch_id, retryable,
                      input_tokens, output_tokens, cached_tokens, reasoning_tokens)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (custom_id) DO UPDATE SET
-    round = excluded.round, status = excluded.status, response = excluded.response,
-    error = excluded.error, batch_id = excluded.batch_id, retryable = excluded.retryable,
-    input_tokens = excluded.input_tokens, output_tokens = excluded.output_tokens,
-    cached_tokens = excluded.cached_tokens, reasoning_tokens = excluded.reasoning_tokens
+    round = excluded.round, status = excluded.status, body_at = excluded.body_at,
+    body_len = excluded.body_len, error = excluded.error, batch_id = excluded.batch_id,
+    retryable = excluded.retryable, input_tokens = excluded.input_tokens,
+    output_tokens = excluded.output_tokens, cached_tokens = excluded.cached_tokens,
+    reasoning_tokens = excluded.reasoning_tokens
 """
 # A later round replaces an earlier one; within a round a success is never overwritten.
 _UPSERT = (
@@ -301,15 +324,26 @@ _UPSERT = (
 )
 # A missing result only replaces outcomes of earlier rounds.
 _INSERT_MISSING = _UPSERT_HEAD + "WHERE excluded.round > results.round"
-_Row = tuple[str, int, str, str, str, str, int, int, int, int, int]
-
-
-def _first(row: _Row) -> str:
-    return row[0]
+# custom_id, round, status, body offset (-1: null), body length, error JSON, batch id, retryable, usage.
+_Row = tuple[str, int, str, int, int, str, str, int, int, int, int, int]
+_BY_ID = itemgetter(0)
+_MISSING_TAIL = (
+    b',"error":{"code":"missing_result","message":"no result was returned for this request"},'
+    b'"batch_id":null}\n'
+)
+_STATUS_HEADS = {status: f',"status":"{status}","response":' for status in RESULT_STATUSES}
+#: custom_ids looked up per query (SQLite allows 999 parameters in its oldest builds).
+_LOOKUP_CHUNK = 500
+_NULL = b"null"
 
 
 class ResultStore:
     """SQLite-backed store of the latest outcome per custom_id (a scratch file, bounded cache).
+
+    Response bodies are appended, as the bytes the service sent, to a side file next to the database
+    (``<path>.bodies``); the database keeps, per custom_id, the outcome, the body's offset and
+    length, the error and the usage. Rows stay small whatever the responses, so the database's page
+    cache holds most of them and writing the results reads each body once, by offset.
 
     :param path: file of the scratch database; an existing file is reused, so a task can
         add the files of later rounds to the store of earlier ones.
@@ -318,17 +352,23 @@ class ResultStore:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.bodies_path = self.path.with_name(self.path.name + ".bodies")
+        reopened = self.path.exists()
         self._db = sqlite3.connect(self.path, isolation_level=None)
         for pragma in ("journal_mode=OFF", "synchronous=OFF", "cache_size=-65536", "temp_store=FILE"):
             self._db.execute(f"PRAGMA {pragma}")
         self._db.execute(
             """CREATE TABLE IF NOT EXISTS results (
                 custom_id TEXT PRIMARY KEY, round INTEGER NOT NULL, status TEXT NOT NULL,
-                response TEXT NOT NULL, error TEXT NOT NULL, batch_id TEXT NOT NULL,
-                retryable INTEGER NOT NULL, input_tokens INTEGER NOT NULL,
+                body_at INTEGER NOT NULL, body_len INTEGER NOT NULL, error TEXT NOT NULL,
+                batch_id TEXT NOT NULL, retryable INTEGER NOT NULL, input_tokens INTEGER NOT NULL,
                 output_tokens INTEGER NOT NULL, cached_tokens INTEGER NOT NULL,
-                reasoning_tokens INTEGER NOT NULL)"""
+                reasoning_tokens INTEGER NOT NULL) WITHOUT ROWID"""
         )
+        # A new database starts a new side file: offsets recorded earlier belong to a database gone.
+        self._bodies = open(self.bodies_path, "ab" if reopened else "wb", buffering=1 << 20)  # noqa: SIM115
+        self._end = self._bodies.tell()
+        self._reader = os.open(self.bodies_path, os.O_RDONLY)
 
     def __enter__(self) -> ResultStore:
         return self
@@ -339,17 +379,34 @@ class ResultStore:
         self.close()
 
     def close(self) -> None:
-        """Close the database (the file stays; delete it when done)."""
+        """Close the database and its side file (both files stay; delete them when done)."""
         self._db.close()
+        self._bodies.close()
+        os.close(self._reader)
 
-    def _write(self, sql: str, rows: list[_Row]) -> None:
+    def _write(self, sql: str, rows: list[_Row], bodies: list[bytes] | None = None) -> None:
+        if bodies:
+            self._bodies.writelines(bodies)
+            self._end = self._bodies.tell()
         # Sorted by custom_id, the upserts walk the primary-key index in order (fewer page misses).
         # Ids are unique within one output/error file, so the order does not change the outcome;
         # for repeated ids the stable sort keeps their file order.
-        rows.sort(key=_first)
+        rows.sort(key=_BY_ID)
         self._db.execute("BEGIN")
         self._db.executemany(sql, rows)
         self._db.execute("COMMIT")
+
+    def _body(self, at: int, length: int) -> bytes:
+        """Return a stored body's bytes (``null`` for none)."""
+        if at < 0:
+            return _NULL
+        data = os.pread(self._reader, length, at)
+        while len(data) < length:  # a short read (signals, huge bodies): read the rest
+            more = os.pread(self._reader, length - len(data), at + len(data))
+            if not more:
+                raise OSError(f"{self.bodies_path}: body at {at} is cut short")
+            data += more
+        return data
 
     def add_lines(self, lines: Iterable[bytes], *, batch_id: str, round: int) -> int:
         """Store the outcomes of output/error file lines; return how many lines were read.
@@ -360,76 +417,72 @@ class ResultStore:
         :raises ValueError: for a line that is not a JSON object with a string custom_id.
         """
         rows: list[_Row] = []
-        size = 0
+        bodies: list[bytes] = []
+        end = self._end
+        chunk_end = end + _CHUNK_BYTES
         count = 0
         for raw in lines:
             fast = _fast_success(raw)
             if fast is not None:  # the common line: a 2xx answer, stored as its raw body bytes
-                custom_id, response, usage = fast
-                rows.append((custom_id, round, "succeeded", response, "null", batch_id, 0, *usage))
-                count += 1
-                size += len(response)
-                if len(rows) >= _CHUNK_ROWS or size >= _CHUNK_BYTES:
-                    self._write(_UPSERT, rows)
-                    rows, size = [], 0
+                custom_id, body, usage = fast
+                size = len(body)
+                rows.append((custom_id, round, "succeeded", end, size, "null", batch_id, 0, *usage))
+                bodies.append(body)
+                end += size
+            elif not raw.strip():
                 continue
-            if not raw.strip():
-                continue
-            obj = json.loads(raw)
-            if not isinstance(obj, dict) or not isinstance(obj.get("custom_id"), str):
-                raise ValueError(f"result line of batch {batch_id} has no custom_id: {raw[:200]!r}")
-            status, body, error = classify_line(obj)
-            usage = _usage_of(body) if status == "succeeded" else (0, 0, 0, 0)
-            response = _dumps(body)
-            rows.append(
-                (
-                    obj["custom_id"],
-                    round,
-                    status,
-                    response,
-                    _dumps(error),
-                    batch_id,
-                    int(is_retryable(status, error)),
-                    *usage,
-                )
-            )
+            else:
+                custom_id, status, data, error, usage = _general(raw, batch_id)
+                body_at = -1 if data is None else end
+                size = 0 if data is None else len(data)
+                rows.append((custom_id, round, status, body_at, size, error[0], batch_id, error[1], *usage))
+                if data is not None:
+                    bodies.append(data)
+                    end += size
             count += 1
-            size += len(response)
-            if len(rows) >= _CHUNK_ROWS or size >= _CHUNK_BYTES:
-                self._write(_UPSERT, rows)
-                rows, size = [], 0
+            if len(rows) >= _CHUNK_ROWS or end >= chunk_end:
+                self._write(_UPSERT, rows, bodies)
+                end = self._end
+                chunk_end = end + _CHUNK_BYTES
+                rows, bodies = [], []
         if rows:
-            self._write(_UPSERT, rows)
+            self._write(_UPSERT, rows, bodies)
         return count
 
     def add_final_lines(self, lines: Iterable[bytes]) -> int:
         """Store ``results.jsonl`` lines carried over from an earlier content (round -1); return how many."""
         rows: list[_Row] = []
+        bodies: list[bytes] = []
+        end = self._end
         count = 0
         for raw in lines:
             if not raw.strip():
                 continue
-            record = json.loads(raw)
-            body = record.get("response")
-            usage = _usage_of(body if isinstance(body, dict) else None)
+            try:
+                record = _FINAL.decode(raw)
+            except _DECODE_ERRORS as err:
+                raise ValueError(f"not a results line: {raw[:200]!r}: {err}") from None
+            if record.status not in RESULT_STATUSES:
+                raise ValueError(f"results line with an unknown status: {raw[:200]!r}")
+            body = bytes(record.response)
+            if body == _NULL:
+                body_at, size = -1, 0
+            else:
+                body_at, size = end, len(body)
+                bodies.append(body)
+                end += size
+            error = bytes(record.error).decode("utf-8")
+            batch_id = record.batch_id or ""
             rows.append(
-                (
-                    record["custom_id"],
-                    REUSED_ROUND,
-                    record["status"],
-                    _dumps(body),
-                    _dumps(record.get("error")),
-                    str(record.get("batch_id") or ""),
-                    0,
-                    *usage,
-                )
+                (record.custom_id, REUSED_ROUND, record.status, body_at, size, error, batch_id, 0, *_NO_USAGE)
             )
             count += 1
-            if len(rows) >= _CHUNK_ROWS:
-                self._write(_UPSERT, rows)
-                rows = []
+            if len(rows) >= _CHUNK_ROWS or end - self._end >= _CHUNK_BYTES:
+                self._write(_UPSERT, rows, bodies)
+                end = self._end
+                rows, bodies = [], []
         if rows:
-            self._write(_UPSERT, rows)
+            self._write(_UPSERT, rows, bodies)
         return count
 
     def mark_missing(
@@ -452,7 +505,7 @@ class ResultStore:
         rows: list[_Row] = []
         count = 0
         for custom_id in custom_ids:
-            rows.append((custom_id, round, status, "null", error_json, batch_id, retryable, 0, 0, 0, 0))
+            rows.append((custom_id, round, status, -1, 0, error_json, batch_id, retryable, *_NO_USAGE))
             count += 1
             if len(rows) >= _CHUNK_ROWS:
                 self._write(_INSERT_MISSING, rows)
@@ -461,103 +514,149 @@ class ResultStore:
             self._write(_INSERT_MISSING, rows)
         return count
 
+    def without_outcome_of(self, custom_ids: Iterable[str], batch_id: str) -> Iterator[str]:
+        """Yield, in order, the ids whose stored outcome is not from ``batch_id`` (or that have none)."""
+        chunk: list[str] = []
+        for custom_id in custom_ids:
+            chunk.append(custom_id)
+            if len(chunk) >= _LOOKUP_CHUNK:
+                yield from self._without_outcome_of(chunk, batch_id)
+                chunk = []
+        if chunk:
+            yield from self._without_outcome_of(chunk, batch_id)
+
+    def _without_outcome_of(self, chunk: list[str], batch_id: str) -> list[str]:
+        marks = ",".join("?" * len(chunk))
+        found = {
+            row[0]
+            for row in self._db.execute(
+                f"SELECT custom_id FROM results WHERE batch_id = ? AND custom_id IN ({marks})",  # noqa: S608
+                (batch_id, *chunk),
+            )
+        }
+        return [custom_id for custom_id in chunk if custom_id not in found]
+
     def get(self, custom_id: str) -> ResultRecord | None:
         """Return the latest outcome of ``custom_id``, or None."""
         row = self._db.execute(
-            "SELECT custom_id, status, response, error, batch_id, round FROM results WHERE custom_id = ?",
+            "SELECT custom_id, status, body_at, body_len, error, batch_id, round FROM results"
+            " WHERE custom_id = ?",
             (custom_id,),
         ).fetchone()
         if row is None:
             return None
-        return ResultRecord(row[0], row[1], json.loads(row[2]), json.loads(row[3]), row[4], row[5])
+        self._bodies.flush()
+        body = json.loads(self._body(row[2], row[3]))
+        return ResultRecord(row[0], row[1], body, json.loads(row[4]), row[5], row[6])
 
     def __len__(self) -> int:
         return int(self._db.execute("SELECT count(*) FROM results").fetchone()[0])
 
-    def _rows_in_order(self, order: Iterable[str]) -> Iterator[tuple[str, tuple[Any, ...] | None]]:
+    def _joined(self, order: Iterable[str], columns: str) -> sqlite3.Cursor:
         """
-        Yield ``(custom_id, row or None)`` in ``order``, one row at a time.
+        Return a cursor over ``(custom_id, <columns of results r, all NULL when none>)`` in ``order``.
 
         The order goes into a scratch table and one join streams the rows in that order, so memory
-        holds one row at a time however large the responses (image results are megabytes each).
+        holds a row at a time. Drop ``temp.input_order`` when done.
         """
         self._db.execute("DROP TABLE IF EXISTS temp.input_order")
         self._db.execute("CREATE TEMP TABLE input_order (pos INTEGER PRIMARY KEY, custom_id TEXT NOT NULL)")
+        insert = "INSERT INTO temp.input_order (custom_id) VALUES (?)"
         chunk: list[tuple[str]] = []
-        for custom_id in order:
-            chunk.append((custom_id,))
-            if len(chunk) >= _CHUNK_ROWS:
-                self._insert_order(chunk)
-                chunk = []
-        self._insert_order(chunk)
-        rows = self._db.execute(
-            "SELECT o.custom_id, r.custom_id, r.status, r.response, r.error, r.batch_id, r.input_tokens,"
-            " r.output_tokens, r.cached_tokens, r.reasoning_tokens, r.round"
-            " FROM temp.input_order o LEFT JOIN results r ON r.custom_id = o.custom_id ORDER BY o.pos"
+        self._db.execute("BEGIN")
+        try:
+            for custom_id in order:
+                chunk.append((custom_id,))
+                if len(chunk) >= _CHUNK_ROWS:
+                    self._db.executemany(insert, chunk)
+                    chunk = []
+            self._db.executemany(insert, chunk)
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+        return self._db.execute(
+            f"SELECT o.custom_id, {columns} FROM temp.input_order o"  # noqa: S608 - fixed column lists
+            " LEFT JOIN results r ON r.custom_id = o.custom_id ORDER BY o.pos"
         )
-        for row in rows:
-            yield row[0], (row[1:] if row[1] is not None else None)
-        self._db.execute("DROP TABLE temp.input_order")
-
-    def _insert_order(self, chunk: list[tuple[str]]) -> None:
-        if chunk:
-            self._db.execute("BEGIN")
-            self._db.executemany("INSERT INTO temp.input_order (custom_id) VALUES (?)", chunk)
-            self._db.execute("COMMIT")
 
     def pending(self, order: Iterable[str]) -> Iterator[str]:
         """Yield, in order, the ids with no outcome yet or a retryable one (to resubmit)."""
-        for custom_id, row in self._rows_in_order(order):
-            if row is None:
+        for custom_id, status, error in self._joined(order, "r.status, r.error"):
+            if status is None or (status != "succeeded" and is_retryable(status, json.loads(error))):
                 yield custom_id
-            elif row[1] != "succeeded":
-                record_error = json.loads(row[3])
-                if is_retryable(row[1], record_error):
-                    yield custom_id
+        self._db.execute("DROP TABLE temp.input_order")
 
     def write_results(self, order: Iterable[str], out: BinaryIO) -> ResultCounts:
         """Write ``results.jsonl`` lines for ``order`` (custom_ids in input order) to ``out``.
 
         Each line is ``{"custom_id", "status", "response", "error", "batch_id"}``; an id with
-        no stored outcome is written as failed with error code ``missing_result``.
+        no stored outcome is written as failed with error code ``missing_result``. Bodies are
+        copied as stored; at most about ``_BODY_BYTES`` of them are held at a time.
         """
-        counts = ResultCounts()
-        usage = counts.usage
-        batch_json: dict[str, str] = {}
-        tally = {"succeeded": 0, "failed": 0, "expired": 0, "cancelled": 0}
-        missing_error = '{"code":"missing_result","message":"no result was returned for this request"}'
-        buffer: list[str] = []
+        self._bodies.flush()
+        tally = dict.fromkeys(RESULT_STATUSES, 0)
+        reused = 0
+        # Succeeded lines of one batch end alike: their tail is built once per batch.
+        tails: dict[str, bytes] = {}
+        parts: list[bytes] = []
         buffered = 0
-        for custom_id, row in self._rows_in_order(order):
-            if row is None:
-                status, response, error, batch_id = "failed", "null", missing_error, "null"
+        read = self._body
+        usage = [0, 0, 0, 0]
+        rows = self._joined(
+            order,
+            "r.status, r.body_at, r.body_len, r.error, r.batch_id, r.round,"
+            " r.input_tokens, r.output_tokens, r.cached_tokens, r.reasoning_tokens",
+        )
+        for custom_id, status, at, length, error, batch_id, rnd, tin, tout, tcached, treason in rows:
+            if status == "succeeded":
+                tail = tails.get(batch_id)
+                if tail is None:
+                    tail = tails[batch_id] = f',"error":null,"batch_id":{json.dumps(batch_id)}}}\n'.encode()
+                if rnd == REUSED_ROUND:
+                    reused += 1
+                else:
+                    usage[0] += tin
+                    usage[1] += tout
+                    usage[2] += tcached
+                    usage[3] += treason
+            elif status is None:
+                status, at, length = "failed", -1, 0
+                tail = _MISSING_TAIL
             else:
-                status, response, error = row[1], row[2], row[3]
-                batch_id = batch_json.get(row[4]) or batch_json.setdefault(row[4], json.dumps(row[4]))
-                if row[9] == REUSED_ROUND:
-                    counts.reused += 1
-                elif status == "succeeded":
-                    usage.input_tokens += row[5]
-                    usage.output_tokens += row[6]
-                    usage.cached_tokens += row[7]
-                    usage.reasoning_tokens += row[8]
+                tail = f',"error":{error},"batch_id":{json.dumps(batch_id)}}}\n'.encode()
             tally[status] += 1
-            buffer.append(
-                f'{{"custom_id":{encode_basestring_ascii(custom_id)},"status":"{status}",'
-                f'"response":{response},"error":{error},"batch_id":{batch_id}}}\n'
-            )
-            buffered += len(response)
-            if len(buffer) >= _ORDER_CHUNK or buffered >= _BODY_BYTES:
-                out.write("".join(buffer).encode("utf-8"))
-                buffer, buffered = [], 0
-        if buffer:
-            out.write("".join(buffer).encode("utf-8"))
-        counts.succeeded = tally["succeeded"]
-        counts.failed = tally["failed"]
-        counts.expired = tally["expired"]
-        counts.cancelled = tally["cancelled"]
-        counts.total = sum(tally.values())
-        return counts
+            head = '{"custom_id":' + encode_basestring_ascii(custom_id) + _STATUS_HEADS[status]
+            parts += (head.encode(), read(at, length), tail)
+            buffered += length
+            if len(parts) >= _ORDER_CHUNK or buffered >= _BODY_BYTES:
+                out.write(b"".join(parts))
+                parts, buffered = [], 0
+        if parts:
+            out.write(b"".join(parts))
+        self._db.execute("DROP TABLE temp.input_order")
+        return ResultCounts(
+            succeeded=tally["succeeded"],
+            failed=tally["failed"],
+            expired=tally["expired"],
+            cancelled=tally["cancelled"],
+            total=sum(tally.values()),
+            usage=Usage(*usage),
+            reused=reused,
+        )
+
+
+def _general(
+    raw: bytes, batch_id: str
+) -> tuple[str, str, bytes | None, tuple[str, int], tuple[int, int, int, int]]:
+    """Return ``(custom_id, status, body or None, (error JSON, retryable), usage)`` of any result line."""
+    obj = json.loads(raw)
+    if not isinstance(obj, dict) or not isinstance(obj.get("custom_id"), str):
+        raise ValueError(f"result line of batch {batch_id} has no custom_id: {raw[:200]!r}")
+    status, body, error = classify_line(obj)
+    data = None if body is None else _dumps(body).encode("utf-8")
+    usage = _usage_of(body) if status == "succeeded" else _NO_USAGE
+    return obj["custom_id"], status, data, (_dumps(error), int(is_retryable(status, error))), usage
 
 
 def read_order(path: str | Path) -> Iterator[str]:
