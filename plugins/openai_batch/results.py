@@ -36,7 +36,10 @@ __all__ = [
     "Usage",
     "classify_line",
     "is_retryable",
+    "is_final_line",
     "read_order",
+    "request_id",
+    "request_ids",
 ]
 
 ResultStatus = Literal["succeeded", "failed", "expired", "cancelled"]
@@ -46,7 +49,8 @@ _CHUNK_ROWS = 20000
 #: The round of results carried over from an earlier content: below every round of this one.
 REUSED_ROUND = -1
 _CHUNK_BYTES = 32 * 1024 * 1024
-_ORDER_CHUNK = 2000
+#: Parts (three per line) buffered for writing at a time.
+_ORDER_CHUNK = 3000
 #: Response bytes buffered for writing at a time.
 _BODY_BYTES = 8 * 1024 * 1024
 # Encoders built once: json.dumps with non-default arguments builds a new encoder per call.
@@ -243,7 +247,12 @@ class _Final(msgspec.Struct):
     batch_id: str | None = None
 
 
+class _Request(msgspec.Struct):
+    custom_id: str
+
+
 _LINE = msgspec.json.Decoder(_Line)
+_REQUEST = msgspec.json.Decoder(_Request)
 _BODY = msgspec.json.Decoder(_Body)
 _FINAL = msgspec.json.Decoder(_Final)
 _DECODE_ERRORS = (msgspec.DecodeError, msgspec.ValidationError)
@@ -292,6 +301,42 @@ def _fast_success(raw: bytes) -> tuple[str, bytes, tuple[int, int, int, int]] | 
     return line.custom_id, body, _usage_tuple(usage)
 
 
+def request_id(raw: bytes) -> str:
+    """Return the custom_id of a request line (only that field is decoded).
+
+    :raises ValueError: for a line that is not a JSON object with a string custom_id.
+    """
+    try:
+        return _REQUEST.decode(raw).custom_id
+    except _DECODE_ERRORS:
+        raise ValueError(f"request line without a custom_id: {raw[:200]!r}") from None
+
+
+def request_ids(lines: Iterable[bytes]) -> Iterator[str]:
+    """Yield the custom_id of each request line, blank lines skipped (see :func:`request_id`)."""
+    for raw in lines:
+        if raw.strip():
+            yield request_id(raw)
+
+
+def is_final_line(raw: bytes) -> tuple[str, bool]:
+    """Return ``(custom_id, final)`` of an output/error file line: final unless worth resubmitting.
+
+    :raises ValueError: for a line that is not a JSON object with a string custom_id.
+    """
+    try:
+        line = _LINE.decode(raw)
+    except _DECODE_ERRORS:
+        line = None
+    if line is not None and line.response is not None and 200 <= line.response.status_code < 300:
+        return line.custom_id, True  # the common line, decoded without its body
+    obj = json.loads(raw)
+    if not isinstance(obj, dict) or not isinstance(obj.get("custom_id"), str):
+        raise ValueError(f"result line has no custom_id: {raw[:200]!r}")
+    status, _body, error = classify_line(obj)
+    return obj["custom_id"], not is_retryable(status, error)
+
+
 def _dumps(value: Any) -> str:
     if value is None:
         return "null"
@@ -324,7 +369,7 @@ _UPSERT = (
 )
 # A missing result only replaces outcomes of earlier rounds.
 _INSERT_MISSING = _UPSERT_HEAD + "WHERE excluded.round > results.round"
-# custom_id, round, status, body offset (-1: null), body length, error JSON, batch id, retryable, usage.
+# custom_id, round, status, body offset, body length, error JSON, batch id, retryable, usage.
 _Row = tuple[str, int, str, int, int, str, str, int, int, int, int, int]
 _BY_ID = itemgetter(0)
 _MISSING_TAIL = (
@@ -335,6 +380,16 @@ _STATUS_HEADS = {status: f',"status":"{status}","response":' for status in RESUL
 #: custom_ids looked up per query (SQLite allows 999 parameters in its oldest builds).
 _LOOKUP_CHUNK = 500
 _NULL = b"null"
+#: Every side file starts with ``null``: the body of outcomes without one.
+_NULL_AT, _NULL_LEN = 0, len(_NULL)
+_SUMS = (
+    f"SELECT count(*), coalesce(sum(round = {REUSED_ROUND}), 0)"
+    + "".join(
+        f", coalesce(sum(CASE WHEN status = 'succeeded' AND round != {REUSED_ROUND} THEN {column} END), 0)"
+        for column in ("input_tokens", "output_tokens", "cached_tokens", "reasoning_tokens")
+    )
+    + " FROM results"
+)
 
 
 class ResultStore:
@@ -367,6 +422,8 @@ class ResultStore:
         )
         # A new database starts a new side file: offsets recorded earlier belong to a database gone.
         self._bodies = open(self.bodies_path, "ab" if reopened else "wb", buffering=1 << 20)  # noqa: SIM115
+        if not reopened:
+            self._bodies.write(_NULL)
         self._end = self._bodies.tell()
         self._reader = os.open(self.bodies_path, os.O_RDONLY)
 
@@ -398,8 +455,6 @@ class ResultStore:
 
     def _body(self, at: int, length: int) -> bytes:
         """Return a stored body's bytes (``null`` for none)."""
-        if at < 0:
-            return _NULL
         data = os.pread(self._reader, length, at)
         while len(data) < length:  # a short read (signals, huge bodies): read the rest
             more = os.pread(self._reader, length - len(data), at + len(data))
@@ -433,8 +488,8 @@ class ResultStore:
                 continue
             else:
                 custom_id, status, data, error, usage = _general(raw, batch_id)
-                body_at = -1 if data is None else end
-                size = 0 if data is None else len(data)
+                body_at = _NULL_AT if data is None else end
+                size = _NULL_LEN if data is None else len(data)
                 rows.append((custom_id, round, status, body_at, size, error[0], batch_id, error[1], *usage))
                 if data is not None:
                     bodies.append(data)
@@ -466,7 +521,7 @@ class ResultStore:
                 raise ValueError(f"results line with an unknown status: {raw[:200]!r}")
             body = bytes(record.response)
             if body == _NULL:
-                body_at, size = -1, 0
+                body_at, size = _NULL_AT, _NULL_LEN
             else:
                 body_at, size = end, len(body)
                 bodies.append(body)
@@ -505,7 +560,9 @@ class ResultStore:
         rows: list[_Row] = []
         count = 0
         for custom_id in custom_ids:
-            rows.append((custom_id, round, status, -1, 0, error_json, batch_id, retryable, *_NO_USAGE))
+            rows.append(
+                (custom_id, round, status, _NULL_AT, _NULL_LEN, error_json, batch_id, retryable, *_NO_USAGE)
+            )
             count += 1
             if len(rows) >= _CHUNK_ROWS:
                 self._write(_INSERT_MISSING, rows)
@@ -592,58 +649,71 @@ class ResultStore:
 
         Each line is ``{"custom_id", "status", "response", "error", "batch_id"}``; an id with
         no stored outcome is written as failed with error code ``missing_result``. Bodies are
-        copied as stored; at most about ``_BODY_BYTES`` of them are held at a time.
+        copied as stored; about ``_BODY_BYTES`` of them are held at a time. ``order`` lists each
+        id once (``prepare_requests`` rejects repeated ids).
         """
         self._bodies.flush()
         tally = dict.fromkeys(RESULT_STATUSES, 0)
-        reused = 0
         # Succeeded lines of one batch end alike: their tail is built once per batch.
         tails: dict[str, bytes] = {}
         parts: list[bytes] = []
-        buffered = 0
-        read = self._body
-        usage = [0, 0, 0, 0]
-        rows = self._joined(
-            order,
-            "r.status, r.body_at, r.body_len, r.error, r.batch_id, r.round,"
-            " r.input_tokens, r.output_tokens, r.cached_tokens, r.reasoning_tokens",
-        )
-        for custom_id, status, at, length, error, batch_id, rnd, tin, tout, tcached, treason in rows:
+        buffered = found = 0
+        heads = _STATUS_HEADS
+        rows = self._joined(order, "r.status, r.body_at, r.body_len, r.error, r.batch_id")
+        pread, fd, read = os.pread, self._reader, self._body
+        for custom_id, status, at, length, error, batch_id in rows:
             if status == "succeeded":
                 tail = tails.get(batch_id)
                 if tail is None:
                     tail = tails[batch_id] = f',"error":null,"batch_id":{json.dumps(batch_id)}}}\n'.encode()
-                if rnd == REUSED_ROUND:
-                    reused += 1
-                else:
-                    usage[0] += tin
-                    usage[1] += tout
-                    usage[2] += tcached
-                    usage[3] += treason
             elif status is None:
-                status, at, length = "failed", -1, 0
-                tail = _MISSING_TAIL
+                status, at, length, tail = "failed", _NULL_AT, _NULL_LEN, _MISSING_TAIL
+                found -= 1
             else:
                 tail = f',"error":{error},"batch_id":{json.dumps(batch_id)}}}\n'.encode()
             tally[status] += 1
-            head = '{"custom_id":' + encode_basestring_ascii(custom_id) + _STATUS_HEADS[status]
-            parts += (head.encode(), read(at, length), tail)
+            body = pread(fd, length, at)
+            if len(body) != length:  # a short read: read the rest
+                body = read(at, length)
+            parts += (
+                ('{"custom_id":' + encode_basestring_ascii(custom_id) + heads[status]).encode(),
+                body,
+                tail,
+            )
             buffered += length
             if len(parts) >= _ORDER_CHUNK or buffered >= _BODY_BYTES:
                 out.write(b"".join(parts))
                 parts, buffered = [], 0
         if parts:
             out.write(b"".join(parts))
-        self._db.execute("DROP TABLE temp.input_order")
+        total = sum(tally.values())
+        found += total
+        usage, reused = self._usage(found)
         return ResultCounts(
             succeeded=tally["succeeded"],
             failed=tally["failed"],
             expired=tally["expired"],
             cancelled=tally["cancelled"],
-            total=sum(tally.values()),
-            usage=Usage(*usage),
+            total=total,
+            usage=usage,
             reused=reused,
         )
+
+    def _usage(self, found: int) -> tuple[Usage, int]:
+        """
+        Return the usage of the succeeded outcomes paid in this content's rounds, and the reused count.
+
+        ``found`` ids of ``temp.input_order`` had an outcome. When that is every outcome stored (the
+        usual case: no line answered an id that was not asked), the table is summed as it is; else
+        only the outcomes of ids in ``temp.input_order``. Drops ``temp.input_order``.
+        """
+        row = self._db.execute(_SUMS).fetchone()
+        if row[0] != found:
+            row = self._db.execute(
+                _SUMS + " WHERE custom_id IN (SELECT custom_id FROM temp.input_order)"
+            ).fetchone()
+        self._db.execute("DROP TABLE temp.input_order")
+        return Usage(*row[2:]), int(row[1])
 
 
 def _general(
@@ -663,8 +733,19 @@ def read_order(path: str | Path) -> Iterator[str]:
     """Yield the custom_ids of an ``order.txt`` written by ``prepare_requests``, in order."""
     with open(path, encoding="utf-8") as lines:
         for line in lines:
-            text = line[:-1] if line[-1:] == "\n" else line
-            if text[:1] == '"' and text[-1:] == '"':  # the usual line: a JSON string, no padding
+            if line[:1] == '"':  # the usual line: a JSON string, no padding
+                size = len(line)
+                inner = (
+                    line[1:-2]
+                    if size > 2 and line[-2:] == '"\n'
+                    else line[1:-1]
+                    if size > 1 and line[-1:] == '"'
+                    else None
+                )
+                if inner is not None and '"' not in inner and "\\" not in inner and inner.isprintable():
+                    yield inner  # nothing escaped: the text is the id
+                    continue
+                text = line.rstrip("\n")
                 try:
                     value, end = _SCAN(text, 0)
                 except ValueError:
