@@ -45,10 +45,10 @@ __all__ = [
 ResultStatus = Literal["succeeded", "failed", "expired", "cancelled"]
 RESULT_STATUSES: tuple[str, ...] = get_args(ResultStatus)
 
-_CHUNK_ROWS = 20000
+#: Outcomes written to the database at a time, sorted by custom_id (fewer passes over its index).
+_CHUNK_ROWS = 100_000
 #: The round of results carried over from an earlier content: below every round of this one.
 REUSED_ROUND = -1
-_CHUNK_BYTES = 32 * 1024 * 1024
 #: Parts (three per line) buffered for writing at a time.
 _ORDER_CHUNK = 3000
 #: Response bytes buffered for writing at a time.
@@ -441,10 +441,7 @@ class ResultStore:
         self._bodies.close()
         os.close(self._reader)
 
-    def _write(self, sql: str, rows: list[_Row], bodies: list[bytes] | None = None) -> None:
-        if bodies:
-            self._bodies.writelines(bodies)
-            self._end = self._bodies.tell()
+    def _write(self, sql: str, rows: list[_Row]) -> None:
         # Sorted by custom_id, the upserts walk the primary-key index in order (fewer page misses).
         # Ids are unique within one output/error file, so the order does not change the outcome;
         # for repeated ids the stable sort keeps their file order.
@@ -472,72 +469,84 @@ class ResultStore:
         :raises ValueError: for a line that is not a JSON object with a string custom_id.
         """
         rows: list[_Row] = []
-        bodies: list[bytes] = []
+        write = self._bodies.write
         end = self._end
-        chunk_end = end + _CHUNK_BYTES
         count = 0
-        for raw in lines:
-            fast = _fast_success(raw)
-            if fast is not None:  # the common line: a 2xx answer, stored as its raw body bytes
-                custom_id, body, usage = fast
-                size = len(body)
-                rows.append((custom_id, round, "succeeded", end, size, "null", batch_id, 0, *usage))
-                bodies.append(body)
-                end += size
-            elif not raw.strip():
-                continue
-            else:
-                custom_id, status, data, error, usage = _general(raw, batch_id)
-                body_at = _NULL_AT if data is None else end
-                size = _NULL_LEN if data is None else len(data)
-                rows.append((custom_id, round, status, body_at, size, error[0], batch_id, error[1], *usage))
-                if data is not None:
-                    bodies.append(data)
+        try:
+            for raw in lines:
+                fast = _fast_success(raw)
+                if fast is not None:  # the common line: a 2xx answer, stored as its raw body bytes
+                    custom_id, body, usage = fast
+                    size = len(body)
+                    rows.append((custom_id, round, "succeeded", end, size, "null", batch_id, 0, *usage))
+                    write(body)
                     end += size
-            count += 1
-            if len(rows) >= _CHUNK_ROWS or end >= chunk_end:
-                self._write(_UPSERT, rows, bodies)
-                end = self._end
-                chunk_end = end + _CHUNK_BYTES
-                rows, bodies = [], []
-        if rows:
-            self._write(_UPSERT, rows, bodies)
+                elif not raw.strip():
+                    continue
+                else:
+                    custom_id, status, data, error, usage = _general(raw, batch_id)
+                    body_at = _NULL_AT if data is None else end
+                    size = _NULL_LEN if data is None else len(data)
+                    rows.append(
+                        (custom_id, round, status, body_at, size, error[0], batch_id, error[1], *usage)
+                    )
+                    if data is not None:
+                        write(data)
+                        end += size
+                count += 1
+                if len(rows) >= _CHUNK_ROWS:
+                    self._write(_UPSERT, rows)
+                    rows = []
+            if rows:
+                self._write(_UPSERT, rows)
+        finally:
+            self._end = self._bodies.tell()
         return count
 
     def add_final_lines(self, lines: Iterable[bytes]) -> int:
         """Store ``results.jsonl`` lines carried over from an earlier content (round -1); return how many."""
         rows: list[_Row] = []
-        bodies: list[bytes] = []
-        end = self._end
         count = 0
-        for raw in lines:
-            if not raw.strip():
-                continue
-            try:
-                record = _FINAL.decode(raw)
-            except _DECODE_ERRORS as err:
-                raise ValueError(f"not a results line: {raw[:200]!r}: {err}") from None
-            if record.status not in RESULT_STATUSES:
-                raise ValueError(f"results line with an unknown status: {raw[:200]!r}")
-            body = bytes(record.response)
-            if body == _NULL:
-                body_at, size = _NULL_AT, _NULL_LEN
-            else:
-                body_at, size = end, len(body)
-                bodies.append(body)
-                end += size
-            error = bytes(record.error).decode("utf-8")
-            batch_id = record.batch_id or ""
-            rows.append(
-                (record.custom_id, REUSED_ROUND, record.status, body_at, size, error, batch_id, 0, *_NO_USAGE)
-            )
-            count += 1
-            if len(rows) >= _CHUNK_ROWS or end - self._end >= _CHUNK_BYTES:
-                self._write(_UPSERT, rows, bodies)
-                end = self._end
-                rows, bodies = [], []
-        if rows:
-            self._write(_UPSERT, rows, bodies)
+        try:
+            for raw in lines:
+                if not raw.strip():
+                    continue
+                try:
+                    record = _FINAL.decode(raw)
+                except _DECODE_ERRORS as err:
+                    raise ValueError(f"not a results line: {raw[:200]!r}: {err}") from None
+                if record.status not in RESULT_STATUSES:
+                    raise ValueError(f"results line with an unknown status: {raw[:200]!r}")
+                body = bytes(record.response)
+                if body == _NULL:
+                    body_at, size = _NULL_AT, _NULL_LEN
+                else:
+                    body_at, size = self._end, len(body)
+                    self._bodies.write(body)
+                    self._end += size
+                error = bytes(record.error).decode("utf-8")
+                batch_id = record.batch_id or ""
+                rows.append(
+                    (
+                        record.custom_id,
+                        REUSED_ROUND,
+                        record.status,
+                        body_at,
+                        size,
+                        error,
+                        batch_id,
+                        0,
+                        *_NO_USAGE,
+                    )
+                )
+                count += 1
+                if len(rows) >= _CHUNK_ROWS:
+                    self._write(_UPSERT, rows)
+                    rows = []
+            if rows:
+                self._write(_UPSERT, rows)
+        finally:
+            self._end = self._bodies.tell()
         return count
 
     def mark_missing(
