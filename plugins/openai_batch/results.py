@@ -402,6 +402,7 @@ class ResultStore:
 
     :param path: file of the scratch database; an existing file is reused, so a task can
         add the files of later rounds to the store of earlier ones.
+    :raises FileNotFoundError: when the database exists but its bodies file does not.
     """
 
     def __init__(self, path: str | Path) -> None:
@@ -409,6 +410,8 @@ class ResultStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.bodies_path = self.path.with_name(self.path.name + ".bodies")
         reopened = self.path.exists()
+        if reopened and not self.bodies_path.exists():
+            raise FileNotFoundError(f"{self.bodies_path}: the bodies of the outcomes in {self.path} are gone")
         self._db = sqlite3.connect(self.path, isolation_level=None)
         for pragma in ("journal_mode=OFF", "synchronous=OFF", "cache_size=-65536", "temp_store=FILE"):
             self._db.execute(f"PRAGMA {pragma}")

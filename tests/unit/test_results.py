@@ -354,3 +354,11 @@ def test_ids_without_an_outcome_of_a_batch(tmp_path: Path) -> None:
         ]
     with pytest.raises(ValueError, match="custom_id"):
         list(request_ids([b'{"body": {}}\n']))
+
+
+def test_a_store_whose_bodies_file_is_gone_does_not_open(tmp_path: Path) -> None:
+    with ResultStore(tmp_path / "s.sqlite") as store:
+        store.add_lines(lines(ok("a")), batch_id="b1", round=0)
+    (tmp_path / "s.sqlite.bodies").unlink()
+    with pytest.raises(FileNotFoundError, match="bodies"):
+        ResultStore(tmp_path / "s.sqlite")
