@@ -97,7 +97,9 @@ def merge(args: dict[str, Any]) -> dict[str, Any]:
 
     directory = Path(args["directory"])
     db = Path(args["db"])
-    db.unlink(missing_ok=True)
+    scratch = [db, db.with_name(db.name + ".bodies")]  # the store's database and its bodies file
+    for path in scratch:
+        path.unlink(missing_ok=True)
     files = [Path(f) for f in args["files"]]
     started, cpu_started = time.perf_counter(), time.process_time()
     lines = 0
@@ -123,8 +125,8 @@ def merge(args: dict[str, Any]) -> dict[str, Any]:
         "counts": counts.to_dict(),
         "peak_rss_mb": peak_rss_mb(),
     }
-    db.unlink(missing_ok=True)
-    out_path.unlink(missing_ok=True)
+    for path in [*scratch, out_path]:
+        path.unlink(missing_ok=True)
     return result
 
 

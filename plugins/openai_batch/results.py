@@ -11,10 +11,12 @@ results: lines are parsed one by one and written to SQLite in chunks.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 from dataclasses import asdict, dataclass, field
 from json.encoder import encode_basestring_ascii
 from json.scanner import make_scanner
+from operator import itemgetter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Literal, cast, get_args
 
@@ -34,17 +36,21 @@ __all__ = [
     "Usage",
     "classify_line",
     "is_retryable",
+    "is_final_line",
     "read_order",
+    "request_id",
+    "request_ids",
 ]
 
 ResultStatus = Literal["succeeded", "failed", "expired", "cancelled"]
 RESULT_STATUSES: tuple[str, ...] = get_args(ResultStatus)
 
-_CHUNK_ROWS = 20000
+#: Outcomes written to the database at a time, sorted by custom_id (fewer passes over its index).
+_CHUNK_ROWS = 100_000
 #: The round of results carried over from an earlier content: below every round of this one.
 REUSED_ROUND = -1
-_CHUNK_BYTES = 32 * 1024 * 1024
-_ORDER_CHUNK = 2000
+#: Parts (three per line) buffered for writing at a time.
+_ORDER_CHUNK = 3000
 #: Response bytes buffered for writing at a time.
 _BODY_BYTES = 8 * 1024 * 1024
 # Encoders built once: json.dumps with non-default arguments builds a new encoder per call.
@@ -233,20 +239,49 @@ class _Line(msgspec.Struct):
     response: _Response | None = None
 
 
+class _Final(msgspec.Struct):
+    custom_id: str
+    status: str
+    response: msgspec.Raw = msgspec.Raw(b"null")
+    error: msgspec.Raw = msgspec.Raw(b"null")
+    batch_id: str | None = None
+
+
+class _Request(msgspec.Struct):
+    custom_id: str
+
+
 _LINE = msgspec.json.Decoder(_Line)
+_REQUEST = msgspec.json.Decoder(_Request)
 _BODY = msgspec.json.Decoder(_Body)
+_FINAL = msgspec.json.Decoder(_Final)
+_DECODE_ERRORS = (msgspec.DecodeError, msgspec.ValidationError)
+_NO_USAGE = (0, 0, 0, 0)
 
 
-def _fast_success(raw: bytes) -> tuple[str, str, tuple[int, int, int, int]] | None:
+def _usage_tuple(usage: _Usage | None) -> tuple[int, int, int, int]:
+    """Return (input, output, cached, reasoning) tokens of a decoded usage object."""
+    if usage is None:
+        return _NO_USAGE
+    if usage.input_tokens or usage.output_tokens:  # responses API
+        cached = usage.input_tokens_details.cached_tokens if usage.input_tokens_details else 0
+        reasoning = usage.output_tokens_details.reasoning_tokens if usage.output_tokens_details else 0
+        return usage.input_tokens, usage.output_tokens, cached, reasoning
+    cached = usage.prompt_tokens_details.cached_tokens if usage.prompt_tokens_details else 0
+    reasoning = usage.completion_tokens_details.reasoning_tokens if usage.completion_tokens_details else 0
+    return usage.prompt_tokens, usage.completion_tokens, cached, reasoning
+
+
+def _fast_success(raw: bytes) -> tuple[str, bytes, tuple[int, int, int, int]] | None:
     """
     Return ``(custom_id, raw body, usage)`` of a 2xx output line, or None to take the general path.
 
     Only the envelope and the usage are decoded; the body is kept as the exact bytes the service
-    sent (valid JSON by construction), so it is neither parsed nor serialised again.
+    sent (valid JSON, checked to be UTF-8), so it is neither parsed into objects nor serialised again.
     """
     try:
         line = _LINE.decode(raw)
-    except (msgspec.DecodeError, msgspec.ValidationError):
+    except _DECODE_ERRORS:
         return None
     response = line.response
     if response is None or not 200 <= response.status_code < 300:
@@ -254,20 +289,52 @@ def _fast_success(raw: bytes) -> tuple[str, str, tuple[int, int, int, int]] | No
     body = bytes(response.body)
     if body[:1] != b"{":
         return None
+    if not body.isascii():
+        try:  # skipped strings are not checked by the decoder: the file must stay UTF-8
+            body.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
     try:
         usage = _BODY.decode(body).usage
-    except (msgspec.DecodeError, msgspec.ValidationError):
+    except _DECODE_ERRORS:
         return None
-    text = body.decode("utf-8")
-    if usage is None:
-        return line.custom_id, text, (0, 0, 0, 0)
-    if usage.input_tokens or usage.output_tokens:  # responses API
-        cached = usage.input_tokens_details.cached_tokens if usage.input_tokens_details else 0
-        reasoning = usage.output_tokens_details.reasoning_tokens if usage.output_tokens_details else 0
-        return line.custom_id, text, (usage.input_tokens, usage.output_tokens, cached, reasoning)
-    cached = usage.prompt_tokens_details.cached_tokens if usage.prompt_tokens_details else 0
-    reasoning = usage.completion_tokens_details.reasoning_tokens if usage.completion_tokens_details else 0
-    return line.custom_id, text, (usage.prompt_tokens, usage.completion_tokens, cached, reasoning)
+    return line.custom_id, body, _usage_tuple(usage)
+
+
+def request_id(raw: bytes) -> str:
+    """Return the custom_id of a request line (only that field is decoded).
+
+    :raises ValueError: for a line that is not a JSON object with a string custom_id.
+    """
+    try:
+        return _REQUEST.decode(raw).custom_id
+    except _DECODE_ERRORS:
+        raise ValueError(f"request line without a custom_id: {raw[:200]!r}") from None
+
+
+def request_ids(lines: Iterable[bytes]) -> Iterator[str]:
+    """Yield the custom_id of each request line, blank lines skipped (see :func:`request_id`)."""
+    for raw in lines:
+        if raw.strip():
+            yield request_id(raw)
+
+
+def is_final_line(raw: bytes) -> tuple[str, bool]:
+    """Return ``(custom_id, final)`` of an output/error file line: final unless worth resubmitting.
+
+    :raises ValueError: for a line that is not a JSON object with a string custom_id.
+    """
+    try:
+        line = _LINE.decode(raw)
+    except _DECODE_ERRORS:
+        line = None
+    if line is not None and line.response is not None and 200 <= line.response.status_code < 300:
+        return line.custom_id, True  # the common line, decoded without its body
+    obj = json.loads(raw)
+    if not isinstance(obj, dict) or not isinstance(obj.get("custom_id"), str):
+        raise ValueError(f"result line has no custom_id: {raw[:200]!r}")
+    status, _body, error = classify_line(obj)
+    return obj["custom_id"], not is_retryable(status, error)
 
 
 def _dumps(value: Any) -> str:
@@ -284,14 +351,15 @@ def _dumps(value: Any) -> str:
 
 
 _UPSERT_HEAD = """
-INSERT INTO results (custom_id, round, status, response, error, batch_id, retryable,
+INSERT INTO results (custom_id, round, status, body_at, body_len, error, batch_id, retryable,
                      input_tokens, output_tokens, cached_tokens, reasoning_tokens)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (custom_id) DO UPDATE SET
-    round = excluded.round, status = excluded.status, response = excluded.response,
-    error = excluded.error, batch_id = excluded.batch_id, retryable = excluded.retryable,
-    input_tokens = excluded.input_tokens, output_tokens = excluded.output_tokens,
-    cached_tokens = excluded.cached_tokens, reasoning_tokens = excluded.reasoning_tokens
+    round = excluded.round, status = excluded.status, body_at = excluded.body_at,
+    body_len = excluded.body_len, error = excluded.error, batch_id = excluded.batch_id,
+    retryable = excluded.retryable, input_tokens = excluded.input_tokens,
+    output_tokens = excluded.output_tokens, cached_tokens = excluded.cached_tokens,
+    reasoning_tokens = excluded.reasoning_tokens
 """
 # A later round replaces an earlier one; within a round a success is never overwritten.
 _UPSERT = (
@@ -301,34 +369,66 @@ _UPSERT = (
 )
 # A missing result only replaces outcomes of earlier rounds.
 _INSERT_MISSING = _UPSERT_HEAD + "WHERE excluded.round > results.round"
-_Row = tuple[str, int, str, str, str, str, int, int, int, int, int]
-
-
-def _first(row: _Row) -> str:
-    return row[0]
+# custom_id, round, status, body offset, body length, error JSON, batch id, retryable, usage.
+_Row = tuple[str, int, str, int, int, str, str, int, int, int, int, int]
+_BY_ID = itemgetter(0)
+_MISSING_TAIL = (
+    b',"error":{"code":"missing_result","message":"no result was returned for this request"},'
+    b'"batch_id":null}\n'
+)
+_STATUS_HEADS = {status: f',"status":"{status}","response":' for status in RESULT_STATUSES}
+#: custom_ids looked up per query (SQLite allows 999 parameters in its oldest builds).
+_LOOKUP_CHUNK = 500
+_NULL = b"null"
+#: Every side file starts with ``null``: the body of outcomes without one.
+_NULL_AT, _NULL_LEN = 0, len(_NULL)
+_SUMS = (
+    f"SELECT count(*), coalesce(sum(round = {REUSED_ROUND}), 0)"
+    + "".join(
+        f", coalesce(sum(CASE WHEN status = 'succeeded' AND round != {REUSED_ROUND} THEN {column} END), 0)"
+        for column in ("input_tokens", "output_tokens", "cached_tokens", "reasoning_tokens")
+    )
+    + " FROM results"
+)
 
 
 class ResultStore:
     """SQLite-backed store of the latest outcome per custom_id (a scratch file, bounded cache).
 
+    Response bodies are appended, as the bytes the service sent, to a side file next to the database
+    (``<path>.bodies``); the database keeps, per custom_id, the outcome, the body's offset and
+    length, the error and the usage. Rows stay small whatever the responses, so the database's page
+    cache holds most of them and writing the results reads each body once, by offset.
+
     :param path: file of the scratch database; an existing file is reused, so a task can
         add the files of later rounds to the store of earlier ones.
+    :raises FileNotFoundError: when the database exists but its bodies file does not.
     """
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.bodies_path = self.path.with_name(self.path.name + ".bodies")
+        reopened = self.path.exists()
+        if reopened and not self.bodies_path.exists():
+            raise FileNotFoundError(f"{self.bodies_path}: the bodies of the outcomes in {self.path} are gone")
         self._db = sqlite3.connect(self.path, isolation_level=None)
         for pragma in ("journal_mode=OFF", "synchronous=OFF", "cache_size=-65536", "temp_store=FILE"):
             self._db.execute(f"PRAGMA {pragma}")
         self._db.execute(
             """CREATE TABLE IF NOT EXISTS results (
                 custom_id TEXT PRIMARY KEY, round INTEGER NOT NULL, status TEXT NOT NULL,
-                response TEXT NOT NULL, error TEXT NOT NULL, batch_id TEXT NOT NULL,
-                retryable INTEGER NOT NULL, input_tokens INTEGER NOT NULL,
+                body_at INTEGER NOT NULL, body_len INTEGER NOT NULL, error TEXT NOT NULL,
+                batch_id TEXT NOT NULL, retryable INTEGER NOT NULL, input_tokens INTEGER NOT NULL,
                 output_tokens INTEGER NOT NULL, cached_tokens INTEGER NOT NULL,
-                reasoning_tokens INTEGER NOT NULL)"""
+                reasoning_tokens INTEGER NOT NULL) WITHOUT ROWID"""
         )
+        # A new database starts a new side file: offsets recorded earlier belong to a database gone.
+        self._bodies = open(self.bodies_path, "ab" if reopened else "wb", buffering=1 << 20)  # noqa: SIM115
+        if not reopened:
+            self._bodies.write(_NULL)
+        self._end = self._bodies.tell()
+        self._reader = os.open(self.bodies_path, os.O_RDONLY)
 
     def __enter__(self) -> ResultStore:
         return self
@@ -339,17 +439,29 @@ class ResultStore:
         self.close()
 
     def close(self) -> None:
-        """Close the database (the file stays; delete it when done)."""
+        """Close the database and its side file (both files stay; delete them when done)."""
         self._db.close()
+        self._bodies.close()
+        os.close(self._reader)
 
     def _write(self, sql: str, rows: list[_Row]) -> None:
         # Sorted by custom_id, the upserts walk the primary-key index in order (fewer page misses).
         # Ids are unique within one output/error file, so the order does not change the outcome;
         # for repeated ids the stable sort keeps their file order.
-        rows.sort(key=_first)
+        rows.sort(key=_BY_ID)
         self._db.execute("BEGIN")
         self._db.executemany(sql, rows)
         self._db.execute("COMMIT")
+
+    def _body(self, at: int, length: int) -> bytes:
+        """Return a stored body's bytes (``null`` for none)."""
+        data = os.pread(self._reader, length, at)
+        while len(data) < length:  # a short read (signals, huge bodies): read the rest
+            more = os.pread(self._reader, length - len(data), at + len(data))
+            if not more:
+                raise OSError(f"{self.bodies_path}: body at {at} is cut short")
+            data += more
+        return data
 
     def add_lines(self, lines: Iterable[bytes], *, batch_id: str, round: int) -> int:
         """Store the outcomes of output/error file lines; return how many lines were read.
@@ -360,76 +472,84 @@ class ResultStore:
         :raises ValueError: for a line that is not a JSON object with a string custom_id.
         """
         rows: list[_Row] = []
-        size = 0
+        write = self._bodies.write
+        end = self._end
         count = 0
-        for raw in lines:
-            fast = _fast_success(raw)
-            if fast is not None:  # the common line: a 2xx answer, stored as its raw body bytes
-                custom_id, response, usage = fast
-                rows.append((custom_id, round, "succeeded", response, "null", batch_id, 0, *usage))
+        try:
+            for raw in lines:
+                fast = _fast_success(raw)
+                if fast is not None:  # the common line: a 2xx answer, stored as its raw body bytes
+                    custom_id, body, usage = fast
+                    size = len(body)
+                    rows.append((custom_id, round, "succeeded", end, size, "null", batch_id, 0, *usage))
+                    write(body)
+                    end += size
+                elif not raw.strip():
+                    continue
+                else:
+                    custom_id, status, data, error, usage = _general(raw, batch_id)
+                    body_at = _NULL_AT if data is None else end
+                    size = _NULL_LEN if data is None else len(data)
+                    rows.append(
+                        (custom_id, round, status, body_at, size, error[0], batch_id, error[1], *usage)
+                    )
+                    if data is not None:
+                        write(data)
+                        end += size
                 count += 1
-                size += len(response)
-                if len(rows) >= _CHUNK_ROWS or size >= _CHUNK_BYTES:
+                if len(rows) >= _CHUNK_ROWS:
                     self._write(_UPSERT, rows)
-                    rows, size = [], 0
-                continue
-            if not raw.strip():
-                continue
-            obj = json.loads(raw)
-            if not isinstance(obj, dict) or not isinstance(obj.get("custom_id"), str):
-                raise ValueError(f"result line of batch {batch_id} has no custom_id: {raw[:200]!r}")
-            status, body, error = classify_line(obj)
-            usage = _usage_of(body) if status == "succeeded" else (0, 0, 0, 0)
-            response = _dumps(body)
-            rows.append(
-                (
-                    obj["custom_id"],
-                    round,
-                    status,
-                    response,
-                    _dumps(error),
-                    batch_id,
-                    int(is_retryable(status, error)),
-                    *usage,
-                )
-            )
-            count += 1
-            size += len(response)
-            if len(rows) >= _CHUNK_ROWS or size >= _CHUNK_BYTES:
+                    rows = []
+            if rows:
                 self._write(_UPSERT, rows)
-                rows, size = [], 0
-        if rows:
-            self._write(_UPSERT, rows)
+        finally:
+            self._end = self._bodies.tell()
         return count
 
     def add_final_lines(self, lines: Iterable[bytes]) -> int:
         """Store ``results.jsonl`` lines carried over from an earlier content (round -1); return how many."""
         rows: list[_Row] = []
         count = 0
-        for raw in lines:
-            if not raw.strip():
-                continue
-            record = json.loads(raw)
-            body = record.get("response")
-            usage = _usage_of(body if isinstance(body, dict) else None)
-            rows.append(
-                (
-                    record["custom_id"],
-                    REUSED_ROUND,
-                    record["status"],
-                    _dumps(body),
-                    _dumps(record.get("error")),
-                    str(record.get("batch_id") or ""),
-                    0,
-                    *usage,
+        try:
+            for raw in lines:
+                if not raw.strip():
+                    continue
+                try:
+                    record = _FINAL.decode(raw)
+                except _DECODE_ERRORS as err:
+                    raise ValueError(f"not a results line: {raw[:200]!r}: {err}") from None
+                if record.status not in RESULT_STATUSES:
+                    raise ValueError(f"results line with an unknown status: {raw[:200]!r}")
+                body = bytes(record.response)
+                if body == _NULL:
+                    body_at, size = _NULL_AT, _NULL_LEN
+                else:
+                    body_at, size = self._end, len(body)
+                    self._bodies.write(body)
+                    self._end += size
+                error = bytes(record.error).decode("utf-8")
+                batch_id = record.batch_id or ""
+                rows.append(
+                    (
+                        record.custom_id,
+                        REUSED_ROUND,
+                        record.status,
+                        body_at,
+                        size,
+                        error,
+                        batch_id,
+                        0,
+                        *_NO_USAGE,
+                    )
                 )
-            )
-            count += 1
-            if len(rows) >= _CHUNK_ROWS:
+                count += 1
+                if len(rows) >= _CHUNK_ROWS:
+                    self._write(_UPSERT, rows)
+                    rows = []
+            if rows:
                 self._write(_UPSERT, rows)
-                rows = []
-        if rows:
-            self._write(_UPSERT, rows)
+        finally:
+            self._end = self._bodies.tell()
         return count
 
     def mark_missing(
@@ -452,7 +572,9 @@ class ResultStore:
         rows: list[_Row] = []
         count = 0
         for custom_id in custom_ids:
-            rows.append((custom_id, round, status, "null", error_json, batch_id, retryable, 0, 0, 0, 0))
+            rows.append(
+                (custom_id, round, status, _NULL_AT, _NULL_LEN, error_json, batch_id, retryable, *_NO_USAGE)
+            )
             count += 1
             if len(rows) >= _CHUNK_ROWS:
                 self._write(_INSERT_MISSING, rows)
@@ -461,111 +583,181 @@ class ResultStore:
             self._write(_INSERT_MISSING, rows)
         return count
 
+    def without_outcome_of(self, custom_ids: Iterable[str], batch_id: str) -> Iterator[str]:
+        """Yield, in order, the ids whose stored outcome is not from ``batch_id`` (or that have none)."""
+        chunk: list[str] = []
+        for custom_id in custom_ids:
+            chunk.append(custom_id)
+            if len(chunk) >= _LOOKUP_CHUNK:
+                yield from self._without_outcome_of(chunk, batch_id)
+                chunk = []
+        if chunk:
+            yield from self._without_outcome_of(chunk, batch_id)
+
+    def _without_outcome_of(self, chunk: list[str], batch_id: str) -> list[str]:
+        marks = ",".join("?" * len(chunk))
+        found = {
+            row[0]
+            for row in self._db.execute(
+                f"SELECT custom_id FROM results WHERE batch_id = ? AND custom_id IN ({marks})",  # noqa: S608
+                (batch_id, *chunk),
+            )
+        }
+        return [custom_id for custom_id in chunk if custom_id not in found]
+
     def get(self, custom_id: str) -> ResultRecord | None:
         """Return the latest outcome of ``custom_id``, or None."""
         row = self._db.execute(
-            "SELECT custom_id, status, response, error, batch_id, round FROM results WHERE custom_id = ?",
+            "SELECT custom_id, status, body_at, body_len, error, batch_id, round FROM results"
+            " WHERE custom_id = ?",
             (custom_id,),
         ).fetchone()
         if row is None:
             return None
-        return ResultRecord(row[0], row[1], json.loads(row[2]), json.loads(row[3]), row[4], row[5])
+        self._bodies.flush()
+        body = json.loads(self._body(row[2], row[3]))
+        return ResultRecord(row[0], row[1], body, json.loads(row[4]), row[5], row[6])
 
     def __len__(self) -> int:
         return int(self._db.execute("SELECT count(*) FROM results").fetchone()[0])
 
-    def _rows_in_order(self, order: Iterable[str]) -> Iterator[tuple[str, tuple[Any, ...] | None]]:
+    def _joined(self, order: Iterable[str], columns: str) -> sqlite3.Cursor:
         """
-        Yield ``(custom_id, row or None)`` in ``order``, one row at a time.
+        Return a cursor over ``(custom_id, <columns of results r, all NULL when none>)`` in ``order``.
 
         The order goes into a scratch table and one join streams the rows in that order, so memory
-        holds one row at a time however large the responses (image results are megabytes each).
+        holds a row at a time. Drop ``temp.input_order`` when done.
         """
         self._db.execute("DROP TABLE IF EXISTS temp.input_order")
         self._db.execute("CREATE TEMP TABLE input_order (pos INTEGER PRIMARY KEY, custom_id TEXT NOT NULL)")
+        insert = "INSERT INTO temp.input_order (custom_id) VALUES (?)"
         chunk: list[tuple[str]] = []
-        for custom_id in order:
-            chunk.append((custom_id,))
-            if len(chunk) >= _CHUNK_ROWS:
-                self._insert_order(chunk)
-                chunk = []
-        self._insert_order(chunk)
-        rows = self._db.execute(
-            "SELECT o.custom_id, r.custom_id, r.status, r.response, r.error, r.batch_id, r.input_tokens,"
-            " r.output_tokens, r.cached_tokens, r.reasoning_tokens, r.round"
-            " FROM temp.input_order o LEFT JOIN results r ON r.custom_id = o.custom_id ORDER BY o.pos"
+        self._db.execute("BEGIN")
+        try:
+            for custom_id in order:
+                chunk.append((custom_id,))
+                if len(chunk) >= _CHUNK_ROWS:
+                    self._db.executemany(insert, chunk)
+                    chunk = []
+            self._db.executemany(insert, chunk)
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+        return self._db.execute(
+            f"SELECT o.custom_id, {columns} FROM temp.input_order o"  # noqa: S608 - fixed column lists
+            " LEFT JOIN results r ON r.custom_id = o.custom_id ORDER BY o.pos"
         )
-        for row in rows:
-            yield row[0], (row[1:] if row[1] is not None else None)
-        self._db.execute("DROP TABLE temp.input_order")
-
-    def _insert_order(self, chunk: list[tuple[str]]) -> None:
-        if chunk:
-            self._db.execute("BEGIN")
-            self._db.executemany("INSERT INTO temp.input_order (custom_id) VALUES (?)", chunk)
-            self._db.execute("COMMIT")
 
     def pending(self, order: Iterable[str]) -> Iterator[str]:
         """Yield, in order, the ids with no outcome yet or a retryable one (to resubmit)."""
-        for custom_id, row in self._rows_in_order(order):
-            if row is None:
+        for custom_id, status, error in self._joined(order, "r.status, r.error"):
+            if status is None or (status != "succeeded" and is_retryable(status, json.loads(error))):
                 yield custom_id
-            elif row[1] != "succeeded":
-                record_error = json.loads(row[3])
-                if is_retryable(row[1], record_error):
-                    yield custom_id
+        self._db.execute("DROP TABLE temp.input_order")
 
     def write_results(self, order: Iterable[str], out: BinaryIO) -> ResultCounts:
         """Write ``results.jsonl`` lines for ``order`` (custom_ids in input order) to ``out``.
 
         Each line is ``{"custom_id", "status", "response", "error", "batch_id"}``; an id with
-        no stored outcome is written as failed with error code ``missing_result``.
+        no stored outcome is written as failed with error code ``missing_result``. Bodies are
+        copied as stored; about ``_BODY_BYTES`` of them are held at a time. ``order`` lists each
+        id once (``prepare_requests`` rejects repeated ids).
         """
-        counts = ResultCounts()
-        usage = counts.usage
-        batch_json: dict[str, str] = {}
-        tally = {"succeeded": 0, "failed": 0, "expired": 0, "cancelled": 0}
-        missing_error = '{"code":"missing_result","message":"no result was returned for this request"}'
-        buffer: list[str] = []
-        buffered = 0
-        for custom_id, row in self._rows_in_order(order):
-            if row is None:
-                status, response, error, batch_id = "failed", "null", missing_error, "null"
+        self._bodies.flush()
+        tally = dict.fromkeys(RESULT_STATUSES, 0)
+        # Succeeded lines of one batch end alike: their tail is built once per batch.
+        tails: dict[str, bytes] = {}
+        parts: list[bytes] = []
+        buffered = found = 0
+        heads = _STATUS_HEADS
+        rows = self._joined(order, "r.status, r.body_at, r.body_len, r.error, r.batch_id")
+        pread, fd, read = os.pread, self._reader, self._body
+        for custom_id, status, at, length, error, batch_id in rows:
+            if status == "succeeded":
+                tail = tails.get(batch_id)
+                if tail is None:
+                    tail = tails[batch_id] = f',"error":null,"batch_id":{json.dumps(batch_id)}}}\n'.encode()
+            elif status is None:
+                status, at, length, tail = "failed", _NULL_AT, _NULL_LEN, _MISSING_TAIL
+                found -= 1
             else:
-                status, response, error = row[1], row[2], row[3]
-                batch_id = batch_json.get(row[4]) or batch_json.setdefault(row[4], json.dumps(row[4]))
-                if row[9] == REUSED_ROUND:
-                    counts.reused += 1
-                elif status == "succeeded":
-                    usage.input_tokens += row[5]
-                    usage.output_tokens += row[6]
-                    usage.cached_tokens += row[7]
-                    usage.reasoning_tokens += row[8]
+                tail = f',"error":{error},"batch_id":{json.dumps(batch_id)}}}\n'.encode()
             tally[status] += 1
-            buffer.append(
-                f'{{"custom_id":{encode_basestring_ascii(custom_id)},"status":"{status}",'
-                f'"response":{response},"error":{error},"batch_id":{batch_id}}}\n'
+            body = pread(fd, length, at)
+            if len(body) != length:  # a short read: read the rest
+                body = read(at, length)
+            parts += (
+                ('{"custom_id":' + encode_basestring_ascii(custom_id) + heads[status]).encode(),
+                body,
+                tail,
             )
-            buffered += len(response)
-            if len(buffer) >= _ORDER_CHUNK or buffered >= _BODY_BYTES:
-                out.write("".join(buffer).encode("utf-8"))
-                buffer, buffered = [], 0
-        if buffer:
-            out.write("".join(buffer).encode("utf-8"))
-        counts.succeeded = tally["succeeded"]
-        counts.failed = tally["failed"]
-        counts.expired = tally["expired"]
-        counts.cancelled = tally["cancelled"]
-        counts.total = sum(tally.values())
-        return counts
+            buffered += length
+            if len(parts) >= _ORDER_CHUNK or buffered >= _BODY_BYTES:
+                out.write(b"".join(parts))
+                parts, buffered = [], 0
+        if parts:
+            out.write(b"".join(parts))
+        total = sum(tally.values())
+        found += total
+        usage, reused = self._usage(found)
+        return ResultCounts(
+            succeeded=tally["succeeded"],
+            failed=tally["failed"],
+            expired=tally["expired"],
+            cancelled=tally["cancelled"],
+            total=total,
+            usage=usage,
+            reused=reused,
+        )
+
+    def _usage(self, found: int) -> tuple[Usage, int]:
+        """
+        Return the usage of the succeeded outcomes paid in this content's rounds, and the reused count.
+
+        ``found`` ids of ``temp.input_order`` had an outcome. When that is every outcome stored (the
+        usual case: no line answered an id that was not asked), the table is summed as it is; else
+        only the outcomes of ids in ``temp.input_order``. Drops ``temp.input_order``.
+        """
+        row = self._db.execute(_SUMS).fetchone()
+        if row[0] != found:
+            row = self._db.execute(
+                _SUMS + " WHERE custom_id IN (SELECT custom_id FROM temp.input_order)"
+            ).fetchone()
+        self._db.execute("DROP TABLE temp.input_order")
+        return Usage(*row[2:]), int(row[1])
+
+
+def _general(
+    raw: bytes, batch_id: str
+) -> tuple[str, str, bytes | None, tuple[str, int], tuple[int, int, int, int]]:
+    """Return ``(custom_id, status, body or None, (error JSON, retryable), usage)`` of any result line."""
+    obj = json.loads(raw)
+    if not isinstance(obj, dict) or not isinstance(obj.get("custom_id"), str):
+        raise ValueError(f"result line of batch {batch_id} has no custom_id: {raw[:200]!r}")
+    status, body, error = classify_line(obj)
+    data = None if body is None else _dumps(body).encode("utf-8")
+    usage = _usage_of(body) if status == "succeeded" else _NO_USAGE
+    return obj["custom_id"], status, data, (_dumps(error), int(is_retryable(status, error))), usage
 
 
 def read_order(path: str | Path) -> Iterator[str]:
     """Yield the custom_ids of an ``order.txt`` written by ``prepare_requests``, in order."""
     with open(path, encoding="utf-8") as lines:
         for line in lines:
-            text = line[:-1] if line[-1:] == "\n" else line
-            if text[:1] == '"' and text[-1:] == '"':  # the usual line: a JSON string, no padding
+            if line[:1] == '"':  # the usual line: a JSON string, no padding
+                size = len(line)
+                inner = (
+                    line[1:-2]
+                    if size > 2 and line[-2:] == '"\n'
+                    else line[1:-1]
+                    if size > 1 and line[-1:] == '"'
+                    else None
+                )
+                if inner is not None and '"' not in inner and "\\" not in inner and inner.isprintable():
+                    yield inner  # nothing escaped: the text is the id
+                    continue
+                text = line.rstrip("\n")
                 try:
                     value, end = _SCAN(text, 0)
                 except ValueError:

@@ -6,13 +6,12 @@ picks the requests to resubmit, merges every round into input order, and builds 
 
 from __future__ import annotations
 
-import json
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from openai_batch.reuse import REUSED_FILE
-from openai_batch.storage import check_batch_id, iter_lines
+from openai_batch.storage import check_batch_id, copy_file, iter_lines, local_dir, to_path
 
 if TYPE_CHECKING:
     from airflow.sdk import ObjectStoragePath
@@ -77,28 +76,22 @@ def write_retry_file(state_dir: ObjectStoragePath, rnd: Round, name: str) -> int
     Final outcomes are successes and non-retryable failures. Everything else is retried: expired,
     cancelled, 429/5xx failures, and requests that appear in neither file.
     """
-    from openai_batch.results import classify_line, is_retryable
+    from openai_batch.results import is_final_line, request_id
 
     done: set[str] = set()
     for path in round_files(state_dir, rnd):
         for line in iter_lines(path):
-            if not line.strip():
-                continue
-            obj = json.loads(line)
-            status, _response, error = classify_line(obj)
-            if not is_retryable(status, error):
-                done.add(obj["custom_id"])
+            if line.strip():
+                custom_id, final = is_final_line(line)
+                if final:
+                    done.add(custom_id)
     count = 0
     with (state_dir / name).open("wb") as fout:
         for line in iter_lines(state_dir / rnd.file):
-            if line.strip() and json.loads(line)["custom_id"] not in done:
+            if line.strip() and request_id(line) not in done:
                 fout.write(line if line.endswith(b"\n") else line + b"\n")
                 count += 1
     return count
-
-
-def _custom_ids(path: ObjectStoragePath) -> list[str]:
-    return [json.loads(line)["custom_id"] for line in iter_lines(path) if line.strip()]
 
 
 def merge_shards(
@@ -124,19 +117,21 @@ def merge_shards(
                 for seq, rnd in enumerate(state.rounds):
                     if rnd.batch_id and rnd.status:
                         _apply_round(store, state_dir, rnd, seq)
-            order = Path(tmp) / "order.txt"
-            with order.open("wb") as fout:
-                for line in iter_lines(state_dir / "order.txt"):
-                    fout.write(line)
+            order = local_dir(state_dir / "order.txt")
+            if order is None:  # object storage: a local copy to read
+                order = Path(tmp) / "order.txt"
+                copy_file(state_dir / "order.txt", to_path(str(order)))
             return store.write_results(read_order(order), dest)
 
 
 def _apply_round(store: ResultStore, state_dir: ObjectStoragePath, rnd: Round, seq: int) -> None:
+    from openai_batch.results import request_ids
+
     assert rnd.batch_id is not None
     if rnd.status == "failed":
         first = rnd.errors[0] if rnd.errors else {}
         store.mark_missing(
-            _custom_ids(state_dir / rnd.file),
+            request_ids(iter_lines(state_dir / rnd.file)),
             status="failed",
             batch_id=rnd.batch_id,
             round=seq,
@@ -146,11 +141,7 @@ def _apply_round(store: ResultStore, state_dir: ObjectStoragePath, rnd: Round, s
         return
     for path in round_files(state_dir, rnd):
         store.add_lines(iter_lines(path), batch_id=rnd.batch_id, round=seq)
-    missing = [
-        cid
-        for cid in _custom_ids(state_dir / rnd.file)
-        if (rec := store.get(cid)) is None or rec.batch_id != rnd.batch_id
-    ]
+    missing = list(store.without_outcome_of(request_ids(iter_lines(state_dir / rnd.file)), rnd.batch_id))
     if missing:
         status = _MISSING_STATUS.get(rnd.status or "", "failed")
         store.mark_missing(

@@ -227,6 +227,11 @@ def copy_file(src: Path | ObjectStoragePath, dest: ObjectStoragePath, chunk_size
 
 def iter_lines(path: ObjectStoragePath, chunk_size: int = 1 << 20) -> Iterator[bytes]:
     """Yield the lines of a file (with their line endings), reading in chunks."""
+    local = local_dir(path)
+    if local is not None:  # the file object's own line iteration: no copy per line
+        with open(local, "rb", buffering=chunk_size) as fh:
+            yield from fh
+        return
     with path.open("rb") as fin:
         yield from _lines_of(fin, chunk_size)
 

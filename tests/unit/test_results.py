@@ -276,3 +276,89 @@ def test_writing_large_responses_holds_a_bounded_number_of_bytes(tmp_path: Path)
         tracemalloc.stop()
     assert counts.succeeded == 120
     assert peak < 40_000_000, f"peak {peak / 1e6:.0f} MB for 120 MB of responses"
+
+
+def test_bodies_are_written_as_sent_and_a_reopened_store_keeps_them(tmp_path: Path) -> None:
+    """A later round added after the store was closed and opened again: every body comes back exact."""
+    first = b'{"custom_id": "a", "response": {"status_code": 200, "body": {"x" : [1, 2],  "t": "\\u00e9"}}}\n'
+    with ResultStore(tmp_path / "s.sqlite") as store:
+        store.add_lines([first, *lines(err("b", "batch_expired"))], batch_id="b1", round=0)
+    with ResultStore(tmp_path / "s.sqlite") as store:
+        store.add_lines(lines(ok("b", text="\u2603")), batch_id="b2", round=1)
+        out = io.BytesIO()
+        counts = store.write_results(["a", "b"], out)
+    rows = out.getvalue().splitlines()
+    assert rows[0] == (
+        b'{"custom_id":"a","status":"succeeded","response":{"x" : [1, 2],  "t": "\\u00e9"},'
+        b'"error":null,"batch_id":"b1"}'
+    )
+    assert json.loads(rows[1])["response"] == {"usage": {}, "text": "\u2603"}
+    assert counts.succeeded == 2
+
+
+def test_a_new_store_does_not_trust_a_bodies_file_left_behind(tmp_path: Path) -> None:
+    with ResultStore(tmp_path / "s.sqlite") as store:
+        store.add_lines(lines(ok("a", text="old" * 100)), batch_id="b1", round=0)
+    (tmp_path / "s.sqlite").unlink()
+    with ResultStore(tmp_path / "s.sqlite") as store:
+        store.add_lines(lines(ok("a", text="new")), batch_id="b1", round=0)
+        out = io.BytesIO()
+        store.write_results(["a"], out)
+    assert json.loads(out.getvalue())["response"]["text"] == "new"
+    assert (tmp_path / "s.sqlite.bodies").stat().st_size < 300
+
+
+def test_usage_counts_only_the_ids_asked_for(tmp_path: Path) -> None:
+    """A line answering an id that is not in the order is not written, and its usage is not counted."""
+    usage = {"prompt_tokens": 10, "completion_tokens": 1}
+    with ResultStore(tmp_path / "s.sqlite") as store:
+        store.add_lines(lines(ok("a", usage), ok("stray", usage)), batch_id="b1", round=0)
+        out = io.BytesIO()
+        counts = store.write_results(["a", "b"], out)
+    assert [json.loads(line)["custom_id"] for line in out.getvalue().splitlines()] == ["a", "b"]
+    assert (counts.succeeded, counts.failed, counts.total) == (1, 1, 2)
+    assert (counts.usage.input_tokens, counts.usage.output_tokens) == (10, 1)
+
+
+def test_reused_results_are_counted_apart_and_written_as_they_were(tmp_path: Path) -> None:
+    reused = b'{"custom_id":"a","status":"succeeded","response":{"k": 1},"error":null,"batch_id":"old"}\n'
+    with ResultStore(tmp_path / "s.sqlite") as store:
+        assert store.add_final_lines([reused, b"\n"]) == 1
+        store.add_lines(lines(ok("b", {"prompt_tokens": 3})), batch_id="b1", round=0)
+        out = io.BytesIO()
+        counts = store.write_results(["a", "b"], out)
+    first = out.getvalue().splitlines()[0]
+    assert (
+        first == b'{"custom_id":"a","status":"succeeded","response":{"k": 1},"error":null,"batch_id":"old"}'
+    )
+    assert (counts.succeeded, counts.reused, counts.usage.input_tokens) == (2, 1, 3)
+
+
+def test_a_body_that_is_not_utf8_is_refused(tmp_path: Path) -> None:
+    line = b'{"custom_id": "a", "response": {"status_code": 200, "body": {"t": "\xff"}}}\n'
+    with ResultStore(tmp_path / "s.sqlite") as store, pytest.raises(ValueError, match="utf-8"):
+        store.add_lines([line], batch_id="b1", round=0)
+
+
+def test_ids_without_an_outcome_of_a_batch(tmp_path: Path) -> None:
+    from openai_batch.results import request_ids
+
+    ids = [f"id-{i}" for i in range(1200)]
+    with ResultStore(tmp_path / "s.sqlite") as store:
+        store.add_lines(lines(*(ok(i) for i in ids[:1000] if i != "id-7")), batch_id="b1", round=0)
+        store.add_lines(lines(ok("id-1100")), batch_id="b2", round=0)
+        requests = [json.dumps({"custom_id": i, "body": {}}).encode() + b"\n" for i in ids]
+        assert list(store.without_outcome_of(request_ids([*requests, b"\n"]), "b1")) == [
+            "id-7",
+            *ids[1000:],
+        ]
+    with pytest.raises(ValueError, match="custom_id"):
+        list(request_ids([b'{"body": {}}\n']))
+
+
+def test_a_store_whose_bodies_file_is_gone_does_not_open(tmp_path: Path) -> None:
+    with ResultStore(tmp_path / "s.sqlite") as store:
+        store.add_lines(lines(ok("a")), batch_id="b1", round=0)
+    (tmp_path / "s.sqlite.bodies").unlink()
+    with pytest.raises(FileNotFoundError, match="bodies"):
+        ResultStore(tmp_path / "s.sqlite")

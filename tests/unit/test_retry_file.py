@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -46,3 +47,42 @@ def test_all_answered(tmp_path: Path) -> None:
 )
 def test_anything_less_writes_a_retry_file(tmp_path: Path, lines: int, changes: dict[str, Any]) -> None:
     assert not nothing_to_retry(*_round(tmp_path, lines, **changes))
+
+
+def test_retry_file_holds_the_requests_without_a_final_outcome(tmp_path: Path) -> None:
+    from openai_batch.results_io import write_retry_file
+
+    requests = [json.dumps({"custom_id": f"r{i}", "body": {"n": i}}).encode() + b"\n" for i in range(6)]
+    (tmp_path / "shard-00000.jsonl").write_bytes(b"".join(requests))
+    (tmp_path / "batches").mkdir()
+    output = [
+        {"custom_id": "r0", "response": {"status_code": 200, "body": {"ok": 1}}},
+        {"custom_id": "r1", "response": {"status_code": 400, "body": {"error": {"code": "bad"}}}},
+        {"custom_id": "r2", "response": {"status_code": 500, "body": {"error": {"code": "server_error"}}}},
+    ]
+    errors = [
+        {"custom_id": "r3", "response": None, "error": {"code": "batch_expired", "message": "late"}},
+        {
+            "custom_id": "r4",
+            "response": {"status_code": 429, "body": {"error": {"code": "rate_limit_exceeded"}}},
+        },
+    ]
+    (tmp_path / "batches" / "batch_1.output.jsonl").write_bytes(
+        b"".join(json.dumps(o).encode() + b"\n" for o in output)
+    )
+    (tmp_path / "batches" / "batch_1.error.jsonl").write_bytes(
+        b"\n".join(json.dumps(o).encode() for o in errors)
+    )
+    rnd = Round(
+        round=0,
+        file="shard-00000.jsonl",
+        requests=6,
+        batch_id="batch_1",
+        status="completed",
+        output_file_id="file-out",
+        error_file_id="file-err",
+    )
+    state_dir = ObjectStoragePath(str(tmp_path))
+    # r0 succeeded and r1 failed for good; r2 (500), r3 (expired), r4 (429) and r5 (no line) go again
+    assert write_retry_file(state_dir, rnd, "retry.jsonl") == 4
+    assert (tmp_path / "retry.jsonl").read_bytes() == b"".join(requests[2:])
