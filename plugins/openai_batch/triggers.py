@@ -161,6 +161,10 @@ class OpenAIBatchTrigger(BaseTrigger):
                 if batch["status"] in TERMINAL_STATUSES:
                     yield TriggerEvent(batch_summary(batch))
                     return
+                # Not kept through the sleep: a thousand waits holding their last answer for an
+                # interval push those objects into the oldest GC generation, and the triggerer's
+                # loop stops for every full collection they bring on.
+                del batch
             if self.end_time is not None and time.time() >= self.end_time:
                 client = await self._hook().shared_async_client()
                 yield TriggerEvent(await self._timeout_event(client))

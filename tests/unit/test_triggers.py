@@ -193,3 +193,29 @@ async def test_event_loop_never_blocks_while_the_server_is_slow(start_emulator: 
     their_lag = await _max_loop_lag(collect(theirs), 2.5)
     assert our_lag < 0.1, our_lag
     assert their_lag > 0.3, their_lag  # shows the measurement can tell a blocking trigger apart
+
+
+async def test_a_wait_keeps_no_answer_alive_between_polls() -> None:
+    """The last status is dropped before the sleep: a thousand waits holding theirs for an interval
+    would push them into the oldest GC generation and bring on full collections that stop the loop."""
+    import weakref
+
+    class Answer(dict):  # type: ignore[type-arg]  # a dict that can be weakly referenced
+        pass
+
+    earlier: list[weakref.ref[Answer]] = []
+    alive_at_next_poll: list[bool] = []
+
+    async def fetch() -> dict[str, Any]:
+        if earlier:  # the previous answer, as the wait wakes up for the next poll
+            alive_at_next_poll.append(earlier[-1]() is not None)
+        status = "completed" if len(earlier) == 3 else "in_progress"
+        answer = Answer(id="batch_1", status=status, request_counts={"total": 1})
+        earlier.append(weakref.ref(answer))
+        return answer
+
+    trigger = OpenAIBatchTrigger(conn_id="openai_default", batch_id="batch_1", poll_interval=0.02)
+    trigger._log_progress = lambda batch: None  # type: ignore[method-assign]
+    event = await asyncio.wait_for(anext(trigger._poll(fetch)), timeout=10)
+    assert event.payload["status"] == "completed"
+    assert alive_at_next_poll == [False, False, False]
