@@ -347,6 +347,8 @@ async def create_batch(request: Request) -> JSONResponse:
     )
     state.store.put_batch(record)
     state.stats.incr("batches_created")
+    # The count only grows when a batch is created, so its most-ever value is reached here.
+    state.stats.high_water("batches_in_flight_max", state.store.count_active())
     return JSONResponse(record.to_api())
 
 

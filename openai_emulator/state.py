@@ -27,6 +27,12 @@ class Stats:
         with self._lock:
             self.counters[name] += amount
 
+    def high_water(self, name: str, value: int) -> None:
+        """Raise a counter to ``value`` if it is higher (a most-ever mark)."""
+        with self._lock:
+            if value > self.counters[name]:
+                self.counters[name] = value
+
     def route(self, key: str) -> None:
         """Count one API call of a route."""
         with self._lock:

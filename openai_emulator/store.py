@@ -129,6 +129,16 @@ class Store:
         records = [BatchRecord.from_json(json.loads(r[0])) for r in rows]
         return records[:limit], len(records) > limit
 
+    def count_active(self) -> int:
+        """Return how many batches are not in a terminal status (validating, in progress, finalizing...)."""
+        marks = ",".join("?" for _ in TERMINAL_STATUSES)
+        with self._lock:
+            row = self._db.execute(
+                f"SELECT COUNT(*) FROM batches WHERE status NOT IN ({marks})",  # noqa: S608
+                tuple(TERMINAL_STATUSES),
+            ).fetchone()
+        return int(row[0])
+
     def active_batches(self) -> list[BatchRecord]:
         """Return every batch that is not in a terminal status, oldest first."""
         marks = ",".join("?" for _ in TERMINAL_STATUSES)

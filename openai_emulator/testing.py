@@ -60,6 +60,11 @@ class _ControlPlane:
         result: dict[str, Any] = _call(f"{self.url}/_emulator/faults")
         return result
 
+    def reset(self) -> dict[str, Any]:
+        """Restore the start-up faults and zero the counters (``POST /_emulator/reset``)."""
+        result: dict[str, Any] = _call(f"{self.url}/_emulator/reset", "POST")
+        return result
+
     def stats(self) -> dict[str, Any]:
         """Return the counters of ``GET /_emulator/stats``."""
         result: dict[str, Any] = _call(f"{self.url}/_emulator/stats")
@@ -86,6 +91,22 @@ class EmulatorServer(_ControlPlane):
         self.url = ""
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
+
+    def configure(self, **changes: Any) -> dict[str, Any]:
+        """
+        Change start-up settings of this in-process server while it runs; return their old values.
+
+        The batch worker reads its settings at each step, so e.g. ``validating_seconds`` and
+        ``requests_per_second`` apply to batches from the next step on. Fault fields go through
+        :meth:`set_faults` instead.
+        """
+        old: dict[str, Any] = {}
+        for name, value in changes.items():
+            if name == "faults" or not hasattr(self.settings, name):
+                raise ValueError(f"not a setting: {name}")
+            old[name] = getattr(self.settings, name)
+            setattr(self.settings, name, value)
+        return old
 
     def start(self) -> EmulatorServer:
         """Start serving and wait until the server accepts requests."""

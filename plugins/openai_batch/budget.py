@@ -11,7 +11,11 @@ runs (or two shards of one run) cannot both take the last free tokens or the las
   its model, estimated tokens, batch id once created, and when it was taken. Taken before the
   upload, released when the batch ends. Entries older than :data:`STALE_SECONDS` (a worker lost
   for good) are dropped, so a lost release cannot block a model forever.
-* ``waiting``: the shards waiting for capacity, for the logs.
+* ``waiting``: one entry per shard round waiting for capacity (same key), for the logs and the
+  results view: model, tokens, label, when it started waiting and when it last checked. Removed
+  when the round is admitted or released; an entry not checked again within
+  :func:`waiting_stale_after` of its poll interval (its task failed, was cleared or marked) is
+  dropped.
 * ``spend``: per UTC day, per run and input file, the estimate taken by the budget check and the
   actual cost from the batches' usage once the results are written.
 """
@@ -43,6 +47,8 @@ NO_OUTPUT_ENDPOINTS = frozenset({"/v1/embeddings", "/v1/moderations"})
 STALE_SECONDS = 27 * 3600
 #: An entry taken but never given a batch (the task died between upload and create) is dropped after this.
 UNCREATED_STALE_SECONDS = 3600
+#: A waiting entry not checked again within this many poll intervals (plus a minute) is dropped.
+WAITING_STALE_POLLS = 3
 LEDGER_FILE = "ledger.json"
 LOCK_FILE = "ledger.lock"
 
@@ -127,9 +133,20 @@ def parse_usd(value: object) -> float | None:
 class NoCapacityError(Exception):
     """The shard does not fit under its model's enqueued-token limit yet."""
 
-    def __init__(self, message: str, *, ever_fits: bool) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        ever_fits: bool,
+        key: str = "",
+        model: str = "",
+        tokens: int = 0,
+        limit: int | None = None,
+        label: str = "",
+    ) -> None:
         super().__init__(message)
         self.ever_fits = ever_fits
+        self.key, self.model, self.tokens, self.limit, self.label = key, model, tokens, limit, label
 
 
 @dataclass
@@ -158,28 +175,49 @@ class Ledger:
 
     # --- enqueued tokens -------------------------------------------------------------------
 
-    def admit(self, key: str, model: str, tokens: int, limit: int | None, label: str = "") -> str:
+    def admit(
+        self, key: str, model: str, tokens: int, limit: int | None, label: str = "", poll: float = 30.0
+    ) -> str:
         """
         Take ``tokens`` of ``model``'s capacity for batch ``key``, or raise :class:`NoCapacityError`.
 
         Idempotent: a key already admitted stays admitted. Returns a line for the log with the
-        capacity in use after admission.
+        capacity in use after admission. A refused key that can fit once others end is recorded
+        as waiting; ``poll`` is how often it will check again (for dropping it once it stops).
         """
         now = time.time()
         refused: NoCapacityError | None = None
         with self.locked() as data:
             _drop_stale(data["inflight"], now)
+            _drop_stale_waiting(data["waiting"], now)
             inflight: dict[str, Any] = data["inflight"]
             used = sum(e["tokens"] for e in inflight.values() if e["model"] == model)
             if key not in inflight and limit is not None and used + tokens > limit:
-                # Recorded as waiting (for the logs), and the ledger written, before refusing.
-                data["waiting"][key] = {"model": model, "tokens": tokens, "since": now, "label": label}
+                ever_fits = tokens <= limit
+                if ever_fits:
+                    # Recorded as waiting (for the logs and the view) and written before refusing.
+                    since = data["waiting"].get(key, {}).get("since", now)
+                    data["waiting"][key] = {
+                        "model": model,
+                        "tokens": tokens,
+                        "since": since,
+                        "seen": now,
+                        "poll": poll,
+                        "label": label,
+                    }
+                else:
+                    data["waiting"].pop(key, None)
                 waiting = sum(1 for e in data["waiting"].values() if e["model"] == model)
                 count = sum(1 for e in inflight.values() if e["model"] == model)
                 refused = NoCapacityError(
                     f"{label or key} ({tokens:,} tokens) waits: {model} has {used:,} of {limit:,} "
                     f"enqueued tokens in use by {count} batch(es); {waiting} shard(s) waiting",
-                    ever_fits=tokens <= limit,
+                    ever_fits=ever_fits,
+                    key=key,
+                    model=model,
+                    tokens=tokens,
+                    limit=limit,
+                    label=label,
                 )
             else:
                 inflight.setdefault(
@@ -197,6 +235,26 @@ class Ledger:
             f"{waiting_count} shard(s) waiting"
         )
 
+    def fits(self, key: str, model: str, tokens: int, limit: int | None, label: str, poll: float) -> bool:
+        """
+        Return whether ``key`` would be admitted now, without admitting it (the capacity trigger's check).
+
+        A key that does not fit stays listed as waiting: its entry is marked seen now (or made
+        again when it was dropped while nothing checked it).
+        """
+        now = time.time()
+        with self.locked() as data:
+            _drop_stale(data["inflight"], now)
+            _drop_stale_waiting(data["waiting"], now)
+            used = sum(e["tokens"] for e in data["inflight"].values() if e["model"] == model)
+            if key in data["inflight"] or limit is None or used + tokens <= limit:
+                return True
+            entry = data["waiting"].setdefault(
+                key, {"model": model, "tokens": tokens, "since": now, "label": label}
+            )
+            entry.update(seen=now, poll=poll)
+            return False
+
     def attach(self, key: str, batch_id: str) -> None:
         """Record the batch created for an admitted key."""
         with self.locked() as data:
@@ -204,24 +262,30 @@ class Ledger:
             if entry is not None:
                 entry["batch_id"] = batch_id
 
-    def release(self, key: str) -> None:
-        """Give back the capacity of a batch that ended."""
+    def release(self, key: str) -> str | None:
+        """Give back the capacity of a batch that ended; return a line for the log (None: it held none)."""
         with self.locked() as data:
-            data["inflight"].pop(key, None)
+            entry = data["inflight"].pop(key, None)
             data["waiting"].pop(key, None)
+            if entry is None:
+                return None
+            row = capacity_summary(data, time.time())["models"].get(entry["model"]) or {
+                "tokens": 0,
+                "batches": 0,
+                "waiting": 0,
+            }
+        return (
+            f"{entry['model']}: {int(entry['tokens']):,} enqueued tokens given back; "
+            f"{row['tokens']:,} in use by {row['batches']} batch(es); {row['waiting']} shard(s) waiting"
+        )
 
     def in_use(self) -> dict[str, dict[str, int]]:
         """Return ``{model: {"tokens", "batches", "waiting"}}`` of what is in flight and waiting now."""
         with self.locked() as data:
-            _drop_stale(data["inflight"], time.time())
-            out: dict[str, dict[str, int]] = {}
-            for entry in data["inflight"].values():
-                row = out.setdefault(entry["model"], {"tokens": 0, "batches": 0, "waiting": 0})
-                row["tokens"] += entry["tokens"]
-                row["batches"] += 1
-            for entry in data["waiting"].values():
-                out.setdefault(entry["model"], {"tokens": 0, "batches": 0, "waiting": 0})["waiting"] += 1
-            return out
+            return {
+                model: {k: row[k] for k in ("tokens", "batches", "waiting")}
+                for model, row in capacity_summary(data, time.time())["models"].items()
+            }
 
     # --- spending --------------------------------------------------------------------------
 
@@ -296,6 +360,52 @@ class BudgetError(Exception):
 def _spent(entry: dict[str, Any]) -> float:
     actual = entry.get("actual_usd")
     return float(actual if actual is not None else entry.get("estimated_usd") or 0.0)
+
+
+def waiting_stale_after(poll: float) -> float:
+    """Return after how many seconds without a check a waiting entry polling every ``poll`` s is dropped."""
+    return WAITING_STALE_POLLS * max(0.0, float(poll)) + 60.0
+
+
+def _drop_stale_waiting(waiting: dict[str, Any], now: float) -> None:
+    for key in [
+        k
+        for k, e in waiting.items()
+        if now - float(e.get("seen", e["since"])) > waiting_stale_after(e.get("poll", 30.0))
+    ]:
+        del waiting[key]
+
+
+def capacity_summary(data: dict[str, Any], now: float) -> dict[str, Any]:
+    """
+    Return what the ledger's ``data`` says is in flight and waiting, stale entries left out.
+
+    ``{"models": {model: {"tokens", "batches", "waiting"}}, "waiting": [entry, ...]}``: per model
+    the enqueued tokens and batches in flight and how many shards wait; then every waiting entry
+    (``model``, ``tokens``, ``label``, ``since``), longest waiting first. Pure: ``data`` is not changed.
+    """
+    inflight = {k: dict(e) for k, e in (data.get("inflight") or {}).items()}
+    waiting = {k: dict(e) for k, e in (data.get("waiting") or {}).items()}
+    _drop_stale(inflight, now)
+    _drop_stale_waiting(waiting, now)
+    models: dict[str, dict[str, int]] = {}
+    for entry in inflight.values():
+        row = models.setdefault(entry["model"], {"tokens": 0, "batches": 0, "waiting": 0})
+        row["tokens"] += int(entry["tokens"])
+        row["batches"] += 1
+    for entry in waiting.values():
+        models.setdefault(entry["model"], {"tokens": 0, "batches": 0, "waiting": 0})["waiting"] += 1
+    queue = sorted(({"key": k, **e} for k, e in waiting.items()), key=lambda e: (float(e["since"]), e["key"]))
+    return {"models": models, "waiting": queue}
+
+
+def read_ledger(folder: Path) -> dict[str, Any]:
+    """Return the ledger's data without taking the lock (it is replaced whole, so never half written)."""
+    try:
+        data = json.loads((folder / LEDGER_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def _drop_stale(inflight: dict[str, Any], now: float) -> None:

@@ -124,6 +124,7 @@ def submit_round(
     output_expires_after: dict[str, Any] | None = None,
     ledger: Ledger | None = None,
     token_limits: dict[str, int] | None = None,
+    capacity_poll: float = 30.0,
 ) -> str:
     """
     Make sure the latest round of ``state`` has a batch, creating one only if none exists.
@@ -134,7 +135,8 @@ def submit_round(
 
     With a ``ledger``, nothing is uploaded before the round's estimated enqueued tokens fit under
     its model's limit in ``token_limits`` together with every batch of that model in flight;
-    :class:`~openai_batch.budget.NoCapacityError` is raised otherwise (the caller waits, deferred).
+    :class:`~openai_batch.budget.NoCapacityError` is raised otherwise (the caller waits, deferred,
+    and checks again every ``capacity_poll`` seconds; the ledger lists the round as waiting meanwhile).
     """
     from openai_batch.state import batch_metadata
 
@@ -153,7 +155,8 @@ def submit_round(
         limit = limit_for(token_limits or {}, state.model)
         tokens = shard_estimates(state_dir / rnd.file, state.endpoint)[0]
         label = f"shard {state.index + 1} of {source.rsplit('/', 1)[-1]} (round {rnd.round})"
-        hook.log.info("Capacity: %s", ledger.admit(capacity_key(state), state.model, tokens, limit, label))
+        line = ledger.admit(capacity_key(state), state.model, tokens, limit, label, capacity_poll)
+        hook.log.info("Capacity: %s admitted (%s tokens); %s", label, f"{tokens:,}", line)
     if not rnd.input_file_id:
         request_file = state_dir / rnd.file
         uploaded = hook.upload_batch_file_once(
@@ -507,8 +510,9 @@ class OpenAIBatchSubmitOperator(BaseOperator):
     :param ledger_dir: The deployment's ledger folder (see :mod:`openai_batch.budget`); None: no
         admission control. (templated)
     :param token_limits: Enqueued-token limit per model, a JSON object (``*`` for any other model).
-        A shard is uploaded only when it fits under its model's limit with the batches in flight;
-        until then it waits deferred, re-checking every ``capacity_poll`` seconds. (templated)
+        A shard is uploaded only when it fits under its model's limit with the batches in flight.
+        One that does not fit yet is returned without a batch (``batch_id`` None) and waits,
+        deferred, in ``OpenAIBatchSensor``; one that alone is above the limit fails. (templated)
     :param capacity_poll: Seconds between two capacity checks of a waiting shard. (templated)
     """
 
@@ -551,35 +555,68 @@ class OpenAIBatchSubmitOperator(BaseOperator):
             limits = parse_limits(self.token_limits)
         except ValueError as err:
             raise AirflowFailException(str(err)) from err
+        batch_id: str | None
         try:
             batch_id = submit_round(
-                hook, state_dir, state, self.shard["source"], expiry, ledger_for(self.ledger_dir), limits
+                hook,
+                state_dir,
+                state,
+                self.shard["source"],
+                expiry,
+                ledger_for(self.ledger_dir),
+                limits,
+                float(self.capacity_poll),
             )
         except NoCapacityError as err:
-            wait_for_capacity(self, err, float(self.capacity_poll), "execute_after_wait")
+            if not err.ever_fits:
+                raise AirflowFailException(too_big_message(err)) from err
+            # Not waited for here: wait_for_batch is mapped over every submit's output, so a
+            # submit waiting for capacity would hold back the waits that give capacity back.
+            self.log.info("Capacity: %s; the shard waits for capacity in wait_for_batch (deferred)", err)
+            batch_id = None
         shard = {**self.shard, "batch_id": batch_id}
         if expiry is not None:
             shard["output_expires_after"] = expiry
         return shard
 
-    def execute_after_wait(self, context: Context, event: Any = None) -> dict[str, Any]:
-        """Try again after waiting for capacity."""
-        return self.execute(context)
+
+def too_big_message(err: NoCapacityError) -> str:
+    """Return why a shard that is alone above its model's limit fails, and what to change."""
+    return (
+        f"{err}: the shard alone is above the model's enqueued-token limit; raise the limit in the "
+        "Variable openai_batch_token_limits or lower max_requests_per_batch"
+    )
 
 
-def wait_for_capacity(task: BaseOperator, err: NoCapacityError, poll: float, method_name: str) -> NoReturn:
-    """Defer ``task`` for ``poll`` seconds (no worker slot held), or fail if the shard can never fit."""
-    from datetime import timedelta
+def wait_for_capacity(
+    task: BaseOperator, err: NoCapacityError, poll: float, method_name: str, ledger_dir: str
+) -> NoReturn:
+    """
+    Defer ``task`` until the round fits (no worker slot held), or fail if it can never fit.
 
-    from airflow.providers.standard.triggers.temporal import TimeDeltaTrigger
+    The capacity trigger checks the ledger every ``poll`` seconds and resumes ``method_name``
+    once the round fits, not sooner than ``MIN_CAPACITY_WAIT`` seconds from now.
+    """
+    import time
+
+    from openai_batch.triggers import MIN_CAPACITY_WAIT, OpenAIBatchCapacityTrigger
 
     if not err.ever_fits:
-        raise AirflowFailException(
-            f"{err}: the shard alone is above the model's enqueued-token limit; raise the limit in the "
-            "Variable openai_batch_token_limits or lower max_requests_per_batch"
-        )
-    task.log.info("Capacity: %s; checking again in %.0f s (deferred)", err, poll)
-    task.defer(trigger=TimeDeltaTrigger(timedelta(seconds=poll)), method_name=method_name)
+        raise AirflowFailException(too_big_message(err))
+    task.log.info("Capacity: %s; checking again every %.0f s (deferred)", err, poll)
+    task.defer(
+        trigger=OpenAIBatchCapacityTrigger(
+            ledger_dir=ledger_dir,
+            key=err.key,
+            model=err.model,
+            tokens=err.tokens,
+            limit=err.limit,
+            label=err.label,
+            poll_interval=poll,
+            not_before=time.time() + max(MIN_CAPACITY_WAIT, poll),
+        ),
+        method_name=method_name,
+    )
     raise AssertionError("unreachable")  # defer() raises
 
 

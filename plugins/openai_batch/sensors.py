@@ -367,14 +367,17 @@ class OpenAIBatchSensor(BaseSensorOperator):
                 self.shard.get("output_expires_after"),
                 ledger_for(self.ledger_dir),
                 parse_limits(self.token_limits),
+                float(self.capacity_poll),
             )
         except NoCapacityError as err:
-            wait_for_capacity(self, err, float(self.capacity_poll), "resubmit")
+            wait_for_capacity(self, err, float(self.capacity_poll), "resubmit", str(self.ledger_dir))
 
     def _release(self, state: ShardState) -> None:
         ledger = ledger_for(self.ledger_dir)
         if ledger is not None:
-            ledger.release(capacity_key(state))
+            line = ledger.release(capacity_key(state))
+            if line:
+                self.log.info("Capacity: %s", line)
 
     def _fits_eventually(self, state: ShardState) -> bool:
         """Return True when capacity accounting is on and the round fits under its model's limit alone."""

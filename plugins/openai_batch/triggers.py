@@ -280,3 +280,82 @@ class InputFilesTrigger(BaseTrigger):
                 self.log.info("Waiting for %s file(s) to stop changing: %s", len(scan.waiting), scan.waiting)
             previous = scan.fingerprint() if scan.ready() else None
             await asyncio.sleep(self.poll_interval)
+
+
+#: A capacity wait never ends sooner than this after the deferral. A trigger that fires while the
+#: scheduler has not yet seen the deferring task's process exit can make it fail the resumed task
+#: ("finished with state success, but the task instance's state attribute is queued").
+MIN_CAPACITY_WAIT = 10.0
+
+
+class OpenAIBatchCapacityTrigger(BaseTrigger):
+    """
+    Wait until a shard round fits under its model's enqueued-token limit, then yield one event.
+
+    Checks the deployment's ledger (a local folder the triggerer shares with the workers) every
+    ``poll_interval`` seconds, in a thread so the event loop never blocks on the file lock, and
+    keeps the round listed as waiting meanwhile. It does not admit the round: the resumed task
+    does, and waits again if another shard took the room first. No worker slot is held while
+    waiting, and no task starts until capacity looks free.
+
+    :param ledger_dir: The ledger folder (see :mod:`openai_batch.budget`).
+    :param key: The round's ledger key.
+    :param model: Its model.
+    :param tokens: Its estimated enqueued tokens.
+    :param limit: The model's enqueued-token limit.
+    :param label: How the logs and the results view name the round.
+    :param poll_interval: Seconds between two checks.
+    :param not_before: Epoch seconds before which no event is yielded.
+    """
+
+    def __init__(
+        self,
+        ledger_dir: str,
+        key: str,
+        model: str,
+        tokens: int,
+        limit: int | None,
+        label: str = "",
+        poll_interval: float = 30.0,
+        not_before: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.ledger_dir = ledger_dir
+        self.key = key
+        self.model = model
+        self.tokens = tokens
+        self.limit = limit
+        self.label = label
+        self.poll_interval = poll_interval
+        self.not_before = not_before
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        """Serialize the trigger's class path and arguments."""
+        return (
+            "openai_batch.triggers.OpenAIBatchCapacityTrigger",
+            {
+                "ledger_dir": self.ledger_dir,
+                "key": self.key,
+                "model": self.model,
+                "tokens": self.tokens,
+                "limit": self.limit,
+                "label": self.label,
+                "poll_interval": self.poll_interval,
+                "not_before": self.not_before,
+            },
+        )
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        """Check the ledger until the round fits."""
+        from openai_batch.budget import ledger_for
+
+        ledger = ledger_for(self.ledger_dir)
+        await asyncio.sleep(max(0.0, self.not_before - time.time()))
+        while ledger is not None:
+            fits = await asyncio.to_thread(
+                ledger.fits, self.key, self.model, self.tokens, self.limit, self.label, self.poll_interval
+            )
+            if fits:
+                break
+            await asyncio.sleep(max(0.1, float(self.poll_interval)))
+        yield TriggerEvent({"key": self.key, "fits": True})

@@ -97,76 +97,40 @@ def _drive_shard(
         errors.append(err)
 
 
-def test_ten_shards_of_two_runs_stay_under_the_enqueued_token_limit(
-    tmp_path: Path,
-    emulator_with: Any,  # noqa: F811
-    point_pipeline: Any,  # noqa: F811
+@pytest.mark.timeout(300)
+def test_a_run_whose_shards_wait_for_capacity_finishes(
+    pipeline: dict[str, Any], monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
 ) -> None:
+    """
+    Room for one shard of five: the others are submitted without a batch and wait in wait_for_batch.
+
+    (wait_for_batch is mapped over every submit's output: a submit that waited for capacity itself
+    held back the waits that give capacity back, and the run never ended.) ``dag.test()`` runs one
+    task at a time, so this shows the run finishing, not shards running side by side: that is
+    tests/deploy/test_capacity.py, under a real scheduler.
+    """
+    src = write_input(pipeline["inbox"] / "five.jsonl", _lines("f", 20))
+    plan = prepare(src, pipeline["results"] / "_sizing", max_requests_per_batch=4, inbox=pipeline["inbox"])
+    shard_tokens = max(_emulator_tokens(_shard_file(s)) for s in plan["shards"])
+    cap = shard_tokens + shard_tokens // 2
+    pipeline["emulator"].set_faults(token_limit=cap)
+    monkeypatch.setenv("AIRFLOW_VAR_OPENAI_BATCH_TOKEN_LIMITS", json.dumps({MODEL: cap}))
+    monkeypatch.setenv("AIRFLOW_VAR_OPENAI_BATCH_CAPACITY_POLL", "1")
+    before = pipeline["emulator"].stats()
+    capfd.readouterr()
+    dag_run = run_dag({"input": "five.jsonl", "max_requests_per_batch": 4})
+    text = "".join(capfd.readouterr())
+    assert dag_run.state == "success", task_states(dag_run)
+    stats = pipeline["emulator"].stats()
+    assert stats.get("batches_completed", 0) - before.get("batches_completed", 0) == 5, stats
+    assert stats.get("batches_failed", 0) == before.get("batches_failed", 0), stats
+    assert "the shard waits for capacity in wait_for_batch" in text, text[-3000:]
+    assert f"of {cap:,} enqueued tokens in use by 1 batch(es)" in text
+    manifest = json.loads(next(pipeline["results"].rglob("five/manifest.json")).read_text())
+    assert manifest["counts"]["succeeded"] == 20, manifest["counts"]
     from openai_batch.budget import Ledger
-    from openai_batch.operators import OpenAIBatchWriteResultsOperator
 
-    inbox = tmp_path / "in"
-    run_a = write_input(inbox / "run_a.jsonl", _lines("a", 20))
-    run_b = write_input(inbox / "run_b.jsonl", _lines("b", 20))
-    results = tmp_path / "results"
-    plans = [prepare(src, results, max_requests_per_batch=4, inbox=inbox) for src in (run_a, run_b)]
-    shards = [s for p in plans for s in p["shards"]]
-    assert len(shards) == 10
-    sizes = {_emulator_tokens(_shard_file(s)) for s in shards}
-    shard_tokens = max(sizes)
-    assert all(s["enqueued_tokens"] == _emulator_tokens(_shard_file(s)) for s in shards)
-    cap = 3 * shard_tokens + shard_tokens // 2  # three shards fit, a fourth does not
-    server = emulator_with(token_limit=cap, requests_per_second=8, validating_seconds=0.3)
-    point_pipeline(server.base_url)
-    ledger_dir = str(tmp_path / "ledger")
-    limits = json.dumps({MODEL: cap})
-
-    most = [0]
-    most_in_ledger = [0]
-    stop = threading.Event()
-
-    def watch() -> None:
-        while not stop.is_set():
-            live = [
-                b
-                for b in _list_batches(server.base_url)
-                if b["status"] in ("validating", "in_progress", "finalizing")
-            ]
-            most[0] = max(most[0], len(live))
-            most_in_ledger[0] = max(
-                most_in_ledger[0],
-                sum(row["batches"] for row in Ledger(tmp_path / "ledger").in_use().values()),
-            )
-            time.sleep(0.05)
-
-    watcher = threading.Thread(target=watch, daemon=True)
-    watcher.start()
-    errors: list[BaseException] = []
-    threads = [threading.Thread(target=_drive_shard, args=(s, ledger_dir, limits, errors)) for s in shards]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=400)
-    stop.set()
-    watcher.join(timeout=10)
-    assert not errors, errors
-    assert not any(t.is_alive() for t in threads)
-
-    batches = _list_batches(server.base_url)
-    assert len(batches) == 10, [b["status"] for b in batches]
-    assert all(b["status"] == "completed" for b in batches), [(b["status"], b.get("errors")) for b in batches]
-    assert server.stats().get("batches_failed", 0) == 0
-    assert 2 <= most[0] <= 3, most[0]  # more than one at a time (it is not serialised), never a fourth
-    assert most_in_ledger[0] <= 3
-    assert Ledger(tmp_path / "ledger").in_use() == {}  # every batch gave its tokens back
-
-    for plan in plans:
-        out = OpenAIBatchWriteResultsOperator(
-            task_id="write_results", plan=plan, ledger_dir=ledger_dir
-        ).execute(
-            {"run_id": "manual__capacity", "outlet_events": {}}  # type: ignore[arg-type]
-        )
-        assert out["counts"]["succeeded"] == 20, out["counts"]
+    assert Ledger(pipeline["results"] / "_ledger").in_use() == {}
 
 
 def _shard_file(shard: dict[str, Any]) -> Path:

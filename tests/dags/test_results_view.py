@@ -118,3 +118,41 @@ def test_all_admins_needs_no_login(finished_run: dict[str, Any], monkeypatch: py
     page = client.get(f"/openai-batch/runs/{DAG_ID}/{finished_run['run_id']}")
     assert page.status_code == 200
     assert 'data-key="alpha.jsonl"' in page.text
+
+
+def test_pages_show_the_capacity_in_use_and_the_waiting_shards(
+    finished_run: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from openai_batch.budget import Ledger, NoCapacityError
+
+    # The finished run gave its capacity back; two batches of another run are in flight, one waits.
+    ledger = Ledger(finished_run["results"] / "_ledger")
+    assert ledger.in_use() == {}
+    ledger.admit("k1", "gpt-4o-mini", 700, 2000, label="shard 1 of other.jsonl (round 0)")
+    ledger.admit("k2", "gpt-4o-mini", 800, 2000, label="shard 2 of other.jsonl (round 0)")
+    with pytest.raises(NoCapacityError):
+        ledger.admit("k3", "gpt-4o-mini", 600, 2000, label="shard 3 of other.jsonl (round 0)", poll=5)
+    monkeypatch.setenv("AIRFLOW_VAR_OPENAI_BATCH_TOKEN_LIMITS", json.dumps({"gpt-4o-mini": 2000, "*": 90000}))
+    client = api_client(monkeypatch, all_admins=False)
+    headers = {"Authorization": f"Bearer {token_for('vic', 'viewer')}"}
+    for url in (f"/openai-batch/runs/{DAG_ID}/{finished_run['run_id']}", f"/openai-batch/dags/{DAG_ID}"):
+        page = client.get(url, headers=headers)
+        assert page.status_code == 200, page.text[:300]
+        html = page.text
+        assert '<section class="capacity">' in html, url
+        assert (
+            '<tr data-model="gpt-4o-mini"><td class="l">gpt-4o-mini</td><td data-cap="tokens">1,500</td>'
+            '<td data-cap="limit">2,000</td><td data-cap="batches">2</td><td data-cap="waiting">1</td></tr>'
+        ) in html
+        assert (
+            "<td class='l'>shard 3 of other.jsonl (round 0)</td><td class='l'>gpt-4o-mini</td><td>600</td>"
+            in html
+        )
+    # Given back, and the waiting shard gone: nothing in flight, the limit still shown.
+    ledger.release("k1")
+    ledger.release("k2")
+    ledger.admit("k3", "gpt-4o-mini", 600, 2000)
+    ledger.release("k3")
+    html = client.get(f"/openai-batch/dags/{DAG_ID}", headers=headers).text
+    assert '<td data-cap="tokens">0</td><td data-cap="limit">2,000</td><td data-cap="batches">0</td>' in html
+    assert "Waiting for capacity" not in html

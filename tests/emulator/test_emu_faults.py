@@ -142,6 +142,23 @@ def test_token_limit_counts_in_progress_batches(tmp_path: Path) -> None:
         )
 
 
+def test_most_batches_in_flight_at_once_is_counted(tmp_path: Path) -> None:
+    with EmulatorServer(tmp_path, **{**FAST, "requests_per_second": 20}) as emulator:
+        client = openai.OpenAI(base_url=emulator.base_url, api_key="test", max_retries=0)
+        content = chat_file(20)  # one second in progress each
+        first = [create_batch(client, content) for _ in range(3)]  # three at once
+        assert emulator.stats()["batches_in_flight_max"] == 3
+        for batch in first:
+            assert wait_for(client, batch.id).status == "completed"
+        later = [wait_for(client, create_batch(client, content).id).status for _ in range(2)]
+        assert later == ["completed", "completed"]
+        assert emulator.stats()["batches_in_flight_max"] == 3  # one at a time later: the mark stays
+        urllib.request.urlopen(urllib.request.Request(f"{emulator.url}/_emulator/reset", method="POST"))
+        assert "batches_in_flight_max" not in emulator.stats()
+        assert wait_for(client, create_batch(client, content).id).status == "completed"
+        assert emulator.stats()["batches_in_flight_max"] == 1
+
+
 def test_faults_from_settings_and_control_plane(tmp_path: Path) -> None:
     with EmulatorServer(tmp_path, error_rate=1.0, error_codes=[503], **FAST) as emulator:
         client = openai.OpenAI(base_url=emulator.base_url, api_key="test", max_retries=0)

@@ -14,12 +14,15 @@ from openai_batch.budget import (
     BudgetError,
     Ledger,
     NoCapacityError,
+    capacity_summary,
     check_run_budget,
     ledger_for,
     limit_for,
     parse_limits,
     plan_cost,
+    read_ledger,
     shard_estimates,
+    waiting_stale_after,
 )
 
 if TYPE_CHECKING:
@@ -162,3 +165,46 @@ def test_ledger_needs_a_local_folder(tmp_path: Path) -> None:
     assert ledger_for("") is None
     with pytest.raises(BudgetError, match="no ledger folder"):
         check_run_budget([], run_id="r", daily_budget_usd=5, ledger_dir="s3://bucket/_ledger")
+
+
+def test_waiting_shards_are_listed_until_they_go_or_stop_checking(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ledger = Ledger(tmp_path / "ledger")
+    ledger.admit("a", "m", 60, 100)
+    with pytest.raises(
+        NoCapacityError, match=r"c \(50 tokens\) waits: m has 60 of 100 .* 1 shard\(s\) waiting"
+    ):
+        ledger.admit("c", "m", 50, 100, label="c", poll=10)
+    first = read_ledger(tmp_path / "ledger")["waiting"]["c"]
+    assert (first["model"], first["tokens"], first["label"], first["poll"]) == ("m", 50, "c", 10)
+    with pytest.raises(NoCapacityError, match="2 shard"):
+        ledger.admit("d", "m", 45, 100, label="d", poll=10)
+    # Checked again later: it keeps its place (since) and is seen again.
+    now = time.time() + 50
+    monkeypatch.setattr(time, "time", lambda: now)
+    with pytest.raises(NoCapacityError):
+        ledger.admit("c", "m", 50, 100, label="c", poll=10)
+    summary = capacity_summary(read_ledger(tmp_path / "ledger"), now)
+    assert [w["key"] for w in summary["waiting"]] == ["c", "d"]
+    assert summary["waiting"][0]["since"] == first["since"]
+    assert summary["models"]["m"] == {"tokens": 60, "batches": 1, "waiting": 2}
+    # d stopped checking (its task failed or was cleared): dropped after 3 polls and a minute.
+    now += waiting_stale_after(10) - 49
+    assert [w["key"] for w in capacity_summary(read_ledger(tmp_path / "ledger"), now)["waiting"]] == ["c"]
+    assert ledger.in_use()["m"]["waiting"] == 1
+    # c goes once a holds no more: no longer waiting.
+    assert (
+        ledger.release("a") == "m: 60 enqueued tokens given back; 0 in use by 0 batch(es); 1 shard(s) waiting"
+    )
+    assert "50 of 100" in ledger.admit("c", "m", 50, 100, label="c", poll=10)
+    assert ledger.in_use()["m"] == {"tokens": 50, "batches": 1, "waiting": 0}
+    assert ledger.release("never-admitted") is None
+
+
+def test_a_shard_that_can_never_fit_is_not_listed_as_waiting(tmp_path: Path) -> None:
+    ledger = Ledger(tmp_path / "ledger")
+    with pytest.raises(NoCapacityError) as info:
+        ledger.admit("huge", "m", 101, 100)
+    assert not info.value.ever_fits
+    assert read_ledger(tmp_path / "ledger")["waiting"] == {}

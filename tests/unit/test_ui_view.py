@@ -6,13 +6,13 @@ import json
 import logging
 from typing import TYPE_CHECKING, Any
 
+import pytest
+
 from openai_batch.progress import OpenAIBatchProgressTrigger, progress_file, read_progress
 from openai_batch.ui.view import file_view, render_file
 
 if TYPE_CHECKING:
     from pathlib import Path
-
-    import pytest
 
 
 def plan_for(root: Path) -> dict[str, Any]:
@@ -134,3 +134,39 @@ def test_object_storage_results_are_named_not_read(tmp_path: Path) -> None:
     plan = {**plan_for(tmp_path), "out_dir": "s3://bucket/results/reviews"}
     view = file_view(0, plan, tmp_path)
     assert (view.key, view.state, view.files) == ("reviews.jsonl", "on object storage", [])
+
+
+def test_capacity_shows_tokens_in_use_per_model_and_the_waiting_shards(tmp_path: Path) -> None:
+    from openai_batch.budget import Ledger, NoCapacityError, read_ledger
+    from openai_batch.ui.view import capacity_view, render_capacity
+
+    ledger = Ledger(tmp_path / "ledger")
+    ledger.admit("k1", "gpt-4o-mini", 1200, 3000, label="shard 1 of a.jsonl (round 0)")
+    ledger.admit("k2", "gpt-4o-mini", 1300, 3000, label="shard 2 of a.jsonl (round 0)")
+    ledger.admit("k3", "gpt-4o", 500, None, label="shard 1 of b.jsonl (round 0)")
+    with pytest.raises(NoCapacityError):
+        ledger.admit("k4", "gpt-4o-mini", 1000, 3000, label="shard <3> of a.jsonl (round 0)", poll=5)
+    data = read_ledger(tmp_path / "ledger")
+    since = data["waiting"]["k4"]["since"]
+    limits = {"gpt-4o-mini": 3000, "gpt-4.1-mini": 9000}
+
+    view = capacity_view(data, limits, since + 12)
+    rows = {m.model: (m.tokens, m.limit, m.batches, m.waiting) for m in view.models}
+    assert rows == {
+        "gpt-4o-mini": (2500, 3000, 2, 1),
+        "gpt-4o": (500, None, 1, 0),
+        "gpt-4.1-mini": (0, 9000, 0, 0),  # a limit of its own, nothing in flight
+    }
+    assert [(w.label, w.model, w.tokens, round(w.waited_seconds)) for w in view.waiting] == [
+        ("shard <3> of a.jsonl (round 0)", "gpt-4o-mini", 1000, 12)
+    ]
+    html = render_capacity(view)
+    assert '<tr data-model="gpt-4o-mini">' in html
+    assert '<td data-cap="tokens">2,500</td><td data-cap="limit">3,000</td>' in html
+    assert '<td data-cap="batches">2</td><td data-cap="waiting">1</td>' in html
+    assert "shard &lt;3&gt; of a.jsonl" in html  # escaped
+    assert "<td>12 s</td>" in html
+    # Once it stopped checking for three polls and a minute, it is no longer shown as waiting.
+    assert capacity_view(data, limits, since + 80).waiting == []
+    assert "no limit" in render_capacity(capacity_view(data, {}, since))
+    assert "No batch in flight" in render_capacity(capacity_view({}, {}, since))

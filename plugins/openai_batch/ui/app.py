@@ -17,7 +17,17 @@ from airflow.api_fastapi.core_api.security import requires_access_dag
 from fastapi import Depends, FastAPI, HTTPException
 from fastapi.responses import FileResponse, HTMLResponse
 
-from openai_batch.ui.view import SERVED_FILES, contained, file_view, local_folder, render_file, render_page
+from openai_batch.ui.view import (
+    SERVED_FILES,
+    CapacityView,
+    capacity_view,
+    contained,
+    file_view,
+    local_folder,
+    render_capacity,
+    render_file,
+    render_page,
+)
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
@@ -25,6 +35,8 @@ if TYPE_CHECKING:
 PREFIX = "/openai-batch"
 PREPARE_TASK = "prepare"
 RESULTS_VARIABLE = "openai_batch_results"
+LEDGER_VARIABLE = "openai_batch_ledger_dir"
+LIMITS_VARIABLE = "openai_batch_token_limits"
 DEFAULT_RESULTS = Path(__file__).resolve().parents[3] / "data" / "results"
 REFRESH_SECONDS = 10
 
@@ -39,6 +51,28 @@ def results_root() -> Path:
 
     value = Variable.get(RESULTS_VARIABLE, default_var=None)
     return Path(value or os.environ.get("OPENAI_BATCH_RESULTS") or DEFAULT_RESULTS)
+
+
+def capacity() -> CapacityView:
+    """Return the deployment's capacity from the ledger the DAG uses (same Variables, same default)."""
+    import time
+
+    from airflow.models.variable import Variable
+
+    from openai_batch.budget import ledger_for, parse_limits, read_ledger
+
+    folder = Variable.get(LEDGER_VARIABLE, default_var=None) or f"{results_root()}/_ledger"
+    try:
+        limits = parse_limits(Variable.get(LIMITS_VARIABLE, default_var=None))
+        note = None
+    except ValueError as err:
+        limits, note = {}, f"The Variable {LIMITS_VARIABLE} cannot be read: {err}"
+    ledger = ledger_for(folder)
+    if ledger is None:
+        return CapacityView(note=f"No local ledger folder ({folder}): no admission control.")
+    view = capacity_view(read_ledger(ledger.folder), limits, time.time())
+    view.note = note
+    return view
 
 
 def run_plans(session: Session, dag_id: str, run_id: str) -> list[dict[str, Any]]:
@@ -82,7 +116,11 @@ def run_page(dag_id: str, run_id: str, session: SessionDep) -> HTMLResponse:
         for i, plan in enumerate(plans)
     ]
     what = f"{len(plans)} file(s)." if plans else "No file prepared yet."
-    body = f"<p>Run <b>{_esc(run_id)}</b>: {_esc(state)}. {what}</p>" + "".join(sections)
+    body = (
+        f"<p>Run <b>{_esc(run_id)}</b>: {_esc(state)}. {what}</p>"
+        + "".join(sections)
+        + render_capacity(capacity())
+    )
     running = state in ("queued", "running")
     return HTMLResponse(render_page(f"{dag_id} results", body, refresh=REFRESH_SECONDS if running else None))
 
@@ -132,4 +170,4 @@ def dag_page(dag_id: str, session: SessionDep) -> HTMLResponse:
     )
     head = "<tr><th class='l'>run</th><th class='l'>state</th><th class='l'>run after</th></tr>"
     table = f"<table>{head}{rows}</table>"
-    return HTMLResponse(render_page(f"{dag_id}: recent runs", table))
+    return HTMLResponse(render_page(f"{dag_id}: recent runs", table + render_capacity(capacity())))

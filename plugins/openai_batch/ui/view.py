@@ -49,6 +49,65 @@ class FileView:
     error: str | None = None
 
 
+@dataclass
+class ModelCapacity:
+    """One model's enqueued tokens in flight against its limit."""
+
+    model: str
+    tokens: int
+    limit: int | None
+    batches: int
+    waiting: int
+
+
+@dataclass
+class WaitingShard:
+    """A shard round waiting for its model's enqueued-token capacity."""
+
+    label: str
+    model: str
+    tokens: int
+    waited_seconds: float
+
+
+@dataclass
+class CapacityView:
+    """The deployment's enqueued-token capacity: per model in use and limit, and who waits."""
+
+    models: list[ModelCapacity] = field(default_factory=list)
+    waiting: list[WaitingShard] = field(default_factory=list)
+    note: str | None = None
+
+
+def capacity_view(ledger: dict[str, Any], limits: dict[str, int], now: float) -> CapacityView:
+    """
+    Return the capacity view from the ledger's data and the per-model limits (``*``: any other).
+
+    Every model with a batch in flight, a shard waiting or a limit of its own gets a row; stale
+    entries (a lost task) are left out as the admission check leaves them out.
+    """
+    from openai_batch.budget import capacity_summary, limit_for
+
+    summary = capacity_summary(ledger, now)
+    names = sorted(set(summary["models"]) | {m for m in limits if m != "*"})
+    models = []
+    for name in names:
+        row = summary["models"].get(name) or {"tokens": 0, "batches": 0, "waiting": 0}
+        models.append(
+            ModelCapacity(name, row["tokens"], limit_for(limits, name), row["batches"], row["waiting"])
+        )
+    waiting = [
+        WaitingShard(
+            str(e.get("label") or e["key"]),
+            str(e["model"]),
+            int(e["tokens"]),
+            max(0.0, now - float(e["since"])),
+        )
+        for e in summary["waiting"]
+    ]
+    return CapacityView(models, waiting)
+
+
 def _read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
@@ -249,6 +308,41 @@ def render_file(view: FileView, file_href: str) -> str:
             )
             + "</p>"
         )
+    parts.append("</section>")
+    return "\n".join(parts)
+
+
+def render_capacity(view: CapacityView) -> str:
+    """Return the HTML section of the enqueued-token capacity (the whole deployment, every run)."""
+    parts = ['<section class="capacity"><h2>Enqueued-token capacity <span class="state">all runs</span></h2>']
+    if view.note:
+        parts.append(f"<p>{_e(view.note)}</p>")
+    if not view.models:
+        parts.append("<p>No batch in flight and no limit set (Variable openai_batch_token_limits).</p>")
+    else:
+        parts.append(
+            "<table class='capacity-models'><tr><th class='l'>model</th><th>enqueued tokens in use</th>"
+            "<th>limit</th><th>batches in flight</th><th>shards waiting</th></tr>"
+        )
+        for m in view.models:
+            limit = f"{m.limit:,}" if m.limit is not None else "no limit"
+            parts.append(
+                f'<tr data-model="{_e(m.model)}"><td class="l">{_e(m.model)}</td>'
+                f'<td data-cap="tokens">{m.tokens:,}</td><td data-cap="limit">{limit}</td>'
+                f'<td data-cap="batches">{m.batches}</td><td data-cap="waiting">{m.waiting}</td></tr>'
+            )
+        parts.append("</table>")
+    if view.waiting:
+        parts.append(
+            "<p>Waiting for capacity (longest first):</p><table class='capacity-waiting'><tr>"
+            "<th class='l'>shard</th><th class='l'>model</th><th>tokens</th><th>waiting for</th></tr>"
+        )
+        for w in view.waiting:
+            parts.append(
+                f"<tr><td class='l'>{_e(w.label)}</td><td class='l'>{_e(w.model)}</td>"
+                f"<td>{w.tokens:,}</td><td>{w.waited_seconds:.0f} s</td></tr>"
+            )
+        parts.append("</table>")
     parts.append("</section>")
     return "\n".join(parts)
 
