@@ -36,11 +36,14 @@ import hashlib
 import json
 import re
 import sqlite3
+import sys
+from array import array
 from dataclasses import asdict, dataclass, field
 from json.encoder import encode_basestring_ascii
-from json.scanner import make_scanner
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, BinaryIO, cast
+from typing import IO, TYPE_CHECKING, Any, BinaryIO
+
+import msgspec
 
 from openai_batch.limits import DEFAULT_LIMITS, SUPPORTED_ENDPOINTS, BatchLimits
 from openai_batch.pricing import FREE_ENDPOINTS, estimate_cost_usd
@@ -91,9 +94,35 @@ def _reject_constant(name: str) -> Any:
 
 # NaN/Infinity are not JSON and the service refuses them; parse once with a shared decoder.
 _DECODER = json.JSONDecoder(parse_constant=_reject_constant)
-# The decoder's C scanner: parses one value at an index with no per-call Python overhead. Lines it
-# does not take cleanly go through ``_DECODER.decode``, which words the reject reasons.
-_SCAN: Any = cast("Any", make_scanner)(_DECODER)
+_CHAT = "/v1/chat/completions"
+
+
+class _ChatBody(msgspec.Struct):
+    """The fields of a chat body that validation reads; the others are only checked as JSON."""
+
+    model: Any = msgspec.UNSET
+    messages: list[msgspec.Raw] | msgspec.UnsetType = msgspec.UNSET
+    stream: Any = None
+
+
+class _Line(msgspec.Struct):
+    """A full chat line or a bare chat body, as far as the fast path reads it."""
+
+    custom_id: Any = msgspec.UNSET
+    method: Any = msgspec.UNSET
+    url: Any = msgspec.UNSET
+    body: _ChatBody | msgspec.UnsetType = msgspec.UNSET
+    model: Any = msgspec.UNSET
+    messages: list[msgspec.Raw] | msgspec.UnsetType = msgspec.UNSET
+    stream: Any = None
+
+
+# Common lines are decoded straight from their bytes into ``_Line``. Any line it does not take
+# (a decode or type error, an odd value) goes through ``_DECODER``, which alone words the reject
+# reasons, so a line's outcome never depends on which path saw it. What msgspec accepts and the
+# stdlib does not (bytes that are not UTF-8, integers above ``sys.get_int_max_str_digits()``
+# digits) is checked before a decoded line is used.
+_FAST_DECODE = msgspec.json.Decoder(_Line).decode
 
 
 class PrepareError(Exception):
@@ -347,6 +376,105 @@ class _OpenShard:
         return self.shard
 
 
+_FINGERPRINT_BUCKETS = 1 << 16
+
+
+class _SeenIds:
+    """The custom_ids of the chunks already flushed, to find duplicates across chunks.
+
+    Every id leaves a 6-byte fingerprint in memory: its 64-bit ``hash()`` less the 16 bits that pick
+    one of 65,536 buckets (about 70 MB for 10M ids). An id whose fingerprint is not there is new,
+    which is the only answer a file without duplicates ever needs. The first fingerprint found
+    switches to an exact table of ``(id, first line)`` in a scratch SQLite file, built from
+    ``order.txt`` (the ids kept so far, in order) and a scratch file of their line numbers, and kept
+    up to date from then on; a hit is a duplicate only if the table has the id.
+
+    :param work_dir: directory for the scratch files.
+    :param order: the open ``order.txt`` (flushed before it is read back).
+    """
+
+    def __init__(self, work_dir: Path, order: IO[str]) -> None:
+        self.buckets = [bytearray() for _ in range(_FINGERPRINT_BUCKETS)]
+        self.order = order
+        self.order_path = work_dir / ORDER_FILE
+        self.lines_path = work_dir / ".seen.lines"
+        self.lines_file: IO[bytes] | None = None
+        self.db_path = work_dir / ".seen.sqlite"
+        self.db: sqlite3.Connection | None = None
+
+    def check(self, ids: dict[str, int]) -> dict[str, int]:
+        """Return the ids of ``ids`` kept by an earlier chunk, with their line; note the fingerprints."""
+        buckets = self.buckets
+        candidates = []
+        for custom_id in ids:
+            key = hash(custom_id) & 0xFFFF_FFFF_FFFF_FFFF
+            bucket = buckets[key & 0xFFFF]
+            fingerprint = (key >> 16).to_bytes(6, "little")
+            if fingerprint in bucket:  # also at an unaligned offset: only ever a needless lookup
+                candidates.append(custom_id)
+            bucket += fingerprint
+        if not candidates:
+            return {}
+        db = self.db if self.db is not None else self._build()
+        rows = db.execute(
+            "SELECT id, line FROM seen WHERE id IN (SELECT value FROM json_each(?))",
+            (json.dumps(candidates),),
+        )
+        return dict(rows)
+
+    def remember(self, ids: dict[str, int], earlier: dict[str, int]) -> None:
+        """Record the ids of a chunk that are kept (all but ``earlier``), in ``order.txt`` order."""
+        if self.db is None:  # then ``earlier`` is empty
+            if self.lines_file is None:
+                self.lines_file = open(self.lines_path, "wb", buffering=_WRITE_BUFFER)  # noqa: SIM115
+            array("q", ids.values()).tofile(self.lines_file)
+            return
+        self.db.execute("BEGIN")
+        self.db.executemany(
+            "INSERT INTO seen VALUES (?, ?)",
+            sorted((cid, line) for cid, line in ids.items() if cid not in earlier),
+        )
+        self.db.execute("COMMIT")
+
+    def _build(self) -> sqlite3.Connection:
+        self.db_path.unlink(missing_ok=True)
+        db = sqlite3.connect(self.db_path, isolation_level=None)
+        for pragma in ("journal_mode=OFF", "synchronous=OFF", "cache_size=-16384"):
+            db.execute(f"PRAGMA {pragma}")
+        db.execute("CREATE TABLE seen (id TEXT PRIMARY KEY, line INTEGER) WITHOUT ROWID")
+        if self.lines_file is not None:
+            self.lines_file.close()
+            self.lines_file = None
+            self.order.flush()
+            with self.lines_path.open("rb") as lines, self.order_path.open("rb") as order:
+                while True:
+                    numbers = array("q")
+                    try:
+                        numbers.fromfile(lines, _FLUSH_LINES)
+                    except EOFError:  # the last, shorter run of numbers is read all the same
+                        pass
+                    if not numbers:
+                        break
+                    rows = sorted((json.loads(order.readline()), line) for line in numbers)
+                    db.execute("BEGIN")
+                    db.executemany("INSERT INTO seen VALUES (?, ?)", rows)
+                    db.execute("COMMIT")
+            self.lines_path.unlink()
+        self.db = db
+        return db
+
+    def close(self) -> None:
+        """Close and delete the scratch files."""
+        if self.lines_file is not None:
+            self.lines_file.close()
+            self.lines_file = None
+        self.lines_path.unlink(missing_ok=True)
+        if self.db is not None:
+            self.db.close()
+            self.db = None
+        self.db_path.unlink(missing_ok=True)
+
+
 # A pending line: (line, custom_id, endpoint, model, out_line, inputs, tokens, original) when
 # valid, (line, None, reason, raw_text, b"", 0, 0, b"") when rejected.
 _Entry = tuple[int, str | None, str, str, bytes, int, int, bytes]
@@ -386,9 +514,14 @@ class _Preparer:
         self.order_buffer: list[str] = []
         self.index = open(work_dir / INDEX_FILE, "w", encoding="ascii", buffering=_WRITE_BUFFER)  # noqa: SIM115
         self.reused_file = open(work_dir / REUSED_FILE, "wb", buffering=_WRITE_BUFFER)  # noqa: SIM115
-        self.seen_path = work_dir / ".seen.sqlite"
-        self.seen: sqlite3.Connection | None = None
-        self.flushed_once = False
+        self.seen = _SeenIds(work_dir, self.order)
+        digits = sys.get_int_max_str_digits()
+        # An integer with more digits than int() takes (0: no limit) is a reject for the stdlib.
+        self.int_digits = digits
+        self.long_int = re.compile(b"[0-9]{%d}" % (digits + 1))
+        head = encode_basestring_ascii(f"{id_prefix}-").encode()
+        self.short_head = b'{"custom_id":' + head[:-1]
+        self.short_tail = b'","method":"POST","url":"' + endpoint.encode() + b'","body":'
 
     # -- per line -------------------------------------------------------------------------
 
@@ -396,21 +529,81 @@ class _Preparer:
         self.pending.append((line_no, None, reason, content.decode("utf-8", "replace"), b"", 0, 0, b""))
         self.pending_bytes += len(content)
 
-    def feed_fast(self, line_no: int, content: bytes, text: str) -> None:
-        """Validate one line already split and decoded (no line ending); odd lines take :meth:`feed`."""
-        if text[-1:] == "\r":
-            content, text = content[:-1], text[:-1]
-        if text[:1] == "{" and text[-1:] == "}" and len(content) <= self.limits.max_request_bytes:
-            try:
-                obj, end = _SCAN(text, 0)
-            except Exception:  # noqa: BLE001 - the slow path words the reason
-                end = -1
-            if end == len(text):
-                if self.model is None and "custom_id" in obj and self._accept_plain(line_no, obj, content):
-                    return
-                self._accept(line_no, obj, content + b"\n", content)
-                return
-        self.feed(line_no, content + b"\n")
+    def feed_lines(self, parts: list[bytes], line_no: int) -> int:
+        """Validate the lines of one block (split, no line endings) after line ``line_no``.
+
+        Common lines are decoded from their bytes and queued here; any other line takes
+        :meth:`feed`. Return the number of the last line.
+        """
+        decode = _FAST_DECODE
+        unset = msgspec.UNSET
+        chunk_ids = self.chunk_ids
+        pending = self.pending
+        max_request = self.limits.max_request_bytes
+        long_int = self.long_int
+        digits = self.int_digits
+        fast_full = self.model is None
+        fast_short = fast_full and self.endpoint == _CHAT
+        short_head, short_tail = self.short_head, self.short_tail
+        lines = 0
+        for raw in parts:
+            line_no += 1
+            if not raw or raw.isspace():
+                continue
+            lines += 1
+            content = raw[:-1] if raw[-1] == 13 else raw  # CRLF
+            rec: _Line | None = None
+            if fast_full and content[0] == 123 and content[-1] == 125 and len(content) <= max_request:
+                try:
+                    rec = decode(content)
+                except Exception:  # noqa: BLE001 - the stdlib path words the reason
+                    rec = None
+            if (
+                rec is None
+                or not (content.isascii() or _is_utf8(content))
+                or (digits and len(content) > digits and long_int.search(content) is not None)
+            ):
+                self.feed(line_no, raw + b"\n")
+            else:
+                custom_id = rec.custom_id
+                out: bytes | None = None
+                model: Any = None
+                if custom_id is unset:
+                    if fast_short and rec.method is unset and rec.url is unset and rec.body is unset:
+                        model = rec.model
+                        if type(model) is str and model and rec.messages and rec.stream is not True:
+                            custom_id = f"{self.id_prefix}-{line_no}"
+                            out = b"".join((short_head, str(line_no).encode(), short_tail, content, b"}\n"))
+                            if len(out) - 1 > max_request:
+                                out = None
+                elif (
+                    type(custom_id) is str
+                    and custom_id
+                    and custom_id.isascii()
+                    and custom_id.isprintable()  # odd ids take the checked path
+                    and rec.method == "POST"
+                    and rec.url == _CHAT
+                ):
+                    body = rec.body
+                    if body is not unset:
+                        model = body.model
+                        if type(model) is str and model and body.messages and body.stream is not True:
+                            out = content + b"\n"
+                if out is None or custom_id in chunk_ids:
+                    self.feed(line_no, raw + b"\n")
+                else:
+                    chunk_ids[custom_id] = line_no
+                    pending.append(
+                        (line_no, custom_id, _CHAT, model, out, 0, (len(content) + 3) // 4, content)
+                    )
+                    self.pending_bytes += len(out)
+            if len(pending) >= _FLUSH_LINES or self.pending_bytes >= _FLUSH_BYTES:
+                self.lines += lines
+                lines = 0
+                self.flush(final=False)
+                chunk_ids, pending = self.chunk_ids, self.pending
+        self.lines += lines
+        return line_no
 
     def feed(self, line_no: int, raw: bytes) -> None:
         """Validate one physical line (blank lines already skipped) and queue its outcome."""
@@ -438,38 +631,10 @@ class _Preparer:
         if not isinstance(obj, dict):
             self.reject(line_no, f"expected a JSON object, got {_json_type(obj)}", content)
             return
-        self._accept(line_no, obj, raw, content)
-
-    def _accept_plain(self, line_no: int, obj: dict[str, Any], content: bytes) -> bool:
-        """Queue a valid full chat line that needs no change (the common case); False otherwise.
-
-        Same outcome as :meth:`_accept` for such lines, with fewer calls per line.
-        """
-        custom_id = obj["custom_id"]
-        body = obj.get("body")
-        if (
-            type(custom_id) is not str
-            or not custom_id
-            or not (custom_id.isascii() and custom_id.isprintable())  # odd ids take the checked path
-            or obj.get("method") != "POST"
-            or obj.get("url") != "/v1/chat/completions"
-            or type(body) is not dict
-            or custom_id in self.chunk_ids
-        ):
-            return False
-        model = body.get("model")
-        messages = body.get("messages")
-        if type(model) is not str or not model or type(messages) is not list or not messages:
-            return False
-        if body.get("stream") is True:
-            return False
-        out = content + b"\n"
-        self.chunk_ids[custom_id] = line_no
-        self.pending.append(
-            (line_no, custom_id, "/v1/chat/completions", model, out, 0, (len(content) + 3) // 4, content)
-        )
-        self.pending_bytes += len(out)
-        return True
+        try:
+            self._accept(line_no, obj, raw, content)
+        except RecursionError as exc:  # a value nested too deep to write back (a changed line)
+            self.reject(line_no, f"invalid JSON: {exc}", content)
 
     def _accept(self, line_no: int, obj: dict[str, Any], raw: bytes, content: bytes) -> None:
         if "custom_id" in obj or "body" in obj or "url" in obj or "method" in obj:  # see _FULL_KEYS
@@ -570,47 +735,26 @@ class _Preparer:
 
     # -- per chunk ------------------------------------------------------------------------
 
-    def _earlier_ids(self) -> dict[str, int]:
-        """Return the ids of the pending chunk already used by an earlier chunk, with their line."""
-        if not self.flushed_once or not self.chunk_ids:
-            return {}
-        assert self.seen is not None
-        rows = self.seen.execute(
-            "SELECT id, line FROM seen WHERE id IN (SELECT value FROM json_each(?))",
-            (json.dumps(list(self.chunk_ids)),),
-        )
-        return dict(rows)
-
-    def _remember_ids(self, earlier: dict[str, int]) -> None:
-        if self.seen is None:
-            self.seen_path.unlink(missing_ok=True)
-            self.seen = sqlite3.connect(self.seen_path, isolation_level=None)
-            self.seen.execute("PRAGMA journal_mode=OFF")
-            self.seen.execute("PRAGMA synchronous=OFF")
-            self.seen.execute("PRAGMA cache_size=-16384")
-            self.seen.execute("CREATE TABLE seen (id TEXT PRIMARY KEY, line INTEGER) WITHOUT ROWID")
-        self.seen.execute("BEGIN")
-        self.seen.executemany(
-            "INSERT INTO seen VALUES (?, ?)",
-            sorted((cid, line) for cid, line in self.chunk_ids.items() if cid not in earlier),
-        )
-        self.seen.execute("COMMIT")
-
     def flush(self, *, final: bool) -> None:
-        earlier = self._earlier_ids()
+        earlier = self.seen.check(self.chunk_ids)
         if not final:
-            self._remember_ids(earlier)
-        self.flushed_once = True
+            self.seen.remember(self.chunk_ids, earlier)
         open_shards = self.open
         order_append = self.order_buffer.append
         limits = self.limits
         max_requests, max_bytes = limits.max_requests, limits.max_bytes
         max_inputs = limits.max_embedding_inputs
-        digests = {
-            custom_id: request_digest(out) for _, custom_id, _, _, out, _, _, _ in self.pending if custom_id
-        }
-        reusable = self.reuse.take(list(digests.items())) if self.reuse is not None else {}
+        blake2b = hashlib.blake2b
+        reusable: dict[str, bytes] = {}
+        if self.reuse is not None:
+            digests = {
+                custom_id: request_digest(out)
+                for _, custom_id, _, _, out, _, _, _ in self.pending
+                if custom_id
+            }
+            reusable = self.reuse.take(list(digests.items()))
         digest_lines: list[str] = []
+        digest_append = digest_lines.append
         for line_no, custom_id, endpoint, model, out, inputs, tokens, original in self.pending:
             if custom_id is None:
                 self._write_reject(line_no, endpoint, model)
@@ -619,8 +763,9 @@ class _Preparer:
                 text = original.decode("utf-8", "replace")
                 self._write_reject(line_no, _duplicate_reason(custom_id, earlier[custom_id]), text)
                 continue
-            digest_lines.append(digests[custom_id] + "\n")
-            if custom_id in reusable:
+            # Same as request_digest(out): ``out`` ends in a single "\n".
+            digest_append(blake2b(out[:-1], digest_size=16).hexdigest())
+            if reusable and custom_id in reusable:
                 self.valid += 1
                 self.reused += 1
                 order_append(encode_basestring_ascii(custom_id) + "\n")
@@ -649,7 +794,9 @@ class _Preparer:
         if self.order_buffer:
             self.order.write("".join(self.order_buffer))
             self.order_buffer = []
-        self.index.write("".join(digest_lines))
+        if digest_lines:
+            digest_lines.append("")
+            self.index.write("\n".join(digest_lines))
         self.pending = []
         self.pending_bytes = 0
         self.chunk_ids = {}
@@ -692,15 +839,20 @@ class _Preparer:
         self.rejects.close()
         self.index.close()
         self.reused_file.close()
-        if self.seen is not None:
-            self.seen.close()
-            self.seen = None
-        self.seen_path.unlink(missing_ok=True)
+        self.seen.close()
 
 
 #: NUL (cut short by SQLite's JSON functions and C strings) and lone UTF-16 surrogates (not Unicode
 #: text, so not encodable as UTF-8): ids with them cannot be joined back reliably.
 _BAD_ID_CHARS = re.compile("[\x00\ud800-\udfff]")
+
+
+def _is_utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _bad_custom_id(custom_id: str) -> str | None:
@@ -789,25 +941,14 @@ def prepare_requests(
             hasher.update(block)
             parts = block.split(b"\n")
             last = parts.pop()  # b"" when the block ends with a line break
-            try:
-                texts: list[str] | None = block.decode("utf-8").split("\n")
-            except UnicodeDecodeError:
-                texts = None  # some line is not UTF-8: decode line by line to word the reject
-            for index, content in enumerate(parts):
-                line_no += 1
-                if not content or content.isspace():
-                    continue
-                if line_no == 1 or texts is None:
-                    raw = content + b"\n"
-                    if line_no == 1 and raw.startswith(_BOM) and raw[3:].isspace():
-                        continue
+            if line_no == 0 and parts:  # line 1 may start with a byte order mark
+                line_no = 1
+                first = parts[0] + b"\n"
+                if not first.isspace() and not (first.startswith(_BOM) and first[3:].isspace()):
                     state.lines += 1
-                    state.feed(line_no, raw)
-                else:
-                    state.lines += 1
-                    state.feed_fast(line_no, content, texts[index])
-                if len(state.pending) >= _FLUSH_LINES or state.pending_bytes >= _FLUSH_BYTES:
-                    state.flush(final=False)
+                    state.feed(1, first)
+                del parts[0]
+            line_no = state.feed_lines(parts, line_no)
             if last:  # a last line without a line break
                 line_no += 1
                 if last.isspace() or (line_no == 1 and last.startswith(_BOM) and last[3:].isspace()):
