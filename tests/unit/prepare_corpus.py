@@ -36,6 +36,9 @@ def odd_lines(rng: random.Random, i: int, prefix: str) -> list[bytes]:
     # stack depth, for any parser.
     deep = 3000 + i % 7
     raw = [
+        # The next line's generated id (lines are numbered from 1), taken first by an explicit id.
+        _full(f"{prefix}-{i + 2}", body),
+        body,
         _full(f"odd-{i}-dupkey", body, head='"custom_id":"shadowed",'),
         f'{{"custom_id":"odd-{i}-dupbody","method":"POST","url":"{CHAT}","body":5,"body":{body}}}',
         f'{{"custom_id":"odd-{i}-dupbody2","method":"POST","url":"{CHAT}","body":{body},"body":5}}',
@@ -88,8 +91,6 @@ def odd_lines(rng: random.Random, i: int, prefix: str) -> list[bytes]:
         "42",
         "{",
         "not json",
-        # A later short line's generated id, taken first by an explicit id.
-        _full(f"{prefix}-{i + 3}", body),
     ]
     out = [line.encode("utf-8", "surrogatepass") for line in raw]
     out += [
