@@ -355,17 +355,19 @@ class _OpenShard:
         )
 
     def add(self, line: bytes, inputs: int, tokens: int) -> None:
+        """Queue a request line given without its line break."""
         self.buffer.append(line)
         s = self.shard
         s.requests += 1
-        s.bytes += len(line)
+        s.bytes += len(line) + 1
         s.embedding_inputs += inputs
         s.estimated_input_tokens += tokens
 
     def drain(self) -> None:
         """Write and hash the buffered lines in one call each."""
         if self.buffer:
-            data = b"".join(self.buffer)
+            self.buffer.append(b"")  # a line break after the last line too
+            data = b"\n".join(self.buffer)
             self.buffer = []
             self.file.write(data)
             self.hash.update(data)
@@ -477,7 +479,7 @@ class _SeenIds:
 
 
 # A pending line: (line, custom_id, endpoint, model, out_line, inputs, tokens, original) when
-# valid, (line, None, reason, raw_text, b"", 0, 0, b"") when rejected.
+# valid (``out_line`` without its line break), (line, None, reason, raw_text, b"", 0, 0, b"") when rejected.
 _Entry = tuple[int, str | None, str, str, bytes, int, int, bytes]
 
 
@@ -574,8 +576,8 @@ class _Preparer:
                         model = rec.model
                         if type(model) is str and model and rec.messages and rec.stream is not True:
                             custom_id = f"{self.id_prefix}-{line_no}"
-                            out = b"".join((short_head, str(line_no).encode(), short_tail, content, b"}\n"))
-                            if len(out) - 1 > max_request:
+                            out = b"".join((short_head, str(line_no).encode(), short_tail, content, b"}"))
+                            if len(out) > max_request:
                                 out = None
                 elif (
                     type(custom_id) is str
@@ -589,7 +591,7 @@ class _Preparer:
                     if body is not unset:
                         model = body.model
                         if type(model) is str and model and body.messages and body.stream is not True:
-                            out = content + b"\n"
+                            out = content
                 if out is None or custom_id in chunk_ids:
                     self.feed(line_no, raw + b"\n")
                 else:
@@ -597,7 +599,7 @@ class _Preparer:
                     pending.append(
                         (line_no, custom_id, _CHAT, model, out, 0, (len(content) + 3) // 4, content)
                     )
-                    self.pending_bytes += len(out)
+                    self.pending_bytes += len(out) + 1
             if len(pending) >= _FLUSH_LINES or self.pending_bytes >= _FLUSH_BYTES:
                 self.lines += lines
                 lines = 0
@@ -657,7 +659,7 @@ class _Preparer:
         # Same as estimate_tokens(content), inlined on the hot path.
         tokens = (len(content) + 3) // 4
         self.pending.append((line_no, custom_id, endpoint, model, out, inputs, tokens, content))
-        self.pending_bytes += len(out)
+        self.pending_bytes += len(out) + 1
 
     def _too_large(self, size: int) -> str:
         limit = self.limits.max_request_bytes
@@ -698,14 +700,13 @@ class _Preparer:
         if changed or "method" not in obj or "url" not in obj:
             obj["method"] = "POST"
             obj["url"] = url
-            out = _dumps(obj) + b"\n"
+            out = _dumps(obj)
         elif content[:1] == b"{" and content[-1:] == b"}":
-            # Unchanged: send the original bytes; reuse the raw line when it already ends in "\n".
-            out = raw if len(raw) == len(content) + 1 else content + b"\n"
+            out = content  # unchanged: send the original bytes
         else:
-            out = content.strip() + b"\n"
-        if len(out) - 1 > self.limits.max_request_bytes:
-            return self._too_large(len(out) - 1)
+            out = content.strip()
+        if len(out) > self.limits.max_request_bytes:
+            return self._too_large(len(out))
         return custom_id, url, body, out, inputs
 
     def _short_line(
@@ -727,11 +728,11 @@ class _Preparer:
                 endpoint.encode(),
                 b'","body":',
                 body_bytes,
-                b"}\n",
+                b"}",
             )
         )
-        if len(out) - 1 > self.limits.max_request_bytes:
-            return self._too_large(len(out) - 1)
+        if len(out) > self.limits.max_request_bytes:
+            return self._too_large(len(out))
         return custom_id, endpoint, body, out, inputs
 
     # -- per chunk ------------------------------------------------------------------------
@@ -764,10 +765,9 @@ class _Preparer:
                 text = original.decode("utf-8", "replace")
                 self._write_reject(line_no, _duplicate_reason(custom_id, earlier[custom_id]), text)
                 continue
-            # Same as request_digest(out): ``out`` ends in a single "\n".
-            digest_append(blake2b(out[:-1], digest_size=16).digest())
+            # Same as request_digest(out): ``out`` ends in "}", not in a line break.
+            digest_append(blake2b(out, digest_size=16).digest())
             if reusable and custom_id in reusable:
-                self.valid += 1
                 self.reused += 1
                 order_append(custom_id)
                 self.reused_file.write(reusable.pop(custom_id))
@@ -775,13 +775,12 @@ class _Preparer:
             shard = open_shards.get((endpoint, model))
             if shard is not None:
                 s = shard.shard
-                size = len(out)
+                size = len(out) + 1
                 if (
                     s.requests < max_requests
                     and s.bytes + size <= max_bytes
                     and s.embedding_inputs + inputs <= max_inputs
                 ):  # inlined _OpenShard.fits/add and _write_request
-                    self.valid += 1
                     order_append(custom_id)
                     shard.buffer.append(out)
                     s.requests += 1
@@ -793,6 +792,7 @@ class _Preparer:
         for shard in self.open.values():
             shard.drain()
         if self.order_buffer:
+            self.valid += len(self.order_buffer)
             self.order.write("\n".join(map(encode_basestring_ascii, self.order_buffer)) + "\n")
             self.order_buffer = []
         if digests_out:
@@ -812,11 +812,10 @@ class _Preparer:
     def _write_request(
         self, custom_id: str, endpoint: str, model: str, out: bytes, inputs: int, tokens: int
     ) -> None:
-        self.valid += 1
         self.order_buffer.append(custom_id)
         key = (endpoint, model)
         shard = self.open.get(key)
-        if shard is not None and not shard.fits(len(out), inputs, self.limits):
+        if shard is not None and not shard.fits(len(out) + 1, inputs, self.limits):
             self.closed.append(shard.close())
             shard = None
         if shard is None:
