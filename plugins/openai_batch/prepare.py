@@ -48,7 +48,7 @@ import msgspec
 
 from openai_batch.limits import DEFAULT_LIMITS, SUPPORTED_ENDPOINTS, BatchLimits
 from openai_batch.pricing import FREE_ENDPOINTS, estimate_cost_usd
-from openai_batch.reuse import INDEX_FILE, REUSED_FILE, request_digest
+from openai_batch.reuse import INDEX_FILE, REUSED_FILE
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator
@@ -746,13 +746,12 @@ class _Preparer:
         limits = self.limits
         max_requests, max_bytes = limits.max_requests, limits.max_bytes
         max_inputs = limits.max_embedding_inputs
-        blake2b = hashlib.blake2b
+        sha256 = hashlib.sha256
         reusable: dict[str, bytes] = {}
         if self.reuse is not None:
+            digest = self.reuse.digest  # the loaded index's digest, older ones included
             digests = {
-                custom_id: request_digest(out)
-                for _, custom_id, _, _, out, _, _, _ in self.pending
-                if custom_id
+                custom_id: digest(out) for _, custom_id, _, _, out, _, _, _ in self.pending if custom_id
             }
             reusable = self.reuse.take(list(digests.items()))
         digests_out: list[bytes] = []
@@ -766,7 +765,7 @@ class _Preparer:
                 self._write_reject(line_no, _duplicate_reason(custom_id, earlier[custom_id]), text)
                 continue
             # Same as request_digest(out): ``out`` ends in "}", not in a line break.
-            digest_append(blake2b(out, digest_size=16).digest())
+            digest_append(sha256(out).digest())
             if reusable and custom_id in reusable:
                 self.reused += 1
                 order_append(custom_id)
@@ -796,8 +795,8 @@ class _Preparer:
             self.order.write("\n".join(map(encode_basestring_ascii, self.order_buffer)) + "\n")
             self.order_buffer = []
         if digests_out:
-            # One hex string for the chunk, a line break after every 16 bytes (32 digits).
-            self.index.write(b"".join(digests_out).hex("\n", 16) + "\n")
+            # One hex string for the chunk, a line break after every 32 bytes (64 digits).
+            self.index.write(b"".join(digests_out).hex("\n", 32) + "\n")
         self.pending = []
         self.pending_bytes = 0
         self.chunk_ids = {}
