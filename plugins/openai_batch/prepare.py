@@ -532,7 +532,7 @@ class _Preparer:
         self.pending.append((line_no, None, reason, content.decode("utf-8", "replace"), b"", 0, 0, b""))
         self.pending_bytes += len(content)
 
-    def feed_lines(self, parts: list[bytes], line_no: int) -> int:
+    def feed_lines(self, parts: list[bytes], line_no: int) -> int:  # noqa: C901 - one loop, no call per line
         """Validate the lines of one block (split, no line endings) after line ``line_no``.
 
         Common lines are decoded from their bytes and queued here; any other line takes
@@ -548,29 +548,32 @@ class _Preparer:
         fast_full = self.model is None
         fast_short = fast_full and self.endpoint == _CHAT
         short_head, short_tail = self.short_head, self.short_tail
+        flush_lines, flush_bytes = _FLUSH_LINES, _FLUSH_BYTES
         lines = 0
+        pending_bytes = self.pending_bytes  # written back before any call that uses it
         for raw in parts:
             line_no += 1
-            if not raw or raw.isspace():
+            if not raw or (raw[0] != 123 and raw.isspace()):  # 123: "{"
                 continue
             lines += 1
             content = raw[:-1] if raw[-1] == 13 else raw  # CRLF
+            size = len(content)
             rec: _Line | None = None
-            if fast_full and content[0] == 123 and content[-1] == 125 and len(content) <= max_request:
+            if raw[0] == 123 and content[-1] == 125 and size <= max_request and fast_full:
                 try:
                     rec = decode(content)
                 except Exception:  # noqa: BLE001 - the stdlib path words the reason
                     rec = None
-            if (
-                rec is None
-                or not (content.isascii() or _is_utf8(content))
-                or (digits and len(content) > digits and long_int.search(content) is not None)
-            ):
-                self.feed(line_no, raw + b"\n")
-            else:
+                if rec is not None and not content.isascii():
+                    try:
+                        content.decode("utf-8")
+                    except UnicodeDecodeError:
+                        rec = None
+                if rec is not None and digits and size > digits and long_int.search(content) is not None:
+                    rec = None
+            out: bytes | None = None
+            if rec is not None:
                 custom_id = rec.custom_id
-                out: bytes | None = None
-                model: Any = None
                 if custom_id is unset:
                     if fast_short and rec.method is unset and rec.url is unset and rec.body is unset:
                         model = rec.model
@@ -592,19 +595,21 @@ class _Preparer:
                         model = body.model
                         if type(model) is str and model and body.messages and body.stream is not True:
                             out = content
-                if out is None or custom_id in chunk_ids:
-                    self.feed(line_no, raw + b"\n")
-                else:
-                    chunk_ids[custom_id] = line_no
-                    pending.append(
-                        (line_no, custom_id, _CHAT, model, out, 0, (len(content) + 3) // 4, content)
-                    )
-                    self.pending_bytes += len(out) + 1
-            if len(pending) >= _FLUSH_LINES or self.pending_bytes >= _FLUSH_BYTES:
+            if out is not None and custom_id not in chunk_ids:
+                chunk_ids[custom_id] = line_no
+                pending.append((line_no, custom_id, _CHAT, model, out, 0, (size + 3) // 4, content))
+                pending_bytes += len(out) + 1
+            else:
+                self.pending_bytes = pending_bytes
+                self.feed(line_no, raw + b"\n")
+                pending_bytes = self.pending_bytes
+            if len(pending) >= flush_lines or pending_bytes >= flush_bytes:
                 self.lines += lines
                 lines = 0
+                self.pending_bytes = pending_bytes
                 self.flush(final=False)
-                chunk_ids, pending = self.chunk_ids, self.pending
+                chunk_ids, pending, pending_bytes = self.chunk_ids, self.pending, 0
+        self.pending_bytes = pending_bytes
         self.lines += lines
         return line_no
 
