@@ -2,8 +2,9 @@
 
 One streaming pass over the raw bytes of the input:
 
-* every line is parsed once with :mod:`json`; bad lines go to ``rejects.jsonl`` with their
-  1-based physical line number, a reason and the original text;
+* every line is parsed once: common chat lines straight from their bytes with msgspec, any
+  other line with :mod:`json`, which words the reasons; bad lines go to ``rejects.jsonl`` with
+  their 1-based physical line number, a reason and the original text;
 * full batch lines (``{"custom_id", "method", "url", "body"}``) are written unchanged when
   they need no change; bare request bodies ("short lines") are wrapped into a full line;
 * valid requests are appended to one open shard per ``(endpoint, model)`` and a shard is
@@ -11,8 +12,9 @@ One streaming pass over the raw bytes of the input:
 * the custom_ids of the valid requests are written in input order to ``order.txt`` so the
   results can be joined back in that order.
 
-Memory stays flat: at most one chunk of lines is held (see ``_FLUSH_LINES``), duplicate
-custom_ids are found through a scratch SQLite table in the work directory, and each open
+Memory stays bounded: at most one chunk of lines is held (see ``_FLUSH_LINES``), duplicate
+custom_ids across chunks are found by a 6-byte fingerprint per id (see :class:`_SeenIds`; a
+scratch SQLite table in the work directory confirms a repeated fingerprint), and each open
 shard holds only a file handle, a hash and counters.
 
 Custom ids of short lines
