@@ -10,6 +10,7 @@ byte for byte on a corpus of common and odd lines.
 from __future__ import annotations
 
 import builtins
+import gc
 import json
 import random
 from collections import Counter
@@ -173,3 +174,26 @@ def test_duplicates_across_chunks_match_a_plain_first_seen_dict(
     ]
     assert rejects == expected
     assert Path(result.order_path).read_text().split() == [json.dumps(cid) for cid in first]
+
+
+def test_the_cyclic_collector_is_paused_only_during_the_pass(tmp_path: Path) -> None:
+    seen: list[bool] = []
+
+    def lines() -> Any:
+        yield b'{"model":"gpt-4o-mini","messages":[1]}\n'
+        seen.append(gc.isenabled())
+        raise OSError("read failed")
+
+    assert gc.isenabled()
+    with pytest.raises(OSError, match="read failed"):
+        prepare_requests(lines(), source_name="a.jsonl", work_dir=tmp_path / "a")
+    assert seen == [False]
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        prepare_requests(
+            [b'{"model":"gpt-4o-mini","messages":[1]}\n'], source_name="a.jsonl", work_dir=tmp_path / "b"
+        )
+        assert not gc.isenabled()  # left as the caller had it
+    finally:
+        gc.enable()
