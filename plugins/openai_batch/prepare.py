@@ -642,13 +642,13 @@ class _Preparer:
             self.reject(line_no, f"expected a JSON object, got {_json_type(obj)}", content)
             return
         try:
-            self._accept(line_no, obj, raw, content)
+            self._accept(line_no, obj, content)
         except RecursionError as exc:  # a value nested too deep to write back (a changed line)
             self.reject(line_no, f"invalid JSON: {exc}", content)
 
-    def _accept(self, line_no: int, obj: dict[str, Any], raw: bytes, content: bytes) -> None:
+    def _accept(self, line_no: int, obj: dict[str, Any], content: bytes) -> None:
         if "custom_id" in obj or "body" in obj or "url" in obj or "method" in obj:  # see _FULL_KEYS
-            result = self._full_line(line_no, obj, raw, content)
+            result = self._full_line(obj, content)
         else:
             result = self._short_line(line_no, obj, content)
         if isinstance(result, str):
@@ -679,7 +679,7 @@ class _Preparer:
         return False
 
     def _full_line(
-        self, line_no: int, obj: dict[str, Any], raw: bytes, content: bytes
+        self, obj: dict[str, Any], content: bytes
     ) -> str | tuple[str, str, dict[str, Any], bytes, int]:
         custom_id = obj.get("custom_id")
         if custom_id is None:
@@ -851,14 +851,6 @@ class _Preparer:
 #: NUL (cut short by SQLite's JSON functions and C strings) and lone UTF-16 surrogates (not Unicode
 #: text, so not encodable as UTF-8): ids with them cannot be joined back reliably.
 _BAD_ID_CHARS = re.compile("[\x00\ud800-\udfff]")
-
-
-def _is_utf8(data: bytes) -> bool:
-    try:
-        data.decode("utf-8")
-    except UnicodeDecodeError:
-        return False
-    return True
 
 
 def _bad_custom_id(custom_id: str) -> str | None:
