@@ -12,6 +12,7 @@ Memory stays flat: the index is a scratch SQLite table, queried one chunk of ids
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sqlite3
 from typing import TYPE_CHECKING
@@ -20,9 +21,9 @@ if TYPE_CHECKING:
     from collections.abc import Iterable
     from pathlib import Path
 
-__all__ = ["INDEX_FILE", "REUSED_FILE", "ReuseIndex", "request_digest"]
+__all__ = ["INDEX_FILE", "REUSED_FILE", "ReuseIndex", "legacy_request_digest", "request_digest"]
 
-#: One line per valid request, aligned with ``order.txt``: ``<digest>\n``.
+#: One line per valid request, aligned with ``order.txt``: ``<digest>\n`` (see :func:`request_digest`).
 INDEX_FILE = "requests.idx"
 #: Result lines carried over from an earlier content, in ``results.jsonl`` form.
 REUSED_FILE = "reused.jsonl"
@@ -31,9 +32,15 @@ _CHUNK = 20000
 
 
 def request_digest(line: bytes) -> str:
-    """Return the digest of a request line as sent (custom_id, method, url and body)."""
-    import hashlib
+    """Return the digest of a request line as sent (custom_id, method, url and body): its SHA-256."""
+    return hashlib.sha256(line.rstrip(b"\r\n")).hexdigest()
 
+
+def legacy_request_digest(line: bytes) -> str:
+    """Return the digest that ``requests.idx`` held before :func:`request_digest`: a 16-byte BLAKE2b.
+
+    Its 32 hex digits tell it from the 64 of a SHA-256, so an older index is still reused.
+    """
     return hashlib.blake2b(line.rstrip(b"\r\n"), digest_size=16).hexdigest()
 
 
@@ -54,6 +61,8 @@ class ReuseIndex:
             " WITHOUT ROWID"
         )
         self.size = 0
+        #: How the loaded index digests a request line; compare :meth:`take` input made with it.
+        self.digest = request_digest
 
     def load(self, digests: Iterable[bytes], results: Iterable[bytes]) -> int:
         """
@@ -71,6 +80,8 @@ class ReuseIndex:
             digest = next(digest_iter, b"").strip().decode()
             if not digest:
                 raise ValueError("requests.idx is shorter than results.jsonl")
+            if len(digest) == 32:
+                self.digest = legacy_request_digest
             record = json.loads(line)
             if record.get("status") == "succeeded":
                 rows.append((record["custom_id"], digest, line if line.endswith(b"\n") else line + b"\n"))
