@@ -419,7 +419,7 @@ def run_e2e_bench(sizes: dict[str, Any], results: dict[str, Any]) -> None:  # no
                 manifest = json.loads(found[0].with_name("manifest.json").read_text())
                 res["manifest_counts"] = manifest["counts"]
                 res["manifest_batches"] = [
-                    (b.get("id"), b.get("status")) for b in manifest.get("batches", [])
+                    (b.get("batch_id"), b.get("status")) for b in manifest.get("batches", [])
                 ]
                 dags.append(res)
 
