@@ -54,8 +54,6 @@ def _drive_shard(
     from airflow.sdk.exceptions import TaskDeferred
 
     from openai_batch.operators import OpenAIBatchSubmitOperator
-    from openai_batch.sensors import OpenAIBatchSensor
-    from openai_batch.triggers import OpenAIBatchTrigger
 
     ctx: Any = {"run_id": "manual__capacity"}
     try:
@@ -70,67 +68,104 @@ def _drive_shard(
             except TaskDeferred as deferred:  # waiting for capacity: a time trigger
                 time.sleep(0.2)
                 call = getattr(submit, deferred.method_name)
-        sensor = OpenAIBatchSensor(
-            task_id="wait_for_batch",
-            shard=submitted,
-            ledger_dir=ledger_dir,
-            token_limits=limits,
-            capacity_poll=0.2,
-            poll_interval=0.2,
-            **sensor_args,
-        )
-        call = sensor.execute
-        while True:
-            try:
-                call(ctx) if call == sensor.execute else call(ctx, None)
-                return
-            except TaskDeferred as deferred:
-                time.sleep(0.2)
-                # A batch trigger resumes through execute (it checks the batch and goes on); a time
-                # trigger resumes the method it names.
-                call = (
-                    sensor.execute
-                    if isinstance(deferred.trigger, OpenAIBatchTrigger)
-                    else getattr(sensor, deferred.method_name)
-                )
+        _drive_wait(submitted, ledger_dir, limits, **sensor_args)
     except BaseException as err:  # reported by the test
         errors.append(err)
 
 
-@pytest.mark.timeout(300)
-def test_a_run_whose_shards_wait_for_capacity_finishes(
-    pipeline: dict[str, Any], monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+def _drive_wait(submitted: dict[str, Any], ledger_dir: str, limits: str, **sensor_args: Any) -> None:
+    """Run one shard's wait task as the scheduler would, resuming after each deferral."""
+    from airflow.sdk.exceptions import TaskDeferred
+
+    from openai_batch.sensors import OpenAIBatchSensor
+    from openai_batch.triggers import OpenAIBatchTrigger
+
+    ctx: Any = {"run_id": "manual__capacity"}
+    deadline = time.monotonic() + 120
+    sensor = OpenAIBatchSensor(
+        task_id="wait_for_batch",
+        shard=submitted,
+        ledger_dir=ledger_dir,
+        token_limits=limits,
+        capacity_poll=0.2,
+        poll_interval=0.2,
+        **sensor_args,
+    )
+    call = sensor.execute
+    while time.monotonic() < deadline:
+        try:
+            call(ctx) if call == sensor.execute else call(ctx, None)
+            return
+        except TaskDeferred as deferred:
+            time.sleep(0.2)
+            # A batch trigger resumes through execute (it checks the batch and goes on); a time
+            # trigger resumes the method it names.
+            call = (
+                sensor.execute
+                if isinstance(deferred.trigger, OpenAIBatchTrigger)
+                else getattr(sensor, deferred.method_name)
+            )
+    raise AssertionError(f"the wait of shard {submitted['index']} did not end in 120 s")
+
+
+def test_shards_without_room_end_submit_and_are_sent_by_their_wait(
+    tmp_path: Path,
+    emulator_with: Any,  # noqa: F811
+    point_pipeline: Any,  # noqa: F811
 ) -> None:
     """
-    Room for one shard of five: the others are submitted without a batch and wait in wait_for_batch.
+    Room for one shard of five: the other submits end at once without a batch (no deferral), and
+    each shard's wait sends it once there is room, so the run ends.
 
-    (wait_for_batch is mapped over every submit's output: a submit that waited for capacity itself
-    held back the waits that give capacity back, and the run never ended.) ``dag.test()`` runs one
-    task at a time, so this shows the run finishing, not shards running side by side: that is
-    tests/deploy/test_capacity.py, under a real scheduler.
+    wait_for_batch is mapped over every submit's output: a submit that waited for capacity itself
+    held back the waits that give capacity back, and the run never ended. The waits are driven one
+    after another here, as a scheduler with a single slot would; tests/deploy/test_capacity.py shows
+    shards running side by side under a real scheduler.
     """
-    src = write_input(pipeline["inbox"] / "five.jsonl", _lines("f", 20))
-    plan = prepare(src, pipeline["results"] / "_sizing", max_requests_per_batch=4, inbox=pipeline["inbox"])
-    shard_tokens = max(_emulator_tokens(_shard_file(s)) for s in plan["shards"])
-    cap = shard_tokens + shard_tokens // 2
-    pipeline["emulator"].set_faults(token_limit=cap)
-    monkeypatch.setenv("AIRFLOW_VAR_OPENAI_BATCH_TOKEN_LIMITS", json.dumps({MODEL: cap}))
-    monkeypatch.setenv("AIRFLOW_VAR_OPENAI_BATCH_CAPACITY_POLL", "1")
-    before = pipeline["emulator"].stats()
-    capfd.readouterr()
-    dag_run = run_dag({"input": "five.jsonl", "max_requests_per_batch": 4})
-    text = "".join(capfd.readouterr())
-    assert dag_run.state == "success", task_states(dag_run)
-    stats = pipeline["emulator"].stats()
-    assert stats.get("batches_completed", 0) - before.get("batches_completed", 0) == 5, stats
-    assert stats.get("batches_failed", 0) == before.get("batches_failed", 0), stats
-    assert "the shard waits for capacity in wait_for_batch" in text, text[-3000:]
-    assert f"of {cap:,} enqueued tokens in use by 1 batch(es)" in text
-    manifest = json.loads(next(pipeline["results"].rglob("five/manifest.json")).read_text())
-    assert manifest["counts"]["succeeded"] == 20, manifest["counts"]
-    from openai_batch.budget import Ledger
+    from airflow.sdk.exceptions import TaskDeferred
 
-    assert Ledger(pipeline["results"] / "_ledger").in_use() == {}
+    from openai_batch.budget import Ledger
+    from openai_batch.operators import OpenAIBatchSubmitOperator, OpenAIBatchWriteResultsOperator
+
+    inbox = tmp_path / "in"
+    src = write_input(inbox / "five.jsonl", _lines("f", 20))
+    results = tmp_path / "results"
+    plan = prepare(src, results, max_requests_per_batch=4, inbox=inbox)
+    shards = plan["shards"]
+    assert len(shards) == 5
+    shard_tokens = max(_emulator_tokens(_shard_file(s)) for s in shards)
+    cap = shard_tokens + shard_tokens // 2
+    server = emulator_with(token_limit=cap, requests_per_second=50)
+    point_pipeline(server.base_url)
+    ledger_dir = str(tmp_path / "ledger")
+    limits = json.dumps({MODEL: cap})
+
+    submitted = []
+    for shard in shards:
+        operator = OpenAIBatchSubmitOperator(
+            task_id="submit", shard=shard, ledger_dir=ledger_dir, token_limits=limits, capacity_poll=0.2
+        )
+        try:
+            submitted.append(operator.execute({"run_id": "manual__capacity"}))  # type: ignore[arg-type]
+        except TaskDeferred:
+            pytest.fail("a submit without room deferred; the waits that give capacity back would never start")
+    assert [bool(s["batch_id"]) for s in submitted] == [True, False, False, False, False]
+    in_use = Ledger(tmp_path / "ledger").in_use()[MODEL]
+    assert (in_use["batches"], in_use["waiting"]) == (1, 4), in_use
+
+    for shard in submitted:
+        _drive_wait(shard, ledger_dir, limits)
+
+    stats = server.stats()
+    assert stats.get("batches_created") == 5, stats
+    assert stats.get("batches_completed") == 5, stats
+    assert stats.get("batches_failed", 0) == 0, stats
+    assert stats["batches_in_flight_max"] == 1, stats
+    assert Ledger(tmp_path / "ledger").in_use() == {}
+    out = OpenAIBatchWriteResultsOperator(task_id="write_results", plan=plan, ledger_dir=ledger_dir).execute(
+        {"run_id": "manual__capacity", "outlet_events": {}}  # type: ignore[arg-type]
+    )
+    assert out["counts"]["succeeded"] == 20, out["counts"]
 
 
 def _shard_file(shard: dict[str, Any]) -> Path:
