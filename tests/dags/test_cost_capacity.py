@@ -255,7 +255,9 @@ def _leaked_and_live(emulator: Any) -> tuple[str, str]:
     """Create a batch that completes (its release will be lost) and one that stays live (validating)."""
     import openai
 
-    client = openai.OpenAI(base_url=emulator.base_url, api_key="sk-test-0123456789abcdef-secret", max_retries=0)
+    client = openai.OpenAI(
+        base_url=emulator.base_url, api_key="sk-test-0123456789abcdef-secret", max_retries=0
+    )
 
     def create(custom_id: str) -> str:
         data = (json.dumps(chat_line(custom_id, "hello", MODEL)) + "\n").encode()
