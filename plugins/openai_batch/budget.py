@@ -10,7 +10,11 @@ runs (or two shards of one run) cannot both take the last free tokens or the las
 * ``inflight``: one entry per batch that holds enqueued tokens (``<shard identity>-r<round>a<attempt>``):
   its model, estimated tokens, batch id once created, and when it was taken. Taken before the
   upload, released when the batch ends. Entries older than :data:`STALE_SECONDS` (a worker lost
-  for good) are dropped, so a lost release cannot block a model forever.
+  for good) are dropped, so a lost release cannot block a model forever. A release lost sooner
+  (a run failed or deleted, a wait marked success by hand) is found by reconciliation: when a
+  shard is refused, the refused model's entries with a batch are looked up at the API, each at
+  most once per :data:`RECONCILE_SECONDS` (``checked``, optional, records when), and an entry
+  whose batch has ended (or is unknown to the API) is released (see :func:`reconcile`).
 * ``waiting``: one entry per shard round waiting for capacity (same key), for the logs and the
   results view: model, tokens, label, when it started waiting and when it last checked. Removed
   when the round is admitted or released; an entry not checked again within
@@ -35,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 from openai_batch.pricing import FREE_ENDPOINTS, estimate_cost_usd, format_usd
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
 
     from airflow.sdk import ObjectStoragePath
 
@@ -49,6 +53,13 @@ STALE_SECONDS = 27 * 3600
 UNCREATED_STALE_SECONDS = 3600
 #: A waiting entry not checked again within this many poll intervals (plus a minute) is dropped.
 WAITING_STALE_POLLS = 3
+#: An in-flight entry is looked up at the API (reconciliation) at most once per this many seconds,
+#: and never before it is this old.
+RECONCILE_SECONDS = 300.0
+#: Batch statuses after which a batch holds no enqueued tokens (the hook's terminal statuses).
+ENDED_STATUSES = frozenset({"completed", "failed", "expired", "cancelled"})
+#: What :func:`reconcile`'s lookup returns for a batch the API does not know (HTTP 404).
+NOT_FOUND = "not found"
 LEDGER_FILE = "ledger.json"
 LOCK_FILE = "ledger.lock"
 
@@ -279,6 +290,40 @@ class Ledger:
             f"{row['tokens']:,} in use by {row['batches']} batch(es); {row['waiting']} shard(s) waiting"
         )
 
+    def due_for_check(self, model: str, now: float | None = None) -> list[tuple[str, str]]:
+        """
+        Return ``[(key, batch_id)]`` of ``model``'s in-flight entries to look up at the API now.
+
+        Only entries with a batch, at least :data:`RECONCILE_SECONDS` old and not checked within
+        that time; each returned entry is marked ``checked`` now (under the lock), so a second
+        refusal soon after, here or in another process, looks up none of them again.
+        """
+        now = time.time() if now is None else now
+        due: list[tuple[str, str]] = []
+        with self.locked() as data:
+            _drop_stale(data["inflight"], now)
+            for key, entry in sorted(data["inflight"].items()):
+                if (
+                    entry["model"] != model
+                    or not entry.get("batch_id")
+                    or now - float(entry["since"]) < RECONCILE_SECONDS
+                    or now - float(entry.get("checked") or 0.0) < RECONCILE_SECONDS
+                ):
+                    continue
+                entry["checked"] = now
+                due.append((key, str(entry["batch_id"])))
+        return due
+
+    def release_ended(self, key: str, batch_id: str) -> bool:
+        """Release ``key`` if it still holds ``batch_id`` (a batch found ended); return whether it did."""
+        with self.locked() as data:
+            entry = data["inflight"].get(key)
+            if entry is None or entry.get("batch_id") != batch_id:
+                return False
+            del data["inflight"][key]
+            data["waiting"].pop(key, None)
+        return True
+
     def in_use(self) -> dict[str, dict[str, int]]:
         """Return ``{model: {"tokens", "batches", "waiting"}}`` of what is in flight and waiting now."""
         with self.locked() as data:
@@ -351,6 +396,32 @@ class Ledger:
         """Return what the runs of ``day`` spent (actual where known, else their estimate)."""
         with self.locked() as data:
             return round(sum(_spent(e) for e in data["spend"].get(day, {}).values()), 6)
+
+
+def reconcile(ledger: Ledger, model: str, status_of: Callable[[str], str | None]) -> list[str]:
+    """
+    Release ``model``'s in-flight entries whose batch has ended at the API; return a log line for each.
+
+    ``status_of(batch_id)`` returns the batch's status, :data:`NOT_FOUND` for an unknown batch,
+    or None when the lookup failed (the entry is kept). Only entries :meth:`Ledger.due_for_check`
+    returns are looked up, outside the lock. The async twin in the capacity trigger uses the same
+    two ledger calls around its own lookups.
+    """
+    lines = []
+    for key, batch_id in ledger.due_for_check(model):
+        line = release_if_ended(ledger, key, batch_id, status_of(batch_id))
+        if line:
+            lines.append(line)
+    return lines
+
+
+def release_if_ended(ledger: Ledger, key: str, batch_id: str, status: str | None) -> str | None:
+    """Release ``key`` when ``status`` says its batch ended (or is unknown); return a line for the log."""
+    if status is None or (status not in ENDED_STATUSES and status != NOT_FOUND):
+        return None
+    if not ledger.release_ended(key, batch_id):
+        return None
+    return f"released capacity of batch {batch_id}: it is {status}"
 
 
 class BudgetError(Exception):

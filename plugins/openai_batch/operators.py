@@ -155,7 +155,14 @@ def submit_round(
         limit = limit_for(token_limits or {}, state.model)
         tokens = shard_estimates(state_dir / rnd.file, state.endpoint)[0]
         label = f"shard {state.index + 1} of {source.rsplit('/', 1)[-1]} (round {rnd.round})"
-        line = ledger.admit(capacity_key(state), state.model, tokens, limit, label, capacity_poll)
+        key = capacity_key(state)
+        try:
+            line = ledger.admit(key, state.model, tokens, limit, label, capacity_poll)
+        except NoCapacityError as err:
+            # A batch whose wait never released it (its run failed or was deleted) may hold the room.
+            if not err.ever_fits or not reconcile_capacity(hook, ledger, state.model):
+                raise
+            line = ledger.admit(key, state.model, tokens, limit, label, capacity_poll)
         hook.log.info("Capacity: %s admitted (%s tokens); %s", label, f"{tokens:,}", line)
     if not rnd.input_file_id:
         request_file = state_dir / rnd.file
@@ -176,6 +183,36 @@ def submit_round(
         ledger.attach(capacity_key(state), batch.id)
     hook.log.info("Created batch %s for shard %s round %s", batch.id, state.identity, rnd.round)
     return batch.id
+
+
+def reconcile_capacity(hook: OpenAIBatchHook, ledger: Ledger, model: str) -> bool:
+    """
+    Release ``model``'s in-flight entries whose batch has ended at the API; return whether any was.
+
+    Throttled per entry (see :func:`openai_batch.budget.reconcile`); a failed lookup is logged and
+    the entry kept, so reconciliation never fails the task.
+    """
+    from openai_batch.budget import reconcile
+
+    lines = reconcile(ledger, model, lambda batch_id: batch_status(hook, batch_id))
+    for line in lines:
+        hook.log.info("Capacity: %s", line)
+    return bool(lines)
+
+
+def batch_status(hook: OpenAIBatchHook, batch_id: str) -> str | None:
+    """Return a batch's status, ``NOT_FOUND`` when the API does not know it, None when the lookup failed."""
+    import openai
+
+    from openai_batch.budget import NOT_FOUND
+
+    try:
+        return str(hook.conn.with_options(max_retries=1).batches.retrieve(batch_id).status)
+    except openai.NotFoundError:
+        return NOT_FOUND
+    except (openai.APIError, OSError, ValueError) as err:
+        hook.log.warning("Capacity: could not look up batch %s (kept in the ledger): %s", batch_id, err)
+        return None
 
 
 def capacity_key(state: ShardState) -> str:
@@ -607,6 +644,7 @@ def wait_for_capacity(
     task.defer(
         trigger=OpenAIBatchCapacityTrigger(
             ledger_dir=ledger_dir,
+            conn_id=getattr(task, "conn_id", None),
             key=err.key,
             model=err.model,
             tokens=err.tokens,

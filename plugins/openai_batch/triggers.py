@@ -6,6 +6,7 @@ import asyncio
 import json
 import random
 import time
+from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 import openai
@@ -18,6 +19,8 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable
 
     from openai import AsyncOpenAI
+
+    from openai_batch.budget import Ledger
 
 
 def batch_summary(batch: dict[str, Any]) -> dict[str, Any]:
@@ -296,7 +299,10 @@ class OpenAIBatchCapacityTrigger(BaseTrigger):
     ``poll_interval`` seconds, in a thread so the event loop never blocks on the file lock, and
     keeps the round listed as waiting meanwhile. It does not admit the round: the resumed task
     does, and waits again if another shard took the room first. No worker slot is held while
-    waiting, and no task starts until capacity looks free.
+    waiting, and no task starts until capacity looks free. With ``conn_id``, a check that finds no
+    room first reconciles the model's in-flight entries with the API (see
+    :func:`openai_batch.budget.reconcile`; throttled per entry, lookups outside the lock, errors
+    logged and ignored), so a batch whose release was lost does not hold the room until it is stale.
 
     :param ledger_dir: The ledger folder (see :mod:`openai_batch.budget`).
     :param key: The round's ledger key.
@@ -306,6 +312,7 @@ class OpenAIBatchCapacityTrigger(BaseTrigger):
     :param label: How the logs and the results view name the round.
     :param poll_interval: Seconds between two checks.
     :param not_before: Epoch seconds before which no event is yielded.
+    :param conn_id: The OpenAI connection id for reconciliation; None: none.
     """
 
     def __init__(
@@ -318,9 +325,11 @@ class OpenAIBatchCapacityTrigger(BaseTrigger):
         label: str = "",
         poll_interval: float = 30.0,
         not_before: float = 0.0,
+        conn_id: str | None = None,
     ) -> None:
         super().__init__()
         self.ledger_dir = ledger_dir
+        self.conn_id = conn_id
         self.key = key
         self.model = model
         self.tokens = tokens
@@ -342,6 +351,7 @@ class OpenAIBatchCapacityTrigger(BaseTrigger):
                 "label": self.label,
                 "poll_interval": self.poll_interval,
                 "not_before": self.not_before,
+                "conn_id": self.conn_id,
             },
         )
 
@@ -355,7 +365,63 @@ class OpenAIBatchCapacityTrigger(BaseTrigger):
             fits = await asyncio.to_thread(
                 ledger.fits, self.key, self.model, self.tokens, self.limit, self.label, self.poll_interval
             )
+            if not fits and self.conn_id and await self._reconcile(ledger):
+                fits = await asyncio.to_thread(
+                    ledger.fits, self.key, self.model, self.tokens, self.limit, self.label, self.poll_interval
+                )
             if fits:
                 break
             await asyncio.sleep(max(0.1, float(self.poll_interval)))
         yield TriggerEvent({"key": self.key, "fits": True})
+
+    async def _reconcile(self, ledger: Ledger) -> bool:
+        """Release the model's entries whose batch ended at the API; return whether any was released."""
+        from openai_batch.budget import release_if_ended
+
+        due = await asyncio.to_thread(ledger.due_for_check, self.model)
+        if not due:
+            return False
+        released = False
+        try:
+            async with self._lookup() as status_of:
+                for key, batch_id in due:
+                    status = await status_of(batch_id)
+                    line = await asyncio.to_thread(release_if_ended, ledger, key, batch_id, status)
+                    if line:
+                        self.log.info("Capacity: %s", line)
+                        released = True
+        except Exception as err:  # reconciliation never ends the wait
+            self.log.warning("Capacity: reconciling %s with the API failed: %s", self.model, err)
+        return released
+
+    @asynccontextmanager
+    async def _lookup(self) -> AsyncIterator[Callable[[str], Awaitable[str | None]]]:
+        """Yield ``status_of(batch_id)``: the status, ``NOT_FOUND`` for a 404, None when the lookup failed."""
+        from openai_batch.budget import NOT_FOUND
+
+        hook = OpenAIBatchHook(conn_id=str(self.conn_id), max_retries=1, timeout=60.0)
+        settings = PollSettings.from_client_kwargs(await hook._async_client_kwargs())
+
+        async def status_with(fetch: Callable[[str], Awaitable[dict[str, Any]]], batch_id: str) -> str | None:
+            try:
+                return str((await fetch(batch_id))["status"])
+            except BatchNotFoundError:
+                return NOT_FOUND
+            except BatchPollError as err:
+                self.log.warning("Capacity: could not look up batch %s (kept): %s", batch_id, err)
+                return None
+
+        if settings is None:
+            client = await hook.shared_async_client()
+
+            async def sdk_status(batch_id: str) -> str | None:
+                return await status_with(lambda b: _sdk_get_batch(client, b), batch_id)
+
+            yield sdk_status
+            return
+        async with shared_poller(settings) as poller:
+
+            async def lean_status(batch_id: str) -> str | None:
+                return await status_with(poller.get_batch, batch_id)
+
+            yield lean_status

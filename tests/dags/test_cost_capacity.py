@@ -279,3 +279,99 @@ def test_token_limit_exceeded_is_retried_past_the_attempt_cap_when_the_shard_fit
     assert refused, "the service never refused a batch: the fallback was not exercised"
     assert all(e["code"] == "token_limit_exceeded" for b in refused for e in b["errors"]["data"])
     assert sum(b["status"] == "completed" for b in batches) == 4
+
+
+def _gets(emulator: Any) -> int:
+    """How many times the emulator answered ``GET /v1/batches/{batch_id}``."""
+    return int(emulator.stats()["requests_by_route"].get("GET /v1/batches/{batch_id}", 0))
+
+
+def _leaked_and_live(emulator: Any) -> tuple[str, str]:
+    """Create a batch that completes (its release will be lost) and one that stays live (validating)."""
+    import openai
+
+    client = openai.OpenAI(
+        base_url=emulator.base_url, api_key="sk-test-0123456789abcdef-secret", max_retries=0
+    )
+
+    def create(custom_id: str) -> str:
+        data = (json.dumps(chat_line(custom_id, "hello", MODEL)) + "\n").encode()
+        uploaded = client.files.create(file=("in.jsonl", data), purpose="batch")
+        return client.batches.create(
+            input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
+        ).id
+
+    leaked = create("leaked")
+    deadline = time.monotonic() + 30
+    while client.batches.retrieve(leaked).status != "completed":
+        assert time.monotonic() < deadline, "the emulator did not complete the batch"
+        time.sleep(0.1)
+    emulator.configure(validating_seconds=3600.0)  # batches created from now on stay live
+    live = create("live")
+    assert client.batches.retrieve(live).status == "validating"
+    return leaked, live
+
+
+def test_a_leaked_entry_is_released_after_reconciliation_and_live_ones_stay(
+    pipeline: dict[str, Any], tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """
+    A run failed after its batch was created: its entry would hold the room for 27 h.
+
+    A shard refused for capacity looks the model's entries up at the API, releases the one whose
+    batch completed, keeps the live one, and is admitted. A second refusal within the throttle
+    window looks nothing up again.
+    """
+    from openai_batch.budget import RECONCILE_SECONDS, Ledger, read_ledger
+    from openai_batch.operators import OpenAIBatchSubmitOperator
+
+    emulator = pipeline["emulator"]
+    leaked, live = _leaked_and_live(emulator)
+    src = write_input(pipeline["inbox"] / "two.jsonl", _lines("t", 8))
+    plan = prepare(src, pipeline["results"] / "_sizing", max_requests_per_batch=4, inbox=pipeline["inbox"])
+    first, second = plan["shards"]
+    size = max(_emulator_tokens(_shard_file(s)) for s in plan["shards"])
+    limit = 2 * size + size // 2  # the live batch and one shard fit; not with the leaked one too
+    ledger_dir = tmp_path / "ledger"
+    old = time.time() - RECONCILE_SECONDS - 60  # old enough to be looked up
+    with Ledger(ledger_dir).locked() as data:
+        for key, batch_id in (("leaked-r0a0", leaked), ("live-r0a0", live)):
+            data["inflight"][key] = {
+                "model": MODEL,
+                "tokens": size,
+                "since": old,
+                "batch_id": batch_id,
+                "label": key,
+            }
+    limits = json.dumps({MODEL: limit})
+    ctx: Any = {"run_id": "manual__reconcile"}
+
+    def submit(shard: dict[str, Any]) -> dict[str, Any]:
+        op = OpenAIBatchSubmitOperator(
+            task_id="submit", shard=shard, ledger_dir=str(ledger_dir), token_limits=limits, capacity_poll=1
+        )
+        result: dict[str, Any] = op.execute(ctx)
+        return result
+
+    capfd.readouterr()
+    gets = _gets(emulator)
+    admitted = submit(first)
+    text = "".join(capfd.readouterr())
+    assert admitted["batch_id"], "the shard was refused although the leaked batch had completed"
+    assert f"released capacity of batch {leaked}: it is completed" in text, text[-3000:]
+    assert _gets(emulator) - gets == 2  # the leaked and the live entry, once each
+    inflight = read_ledger(ledger_dir)["inflight"]
+    assert "leaked-r0a0" not in inflight
+    assert inflight["live-r0a0"]["batch_id"] == live  # still live at the API: kept
+    assert inflight["live-r0a0"]["checked"] >= old
+    assert {e["batch_id"] for e in inflight.values()} == {live, admitted["batch_id"]}
+
+    # The live batch and the first shard fill the room: the second shard is refused, and
+    # nothing is looked up again (the live entry was checked just now, the new one is young).
+    gets = _gets(emulator)
+    refused = submit(second)
+    text = "".join(capfd.readouterr())
+    assert refused["batch_id"] is None
+    assert "the shard waits for capacity in wait_for_batch" in text, text[-3000:]
+    assert _gets(emulator) == gets
+    assert set(read_ledger(ledger_dir)["inflight"]) == {"live-r0a0", *set(inflight) - {"live-r0a0"}}

@@ -208,3 +208,54 @@ def test_a_shard_that_can_never_fit_is_not_listed_as_waiting(tmp_path: Path) -> 
         ledger.admit("huge", "m", 101, 100)
     assert not info.value.ever_fits
     assert read_ledger(tmp_path / "ledger")["waiting"] == {}
+
+
+def test_reconcile_looks_up_old_entries_once_per_window_and_releases_only_ended_batches(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from openai_batch.budget import NOT_FOUND, RECONCILE_SECONDS, reconcile
+
+    ledger = Ledger(tmp_path / "ledger")
+    for key in ("done", "gone", "live", "unknown", "young", "no-batch"):
+        ledger.admit(key, "m", 10, 100)
+    ledger.admit("other", "n", 10, 100)
+    for key in ("done", "gone", "live", "unknown", "young", "other"):
+        ledger.attach(key, f"batch_{key}")
+    statuses = {"batch_done": "completed", "batch_gone": NOT_FOUND, "batch_live": "in_progress"}
+    asked: list[str] = []
+
+    def status_of(batch_id: str) -> str | None:
+        asked.append(batch_id)
+        return statuses.get(batch_id)  # None: the lookup failed
+
+    start = time.time()
+    assert reconcile(ledger, "m", status_of) == []  # every entry is younger than the window
+    assert asked == []
+    later = start + RECONCILE_SECONDS + 1
+    monkeypatch.setattr(time, "time", lambda: later)
+    with ledger.locked() as data:  # taken just before the window ends: not looked up yet
+        data["inflight"]["young"]["since"] = later - 10
+    lines = reconcile(ledger, "m", status_of)
+    assert sorted(asked) == ["batch_done", "batch_gone", "batch_live", "batch_unknown"]
+    assert lines == [
+        "released capacity of batch batch_done: it is completed",
+        "released capacity of batch batch_gone: it is not found",
+    ]
+    assert set(read_ledger(ledger.folder)["inflight"]) == {"live", "unknown", "young", "no-batch", "other"}
+    asked.clear()
+    assert reconcile(ledger, "m", status_of) == []  # within the window: nothing looked up again
+    assert asked == []
+    monkeypatch.setattr(time, "time", lambda: later + RECONCILE_SECONDS + 1)
+    statuses["batch_unknown"] = "expired"
+    assert reconcile(ledger, "m", status_of) == ["released capacity of batch batch_unknown: it is expired"]
+    assert sorted(asked) == ["batch_live", "batch_unknown", "batch_young"]
+
+
+def test_an_entry_given_another_batch_meanwhile_is_not_released(tmp_path: Path) -> None:
+    ledger = Ledger(tmp_path / "ledger")
+    ledger.admit("k", "m", 10, 100)
+    ledger.attach("k", "batch_new")
+    assert not ledger.release_ended("k", "batch_old")
+    assert ledger.in_use()["m"]["tokens"] == 10
+    assert ledger.release_ended("k", "batch_new")
+    assert "m" not in ledger.in_use()

@@ -219,3 +219,100 @@ async def test_a_wait_keeps_no_answer_alive_between_polls() -> None:
     event = await asyncio.wait_for(anext(trigger._poll(fetch)), timeout=10)
     assert event.payload["status"] == "completed"
     assert alive_at_next_poll == [False, False, False]
+
+
+async def test_capacity_trigger_releases_a_leaked_entry_and_keeps_the_live_one(
+    start_emulator: Any, tmp_path: Path
+) -> None:
+    """A waiting shard's trigger looks the model's entries up, releases the ended batch's, and fires."""
+    from openai_batch.budget import RECONCILE_SECONDS, Ledger, read_ledger
+    from openai_batch.triggers import OpenAIBatchCapacityTrigger
+
+    server = start_emulator(finalizing_seconds=0.1)
+    leaked = create_batch(server, [chat("a")])
+    client = client_for(server)
+    for _ in range(300):
+        if client.batches.retrieve(leaked).status == "completed":
+            break
+        await asyncio.sleep(0.1)
+    assert client.batches.retrieve(leaked).status == "completed"
+    server.configure(validating_seconds=3600.0)
+    live = create_batch(server, [chat("b")])
+    ledger_dir = tmp_path / "ledger"
+    old = time.time() - RECONCILE_SECONDS - 60
+    with Ledger(ledger_dir).locked() as data:
+        for key, batch_id in (("leaked", leaked), ("live", live)):
+            data["inflight"][key] = {
+                "model": "m",
+                "tokens": 40,
+                "since": old,
+                "batch_id": batch_id,
+                "label": key,
+            }
+    trigger = OpenAIBatchCapacityTrigger(
+        ledger_dir=str(ledger_dir),
+        key="new",
+        model="m",
+        tokens=40,
+        limit=100,
+        poll_interval=0.2,
+        conn_id="openai_default",
+    )
+    classpath, kwargs = trigger.serialize()
+    assert OpenAIBatchCapacityTrigger(**kwargs).serialize() == (classpath, kwargs)
+    events = await collect(trigger)
+    assert events == [{"key": "new", "fits": True}]
+    inflight = read_ledger(ledger_dir)["inflight"]
+    assert set(inflight) == {"live"}  # the trigger does not admit; the live batch keeps its room
+    gets = server.stats()["requests_by_route"].get("GET /v1/batches/{batch_id}", 0)
+    # Still refused (room for one more of 40 only after the live one ends): nothing looked up again.
+    blocked = OpenAIBatchCapacityTrigger(
+        ledger_dir=str(ledger_dir),
+        key="big",
+        model="m",
+        tokens=70,
+        limit=100,
+        poll_interval=0.2,
+        conn_id="openai_default",
+    )
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(1.5):
+            await collect(blocked)
+    assert server.stats()["requests_by_route"].get("GET /v1/batches/{batch_id}", 0) == gets
+    assert set(read_ledger(ledger_dir)["inflight"]) == {"live"}
+
+
+async def test_capacity_trigger_survives_a_failing_lookup(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An API that cannot be reached: the entry is kept and the wait goes on (no error, no event)."""
+    from openai_batch.budget import RECONCILE_SECONDS, Ledger, read_ledger
+    from openai_batch.triggers import OpenAIBatchCapacityTrigger
+
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_OPENAI_DEFAULT",
+        json.dumps({"conn_type": "openai", "password": "test-key", "host": "http://127.0.0.1:9/v1"}),
+    )
+    ledger_dir = tmp_path / "ledger"
+    with Ledger(ledger_dir).locked() as data:
+        data["inflight"]["held"] = {
+            "model": "m",
+            "tokens": 80,
+            "since": time.time() - RECONCILE_SECONDS - 60,
+            "batch_id": "batch_x",
+            "label": "held",
+        }
+    trigger = OpenAIBatchCapacityTrigger(
+        ledger_dir=str(ledger_dir),
+        key="new",
+        model="m",
+        tokens=40,
+        limit=100,
+        poll_interval=0.2,
+        conn_id="openai_default",
+    )
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(3):
+            await collect(trigger)
+    assert set(read_ledger(ledger_dir)["inflight"]) == {"held"}
+    assert read_ledger(ledger_dir)["inflight"]["held"]["checked"] > 0
