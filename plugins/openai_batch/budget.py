@@ -14,7 +14,7 @@ runs (or two shards of one run) cannot both take the last free tokens or the las
   (a run failed or deleted, a wait marked success by hand) is found by reconciliation: when a
   shard is refused, the refused model's entries with a batch are looked up at the API, each at
   most once per :data:`RECONCILE_SECONDS` (``checked``, optional, records when), and an entry
-  whose batch has ended (or is unknown to the API) is released (see :func:`reconcile`).
+  whose batch has ended is released (a 404 keeps its room) (see :func:`reconcile`).
 * ``waiting``: one entry per shard round waiting for capacity (same key), for the logs and the
   results view: model, tokens, label, when it started waiting and when it last checked. Removed
   when the round is admitted or released; an entry not checked again within
@@ -416,8 +416,14 @@ def reconcile(ledger: Ledger, model: str, status_of: Callable[[str], str | None]
 
 
 def release_if_ended(ledger: Ledger, key: str, batch_id: str, status: str | None) -> str | None:
-    """Release ``key`` when ``status`` says its batch ended (or is unknown); return a line for the log."""
-    if status is None or (status not in ENDED_STATUSES and status != NOT_FOUND):
+    """
+    Release ``key`` when ``status`` says its batch ended; return a line for the log.
+
+    A batch the API does not know (:data:`NOT_FOUND`) keeps its room: with several connections
+    sharing one ledger, a live batch of another organisation answers 404 too. Such an entry goes
+    when it is stale (:data:`STALE_SECONDS`).
+    """
+    if status is None or status not in ENDED_STATUSES:
         return None
     if not ledger.release_ended(key, batch_id):
         return None

@@ -239,16 +239,23 @@ def test_reconcile_looks_up_old_entries_once_per_window_and_releases_only_ended_
     assert sorted(asked) == ["batch_done", "batch_gone", "batch_live", "batch_unknown"]
     assert lines == [
         "released capacity of batch batch_done: it is completed",
-        "released capacity of batch batch_gone: it is not found",
     ]
-    assert set(read_ledger(ledger.folder)["inflight"]) == {"live", "unknown", "young", "no-batch", "other"}
+    # A 404 keeps the room: another organisation's live batch sharing the ledger answers 404 too.
+    assert set(read_ledger(ledger.folder)["inflight"]) == {
+        "gone",
+        "live",
+        "unknown",
+        "young",
+        "no-batch",
+        "other",
+    }
     asked.clear()
     assert reconcile(ledger, "m", status_of) == []  # within the window: nothing looked up again
     assert asked == []
     monkeypatch.setattr(time, "time", lambda: later + RECONCILE_SECONDS + 1)
     statuses["batch_unknown"] = "expired"
     assert reconcile(ledger, "m", status_of) == ["released capacity of batch batch_unknown: it is expired"]
-    assert sorted(asked) == ["batch_live", "batch_unknown", "batch_young"]
+    assert sorted(asked) == ["batch_gone", "batch_live", "batch_unknown", "batch_young"]
 
 
 def test_an_entry_given_another_batch_meanwhile_is_not_released(tmp_path: Path) -> None:
