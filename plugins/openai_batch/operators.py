@@ -313,6 +313,8 @@ class OpenAIBatchPrepareOperator(BaseOperator):
 
     def execute(self, context: Context) -> dict[str, Any]:
         """Prepare the file and return its plan."""
+        from airflow.sdk import ObjectStoragePath
+
         from openai_batch.storage import InputFile, is_url
 
         partition = self.partition or run_partition(context)
@@ -326,7 +328,8 @@ class OpenAIBatchPrepareOperator(BaseOperator):
                 raise
             return self._unreadable(listed, partition, f"{listed.display}: refused: {err}")
         folder = to_path(self.results_root) / ref.folder
-        src = to_path(ref.source)
+        # ref.source is the checked real path: to_path would resolve it again, following a swapped link.
+        src = to_path(ref.source) if is_url(ref.source) else ObjectStoragePath(ref.source)
         try:
             opened = InputFile(src)
         except (FileNotFoundError, PermissionError, NotRegularFileError, NotADirectoryError) as err:
