@@ -19,6 +19,7 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 from openai_batch.budget import NoCapacityError, limit_for, plan_cost, shard_estimates
 from openai_batch.pricing import format_usd, is_unpriced
 from openai_batch.storage import (
+    InputTooLargeError,
     NotRegularFileError,
     copy_file,
     file_digest,
@@ -243,6 +244,8 @@ class OpenAIBatchPrepareOperator(BaseOperator):
     :param plan_only: Write the plan and the rejects only; upload nothing (the ``dry_run`` param). (templated)
     :param force: Process the file again even if its results exist for the same content. (templated)
     :param partition: The run date for the manifest; default: the logical or run date. (templated)
+    :param max_input_bytes: Cap on the decompressed size of a ``*.jsonl.gz`` input; one above it
+        gets an error plan. Empty: 100 GiB. (templated)
     """
 
     template_fields = (
@@ -256,6 +259,7 @@ class OpenAIBatchPrepareOperator(BaseOperator):
         "plan_only",
         "force",
         "partition",
+        "max_input_bytes",
     )
 
     def __init__(
@@ -271,9 +275,11 @@ class OpenAIBatchPrepareOperator(BaseOperator):
         plan_only: bool = False,
         force: bool = False,
         partition: str | None = None,
+        max_input_bytes: int | str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.max_input_bytes = max_input_bytes
         self.source = source
         self.inbox = inbox
         self.allowed_roots = allowed_roots
@@ -331,7 +337,7 @@ class OpenAIBatchPrepareOperator(BaseOperator):
         # ref.source is the checked real path: to_path would resolve it again, following a swapped link.
         src = to_path(ref.source) if is_url(ref.source) else ObjectStoragePath(ref.source)
         try:
-            opened = InputFile(src)
+            opened = InputFile(src, self._max_input_bytes())
         except (FileNotFoundError, PermissionError, NotRegularFileError, NotADirectoryError) as err:
             return self._unreadable(ref, partition, f"{ref.display}: cannot be read: {_why(err)}")
         except OSError as err:
@@ -412,6 +418,20 @@ class OpenAIBatchPrepareOperator(BaseOperator):
             return {**plan, "shards": []}
         return plan
 
+    def _max_input_bytes(self) -> int:
+        from openai_batch.storage import DEFAULT_MAX_INPUT_BYTES
+
+        value = self.max_input_bytes
+        if value is None or str(value).strip() == "":
+            return DEFAULT_MAX_INPUT_BYTES
+        try:
+            cap = int(str(value).strip())
+        except ValueError as err:
+            raise AirflowFailException(f"openai_batch_max_input_bytes: not a byte count: {value!r}") from err
+        if cap < 1:
+            raise AirflowFailException(f"openai_batch_max_input_bytes must be positive, got {cap}")
+        return cap
+
     def _done_digest(self, src: InputFile, done: dict[str, Any]) -> str | None:
         """
         Return the content digest to compare with the manifest's ``input_sha256``, or None if unknown.
@@ -425,8 +445,8 @@ class OpenAIBatchPrepareOperator(BaseOperator):
             return str(done["input_sha256"])
         try:
             return src.content_sha256()
-        except (EOFError, zlib.error, gzip.BadGzipFile):
-            return None  # a corrupt archive: the prepare pass words the error
+        except (EOFError, zlib.error, gzip.BadGzipFile, InputTooLargeError):
+            return None  # a corrupt or too large archive: the prepare pass words the error
 
     def _unreadable(self, ref: InputRef, partition: str, error: str) -> dict[str, Any]:
         """Return the error plan of an input that cannot be opened (gone, not a file, a link, no access)."""
@@ -532,7 +552,7 @@ class OpenAIBatchPrepareOperator(BaseOperator):
             for name in (ORDER_FILE, REJECTS_FILE):
                 copy_file(work / name, state_dir / name)
             return _error_plan(state_dir, digest, str(err), lines=err.lines, rejected=err.rejected)
-        except (PrepareError, EOFError, OSError, zlib.error) as err:
+        except (PrepareError, EOFError, OSError, zlib.error, InputTooLargeError) as err:
             if isinstance(err, OSError) and not isinstance(err, gzip.BadGzipFile):
                 raise  # storage trouble is worth a task retry; a corrupt file is not
             digest = src.raw_sha256("")  # a corrupt archive has no content digest: its bytes

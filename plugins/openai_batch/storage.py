@@ -371,6 +371,37 @@ def open_no_follow(real_path: str) -> int:
     return fd
 
 
+#: Default cap on the decompressed size of a ``*.jsonl.gz`` input (Variable ``openai_batch_max_input_bytes``):
+#: 100 GiB, far above a day's batch input (a batch file is at most 200 MB) yet below what a
+#: small archive built to expand without end would fill a worker's disk with.
+DEFAULT_MAX_INPUT_BYTES = 100 * 1024**3
+
+
+class InputTooLargeError(ValueError):
+    """Raise when a compressed input expands beyond the cap on its decompressed size."""
+
+
+class _CappedReader:
+    """A binary reader that raises :class:`InputTooLargeError` once more than ``cap`` bytes were read."""
+
+    def __init__(self, raw: IO[bytes], cap: int) -> None:
+        self._raw = raw
+        self._cap = cap
+        self._read = 0
+
+    def read(self, size: int = -1) -> bytes:
+        # Never more than the cap plus one byte in one read, even for read(-1).
+        want = self._cap - self._read + 1 if size < 0 else min(size, self._cap - self._read + 1)
+        data = self._raw.read(max(want, 1))
+        self._read += len(data)
+        if self._read > self._cap:
+            raise InputTooLargeError(
+                f"its decompressed content is above {self._cap:,} bytes, the cap on .jsonl.gz inputs "
+                "(Variable openai_batch_max_input_bytes)"
+            )
+        return data
+
+
 class _HashingReader:
     """A binary reader that hashes every byte read through it (the raw bytes of a compressed input)."""
 
@@ -402,10 +433,13 @@ class InputFile:
     is opened by its path, as object stores have no links to follow.
 
     :param path: The input's storage path.
+    :param max_content_bytes: Cap on the decompressed size of a ``*.gz`` input; reading past it
+        raises :class:`InputTooLargeError`.
     """
 
-    def __init__(self, path: ObjectStoragePath) -> None:
+    def __init__(self, path: ObjectStoragePath, max_content_bytes: int = DEFAULT_MAX_INPUT_BYTES) -> None:
         self.path = path
+        self.max_content_bytes = max_content_bytes
         self.compressed = str(path).endswith(".gz")
         self._fh: IO[bytes] | None = None
         self._raw_hash: _HashingReader | None = None
@@ -457,7 +491,7 @@ class InputFile:
                 return
             self._raw_hash, self._raw_done = _HashingReader(raw), None
             with gzip.GzipFile(fileobj=cast("IO[bytes]", self._raw_hash), mode="rb") as unzipped:
-                yield cast("IO[bytes]", unzipped)
+                yield cast("IO[bytes]", _CappedReader(cast("IO[bytes]", unzipped), self.max_content_bytes))
             # Read what the decompressor left (nothing in a sound file) so the digest covers it all.
             self._raw_done = self._raw_hash.drain()
 
