@@ -230,6 +230,7 @@ def openai_batch() -> None:
         """Flatten every file's shards into one list to map over."""
         return [shard for plan in all_plans for shard in plan["shards"]]
 
+    budgeted = check_budget(plans.output, "{{ params.max_cost_usd }}", DAILY_BUDGET, LEDGER)  # type: ignore[arg-type]
     shard_label = "{{ task.shard['key'] }} #{{ task.shard['index'] + 1 }}/{{ task.shard['count'] }}"
     submitted = OpenAIBatchSubmitOperator.partial(
         task_id="submit",
@@ -239,11 +240,7 @@ def openai_batch() -> None:
         ledger_dir=LEDGER,
         token_limits=TOKEN_LIMITS,
         capacity_poll=CAPACITY_POLL,
-    ).expand(
-        shard=list_shards(
-            check_budget(plans.output, "{{ params.max_cost_usd }}", DAILY_BUDGET, LEDGER)  # type: ignore[arg-type]
-        )
-    )
+    ).expand(shard=list_shards(budgeted))
     waited = OpenAIBatchSensor.partial(
         task_id="wait_for_batch",
         map_index_template=shard_label,
@@ -260,7 +257,10 @@ def openai_batch() -> None:
         outlets=[RESULTS_ASSET],
         map_index_template="{{ task.plan['key'] }}",
         ledger_dir=LEDGER,
-    ).expand(plan=plans.output)
+        # Mapped over the plans check_budget passed on, not over prepare's: a prepare that failed
+        # then leaves the other files' writes alone (none_failed sees check_budget, which ran),
+        # while a failed wait still holds back every write, as before.
+    ).expand(plan=budgeted)
     waited >> written
 
 

@@ -6,13 +6,13 @@ import gzip
 import json
 from typing import TYPE_CHECKING, Any
 
-import pytest
-
 from openai_batch.operators import OpenAIBatchPrepareOperator
 from tests.reliability.support import batches_created, chat_line, read_jsonl, run_dag, task_states
 
 if TYPE_CHECKING:
     from pathlib import Path
+
+    import pytest
 
 
 def lines(*ids: str) -> str:
@@ -66,10 +66,14 @@ def test_a_prepare_that_fails_holds_back_neither_the_budget_nor_the_other_files(
     (inbox / "a.jsonl").write_text(lines("a-0"))
     (inbox / "b.jsonl").write_text(lines("b-0"))
 
-    def storage_down() -> None:
-        raise AirflowFailException("storage is down")
+    opened = OpenAIBatchPrepareOperator._execute_opened
 
-    before_prepare(monkeypatch, "b.jsonl", storage_down)
+    def storage_down(self: OpenAIBatchPrepareOperator, context: Any, ref: Any, *args: Any) -> Any:
+        if ref.key == "b.jsonl":  # fails for good, as storage trouble would after the retries
+            raise AirflowFailException("storage is down")
+        return opened(self, context, ref, *args)
+
+    monkeypatch.setattr(OpenAIBatchPrepareOperator, "_execute_opened", storage_down)
 
     dag_run = run_dag({"input": "*.jsonl"})
 
