@@ -112,3 +112,14 @@ def test_an_archive_done_once_is_skipped_without_new_results_or_event(pipeline: 
             select(func.count()).select_from(AssetEvent).where(AssetEvent.source_run_id == again.run_id)
         )
     assert count == 0
+
+
+def test_the_dag_passes_the_cap_variable_and_timeouts(airflow_db: None) -> None:
+    from tests.dags.conftest import get_dag
+
+    dag = get_dag()
+    assert "openai_batch_max_input_bytes" in dag.get_task("prepare").partial_kwargs["max_input_bytes"]
+    for task_id in ("prepare", "check_budget", "submit", "write_results"):
+        task = dag.get_task(task_id)
+        timeout = getattr(task, "partial_kwargs", {}).get("execution_timeout") or task.execution_timeout
+        assert timeout is not None, task_id

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import os
 import threading
@@ -56,8 +57,8 @@ def swap_after_check(monkeypatch: pytest.MonkeyPatch, swap: Callable[[], None]) 
     monkeypatch.setattr(OpenAIBatchPrepareOperator, "input_ref", input_ref)
 
 
-def write(plan: dict[str, Any]) -> None:
-    with pytest.raises(AirflowFailException, match="cannot be read"):
+def write(plan: dict[str, Any], match: str = "cannot be read") -> None:
+    with pytest.raises(AirflowFailException, match=match):
         OpenAIBatchWriteResultsOperator(task_id="write_results", plan=plan).execute({"run_id": "r"})  # type: ignore[arg-type]
 
 
@@ -138,3 +139,51 @@ def test_the_skip_digest_and_the_prepare_pass_read_the_same_descriptor(
     assert again["input_sha256"] == first["input_sha256"]
     assert again.get("error") is None
     assert SECRET.encode() not in all_output(dirs["results"])
+
+
+def test_a_gz_is_done_by_its_stat_identity_without_being_read(
+    dirs: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from openai_batch.storage import InputFile
+
+    path = dirs["inbox"] / "z.jsonl.gz"
+    path.write_bytes(gzip.compress(b"nope\n"))  # no valid line: its manifest is written all the same
+    write(operator(dirs, "z.jsonl.gz").execute({"run_id": "r"}), match="no valid request")  # type: ignore[arg-type]
+    manifest = json.loads(next(dirs["results"].rglob("manifest.json")).read_text())
+    assert manifest["input_stat"]["ino"] == path.stat().st_ino
+    assert manifest["input_raw_sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+
+    def never(self: InputFile, *args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the input was read again")
+
+    monkeypatch.setattr(InputFile, "content", never)
+    again = operator(dirs, "z.jsonl.gz").execute({"run_id": "r"})  # type: ignore[arg-type]
+    assert again["skipped"] is True
+    assert again["input_sha256"] == manifest["input_sha256"]
+
+
+def test_a_touched_gz_is_done_by_its_content_digest(dirs: dict[str, Path]) -> None:
+    path = dirs["inbox"] / "z.jsonl.gz"
+    path.write_bytes(gzip.compress(b"nope\n"))
+    write(operator(dirs, "z.jsonl.gz").execute({"run_id": "r"}), match="no valid request")  # type: ignore[arg-type]
+    os.utime(path, ns=(1_000_000_000, 1_000_000_000))  # new stat identity, same content
+
+    again = operator(dirs, "z.jsonl.gz").execute({"run_id": "r"})  # type: ignore[arg-type]
+
+    assert again["skipped"] is True
+    assert again["input_sha256"] == hashlib.sha256(b"nope\n").hexdigest()
+
+
+def test_a_gz_that_expands_past_the_cap_gets_an_error_plan(dirs: dict[str, Path]) -> None:
+    path = dirs["inbox"] / "bomb.jsonl.gz"
+    path.write_bytes(gzip.compress((chat_line("b-0", "x" * 5000) + "\n").encode() * 50))
+    op = operator(dirs, "bomb.jsonl.gz")
+    op.max_input_bytes = 100_000
+
+    plan = op.execute({"run_id": "r"})  # type: ignore[arg-type]
+
+    assert plan["shards"] == []
+    assert "bomb.jsonl.gz" in plan["error"]
+    assert "100,000 bytes" in plan["error"]
+    assert "openai_batch_max_input_bytes" in plan["error"]
+    assert operator(dirs, "bomb.jsonl.gz").execute({"run_id": "r"}).get("error") is None  # type: ignore[arg-type]
