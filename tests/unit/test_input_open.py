@@ -187,3 +187,25 @@ def test_a_gz_that_expands_past_the_cap_gets_an_error_plan(dirs: dict[str, Path]
     assert "100,000 bytes" in plan["error"]
     assert "openai_batch_max_input_bytes" in plan["error"]
     assert operator(dirs, "bomb.jsonl.gz").execute({"run_id": "r"}).get("error") is None  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("swap", "said"),
+    [
+        pytest.param(lambda p: p.unlink(), "it is gone", id="removed"),
+        pytest.param(lambda p: (p.unlink(), p.mkdir()), "is a folder", id="folder"),
+    ],
+)
+def test_a_file_gone_or_turned_into_a_folder_after_the_check_gets_an_error_plan(
+    dirs: dict[str, Path], monkeypatch: pytest.MonkeyPatch, swap: Callable[[Path], Any], said: str
+) -> None:
+    path = dirs["inbox"] / "a.jsonl"
+    path.write_text(chat_line("a-0", "hello") + "\n")
+    swap_after_check(monkeypatch, lambda: swap(path))
+
+    plan = operator(dirs, "a.jsonl").execute({"run_id": "r"})  # type: ignore[arg-type]
+
+    assert said in plan["error"], plan["error"]
+    assert plan["error"].startswith("a.jsonl: cannot be read")
+    write(plan)
+    assert json.loads((dirs["results"] / "a" / "manifest.json").read_text())["error"] == plan["error"]
