@@ -10,7 +10,8 @@ the wait is deferred, unfinished requests are resubmitted for a few rounds, and 
 `rejects.jsonl` and `manifest.json` land in `<results>/<path of the file in the inbox>/`
 (`<inbox>/D/reviews.jsonl` -> `<results>/D/reviews/`).
 
-Variables: `openai_batch_inbox`, `openai_batch_results`, `openai_batch_allowed_roots`;
+Variables: `openai_batch_inbox`, `openai_batch_results`, `openai_batch_allowed_roots`,
+`openai_batch_max_input_bytes` (cap on a `.jsonl.gz`'s decompressed size, default 100 GiB);
 cost and capacity: `openai_batch_daily_budget_usd`, `openai_batch_token_limits`,
 `openai_batch_ledger_dir`, `openai_batch_capacity_poll`.
 Connection: `openai_default`.
@@ -45,6 +46,15 @@ LEDGER = (
 TOKEN_LIMITS = "{{ var.value.get('openai_batch_token_limits', '') }}"
 DAILY_BUDGET = "{{ var.value.get('openai_batch_daily_budget_usd', '') }}"
 CAPACITY_POLL = "{{ var.value.get('openai_batch_capacity_poll', 30) }}"
+# Cap on the decompressed size of a .jsonl.gz input (bytes); empty: 100 GiB.
+MAX_INPUT_BYTES = "{{ var.value.get('openai_batch_max_input_bytes', '') }}"
+# Every task that reads, writes or waits on I/O ends within these bounds (sensors have their own
+# timeout). Generous: prepare and write_results stream files of tens of GB; submit uploads shard
+# files of up to 200 MB, each retried with backoff by the SDK.
+PREPARE_TIMEOUT = timedelta(hours=6)
+SUBMIT_TIMEOUT = timedelta(hours=2)
+WRITE_TIMEOUT = timedelta(hours=6)
+BUDGET_TIMEOUT = timedelta(minutes=30)
 
 
 @dag(
@@ -179,9 +189,16 @@ def openai_batch() -> None:
         max_requests_per_batch="{{ params.max_requests_per_batch }}",
         plan_only="{{ params.dry_run }}",
         force="{{ params.force }}",
+        max_input_bytes=MAX_INPUT_BYTES,
+        execution_timeout=PREPARE_TIMEOUT,
     ).expand(source=files.output)
 
-    @task
+    # all_done_min_one_success: a prepare that still fails (storage trouble after its retries)
+    # holds back neither the budget check nor the other files. Airflow 3 hands this task the
+    # plans of the prepares that succeeded only (a failed map index pushed no XCom; the lazy
+    # sequence skips it), so the failed file costs nothing here. When every prepare failed the
+    # task is upstream_failed; when the input sensor skipped (no input), it is skipped.
+    @task(trigger_rule="all_done_min_one_success", execution_timeout=BUDGET_TIMEOUT)
     def check_budget(
         all_plans: list[dict],
         max_cost_usd: object,
@@ -213,19 +230,17 @@ def openai_batch() -> None:
         """Flatten every file's shards into one list to map over."""
         return [shard for plan in all_plans for shard in plan["shards"]]
 
+    budgeted = check_budget(plans.output, "{{ params.max_cost_usd }}", DAILY_BUDGET, LEDGER)  # type: ignore[arg-type]
     shard_label = "{{ task.shard['key'] }} #{{ task.shard['index'] + 1 }}/{{ task.shard['count'] }}"
     submitted = OpenAIBatchSubmitOperator.partial(
         task_id="submit",
+        execution_timeout=SUBMIT_TIMEOUT,
         map_index_template=shard_label,
         output_expires_after="{{ params.output_expires_after }}",
         ledger_dir=LEDGER,
         token_limits=TOKEN_LIMITS,
         capacity_poll=CAPACITY_POLL,
-    ).expand(
-        shard=list_shards(
-            check_budget(plans.output, "{{ params.max_cost_usd }}", DAILY_BUDGET, LEDGER)  # type: ignore[arg-type]
-        )
-    )
+    ).expand(shard=list_shards(budgeted))
     waited = OpenAIBatchSensor.partial(
         task_id="wait_for_batch",
         map_index_template=shard_label,
@@ -238,10 +253,14 @@ def openai_batch() -> None:
     written = OpenAIBatchWriteResultsOperator.partial(
         task_id="write_results",
         trigger_rule="none_failed",
+        execution_timeout=WRITE_TIMEOUT,
         outlets=[RESULTS_ASSET],
         map_index_template="{{ task.plan['key'] }}",
         ledger_dir=LEDGER,
-    ).expand(plan=plans.output)
+        # Mapped over the plans check_budget passed on, not over prepare's: a prepare that failed
+        # then leaves the other files' writes alone (none_failed sees check_budget, which ran),
+        # while a failed wait still holds back every write, as before.
+    ).expand(plan=budgeted)
     waited >> written
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import gzip
 import hashlib
 import json
@@ -10,7 +11,7 @@ import tempfile
 import zlib
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, NoReturn, cast
+from typing import IO, TYPE_CHECKING, Any, NoReturn
 
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
@@ -18,6 +19,8 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 from openai_batch.budget import NoCapacityError, limit_for, plan_cost, shard_estimates
 from openai_batch.pricing import format_usd, is_unpriced
 from openai_batch.storage import (
+    InputTooLargeError,
+    NotRegularFileError,
     copy_file,
     file_digest,
     iter_lines,
@@ -41,6 +44,7 @@ if TYPE_CHECKING:
     from openai_batch.identity import InputRef
     from openai_batch.reuse import ReuseIndex
     from openai_batch.state import ShardState
+    from openai_batch.storage import InputFile
 
 #: Names inside each input file's result folder (contract: results, rejects, manifest).
 RESULTS_FILE = "results.jsonl"
@@ -240,6 +244,8 @@ class OpenAIBatchPrepareOperator(BaseOperator):
     :param plan_only: Write the plan and the rejects only; upload nothing (the ``dry_run`` param). (templated)
     :param force: Process the file again even if its results exist for the same content. (templated)
     :param partition: The run date for the manifest; default: the logical or run date. (templated)
+    :param max_input_bytes: Cap on the decompressed size of a ``*.jsonl.gz`` input; one above it
+        gets an error plan. Empty: 100 GiB. (templated)
     """
 
     template_fields = (
@@ -253,6 +259,7 @@ class OpenAIBatchPrepareOperator(BaseOperator):
         "plan_only",
         "force",
         "partition",
+        "max_input_bytes",
     )
 
     def __init__(
@@ -268,9 +275,11 @@ class OpenAIBatchPrepareOperator(BaseOperator):
         plan_only: bool = False,
         force: bool = False,
         partition: str | None = None,
+        max_input_bytes: int | str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.max_input_bytes = max_input_bytes
         self.source = source
         self.inbox = inbox
         self.allowed_roots = allowed_roots
@@ -296,27 +305,67 @@ class OpenAIBatchPrepareOperator(BaseOperator):
         except OutsideRootsError as err:
             raise AirflowFailException(str(err)) from err
 
+    def listed_ref(self) -> InputRef | None:
+        """Return the reference the input sensor listed (nothing resolved again); None for a path source."""
+        from openai_batch.identity import InputRef
+
+        if not isinstance(self.source, dict) or not self.source.get("key"):
+            return None
+        root = str(self.source.get("root") or "")
+        key = str(self.source["key"])  # shown form: <root>/<key> outside the inbox
+        if root:
+            key = key[len(root.rstrip("/")) + 1 :]
+        return InputRef(source=str(self.source["source"]), key=key, root=root)
+
     def execute(self, context: Context) -> dict[str, Any]:
         """Prepare the file and return its plan."""
-        ref = self.input_ref()
+        from airflow.sdk import ObjectStoragePath
+
+        from openai_batch.storage import InputFile, is_url
+
+        partition = self.partition or run_partition(context)
+        try:
+            ref = self.input_ref()
+        except AirflowFailException as err:
+            # A listed file that now resolves outside the roots (swapped for a link since the
+            # listing) is refused for this file alone; a path given by hand still fails the task.
+            listed = self.listed_ref()
+            if listed is None:
+                raise
+            return self._unreadable(listed, partition, f"{listed.display}: refused: {err}")
         folder = to_path(self.results_root) / ref.folder
-        src = to_path(ref.source)
-        size, mtime = stat_of(src)
+        # ref.source is the checked real path: to_path would resolve it again, following a swapped link.
+        src = to_path(ref.source) if is_url(ref.source) else ObjectStoragePath(ref.source)
+        try:
+            opened = InputFile(src, self._max_input_bytes())
+        except (FileNotFoundError, PermissionError, NotRegularFileError, NotADirectoryError) as err:
+            return self._unreadable(ref, partition, f"{ref.display}: cannot be read: {_why(err)}")
+        except OSError as err:
+            if is_url(ref.source) or err.errno != errno.ELOOP:
+                raise  # storage trouble is worth a task retry
+            return self._unreadable(ref, partition, f"{ref.display}: cannot be read: {_why(err)}")
+        with opened:
+            return self._execute_opened(context, ref, folder, opened, partition)
+
+    def _execute_opened(
+        self, context: Context, ref: InputRef, folder: ObjectStoragePath, src: InputFile, partition: str
+    ) -> dict[str, Any]:
         base: dict[str, Any] = {
             "source": ref.source,
             "key": ref.display,
-            "partition": self.partition or run_partition(context),
+            "partition": partition,
             "out_dir": url_of(folder),
-            "size": size,
-            "mtime": mtime,
+            "size": src.size,
+            "mtime": src.mtime,
+            "input_stat": src.identity,
             "skipped": False,
             "dry_run": bool(self.plan_only),
         }
         manifest = folder / MANIFEST_FILE
         if not self.force and not self.plan_only and manifest.exists():
             done = read_json(manifest)
-            digest = file_digest(src)[0]
-            if done.get("input_sha256") == digest and results_complete(folder, done):
+            digest = self._done_digest(src, done)
+            if digest is not None and done.get("input_sha256") == digest and results_complete(folder, done):
                 if done.get("error"):
                     self.log.warning("%s was found unusable before: %s", ref.display, done["error"])
                 self.log.info(
@@ -325,13 +374,19 @@ class OpenAIBatchPrepareOperator(BaseOperator):
                     digest,
                     folder,
                 )
-                return {**base, "input_sha256": digest, "skipped": True, "shards": []}
+                return {
+                    **base,
+                    "input_sha256": digest,
+                    "input_raw_sha256": done.get("input_raw_sha256"),
+                    "skipped": True,
+                    "shards": [],
+                }
         salt = f"-f{hashlib.sha256(context['run_id'].encode()).hexdigest()[:8]}" if self.force else ""
         limit = max(1, min(int(self.max_requests_per_batch), 50_000))
         variant = _variant(self.endpoint, self.model or None, limit, salt)
         with tempfile.TemporaryDirectory(prefix="openai-batch-") as tmp:
             plan = self._prepare(ref, src, folder, Path(tmp), limit, variant, salt)
-        plan = {**base, **plan}
+        plan = {**base, **plan, "input_raw_sha256": src.raw_sha256(plan["input_sha256"])}
         if plan.get("error"):
             self.log.error("%s cannot be sent: %s", ref.display, plan["error"])
             return plan
@@ -361,6 +416,63 @@ class OpenAIBatchPrepareOperator(BaseOperator):
             copy_file(state_dir / REJECTS_FILE, folder / REJECTS_FILE)
             self.log.info("Dry run: plan written to %s; nothing uploaded", folder / PLAN_FILE)
             return {**plan, "shards": []}
+        return plan
+
+    def _max_input_bytes(self) -> int:
+        from openai_batch.storage import DEFAULT_MAX_INPUT_BYTES
+
+        value = self.max_input_bytes
+        if value is None or str(value).strip() == "":
+            return DEFAULT_MAX_INPUT_BYTES
+        try:
+            cap = int(str(value).strip())
+        except ValueError as err:
+            raise AirflowFailException(f"openai_batch_max_input_bytes: not a byte count: {value!r}") from err
+        if cap < 1:
+            raise AirflowFailException(f"openai_batch_max_input_bytes must be positive, got {cap}")
+        return cap
+
+    def _done_digest(self, src: InputFile, done: dict[str, Any]) -> str | None:
+        """
+        Return the content digest to compare with the manifest's ``input_sha256``, or None if unknown.
+
+        When the opened file's stat identity (size, mtime_ns, inode, device) is the one the
+        manifest recorded, the file is the one already processed and is not read at all; otherwise
+        the digest of its content is taken (decompressed for ``*.gz``, as the manifest records it).
+        """
+        recorded = done.get("input_stat")
+        if src.identity is not None and recorded == src.identity and done.get("input_sha256"):
+            return str(done["input_sha256"])
+        try:
+            return src.content_sha256()
+        except (EOFError, zlib.error, gzip.BadGzipFile, InputTooLargeError):
+            return None  # a corrupt or too large archive: the prepare pass words the error
+
+    def _unreadable(self, ref: InputRef, partition: str, error: str) -> dict[str, Any]:
+        """Return the error plan of an input that cannot be opened (gone, not a file, a link, no access)."""
+        from openai_batch.identity import state_folder
+
+        folder = to_path(self.results_root) / ref.folder
+        # Nothing was read: the plan is for "no content", so the file is taken again once readable.
+        digest = hashlib.sha256(b"").hexdigest()
+        state_dir = folder / f"{state_folder(digest)}-unreadable"
+        for name in (ORDER_FILE, REJECTS_FILE):
+            with open_atomic(state_dir / name):
+                pass
+        plan = {
+            "source": ref.source,
+            "key": ref.display,
+            "partition": partition,
+            "out_dir": url_of(folder),
+            "size": None,
+            "mtime": None,
+            "input_stat": None,
+            "input_raw_sha256": None,
+            "skipped": False,
+            "dry_run": bool(self.plan_only),
+            **_error_plan(state_dir, digest, error, lines=0, rejected=0),
+        }
+        self.log.error("%s cannot be sent: %s", ref.display, error)
         return plan
 
     def _earlier_results(self, folder: ObjectStoragePath, work: Path) -> ReuseIndex | None:
@@ -395,7 +507,7 @@ class OpenAIBatchPrepareOperator(BaseOperator):
     def _prepare(
         self,
         ref: InputRef,
-        src: ObjectStoragePath,
+        src: InputFile,
         folder: ObjectStoragePath,
         work: Path,
         limit: int,
@@ -435,15 +547,15 @@ class OpenAIBatchPrepareOperator(BaseOperator):
                     reuse=reuse,
                 )
         except NoValidRequestsError as err:
-            digest = err.input_sha256 or file_digest(src)[0]
+            digest = err.input_sha256 or src.content_sha256()
             state_dir = folder / f"{state_folder(digest)}-{variant}"
             for name in (ORDER_FILE, REJECTS_FILE):
                 copy_file(work / name, state_dir / name)
             return _error_plan(state_dir, digest, str(err), lines=err.lines, rejected=err.rejected)
-        except (PrepareError, EOFError, OSError, zlib.error) as err:
+        except (PrepareError, EOFError, OSError, zlib.error, InputTooLargeError) as err:
             if isinstance(err, OSError) and not isinstance(err, gzip.BadGzipFile):
                 raise  # storage trouble is worth a task retry; a corrupt file is not
-            digest = file_digest(src)[0]
+            digest = src.raw_sha256("")  # a corrupt archive has no content digest: its bytes
             state_dir = folder / f"{state_folder(digest)}-{variant}"
             for name in (ORDER_FILE, REJECTS_FILE):
                 (work / name).write_bytes(b"")
@@ -522,14 +634,23 @@ def _error_plan(
 
 
 @contextmanager
-def open_input(src: ObjectStoragePath) -> Iterator[IO[bytes]]:
-    """Open an input file for streaming; ``*.gz`` is decompressed on the fly."""
-    with src.open("rb") as raw:
-        if str(src).endswith(".gz"):
-            with gzip.GzipFile(fileobj=raw, mode="rb") as unzipped:
-                yield cast("IO[bytes]", unzipped)
-        else:
-            yield raw
+def open_input(src: InputFile) -> Iterator[IO[bytes]]:
+    """Stream an opened input from its start; ``*.gz`` is decompressed on the fly."""
+    with src.content() as fin:
+        yield fin
+
+
+def _why(err: OSError) -> str:
+    """Return what an error opening an input means to the person who put it there."""
+    if isinstance(err, NotRegularFileError):
+        return str(err).rsplit("/", 1)[-1]
+    if isinstance(err, FileNotFoundError):
+        return "it is gone (removed or renamed after it was listed)"
+    if isinstance(err, PermissionError):
+        return "permission denied"
+    if err.errno in (errno.ELOOP, errno.ENOTDIR):
+        return "it or a folder on its path was replaced by a link or a file after it was listed"
+    return err.strerror or str(err)
 
 
 class OpenAIBatchSubmitOperator(BaseOperator):

@@ -252,34 +252,117 @@ def default_id_prefix(source_name: str) -> str:
     return f"{slug}-{digest}"
 
 
-def _iter_blocks(source: BinaryIO | Iterable[bytes], size: int = _READ_BLOCK) -> Iterator[bytes]:
-    """Yield the input in blocks that end on a line break (the last one may not)."""
-    chunks: Iterable[bytes]
+#: Bytes of an over-long line kept in its reject (the rest is read and dropped, never held).
+RAW_HEAD_BYTES = 4096
+# Bytes a line may carry beyond its request: a byte order mark (line 1) and a CR before the LF.
+_LINE_SLACK = 4
+
+
+class _LongLine:
+    """A line longer than the per-request limit: its first bytes and its length, nothing more."""
+
+    __slots__ = ("head", "size")
+
+    def __init__(self, head: bytes, size: int) -> None:
+        self.head = head
+        self.size = size
+
+
+def _iter_blocks(
+    source: BinaryIO | Iterable[bytes],
+    size: int = _READ_BLOCK,
+    *,
+    hasher: Any = None,
+    max_line: int | None = None,
+) -> Iterator[bytes | _LongLine]:
+    """
+    Yield the input in blocks that end on a line break (the last one may not).
+
+    Every byte read goes to ``hasher.update`` (when given), dropped ones too. A line with no
+    break within ``max_line`` (plus a BOM and a CR) is not kept: a :class:`_LongLine` with its
+    first :data:`RAW_HEAD_BYTES` bytes and its full length is yielded instead, and the rest of it
+    is read and dropped up to its line break. The pieces of a line still looking for its break
+    are kept in a list and only the new piece is searched, so a long line costs linear time.
+    """
+    update = hasher.update if hasher is not None else None
+    cap = None if max_line is None else max_line + _LINE_SLACK
+    chunks: Iterator[bytes]
     if hasattr(source, "read"):
         reader = source.read
         chunks = iter(lambda: reader(size), b"")
     else:
-        chunks = source
+        chunks = iter(source)
     pending: list[bytes] = []
     pending_len = 0
+    open_line = False  # pending is the start of one line, no break found in it yet
     for chunk in chunks:
         if not chunk:
             continue
-        pending.append(chunk)
-        pending_len += len(chunk)
-        if pending_len < size:
-            continue
+        if open_line:
+            pending.append(chunk)
+            pending_len += len(chunk)
+            if b"\n" not in chunk:
+                if cap is not None and pending_len > cap:
+                    long_line, rest = _drop_line(pending, chunks, update)
+                    yield long_line
+                    pending, pending_len, open_line = ([rest], len(rest), False) if rest else ([], 0, False)
+                continue
+            open_line = False
+        else:
+            pending.append(chunk)
+            pending_len += len(chunk)
+            if pending_len < size:
+                continue
         data = pending[0] if len(pending) == 1 else b"".join(pending)
         cut = data.rfind(b"\n") + 1
         if cut == 0:
-            pending = [data]
+            pending, open_line = [data], True
+            if cap is not None and pending_len > cap:
+                long_line, rest = _drop_line(pending, chunks, update)
+                yield long_line
+                pending, pending_len, open_line = ([rest], len(rest), False) if rest else ([], 0, False)
             continue
-        yield data[:cut] if cut < len(data) else data
+        block = data[:cut] if cut < len(data) else data
+        if update is not None:
+            update(block)
+        yield block
         rest = data[cut:]
         pending = [rest] if rest else []
         pending_len = len(rest)
     if pending:
-        yield b"".join(pending)
+        block = b"".join(pending)
+        if update is not None:
+            update(block)
+        yield block
+
+
+def _drop_line(pending: list[bytes], chunks: Iterator[bytes], update: Any) -> tuple[_LongLine, bytes]:
+    """Read the rest of an over-long line and drop it; return the line and what follows its break."""
+    data = b"".join(pending)
+    pending.clear()
+    if update is not None:
+        update(data)
+    head, total, last = data[:RAW_HEAD_BYTES], len(data), data[-1:]
+    del data
+    rest = b""
+    for chunk in chunks:
+        at = chunk.find(b"\n")
+        if at < 0:
+            if update is not None:
+                update(chunk)
+            total += len(chunk)
+            last = chunk[-1:] or last
+            continue
+        if update is not None:
+            update(chunk[: at + 1])
+        total += at
+        if at:
+            last = chunk[at - 1 : at]
+        rest = chunk[at + 1 :]
+        break
+    if last == b"\r":  # CRLF: the CR is the line ending's, not the request's
+        total -= 1
+    return _LongLine(head, total), rest
 
 
 def _quote(value: str) -> str:
@@ -534,6 +617,19 @@ class _Preparer:
         self.pending.append((line_no, None, reason, content.decode("utf-8", "replace"), b"", 0, 0, b""))
         self.pending_bytes += len(content)
 
+    def reject_long(self, line_no: int, line: _LongLine) -> None:
+        """Reject a line above the per-request limit with its length and the start of its text only."""
+        head, size = line.head, line.size
+        if line_no == 1 and head.startswith(_BOM):
+            head, size = head[3:], size - 3
+        self.reject_truncated(line_no, self._too_large(size), head[:RAW_HEAD_BYTES], size)
+
+    def reject_truncated(self, line_no: int, reason: str, head: bytes, size: int) -> None:
+        """Queue a reject whose raw text is the first bytes of a line of ``size`` bytes."""
+        # The inputs slot of a reject carries the full size: non-zero marks its raw as truncated.
+        self.pending.append((line_no, None, reason, head.decode("utf-8", "replace"), b"", size, 0, b""))
+        self.pending_bytes += len(head)
+
     def feed_lines(self, parts: list[bytes], line_no: int) -> int:  # noqa: C901 - one loop, no call per line
         """Validate the lines of one block (split, no line endings) after line ``line_no``.
 
@@ -625,7 +721,9 @@ class _Preparer:
         if line_no == 1 and content.startswith(_BOM):
             content = content[3:]
         if len(content) > self.limits.max_request_bytes:
-            self.reject(line_no, self._too_large(len(content)), content)
+            self.reject_truncated(
+                line_no, self._too_large(len(content)), content[:RAW_HEAD_BYTES], len(content)
+            )
             return
         try:
             obj = _DECODER.decode(content.decode("utf-8"))
@@ -765,7 +863,7 @@ class _Preparer:
         digest_append = digests_out.append
         for line_no, custom_id, endpoint, model, out, inputs, tokens, original in self.pending:
             if custom_id is None:
-                self._write_reject(line_no, endpoint, model)
+                self._write_reject(line_no, endpoint, model, truncated=inputs > 0)
                 continue
             if earlier and custom_id in earlier:
                 text = original.decode("utf-8", "replace")
@@ -808,11 +906,14 @@ class _Preparer:
         self.pending_bytes = 0
         self.chunk_ids = {}
 
-    def _write_reject(self, line_no: int, reason: str, text: str) -> None:
+    def _write_reject(self, line_no: int, reason: str, text: str, *, truncated: bool = False) -> None:
         self.rejected += 1
         if self.first_reject is None:
             self.first_reject = (line_no, reason)
-        self.rejects.write(json.dumps({"line": line_no, "reason": reason, "raw": text}, ensure_ascii=False))
+        entry: dict[str, Any] = {"line": line_no, "reason": reason, "raw": text}
+        if truncated:  # raw is the first RAW_HEAD_BYTES bytes of a line above the limit
+            entry["raw_truncated"] = True
+        self.rejects.write(json.dumps(entry, ensure_ascii=False))
         self.rejects.write("\n")
 
     def _write_request(
@@ -939,8 +1040,12 @@ def prepare_requests(
     collecting = gc.isenabled()
     gc.disable()
     try:
-        for block in _iter_blocks(source):
-            hasher.update(block)
+        for block in _iter_blocks(source, hasher=hasher, max_line=limits.max_request_bytes):
+            if isinstance(block, _LongLine):  # rare: one line, never held in memory whole
+                line_no += 1
+                state.lines += 1
+                state.reject_long(line_no, block)
+                continue
             parts = block.split(b"\n")
             last = parts.pop()  # b"" when the block ends with a line break
             if line_no == 0 and parts:  # line 1 may start with a byte order mark

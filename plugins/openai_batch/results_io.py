@@ -185,6 +185,10 @@ def build_manifest(plan: dict[str, Any], states: list[ShardState], counts: Resul
         "input": plan["source"],
         "input_key": plan["key"],
         "input_sha256": plan["input_sha256"],
+        # The opened file's identity and raw digest: a later run that finds the same identity
+        # knows the file is done without reading it (input_sha256 is of the decompressed content).
+        "input_stat": plan.get("input_stat"),
+        "input_raw_sha256": plan.get("input_raw_sha256"),
         "state_dir": plan["state_dir"],
         "partition": plan["partition"],
         "error": plan.get("error"),

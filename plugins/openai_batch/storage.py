@@ -11,7 +11,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, cast
 
 from airflow.sdk import ObjectStoragePath
 
@@ -312,3 +312,215 @@ def write_json(path: ObjectStoragePath, value: Any) -> None:
 
     with open_atomic(path) as fout:
         fout.write(json.dumps(value, indent=2, sort_keys=True).encode())
+
+
+class NotRegularFileError(OSError):
+    """Raise when an input path names something other than a regular file (a FIFO, a folder, a device)."""
+
+
+def _kind(mode: int) -> str:
+    for test, name in (
+        (stat_module.S_ISDIR, "a folder"),
+        (stat_module.S_ISFIFO, "a FIFO"),
+        (stat_module.S_ISLNK, "a symbolic link"),
+        (stat_module.S_ISSOCK, "a socket"),
+        (stat_module.S_ISCHR, "a character device"),
+        (stat_module.S_ISBLK, "a block device"),
+    ):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def open_no_follow(real_path: str) -> int:
+    """
+    Open a resolved local path for reading without following any link, and return the descriptor.
+
+    The path was resolved and checked against the allowed roots before; opening it again by name
+    would follow whatever was swapped in since (a link to ``/proc/self/environ``, a FIFO). So each
+    folder is opened relative to its parent with ``O_NOFOLLOW|O_DIRECTORY`` from ``/``, and the
+    file itself with ``O_NOFOLLOW|O_NONBLOCK`` (a FIFO opens at once instead of blocking), then
+    checked with ``fstat`` to be a regular file. A link anywhere on the path fails with ``ELOOP``
+    or ``ENOTDIR``; anything but a regular file raises :class:`NotRegularFileError`.
+    """
+    if not os.path.isabs(real_path):
+        raise ValueError(f"not an absolute path: {real_path!r}")
+    parts = [p for p in real_path.split("/") if p]
+    if not parts:
+        raise NotRegularFileError(f"{real_path} is a folder")
+    # O_PATH: a folder needs only search permission to be walked, as with a lookup by name.
+    dir_flags = getattr(os, "O_PATH", os.O_RDONLY) | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    file_flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+    dir_fd = os.open("/", dir_flags)
+    try:
+        for part in parts[:-1]:
+            child = os.open(part, dir_flags, dir_fd=dir_fd)
+            os.close(dir_fd)
+            dir_fd = child
+        fd = os.open(parts[-1], file_flags, dir_fd=dir_fd)
+    finally:
+        os.close(dir_fd)
+    try:
+        st = os.fstat(fd)
+        if not stat_module.S_ISREG(st.st_mode):
+            raise NotRegularFileError(f"{real_path} is {_kind(st.st_mode)}, not a regular file")
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+#: Default cap on the decompressed size of a ``*.jsonl.gz`` input (Variable ``openai_batch_max_input_bytes``):
+#: 100 GiB, far above a day's batch input (a batch file is at most 200 MB) yet below what a
+#: small archive built to expand without end would fill a worker's disk with.
+DEFAULT_MAX_INPUT_BYTES = 100 * 1024**3
+
+
+class InputTooLargeError(ValueError):
+    """Raise when a compressed input expands beyond the cap on its decompressed size."""
+
+
+class _CappedReader:
+    """A binary reader that raises :class:`InputTooLargeError` once more than ``cap`` bytes were read."""
+
+    def __init__(self, raw: IO[bytes], cap: int) -> None:
+        self._raw = raw
+        self._cap = cap
+        self._read = 0
+
+    def read(self, size: int = -1) -> bytes:
+        # Never more than the cap plus one byte in one read, even for read(-1).
+        want = self._cap - self._read + 1 if size < 0 else min(size, self._cap - self._read + 1)
+        data = self._raw.read(max(want, 1))
+        self._read += len(data)
+        if self._read > self._cap:
+            raise InputTooLargeError(
+                f"its decompressed content is above {self._cap:,} bytes, the cap on .jsonl.gz inputs "
+                "(Variable openai_batch_max_input_bytes)"
+            )
+        return data
+
+
+class _HashingReader:
+    """A binary reader that hashes every byte read through it (the raw bytes of a compressed input)."""
+
+    def __init__(self, raw: IO[bytes]) -> None:
+        import hashlib
+
+        self._raw = raw
+        self.hash = hashlib.sha256()
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._raw.read(size)
+        self.hash.update(data)
+        return data
+
+    def drain(self, chunk_size: int = 1 << 20) -> str:
+        """Read to the end and return the digest of everything read."""
+        while self.read(chunk_size):
+            pass
+        return self.hash.hexdigest()
+
+
+class InputFile:
+    """
+    One input file as the prepare step reads it: opened once, then stat'ed, hashed and read from there.
+
+    A local input is opened with :func:`open_no_follow` and every later step (its stat identity,
+    the digest of the skip check, the prepare pass) uses that one descriptor, rewound between
+    reads: nothing swapped in at the path after the check is ever read. An object-storage input
+    is opened by its path, as object stores have no links to follow.
+
+    :param path: The input's storage path.
+    :param max_content_bytes: Cap on the decompressed size of a ``*.gz`` input; reading past it
+        raises :class:`InputTooLargeError`.
+    """
+
+    def __init__(self, path: ObjectStoragePath, max_content_bytes: int = DEFAULT_MAX_INPUT_BYTES) -> None:
+        self.path = path
+        self.max_content_bytes = max_content_bytes
+        self.compressed = str(path).endswith(".gz")
+        self._fh: IO[bytes] | None = None
+        self._raw_hash: _HashingReader | None = None
+        self._raw_done: str | None = None
+        local = local_dir(path)
+        #: ``{"size", "mtime_ns", "ino", "dev"}`` of the opened local file; None in object storage.
+        self.identity: dict[str, int] | None = None
+        if local is None:
+            info = path.stat()
+            info = info if isinstance(info, dict) else {"size": info.st_size, "mtime": info.st_mtime}
+            self.size, self.mtime = int(info.get("size") or 0), mtime_of(info)
+            return
+        fd = open_no_follow(str(local))
+        self._fh = os.fdopen(fd, "rb", buffering=1 << 20)
+        st = os.fstat(fd)
+        self.size, self.mtime = st.st_size, st.st_mtime
+        self.identity = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ino": st.st_ino, "dev": st.st_dev}
+
+    def __enter__(self) -> InputFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the descriptor (local inputs)."""
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+
+    @contextmanager
+    def raw(self) -> Iterator[IO[bytes]]:
+        """Yield the file's bytes from the start (the same descriptor each time where local)."""
+        if self._fh is None:
+            with self.path.open("rb") as fin:
+                yield fin
+            return
+        self._fh.seek(0)
+        yield self._fh
+
+    @contextmanager
+    def content(self) -> Iterator[IO[bytes]]:
+        """Yield the file's content from the start: ``*.gz`` decompressed on the fly, its raw bytes hashed."""
+        import gzip
+
+        with self.raw() as raw:
+            if not self.compressed:
+                yield raw
+                return
+            self._raw_hash, self._raw_done = _HashingReader(raw), None
+            with gzip.GzipFile(fileobj=cast("IO[bytes]", self._raw_hash), mode="rb") as unzipped:
+                yield cast("IO[bytes]", _CappedReader(cast("IO[bytes]", unzipped), self.max_content_bytes))
+            # Read what the decompressor left (nothing in a sound file) so the digest covers it all.
+            self._raw_done = self._raw_hash.drain()
+
+    def raw_sha256(self, content_sha256: str) -> str:
+        """
+        Return the SHA-256 of the file's raw bytes.
+
+        That is ``content_sha256`` for an uncompressed file, and for ``*.gz`` the digest the last
+        complete :meth:`content` pass took on the way (the file is read again only when that pass
+        stopped early, on a corrupt file).
+        """
+        if not self.compressed:
+            return content_sha256
+        if self._raw_done is not None:
+            return self._raw_done
+        import hashlib
+
+        digest = hashlib.sha256()
+        with self.raw() as fin:
+            while chunk := fin.read(1 << 20):
+                digest.update(chunk)
+        return digest.hexdigest()
+
+    def content_sha256(self, chunk_size: int = 1 << 20) -> str:
+        """Return the SHA-256 of the content (decompressed for ``*.gz``), as the manifest records it."""
+        import hashlib
+
+        digest = hashlib.sha256()
+        with self.content() as fin:
+            while chunk := fin.read(chunk_size):
+                digest.update(chunk)
+        return digest.hexdigest()

@@ -1,0 +1,125 @@
+"""Input files that change under the pipeline: each fails alone, and a finished archive stays done."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from typing import TYPE_CHECKING, Any
+
+from openai_batch.operators import OpenAIBatchPrepareOperator
+from tests.reliability.support import batches_created, chat_line, read_jsonl, run_dag, task_states
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    import pytest
+
+
+def lines(*ids: str) -> str:
+    return "".join(json.dumps(chat_line(i, f"hello {i}")) + "\n" for i in ids)
+
+
+def manifest_of(folder: Path) -> dict[str, Any]:
+    return dict(json.loads((folder / "manifest.json").read_text()))
+
+
+def before_prepare(monkeypatch: pytest.MonkeyPatch, name: str, action: Any) -> None:
+    """Run ``action`` once the file called ``name`` was listed, right before its prepare task starts."""
+    checked = OpenAIBatchPrepareOperator.input_ref
+
+    def input_ref(self: OpenAIBatchPrepareOperator) -> Any:
+        if isinstance(self.source, dict) and self.source["key"].endswith(name):
+            action()
+        return checked(self)
+
+    monkeypatch.setattr(OpenAIBatchPrepareOperator, "input_ref", input_ref)
+
+
+def test_a_file_removed_after_listing_fails_alone(
+    pipeline: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    inbox, results = pipeline["inbox"], pipeline["results"]
+    (inbox / "a.jsonl").write_text(lines("a-0", "a-1"))
+    (inbox / "b.jsonl").write_text(lines("b-0"))
+    before_prepare(monkeypatch, "b.jsonl", (inbox / "b.jsonl").unlink)
+
+    dag_run = run_dag({"input": "*.jsonl"})
+
+    states = task_states(dag_run)
+    assert dag_run.state == "failed", states  # b's failure is visible ...
+    assert [r["custom_id"] for r in read_jsonl(results / "a" / "results.jsonl")] == ["a-0", "a-1"]
+    assert manifest_of(results / "a")["counts"]["succeeded"] == 2  # ... a was sent and written
+    error = manifest_of(results / "b")["error"]
+    assert "b.jsonl" in error
+    assert "gone" in error
+    assert (results / "b" / "rejects.jsonl").exists()
+    assert "upstream_failed" not in states.values(), states
+    assert sorted(v for k, v in states.items() if k.startswith("write_results")) == ["failed", "success"]
+
+
+def test_a_prepare_that_fails_holds_back_neither_the_budget_nor_the_other_files(
+    pipeline: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from airflow.sdk.exceptions import AirflowFailException
+
+    inbox, results = pipeline["inbox"], pipeline["results"]
+    (inbox / "a.jsonl").write_text(lines("a-0"))
+    (inbox / "b.jsonl").write_text(lines("b-0"))
+
+    opened = OpenAIBatchPrepareOperator._execute_opened
+
+    def storage_down(self: OpenAIBatchPrepareOperator, context: Any, ref: Any, *args: Any) -> Any:
+        if ref.key == "b.jsonl":  # fails for good, as storage trouble would after the retries
+            raise AirflowFailException("storage is down")
+        return opened(self, context, ref, *args)
+
+    monkeypatch.setattr(OpenAIBatchPrepareOperator, "_execute_opened", storage_down)
+
+    dag_run = run_dag({"input": "*.jsonl"})
+
+    states = task_states(dag_run)
+    assert states["check_budget"] == "success", states
+    assert states["list_shards"] == "success", states
+    assert sorted(v for k, v in states.items() if k.startswith("prepare")) == ["failed", "success"]
+    assert batches_created(pipeline["emulator"]) == 1  # a's shard only
+    assert [r["custom_id"] for r in read_jsonl(results / "a" / "results.jsonl")] == ["a-0"]
+
+
+def test_an_archive_done_once_is_skipped_without_new_results_or_event(pipeline: dict[str, Any]) -> None:
+    from airflow.models.asset import AssetEvent
+    from airflow.utils.session import create_session
+    from sqlalchemy import func, select
+
+    inbox, results = pipeline["inbox"], pipeline["results"]
+    (inbox / "z.jsonl.gz").write_bytes(gzip.compress(lines("z-0", "z-1").encode()))
+    first = run_dag({"input": "z.jsonl.gz"})
+    assert first.state == "success", task_states(first)
+    [folder] = [m.parent for m in results.rglob("manifest.json") if "_state" not in m.parts]
+    manifest = manifest_of(folder)
+    assert manifest["input_stat"]["size"] == (inbox / "z.jsonl.gz").stat().st_size
+    assert manifest["input_raw_sha256"] != manifest["input_sha256"]  # compressed bytes vs content
+    mtimes = {p.name: p.stat().st_mtime_ns for p in folder.iterdir() if p.is_file()}
+
+    again = run_dag({"input": "z.jsonl.gz"})
+
+    states = task_states(again)
+    assert again.state == "success", states
+    assert states["write_results[0]"] == "skipped", states
+    assert {p.name: p.stat().st_mtime_ns for p in folder.iterdir() if p.is_file()} == mtimes
+    assert batches_created(pipeline["emulator"]) == 1
+    with create_session() as session:
+        count = session.scalar(
+            select(func.count()).select_from(AssetEvent).where(AssetEvent.source_run_id == again.run_id)
+        )
+    assert count == 0
+
+
+def test_the_dag_passes_the_cap_variable_and_timeouts(airflow_db: None) -> None:
+    from tests.dags.conftest import get_dag
+
+    dag = get_dag()
+    assert "openai_batch_max_input_bytes" in dag.get_task("prepare").partial_kwargs["max_input_bytes"]
+    for task_id in ("prepare", "check_budget", "submit", "write_results"):
+        task = dag.get_task(task_id)
+        timeout = getattr(task, "partial_kwargs", {}).get("execution_timeout") or task.execution_timeout
+        assert timeout is not None, task_id
