@@ -20,6 +20,8 @@ runs (or two shards of one run) cannot both take the last free tokens or the las
   when the round is admitted or released; an entry not checked again within
   :func:`waiting_stale_after` of its poll interval (its task failed, was cleared or marked) is
   dropped.
+* ``lost``: per UTC day on which the ledger could not be parsed and was rebuilt (see
+  :meth:`Ledger._load`): a daily budget refuses runs that day.
 * ``spend``: per UTC day, per run and input file, the estimate taken by the budget check and the
   actual cost from the batches' usage once the results are written.
 """
@@ -28,15 +30,18 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
+import math
 import os
 import re
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from openai_batch.pricing import FREE_ENDPOINTS, estimate_cost_usd, format_usd
+from openai_batch.storage import corrupt_name, fsync_dir, replace_durably
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -62,6 +67,8 @@ ENDED_STATUSES = frozenset({"completed", "failed", "expired", "cancelled"})
 NOT_FOUND = "not found"
 LEDGER_FILE = "ledger.json"
 LOCK_FILE = "ledger.lock"
+
+_LOG = logging.getLogger(__name__)
 
 # A key of the request body: in a JSON line an unescaped quote cannot occur inside a string, so
 # this matches keys only, never message text.
@@ -134,11 +141,32 @@ def limit_for(limits: dict[str, int], model: str) -> int | None:
     return limits.get(model, limits.get("*"))
 
 
-def parse_usd(value: object) -> float | None:
-    """Return a cap in USD from a param or Variable value; empty or None means no cap."""
-    if value is None or value == "" or value == "None":
+#: The names :func:`check_run_budget` gives its two money settings in errors.
+MAX_COST_SETTING = "the max_cost_usd param"
+DAILY_BUDGET_SETTING = "the Airflow Variable openai_batch_daily_budget_usd"
+
+
+def parse_usd(value: object, setting: str = "a money setting") -> float | None:
+    """
+    Return a cap in USD from a param or Variable value; empty or None means no cap.
+
+    Anything else must be a finite number >= 0: ``nan`` compares false with every estimate and
+    ``inf`` is above all of them, so either would switch the cap off without a word. Raises
+    :class:`BudgetError` naming ``setting`` (e.g. ``"the max_cost_usd param"``).
+    """
+    if value is None or (isinstance(value, str) and value.strip() in ("", "None")):
         return None
-    return float(value)  # type: ignore[arg-type]
+    if isinstance(value, bool):
+        raise BudgetError(f"{setting} must be a number of US dollars >= 0, got {value!r}")
+    try:
+        amount = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise BudgetError(f"{setting} must be a number of US dollars >= 0, got {value!r}") from None
+    if not math.isfinite(amount) or amount < 0:
+        raise BudgetError(
+            f"{setting} must be a finite number of US dollars >= 0, got {value!r}; leave it empty for no cap"
+        )
+    return amount
 
 
 class NoCapacityError(Exception):
@@ -174,15 +202,61 @@ class Ledger:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
                 path = self.folder / LEDGER_FILE
-                data: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
-                for key in ("inflight", "waiting", "spend"):
-                    data.setdefault(key, {})
+                data = self._load(path)
                 yield data
-                tmp = path.with_suffix(".tmp")
-                tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
-                os.replace(tmp, path)
+                self._write(path, data)
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def _load(self, path: Path) -> dict[str, Any]:
+        """
+        Return the ledger's data (under the lock), rebuilt empty when the file cannot be parsed.
+
+        A ledger that cannot be parsed is moved aside to ``ledger.json.corrupt-<UTC time>`` (named
+        in a warning) and the ledger starts empty. What it held is lost: the in-flight entries come
+        back as shards are admitted again or re-attach (until then their room is free), the waiting
+        entries at their next capacity check, and the day's recorded spend not at all. So that a
+        lost spend cannot let the day go over its budget, the UTC day the ledger was rebuilt is
+        marked (``lost``): runs with a daily budget are refused for the rest of that day (unset
+        the Variable to send anyway); runs without one are never held back.
+        """
+        data: Any = {}
+        if path.exists():
+            text = path.read_bytes()
+            try:
+                data = json.loads(text)
+                if not isinstance(data, dict):
+                    raise ValueError(f"a JSON object was expected, not {type(data).__name__}")
+            except ValueError as err:
+                now = time.time()
+                kept = self.folder / corrupt_name(LEDGER_FILE, now)
+                os.replace(path, kept)
+                fsync_dir(self.folder)
+                day = time.strftime("%Y-%m-%d", time.gmtime(now))
+                _LOG.warning(
+                    "The ledger %s cannot be parsed (%s); it was moved aside to %s and the ledger starts "
+                    "empty. The spend recorded for %s (UTC) is lost: runs with a daily budget "
+                    "(openai_batch_daily_budget_usd) are refused until the end of that day.",
+                    path,
+                    err,
+                    kept,
+                    day,
+                )
+                data = {"lost": {day: {"at": now, "kept_as": kept.name}}}
+                for key in ("inflight", "waiting", "spend"):
+                    data[key] = {}
+                # Written now: a block that raises (a refused run) writes nothing back, and the
+                # mark must outlive it.
+                self._write(path, data)
+        for key in ("inflight", "waiting", "spend", "lost"):
+            data.setdefault(key, {})
+        return cast("dict[str, Any]", data)
+
+    @staticmethod
+    def _write(path: Path, data: dict[str, Any]) -> None:
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+        replace_durably(tmp, path)
 
     # --- enqueued tokens -------------------------------------------------------------------
 
@@ -358,6 +432,15 @@ class Ledger:
                 "the run (or split the input) to send it."
             )
         with self.locked() as data:
+            lost = data["lost"].get(day)
+            if daily_budget_usd is not None and lost is not None:
+                raise BudgetError(
+                    f"The ledger could not be parsed on {day} (UTC) and was rebuilt empty (the old one "
+                    f"is kept as {lost.get('kept_as')} in {self.folder}): what earlier runs spent that "
+                    "day is unknown, so a run with a daily budget is refused until the day ends; "
+                    "nothing was uploaded. Unset the Airflow Variable openai_batch_daily_budget_usd to "
+                    "send it anyway."
+                )
             today: dict[str, Any] = data["spend"].setdefault(day, {})
             spent = round(
                 sum(_spent(e) for k, e in today.items() if e.get("run_id") != run_id),
@@ -511,7 +594,8 @@ def check_run_budget(
     has no price fails the check (its cost cannot be bounded). A daily budget needs the ledger.
     Returns a line for the log; raises :class:`BudgetError`.
     """
-    cap, daily = parse_usd(max_cost_usd), parse_usd(daily_budget_usd)
+    cap = parse_usd(max_cost_usd, MAX_COST_SETTING)
+    daily = parse_usd(daily_budget_usd, DAILY_BUDGET_SETTING)
     estimates: dict[str, float] = {}
     for plan in plans:
         if plan.get("skipped") or plan.get("dry_run") or plan.get("error") or not plan.get("shards"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import logging
 import shutil
 import tempfile
 import zlib
@@ -25,6 +26,7 @@ from openai_batch.storage import (
     move,
     open_atomic,
     read_json,
+    read_json_or_set_aside,
     to_path,
     url_of,
     write_json,
@@ -48,6 +50,8 @@ REJECTS_FILE = "rejects.jsonl"
 MANIFEST_FILE = "manifest.json"
 PLAN_FILE = "plan.json"
 ORDER_FILE = "order.txt"
+
+_LOG = logging.getLogger(__name__)
 
 
 def run_partition(context: Context) -> str:
@@ -93,12 +97,20 @@ def _variant(endpoint: str, model: str | None, max_requests: int, salt: str) -> 
 
 
 def load_state(state_dir: ObjectStoragePath, shard_ref: dict[str, Any]) -> ShardState:
-    """Return the shard's state record, or a new one when none was written yet."""
+    """
+    Return the shard's state record, or a new one when none was written yet.
+
+    A record that cannot be parsed is moved aside (logged) and a new one returned: its batch, if
+    one was created, is found again by the batch metadata lookup, so nothing is uploaded twice.
+    """
     from openai_batch.state import Round, ShardState
 
     path = state_dir / f"shard-{shard_ref['index']:05d}.state.json"
-    if path.exists():
-        state = ShardState.from_dict(read_json(path))
+    record = read_json_or_set_aside(
+        path, "the shard re-attaches to its batch through the batch metadata lookup", _LOG
+    )
+    if isinstance(record, dict):
+        state = ShardState.from_dict(record)
         # A record of other content (the file changed) or of a forced re-run is history, not ours.
         if state.identity == shard_ref["identity"]:
             return state
@@ -452,10 +464,13 @@ class OpenAIBatchPrepareOperator(BaseOperator):
                 state_dir, digest, f"{ref.display}: cannot be read: {err}", lines=0, rejected=0
             )
         state_dir = folder / f"{state_folder(result.input_sha256)}-{variant}"
-        if (state_dir / PLAN_FILE).exists():
+        earlier = read_json_or_set_aside(
+            state_dir / PLAN_FILE, "the file is prepared again into the same state folder", self.log
+        )
+        if isinstance(earlier, dict):
             # This content was prepared with these settings before (a retry, a clear, a re-run whose
             # results were incomplete): its shards, rounds and downloads are there; keep them.
-            plan: dict[str, Any] = read_json(state_dir / PLAN_FILE)
+            plan: dict[str, Any] = earlier
             return plan
         names = [Path(s.path).name for s in result.shards] + [
             ORDER_FILE,
