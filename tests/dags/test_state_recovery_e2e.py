@@ -58,3 +58,52 @@ def test_torn_plan_and_shard_records_are_prepared_again_and_re_attach(pipeline: 
     assert len(list(state_dir.glob("plan.json.corrupt-*"))) == 1
     assert len(list(state_dir.glob(f"{record.name}.corrupt-*"))) == 1
     assert json.loads((out / "manifest.json").read_text())["counts"]["succeeded"] == 4
+
+
+def _run_without_retries(conf: dict[str, Any]) -> Any:
+    from tests.dags.conftest import get_dag
+
+    dag = get_dag()
+    for task in dag.tasks:
+        task.retries = 0
+    return dag.test(run_conf={"poll_interval": 1, "settle_seconds": 0, **conf})
+
+
+def test_a_run_that_failed_before_upload_gives_its_reservation_back(
+    pipeline: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The second run fits the day's budget only once the first run's estimate is no longer counted."""
+    import time
+
+    from openai_batch.budget import Ledger, plan_cost
+    from tests.reliability.support import prepare
+
+    inbox, results, server = pipeline["inbox"], pipeline["results"], pipeline["emulator"]
+    first_src = write_input(inbox / "first.jsonl", _lines(10))
+    second_src = write_input(
+        inbox / "second.jsonl", [chat_line(f"s-{i}", f"other {i:03d}") for i in range(10)]
+    )
+    first_cost, second_cost = (plan_cost(prepare(src, results / "_dry")) for src in (first_src, second_src))
+    assert first_cost is not None
+    assert second_cost is not None
+    budget = round(max(first_cost, second_cost) * 1.5, 6)  # one run fits, not both
+    monkeypatch.setenv("AIRFLOW_VAR_OPENAI_BATCH_DAILY_BUDGET_USD", str(budget))
+    server.set_faults(error_rate=1.0, error_routes=["POST /v1/files"], error_codes=[400])
+
+    first = _run_without_retries({"input": "first.jsonl"})
+
+    assert first.state == "failed", task_states(first)
+    assert task_states(first)["check_budget"] == "success"
+    assert server.stats().get("batches_created", 0) == 0
+    server.reset_faults()
+
+    second = _run_without_retries({"input": "second.jsonl"})
+
+    assert second.state == "success", task_states(second)
+    day = time.strftime("%Y-%m-%d", time.gmtime())
+    entry = Ledger(results / "_ledger").locked  # read back what the ledger says of the first run
+    with entry() as data:
+        first_entry = data["spend"][day][f"{first.run_id}|first.jsonl"]
+    assert first_entry["ended"] == "failed"
+    assert first_entry["estimated_usd"] == 0.0  # nothing of it was sent
+    assert first_entry["reserved_usd"] == pytest.approx(first_cost)

@@ -196,3 +196,47 @@ def test_the_budget_check_names_the_bad_money_setting(
 ) -> None:
     with pytest.raises(BudgetError, match=named):
         check_run_budget([_plan()], run_id="r1", ledger_dir=str(tmp_path), **kwargs)  # type: ignore[arg-type]
+
+
+def _reserve(ledger: Ledger, run_id: str, state_dir: Path, cost: float = 1.0) -> None:
+    ledger.check_budget(
+        day="2026-01-01",
+        run_id=run_id,
+        estimates={"in.jsonl": 2 * cost},
+        max_cost_usd=None,
+        daily_budget_usd=None,
+        shards={"in.jsonl": {"state_dir": str(state_dir), "shards": [[0, "id-0", cost], [1, "id-1", cost]]}},
+        dag_id="openai_batch",
+    )
+
+
+def test_an_ended_run_counts_only_the_shards_it_sent(tmp_path: Path) -> None:
+    ledger = Ledger(tmp_path / "_ledger")
+    state_dir = tmp_path / "state"
+    state_dir.mkdir()
+    _reserve(ledger, "failed-run", state_dir)
+    _reserve(ledger, "running-run", tmp_path / "other")
+    _reserve(ledger, "unknown-run", tmp_path / "other")
+    # Shard 0 of the failed run was uploaded, shard 1 never.
+    (state_dir / "shard-00000.state.json").write_text(
+        json.dumps(
+            {"identity": "id-0", "rounds": [{"round": 0, "input_file_id": "file-1", "batch_id": None}]}
+        )
+    )
+    states = {"failed-run": "failed", "running-run": "running"}
+
+    def run_state(dag_id: str, run_id: str) -> str | None:
+        assert dag_id == "openai_batch"
+        if run_id not in states:
+            raise RuntimeError("the API cannot be reached")
+        return states[run_id]
+
+    _, spent = ledger.check_budget(
+        day="2026-01-01",
+        run_id="new-run",
+        estimates={"x.jsonl": 0.5},
+        max_cost_usd=None,
+        daily_budget_usd=None,
+        run_state=run_state,
+    )
+    assert spent == pytest.approx(1.0 + 2.0 + 2.0)  # sent by the failed run; the others whole
