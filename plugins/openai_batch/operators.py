@@ -25,7 +25,6 @@ from openai_batch.storage import (
     local_dir,
     move,
     open_atomic,
-    read_json,
     read_json_or_set_aside,
     to_path,
     url_of,
@@ -325,8 +324,12 @@ class OpenAIBatchPrepareOperator(BaseOperator):
             "dry_run": bool(self.plan_only),
         }
         manifest = folder / MANIFEST_FILE
-        if not self.force and not self.plan_only and manifest.exists():
-            done = read_json(manifest)
+        done = None
+        if not self.force and not self.plan_only:
+            done = read_json_or_set_aside(
+                manifest, "the results are written again from the state kept", self.log
+            )
+        if isinstance(done, dict):
             digest = file_digest(src)[0]
             if done.get("input_sha256") == digest and results_complete(folder, done):
                 if done.get("error"):
@@ -384,10 +387,9 @@ class OpenAIBatchPrepareOperator(BaseOperator):
         """
         from openai_batch.reuse import INDEX_FILE, ReuseIndex
 
-        manifest_path = folder / MANIFEST_FILE
-        if not manifest_path.exists():
+        manifest = read_json_or_set_aside(folder / MANIFEST_FILE, "no earlier results are reused", self.log)
+        if not isinstance(manifest, dict):
             return None
-        manifest = read_json(manifest_path)
         state_dir = manifest.get("state_dir")
         if not state_dir or not results_complete(folder, manifest):
             return None
@@ -783,10 +785,10 @@ class OpenAIBatchWriteResultsOperator(BaseOperator):
         """Move the results of another content of this file to ``_history/<sha16>/``; nothing is lost."""
         from openai_batch.identity import history_folder
 
-        manifest = out / MANIFEST_FILE
-        if not manifest.exists():
+        manifest = read_json_or_set_aside(out / MANIFEST_FILE, "it is written again", self.log)
+        if not isinstance(manifest, dict):
             return
-        earlier = read_json(manifest).get("input_sha256")
+        earlier = manifest.get("input_sha256")
         if not earlier or earlier == input_sha256:
             return
         dest = out / history_folder(earlier)

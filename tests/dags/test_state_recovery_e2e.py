@@ -42,8 +42,9 @@ def test_torn_plan_and_shard_records_are_prepared_again_and_re_attach(pipeline: 
     (record,) = state_dir.glob("shard-*.state.json")
     batch_id = json.loads(record.read_text())["rounds"][0]["batch_id"]
     created = pipeline["emulator"].stats()["batches_created"]
-    # Results incomplete (the manifest gone) so that the next run reads the state folder again.
-    (out / "manifest.json").unlink()
+    # A torn manifest too: the results count as incomplete, so the next run reads the state folder again.
+    manifest = out / "manifest.json"
+    manifest.write_text(manifest.read_text()[:30])
     plan_path.write_text(plan_path.read_text()[:40])
     record.write_text(record.read_text()[:25])
 
@@ -57,6 +58,7 @@ def test_torn_plan_and_shard_records_are_prepared_again_and_re_attach(pipeline: 
     assert json.loads(record.read_text())["rounds"][0]["batch_id"] == batch_id
     assert len(list(state_dir.glob("plan.json.corrupt-*"))) == 1
     assert len(list(state_dir.glob(f"{record.name}.corrupt-*"))) == 1
+    assert len(list(out.glob("manifest.json.corrupt-*"))) == 1
     assert json.loads((out / "manifest.json").read_text())["counts"]["succeeded"] == 4
 
 
