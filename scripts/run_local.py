@@ -1,6 +1,7 @@
 """`make run`: the emulator (or the real API), `airflow standalone`, sample inputs, one triggered run.
 
-Everything binds to 127.0.0.1. Ctrl-C (or SIGTERM) stops every process this started.
+Everything binds to 127.0.0.1, Airflow's log servers included (see ``scripts/airflow_local.py``);
+their ports follow ``OPENAI_BATCH_UI_PORT``. Ctrl-C (or SIGTERM) stops every process this started.
 With ``--once`` it waits for the run's manifest, prints it, and shuts down (used by the tests).
 """
 
@@ -118,11 +119,16 @@ def airflow_env(
 
     SQLite in ``home``, this project's dags and plugins, everything on 127.0.0.1 with the login
     turned off (every user is admin), the inbox and results roots as Variables. ``base`` is the
-    environment to start from; its PATH gets this interpreter's bin folder first, because
-    ``airflow standalone`` starts its parts as ``airflow ...`` looked up on PATH.
+    environment to start from; its PATH gets ``home/bin`` (the ``airflow`` of
+    :func:`write_airflow_command`) and this interpreter's bin folder first, because ``airflow
+    standalone`` starts its parts as ``airflow ...`` looked up on PATH. The log servers' ports
+    follow the UI port (:func:`log_server_ports`) unless set in ``base``.
     """
     env = dict(base)
-    env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
+    env["PATH"] = f"{home / 'bin'}:{Path(sys.executable).parent}:{env.get('PATH', '')}"
+    worker_logs, trigger_logs = log_server_ports(ui_port)
+    env.setdefault("AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT", str(worker_logs))
+    env.setdefault("AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT", str(trigger_logs))
     env.update(
         {
             "AIRFLOW_HOME": str(home),
@@ -143,6 +149,30 @@ def airflow_env(
         }
     )
     return env
+
+
+def log_server_ports(ui_port: int) -> tuple[int, int]:
+    """
+    Return the worker and triggerer log servers' ports: the two after the UI port.
+
+    Airflow's fixed defaults (8793, 8794) would clash with another Airflow on the machine; set
+    ``OPENAI_BATCH_UI_PORT`` and all three move together.
+    """
+    return ui_port + 1, ui_port + 2
+
+
+def write_airflow_command(home: Path, root: Path = ROOT) -> Path:
+    """
+    Write ``home/bin/airflow``: Airflow's CLI through ``scripts/airflow_local.py`` (servers on 127.0.0.1).
+
+    Airflow's log servers have no host setting and listen on every interface; run through this
+    command, they bind to 127.0.0.1 like the rest of the stack.
+    """
+    command = home / "bin" / "airflow"
+    command.parent.mkdir(parents=True, exist_ok=True)
+    command.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{root / "scripts" / "airflow_local.py"}" "$@"\n')
+    command.chmod(0o755)
+    return command
 
 
 def emulator_connection(base_url: str) -> str:
@@ -184,6 +214,7 @@ def main() -> int:
         folder.mkdir(parents=True, exist_ok=True)
 
     env = airflow_env(dict(os.environ), home=home, ui_port=ui_port, inbox=inbox, results=results)
+    write_airflow_command(home)
     procs: list[subprocess.Popen[bytes]] = []
     logs = home / "logs"
     logs.mkdir(exist_ok=True)

@@ -20,6 +20,8 @@ runs (or two shards of one run) cannot both take the last free tokens or the las
   when the round is admitted or released; an entry not checked again within
   :func:`waiting_stale_after` of its poll interval (its task failed, was cleared or marked) is
   dropped.
+* ``lost``: per UTC day on which the ledger could not be parsed and was rebuilt (see
+  :meth:`Ledger._load`): a daily budget refuses runs that day.
 * ``spend``: per UTC day, per run and input file, the estimate taken by the budget check and the
   actual cost from the batches' usage once the results are written.
 """
@@ -28,15 +30,18 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
+import math
 import os
 import re
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from openai_batch.pricing import FREE_ENDPOINTS, estimate_cost_usd, format_usd
+from openai_batch.storage import corrupt_name, fsync_dir, replace_durably
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -62,6 +67,8 @@ ENDED_STATUSES = frozenset({"completed", "failed", "expired", "cancelled"})
 NOT_FOUND = "not found"
 LEDGER_FILE = "ledger.json"
 LOCK_FILE = "ledger.lock"
+
+_LOG = logging.getLogger(__name__)
 
 # A key of the request body: in a JSON line an unescaped quote cannot occur inside a string, so
 # this matches keys only, never message text.
@@ -134,11 +141,32 @@ def limit_for(limits: dict[str, int], model: str) -> int | None:
     return limits.get(model, limits.get("*"))
 
 
-def parse_usd(value: object) -> float | None:
-    """Return a cap in USD from a param or Variable value; empty or None means no cap."""
-    if value is None or value == "" or value == "None":
+#: The names :func:`check_run_budget` gives its two money settings in errors.
+MAX_COST_SETTING = "the max_cost_usd param"
+DAILY_BUDGET_SETTING = "the Airflow Variable openai_batch_daily_budget_usd"
+
+
+def parse_usd(value: object, setting: str = "a money setting") -> float | None:
+    """
+    Return a cap in USD from a param or Variable value; empty or None means no cap.
+
+    Anything else must be a finite number >= 0: ``nan`` compares false with every estimate and
+    ``inf`` is above all of them, so either would switch the cap off without a word. Raises
+    :class:`BudgetError` naming ``setting`` (e.g. ``"the max_cost_usd param"``).
+    """
+    if value is None or (isinstance(value, str) and value.strip() in ("", "None")):
         return None
-    return float(value)  # type: ignore[arg-type]
+    if isinstance(value, bool):
+        raise BudgetError(f"{setting} must be a number of US dollars >= 0, got {value!r}")
+    try:
+        amount = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise BudgetError(f"{setting} must be a number of US dollars >= 0, got {value!r}") from None
+    if not math.isfinite(amount) or amount < 0:
+        raise BudgetError(
+            f"{setting} must be a finite number of US dollars >= 0, got {value!r}; leave it empty for no cap"
+        )
+    return amount
 
 
 class NoCapacityError(Exception):
@@ -174,15 +202,61 @@ class Ledger:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
                 path = self.folder / LEDGER_FILE
-                data: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
-                for key in ("inflight", "waiting", "spend"):
-                    data.setdefault(key, {})
+                data = self._load(path)
                 yield data
-                tmp = path.with_suffix(".tmp")
-                tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
-                os.replace(tmp, path)
+                self._write(path, data)
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def _load(self, path: Path) -> dict[str, Any]:
+        """
+        Return the ledger's data (under the lock), rebuilt empty when the file cannot be parsed.
+
+        A ledger that cannot be parsed is moved aside to ``ledger.json.corrupt-<UTC time>`` (named
+        in a warning) and the ledger starts empty. What it held is lost: the in-flight entries come
+        back as shards are admitted again or re-attach (until then their room is free), the waiting
+        entries at their next capacity check, and the day's recorded spend not at all. So that a
+        lost spend cannot let the day go over its budget, the UTC day the ledger was rebuilt is
+        marked (``lost``): runs with a daily budget are refused for the rest of that day (unset
+        the Variable to send anyway); runs without one are never held back.
+        """
+        data: Any = {}
+        if path.exists():
+            text = path.read_bytes()
+            try:
+                data = json.loads(text)
+                if not isinstance(data, dict):
+                    raise ValueError(f"a JSON object was expected, not {type(data).__name__}")
+            except ValueError as err:
+                now = time.time()
+                kept = self.folder / corrupt_name(LEDGER_FILE, now)
+                os.replace(path, kept)
+                fsync_dir(self.folder)
+                day = time.strftime("%Y-%m-%d", time.gmtime(now))
+                _LOG.warning(
+                    "The ledger %s cannot be parsed (%s); it was moved aside to %s and the ledger starts "
+                    "empty. The spend recorded for %s (UTC) is lost: runs with a daily budget "
+                    "(openai_batch_daily_budget_usd) are refused until the end of that day.",
+                    path,
+                    err,
+                    kept,
+                    day,
+                )
+                data = {"lost": {day: {"at": now, "kept_as": kept.name}}}
+                for key in ("inflight", "waiting", "spend"):
+                    data[key] = {}
+                # Written now: a block that raises (a refused run) writes nothing back, and the
+                # mark must outlive it.
+                self._write(path, data)
+        for key in ("inflight", "waiting", "spend", "lost"):
+            data.setdefault(key, {})
+        return cast("dict[str, Any]", data)
+
+    @staticmethod
+    def _write(path: Path, data: dict[str, Any]) -> None:
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+        replace_durably(tmp, path)
 
     # --- enqueued tokens -------------------------------------------------------------------
 
@@ -342,15 +416,23 @@ class Ledger:
         estimates: dict[str, float],
         max_cost_usd: float | None,
         daily_budget_usd: float | None,
+        shards: dict[str, dict[str, Any]] | None = None,
+        dag_id: str | None = None,
+        run_state: Callable[[str, str], str | None] | None = None,
     ) -> tuple[float, float]:
         """
         Check a run's estimate against its cap and the day's budget, and reserve it for the day.
 
-        ``estimates`` maps each input file of the run to its estimated cost. Earlier runs of the
-        day count with their actual cost where their results are written, else their estimate.
+        ``estimates`` maps each input file of the run to its estimated cost; ``shards`` (same keys)
+        what :func:`expire_reservations` needs later: the file's state folder and its shards with
+        their costs. Earlier runs of the day count with their actual cost where their results are
+        written, else their estimate while they run; a run that ended without results counts only
+        what it sent (see :func:`expire_reservations`, done first with ``run_state``).
         Returns ``(estimate, spent by earlier runs today)``; raises :class:`BudgetError`.
         """
         estimate = round(sum(estimates.values()), 6)
+        if run_state is not None:
+            expire_reservations(self, day, run_id, run_state)
         if max_cost_usd is not None and estimate > max_cost_usd:
             raise BudgetError(
                 f"The run's estimated cost {format_usd(estimate)} exceeds max_cost_usd "
@@ -358,6 +440,15 @@ class Ledger:
                 "the run (or split the input) to send it."
             )
         with self.locked() as data:
+            lost = data["lost"].get(day)
+            if daily_budget_usd is not None and lost is not None:
+                raise BudgetError(
+                    f"The ledger could not be parsed on {day} (UTC) and was rebuilt empty (the old one "
+                    f"is kept as {lost.get('kept_as')} in {self.folder}): what earlier runs spent that "
+                    "day is unknown, so a run with a daily budget is refused until the day ends; "
+                    "nothing was uploaded. Unset the Airflow Variable openai_batch_daily_budget_usd to "
+                    "send it anyway."
+                )
             today: dict[str, Any] = data["spend"].setdefault(day, {})
             spent = round(
                 sum(_spent(e) for k, e in today.items() if e.get("run_id") != run_id),
@@ -375,7 +466,34 @@ class Ledger:
                     f"{run_id}|{name}", {"run_id": run_id, "input": name, "actual_usd": None}
                 )
                 entry["estimated_usd"] = cost
+                entry.pop("ended", None)  # a cleared run that runs again reserves again
+                if dag_id is not None:
+                    entry["dag_id"] = dag_id
+                if shards and name in shards:
+                    entry.update(shards[name])
         return estimate, spent
+
+    def reservations(self, day: str, run_id: str) -> list[tuple[str, dict[str, Any]]]:
+        """Return ``[(key, entry)]`` of ``day``'s reservations of other runs that may have ended."""
+        with self.locked() as data:
+            return [
+                (key, dict(e))
+                for key, e in sorted(data["spend"].get(day, {}).items())
+                if e.get("run_id") != run_id
+                and e.get("actual_usd") is None
+                and not e.get("ended")
+                and e.get("dag_id")
+            ]
+
+    def expire(self, day: str, key: str, sent_usd: float, state: str) -> bool:
+        """Count reservation ``key`` of an ended run as ``sent_usd`` only; return whether it was changed."""
+        with self.locked() as data:
+            entry = data["spend"].get(day, {}).get(key)
+            if entry is None or entry.get("actual_usd") is not None or entry.get("ended"):
+                return False
+            entry.update(reserved_usd=entry.get("estimated_usd"), estimated_usd=sent_usd, ended=state)
+            entry.pop("shards", None)
+            return True
 
     def record_actual(
         self, *, run_id: str, name: str, actual_usd: float | None, estimated_usd: float | None
@@ -428,6 +546,94 @@ def release_if_ended(ledger: Ledger, key: str, batch_id: str, status: str | None
     if not ledger.release_ended(key, batch_id):
         return None
     return f"released capacity of batch {batch_id}: it is {status}"
+
+
+#: Run states after which a run sends nothing more (a run cleared runs again and reserves again).
+ENDED_RUN_STATES = frozenset({"success", "failed"})
+
+
+def expire_reservations(
+    ledger: Ledger, day: str, run_id: str, run_state: Callable[[str, str], str | None]
+) -> list[str]:
+    """
+    Turn the reservations of ``day``'s runs that ended without results into what they sent.
+
+    A run's budget check reserves its whole estimate; results turn it into the actual cost. A run
+    that fails (or is marked failed) before that would keep its estimate as the day's spend until
+    midnight, refusing later runs for money never spent. So, before each budget check, every other
+    run's reservation without an actual cost is looked up: ``run_state(dag_id, run_id)`` returns
+    its state, or None when it cannot be told (kept: the safe side). A run that ended counts from
+    then on only the estimate of its shards that were sent: a shard whose state record shows an
+    upload or a batch (a batch may be running and billed even when the run failed). Looked up
+    here rather than in a failure callback because it needs nothing to run at the end of the run:
+    a run killed, marked failed by hand, or whose callback was lost is found all the same.
+    Returns a line for the log per reservation changed.
+    """
+    lines = []
+    states: dict[tuple[str, str], str | None] = {}
+    for key, entry in ledger.reservations(day, run_id):
+        ref = (str(entry["dag_id"]), str(entry["run_id"]))
+        if ref not in states:
+            try:
+                states[ref] = run_state(*ref)
+            except Exception:  # an unknown state keeps the reservation: the safe side
+                states[ref] = None
+        state = states[ref]
+        if state not in ENDED_RUN_STATES:
+            continue
+        sent = _sent_usd(entry)
+        if ledger.expire(day, key, sent, str(state)):
+            lines.append(
+                f"run {ref[1]} ended {state}: {entry.get('input')} counts {format_usd(sent)} sent of "
+                f"{format_usd(entry.get('estimated_usd'))} reserved"
+            )
+    return lines
+
+
+def _sent_usd(entry: dict[str, Any]) -> float:
+    """Return the estimate of a reservation's shards that were uploaded (all of it where unknown)."""
+    from openai_batch.storage import read_json, to_path
+
+    shards = entry.get("shards")
+    state_dir = entry.get("state_dir")
+    if not isinstance(shards, list) or not state_dir:
+        return float(entry.get("estimated_usd") or 0.0)
+    sent = 0.0
+    folder = to_path(str(state_dir))
+    for index, identity, cost in shards:
+        if index is None:
+            sent += float(cost or 0.0)  # a shard without an index cannot be looked up: sent
+            continue
+        try:
+            path = folder / f"shard-{int(index):05d}.state.json"
+            record = read_json(path) if path.exists() else {}
+        except (OSError, ValueError):
+            record = None  # unreadable: counted as sent
+        if (
+            record is None
+            or record.get("identity") == identity
+            and any(r.get("input_file_id") or r.get("batch_id") for r in record.get("rounds") or [])
+        ):
+            sent += float(cost or 0.0)
+    return round(sent, 6)
+
+
+def current_run_state(dag_id: str, run_id: str) -> str | None:
+    """Return a run's state through the Task SDK (inside a task), or None when it cannot be told."""
+    from airflow.sdk.execution_time.task_runner import RuntimeTaskInstance
+
+    state = RuntimeTaskInstance.get_dagrun_state(dag_id, run_id)
+    return str(getattr(state, "value", state))  # a DagRunState enum: its value, e.g. "failed"
+
+
+def _current_dag_id() -> str | None:
+    """Return the DAG id of the task running this, or None outside a task."""
+    try:
+        from airflow.sdk import get_current_context
+
+        return str(get_current_context()["dag"].dag_id)
+    except Exception:  # outside a task there is no context
+        return None
 
 
 class BudgetError(Exception):
@@ -503,16 +709,21 @@ def check_run_budget(
     daily_budget_usd: object = None,
     ledger_dir: str | None = None,
     day: str | None = None,
+    run_state: Callable[[str, str], str | None] | None = None,
 ) -> str:
     """
     Check a run's plans against ``max_cost_usd`` and the daily budget before anything is uploaded.
 
     Skipped files, dry runs and unusable files cost nothing. With a cap set, a file whose model
     has no price fails the check (its cost cannot be bounded). A daily budget needs the ledger.
+    Earlier runs that ended without results count only what they sent (:func:`expire_reservations`;
+    ``run_state`` looks a run's state up, by default through the Task SDK inside a task).
     Returns a line for the log; raises :class:`BudgetError`.
     """
-    cap, daily = parse_usd(max_cost_usd), parse_usd(daily_budget_usd)
+    cap = parse_usd(max_cost_usd, MAX_COST_SETTING)
+    daily = parse_usd(daily_budget_usd, DAILY_BUDGET_SETTING)
     estimates: dict[str, float] = {}
+    shards: dict[str, dict[str, Any]] = {}
     for plan in plans:
         if plan.get("skipped") or plan.get("dry_run") or plan.get("error") or not plan.get("shards"):
             continue
@@ -527,6 +738,10 @@ def check_run_budget(
                 )
             continue
         estimates[plan["key"]] = cost
+        shards[plan["key"]] = {
+            "state_dir": plan.get("state_dir"),
+            "shards": [[s.get("index"), s.get("identity"), shard_cost(s)] for s in plan["shards"]],
+        }
     estimate = round(sum(estimates.values()), 6)
     ledger = ledger_for(ledger_dir)
     if ledger is None:
@@ -542,8 +757,16 @@ def check_run_budget(
             )
         return f"estimated cost {format_usd(estimate)}; max_cost_usd {format_usd(cap)}"
     day = day or time.strftime("%Y-%m-%d", time.gmtime())
+    dag_id = _current_dag_id()
     estimate, spent = ledger.check_budget(
-        day=day, run_id=run_id, estimates=estimates, max_cost_usd=cap, daily_budget_usd=daily
+        day=day,
+        run_id=run_id,
+        estimates=estimates,
+        max_cost_usd=cap,
+        daily_budget_usd=daily,
+        shards=shards,
+        dag_id=dag_id,
+        run_state=run_state if run_state is not None else (current_run_state if dag_id else None),
     )
     return (
         f"estimated cost {format_usd(estimate)} (max_cost_usd {format_usd(cap)}); spent earlier on {day}: "

@@ -6,6 +6,7 @@ import errno
 import gzip
 import hashlib
 import json
+import logging
 import shutil
 import tempfile
 import zlib
@@ -27,7 +28,7 @@ from openai_batch.storage import (
     local_dir,
     move,
     open_atomic,
-    read_json,
+    read_json_or_set_aside,
     to_path,
     url_of,
     write_json,
@@ -52,6 +53,8 @@ REJECTS_FILE = "rejects.jsonl"
 MANIFEST_FILE = "manifest.json"
 PLAN_FILE = "plan.json"
 ORDER_FILE = "order.txt"
+
+_LOG = logging.getLogger(__name__)
 
 
 def run_partition(context: Context) -> str:
@@ -97,12 +100,20 @@ def _variant(endpoint: str, model: str | None, max_requests: int, salt: str) -> 
 
 
 def load_state(state_dir: ObjectStoragePath, shard_ref: dict[str, Any]) -> ShardState:
-    """Return the shard's state record, or a new one when none was written yet."""
+    """
+    Return the shard's state record, or a new one when none was written yet.
+
+    A record that cannot be parsed is moved aside (logged) and a new one returned: its batch, if
+    one was created, is found again by the batch metadata lookup, so nothing is uploaded twice.
+    """
     from openai_batch.state import Round, ShardState
 
     path = state_dir / f"shard-{shard_ref['index']:05d}.state.json"
-    if path.exists():
-        state = ShardState.from_dict(read_json(path))
+    record = read_json_or_set_aside(
+        path, "the shard re-attaches to its batch through the batch metadata lookup", _LOG
+    )
+    if isinstance(record, dict):
+        state = ShardState.from_dict(record)
         # A record of other content (the file changed) or of a forced re-run is history, not ours.
         if state.identity == shard_ref["identity"]:
             return state
@@ -362,8 +373,12 @@ class OpenAIBatchPrepareOperator(BaseOperator):
             "dry_run": bool(self.plan_only),
         }
         manifest = folder / MANIFEST_FILE
-        if not self.force and not self.plan_only and manifest.exists():
-            done = read_json(manifest)
+        done = None
+        if not self.force and not self.plan_only:
+            done = read_json_or_set_aside(
+                manifest, "the results are written again from the state kept", self.log
+            )
+        if isinstance(done, dict):
             digest = self._done_digest(src, done)
             if digest is not None and done.get("input_sha256") == digest and results_complete(folder, done):
                 if done.get("error"):
@@ -484,10 +499,9 @@ class OpenAIBatchPrepareOperator(BaseOperator):
         """
         from openai_batch.reuse import INDEX_FILE, ReuseIndex
 
-        manifest_path = folder / MANIFEST_FILE
-        if not manifest_path.exists():
+        manifest = read_json_or_set_aside(folder / MANIFEST_FILE, "no earlier results are reused", self.log)
+        if not isinstance(manifest, dict):
             return None
-        manifest = read_json(manifest_path)
         state_dir = manifest.get("state_dir")
         if not state_dir or not results_complete(folder, manifest):
             return None
@@ -564,10 +578,13 @@ class OpenAIBatchPrepareOperator(BaseOperator):
                 state_dir, digest, f"{ref.display}: cannot be read: {err}", lines=0, rejected=0
             )
         state_dir = folder / f"{state_folder(result.input_sha256)}-{variant}"
-        if (state_dir / PLAN_FILE).exists():
+        earlier = read_json_or_set_aside(
+            state_dir / PLAN_FILE, "the file is prepared again into the same state folder", self.log
+        )
+        if isinstance(earlier, dict):
             # This content was prepared with these settings before (a retry, a clear, a re-run whose
             # results were incomplete): its shards, rounds and downloads are there; keep them.
-            plan: dict[str, Any] = read_json(state_dir / PLAN_FILE)
+            plan: dict[str, Any] = earlier
             return plan
         names = [Path(s.path).name for s in result.shards] + [
             ORDER_FILE,
@@ -889,10 +906,10 @@ class OpenAIBatchWriteResultsOperator(BaseOperator):
         """Move the results of another content of this file to ``_history/<sha16>/``; nothing is lost."""
         from openai_batch.identity import history_folder
 
-        manifest = out / MANIFEST_FILE
-        if not manifest.exists():
+        manifest = read_json_or_set_aside(out / MANIFEST_FILE, "it is written again", self.log)
+        if not isinstance(manifest, dict):
             return
-        earlier = read_json(manifest).get("input_sha256")
+        earlier = manifest.get("input_sha256")
         if not earlier or earlier == input_sha256:
             return
         dest = out / history_folder(earlier)

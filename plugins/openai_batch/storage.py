@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob as globlib
+import logging
 import os
 import re
 import shutil
@@ -267,11 +268,37 @@ def open_atomic(path: ObjectStoragePath) -> Iterator[IO[bytes]]:
     try:
         with tmp.open("wb") as fout:
             yield fout
-            fout.flush()
-            os.fsync(fout.fileno())
-        tmp.replace(local)
+        replace_durably(tmp, local)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def replace_durably(tmp: Path, dest: Path) -> None:
+    """
+    Rename the local file ``tmp`` onto ``dest`` so that after a crash either is whole on disk.
+
+    The file's data is synced before the rename (else a power loss can leave the new name pointing
+    at an empty or partial file) and the folder after it (else the rename itself can be lost).
+    """
+    with tmp.open("rb+") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, dest)
+    fsync_dir(dest.parent)
+
+
+def fsync_dir(folder: Path) -> None:
+    """Sync a local folder's entries (names created, renamed or removed in it) to disk."""
+    fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def corrupt_name(name: str, now: float | None = None) -> str:
+    """Return the name a file that cannot be parsed is kept under: ``<name>.corrupt-<UTC time>``."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(time.time() if now is None else now))
+    return f"{name}.corrupt-{stamp}"
 
 
 def move(src: ObjectStoragePath, dest: ObjectStoragePath) -> None:
@@ -304,6 +331,31 @@ def read_json(path: ObjectStoragePath) -> Any:
 
     with path.open("rb") as fin:
         return json.loads(fin.read())
+
+
+def read_json_or_set_aside(path: ObjectStoragePath, what: str, log: Any = None) -> Any:
+    """
+    Return the parsed JSON content of ``path``, or None when it is missing or cannot be parsed.
+
+    A file that cannot be parsed (a torn write from before writes were synced, a full disk, a hand
+    edit) is moved aside to :func:`corrupt_name` next to it, kept for inspection, and a warning
+    naming it and ``what`` happens next is logged (to ``log``, a task's logger, else this
+    module's); the caller then goes on as if it were absent.
+    """
+    import json
+
+    if not path.exists():
+        return None
+    try:
+        with path.open("rb") as fin:
+            return json.loads(fin.read())
+    except ValueError as err:  # JSONDecodeError and UnicodeDecodeError
+        kept = path.parent / corrupt_name(path.name)
+        move(path, kept)
+        (log or logging.getLogger(__name__)).warning(
+            "%s cannot be parsed (%s); moved aside to %s: %s", path, err, kept, what
+        )
+        return None
 
 
 def write_json(path: ObjectStoragePath, value: Any) -> None:

@@ -52,6 +52,21 @@ def processes_mentioning(text: str) -> list[str]:
     return found
 
 
+def listening_addresses(text: str) -> list[tuple[str, int, str]]:
+    """Return ``(ip, port, cmdline)`` of every listening TCP socket of the processes mentioning ``text``."""
+    import psutil
+
+    found = []
+    for line in processes_mentioning(text):
+        pid = int(line.split(":", 1)[0])
+        try:
+            conns = psutil.Process(pid).net_connections(kind="inet")
+        except psutil.Error:
+            continue
+        found += [(c.laddr.ip, c.laddr.port, line) for c in conns if c.status == psutil.CONN_LISTEN]
+    return found
+
+
 def port_is_free(port: int) -> bool:
     """Return True when nothing listens on ``port`` (connections in TIME_WAIT do not count)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -79,9 +94,6 @@ def test_make_run_once_from_a_fresh_copy(tmp_path: Path) -> None:
         {
             "OPENAI_BATCH_UI_PORT": str(ui_port),
             "OPENAI_BATCH_EMULATOR_PORT": str(emulator_port),
-            # The log servers' default ports may be taken by another Airflow on this machine.
-            "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port()),
-            "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_port()),
             "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
         }
     )
@@ -106,6 +118,7 @@ def test_make_run_once_from_a_fresh_copy(tmp_path: Path) -> None:
                 if "still running; press Ctrl-C" in output.read_text(errors="replace"):
                     break
                 time.sleep(1)
+            listening = listening_addresses(str(repo))
             # Ctrl-C twice, as an impatient person would: the stop goes on, quietly.
             os.killpg(proc.pid, signal.SIGTERM)
             time.sleep(0.3)
@@ -128,6 +141,11 @@ def test_make_run_once_from_a_fresh_copy(tmp_path: Path) -> None:
         assert summary["counts"]["succeeded"] > 0, summary
         assert (manifest.parent / "results.jsonl").exists()
     assert "Airflow UI : http://127.0.0.1:" in log
+    # Every server of the stack on 127.0.0.1, the log servers on the two ports after the UI's.
+    assert listening, "no listening socket found while make run was running"
+    assert [x for x in listening if x[0] != "127.0.0.1"] == [], listening
+    ports = {port for _ip, port, _cmd in listening}
+    assert {ui_port, emulator_port, ui_port + 1, ui_port + 2} <= ports, listening
     assert "stopped" in log
     assert "ended: success" in log, detail
     assert "Traceback" not in log, log

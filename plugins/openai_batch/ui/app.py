@@ -13,23 +13,31 @@ from urllib.parse import quote
 
 from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity
 from airflow.api_fastapi.common.db.common import SessionDep  # noqa: TC002 - FastAPI reads it at runtime
-from airflow.api_fastapi.core_api.security import requires_access_dag
-from fastapi import Depends, FastAPI, HTTPException
-from fastapi.responses import FileResponse, HTMLResponse
+from airflow.api_fastapi.core_api.security import (  # noqa: TC002 - FastAPI reads GetUserDep at runtime
+    GetUserDep,
+    requires_access_dag,
+)
+from fastapi import Depends, FastAPI, HTTPException, Request, Response
+from fastapi.responses import HTMLResponse, StreamingResponse
 
 from openai_batch.ui.view import (
+    CONTENT_SECURITY_POLICY,
     SERVED_FILES,
     CapacityView,
     capacity_view,
-    contained,
     file_view,
     local_folder,
+    open_served,
     render_capacity,
     render_file,
     render_page,
 )
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable, Iterator
+
+    from airflow.api_fastapi.auth.managers.base_auth_manager import BaseAuthManager
+    from airflow.api_fastapi.auth.managers.models.base_user import BaseUser
     from sqlalchemy.orm import Session
 
 PREFIX = "/openai-batch"
@@ -42,7 +50,50 @@ REFRESH_SECONDS = 10
 
 READ_RUNS = [Depends(requires_access_dag(method="GET", access_entity=DagAccessEntity.RUN))]
 
+#: The DAG whose readers may see the deployment's capacity section (its shards' names and sizes).
+CAPACITY_DAG = "openai_batch"
+CHUNK_BYTES = 1 << 20
+
 app = FastAPI(title="OpenAI Batch results", docs_url=None, redoc_url=None, openapi_url=None)
+
+
+@app.middleware("http")
+async def nosniff(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+    """Send ``X-Content-Type-Options: nosniff`` with every response, errors included."""
+    response = await call_next(request)
+    # Results and rejects hold text the API or the input wrote: never let a browser guess HTML.
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    return response
+
+
+def html_page(page: str) -> HTMLResponse:
+    """Return an HTML page with the strict Content-Security-Policy of :mod:`openai_batch.ui.view`."""
+    return HTMLResponse(page, headers={"Content-Security-Policy": CONTENT_SECURITY_POLICY})
+
+
+def may_see_capacity(user: BaseUser, auth_manager: BaseAuthManager[Any] | None = None) -> bool:
+    """
+    Return whether ``user`` may read the ``openai_batch`` DAG, and so see the deployment's capacity.
+
+    The capacity section lists every waiting shard of every run (file names, sizes), so readers
+    of other DAGs, who may open these pages for their own DAG ids, do not get it.
+    """
+    from airflow.api_fastapi.app import get_auth_manager
+    from airflow.api_fastapi.auth.managers.models.resource_details import DagDetails
+    from airflow.models.dag import DagModel
+
+    manager = auth_manager or get_auth_manager()
+    team_name = DagModel.get_team_name(CAPACITY_DAG) if auth_manager is None else None
+    return bool(
+        manager.is_authorized_dag(
+            method="GET", details=DagDetails(id=CAPACITY_DAG, team_name=team_name), user=user
+        )
+    )
+
+
+def capacity_section(user: BaseUser) -> str:
+    """Return the capacity section for a user who may see it, else nothing."""
+    return render_capacity(capacity()) if may_see_capacity(user) else ""
 
 
 def results_root() -> Path:
@@ -104,7 +155,7 @@ def run_state(session: Session, dag_id: str, run_id: str) -> str | None:
 
 
 @app.get("/runs/{dag_id}/{run_id}", response_class=HTMLResponse, dependencies=READ_RUNS)
-def run_page(dag_id: str, run_id: str, session: SessionDep) -> HTMLResponse:
+def run_page(dag_id: str, run_id: str, session: SessionDep, user: GetUserDep) -> HTMLResponse:
     """Show every file of one run: counts, tokens, cost, batches with live progress, rejects, links."""
     state = run_state(session, dag_id, run_id)
     if state is None:
@@ -119,10 +170,10 @@ def run_page(dag_id: str, run_id: str, session: SessionDep) -> HTMLResponse:
     body = (
         f"<p>Run <b>{_esc(run_id)}</b>: {_esc(state)}. {what}</p>"
         + "".join(sections)
-        + render_capacity(capacity())
+        + capacity_section(user)
     )
     running = state in ("queued", "running")
-    return HTMLResponse(render_page(f"{dag_id} results", body, refresh=REFRESH_SECONDS if running else None))
+    return html_page(render_page(f"{dag_id} results", body, refresh=REFRESH_SECONDS if running else None))
 
 
 def _esc(value: str) -> str:
@@ -132,26 +183,42 @@ def _esc(value: str) -> str:
 
 
 @app.get("/runs/{dag_id}/{run_id}/files/{index}/{name}", dependencies=READ_RUNS)
-def run_file(dag_id: str, run_id: str, index: int, name: str, session: SessionDep) -> FileResponse:
-    """Send one of a file's results, rejects or manifest, read only, only from under the results root."""
+def run_file(dag_id: str, run_id: str, index: int, name: str, session: SessionDep) -> StreamingResponse:
+    """
+    Send one of a file's results, rejects or manifest, read only, only from under the results root.
+
+    Sent as a download (``Content-Disposition: attachment``); a symbolic or hard link planted under
+    the results root is not followed or sent (see :func:`openai_batch.ui.view.open_served`).
+    """
     if name not in SERVED_FILES:
         raise HTTPException(404, "not a results file")
     plans = run_plans(session, dag_id, run_id)
     if not 0 <= index < len(plans):
         raise HTTPException(404, "no such file in this run")
-    root = results_root()
     folder = local_folder(str(plans[index].get("out_dir") or ""))
-    if folder is None or not contained(root, folder / name):
-        raise HTTPException(404, "not under the results root")
-    path = (folder / name).resolve()
-    if not path.is_file():
-        raise HTTPException(404, "not written yet")
+    opened = None if folder is None else open_served(results_root(), folder, name)
+    if opened is None:
+        raise HTTPException(404, "not written yet, or not a regular file under the results root")
+    fd, info = opened
     media = "application/json" if name.endswith(".json") else "text/plain; charset=utf-8"
-    return FileResponse(path, media_type=media)
+    return StreamingResponse(
+        _chunks(fd),
+        media_type=media,
+        headers={
+            "Content-Disposition": f'attachment; filename="{name}"',
+            "Content-Length": str(info.st_size),
+        },
+    )
+
+
+def _chunks(fd: int) -> Iterator[bytes]:
+    with os.fdopen(fd, "rb") as fh:
+        while chunk := fh.read(CHUNK_BYTES):
+            yield chunk
 
 
 @app.get("/dags/{dag_id}", response_class=HTMLResponse, dependencies=READ_RUNS)
-def dag_page(dag_id: str, session: SessionDep) -> HTMLResponse:
+def dag_page(dag_id: str, session: SessionDep, user: GetUserDep) -> HTMLResponse:
     """List the DAG's recent runs with a link to each run's results."""
     from airflow.models.dagrun import DagRun
     from sqlalchemy import select
@@ -170,4 +237,4 @@ def dag_page(dag_id: str, session: SessionDep) -> HTMLResponse:
     )
     head = "<tr><th class='l'>run</th><th class='l'>state</th><th class='l'>run after</th></tr>"
     table = f"<table>{head}{rows}</table>"
-    return HTMLResponse(render_page(f"{dag_id}: recent runs", table + render_capacity(capacity())))
+    return html_page(render_page(f"{dag_id}: recent runs", table + capacity_section(user)))

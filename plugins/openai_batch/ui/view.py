@@ -6,8 +6,12 @@ still running from its plan, the shards' state records and the last poll's progr
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import html
 import json
+import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -133,6 +137,48 @@ def contained(root: Path, path: Path) -> bool:
     return True
 
 
+def open_served(root: Path, folder: Path, name: str) -> tuple[int, os.stat_result] | None:
+    """
+    Open ``folder/name`` for sending, or return None when it must not be sent.
+
+    Walked down from the (resolved) root one name at a time with ``O_NOFOLLOW``, so no symbolic
+    link below the root is followed, not even one pointing back inside it, and nothing can be
+    swapped in between the check and the open. The file must be a regular file with one link
+    (a hard link planted in a results folder would be another file's content). Returns the open
+    descriptor (the caller closes it) and its ``fstat``.
+    """
+    real_root = root.resolve()
+    rel: Path | None = None
+    for base in (root, real_root):
+        try:
+            rel = folder.relative_to(base)
+            break
+        except ValueError:
+            continue
+    if rel is None or ".." in rel.parts or name in ("", ".", "..") or "/" in name:
+        return None
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(real_root, flags | os.O_DIRECTORY)
+    except OSError:
+        return None
+    try:
+        for part in rel.parts:
+            child = os.open(part, flags | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = child
+        fh = os.open(name, flags | os.O_NONBLOCK, dir_fd=fd)
+    except OSError:  # ELOOP for a link, ENOTDIR, ENOENT
+        return None
+    finally:
+        os.close(fd)
+    info = os.fstat(fh)
+    if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
+        os.close(fh)
+        return None
+    return fh, info
+
+
 def first_rejects(path: Path, limit: int = MAX_REJECTS) -> list[str]:
     """Return ``line N: reason`` for the first ``limit`` rejected lines in ``path``."""
     out: list[str] = []
@@ -242,9 +288,16 @@ body{font-family:system-ui,sans-serif;margin:16px;color:#1a202c}
 table{border-collapse:collapse;margin:6px 0 14px}
 td,th{border:1px solid #cbd5e0;padding:3px 8px;text-align:right}
 th{background:#edf2f7}td.l,th.l{text-align:left}h2{font-size:1.1em;margin:18px 0 4px}
-.state{font-weight:normal;color:#4a5568}.bar{display:inline-block;width:120px;height:10px;background:#e2e8f0}
-.bar span{display:block;height:10px;background:#3182ce}.err{color:#c53030}
+.state{font-weight:normal;color:#4a5568}.bar{width:120px;height:10px;vertical-align:middle}
+.err{color:#c53030}
 """
+#: The pages' Content-Security-Policy: nothing but the one inline stylesheet above, allowed by its
+#: hash (no inline style attributes, no scripts, no other origin); links still navigate.
+CONTENT_SECURITY_POLICY = (
+    "default-src 'none'; "
+    f"style-src 'sha256-{base64.b64encode(hashlib.sha256(STYLE.encode()).digest()).decode()}'; "
+    "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
 
 
 def _progress(counts: dict[str, Any] | None) -> str:
@@ -254,7 +307,7 @@ def _progress(counts: dict[str, Any] | None) -> str:
     pct = 100.0 * (done + failed) / total if total else 0.0
     return (
         f'<span class="progress" data-done="{done}" data-total="{total}">{done}/{total} done, '
-        f'{failed} failed ({pct:.0f}%)</span> <span class="bar"><span style="width:{pct:.0f}%"></span></span>'
+        f'{failed} failed ({pct:.0f}%)</span> <progress class="bar" max="100" value="{pct:.0f}"></progress>'
     )
 
 
