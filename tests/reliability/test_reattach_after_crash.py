@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
@@ -16,7 +19,7 @@ import pytest
 from openai_batch.operators import load_state
 from openai_batch.state import META_SHARD
 from openai_batch.storage import to_path
-from tests.reliability.support import batches_created, chat_line, prepare, submit, write_input
+from tests.reliability.support import ROOT, batches_created, chat_line, prepare, submit, write_input
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -213,3 +216,43 @@ def test_record_without_intent_fields_loads_and_reattaches_through_the_bounded_s
     assert submit(shard)["batch_id"] == created.id
     assert [b.id for b in _batches_of(server, shard["identity"])] == [created.id]
     assert server.stats()["files_uploaded"] == 1
+
+
+KILL_AFTER_UPLOAD = r"""
+import json, os, sys
+import openai_batch.operators as operators
+from openai_batch.operators import OpenAIBatchSubmitOperator
+
+real_save = operators.save_state
+
+def save_or_die(state_dir, state):
+    if state.current.input_file_id:  # the upload returned: die before its file id is recorded
+        os.kill(os.getpid(), 9)
+    real_save(state_dir, state)
+
+operators.save_state = save_or_die
+OpenAIBatchSubmitOperator(task_id="submit", shard=json.loads(sys.argv[1])).execute({})
+"""
+
+
+def test_task_process_killed_9_between_upload_and_state_write_uploads_once(pipeline: dict[str, Any]) -> None:
+    """A real ``kill -9``: the intent written before the upload is on disk when the process dies."""
+    server = pipeline["emulator"]
+    shard = _one_shard(pipeline, "killed-upload.jsonl")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "plugins"), str(ROOT)])}
+    proc = subprocess.run(
+        [sys.executable, "-c", KILL_AFTER_UPLOAD, json.dumps(shard)],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        timeout=120,
+    )
+    assert proc.returncode == -9, proc.stderr.decode()[-2000:]
+    assert server.stats()["files_uploaded"] == 1
+    assert load_state(to_path(shard["state_dir"]), shard).current.input_file_id is None
+
+    batch_id = submit(shard)["batch_id"]
+    assert server.stats()["files_uploaded"] == 1
+    (batch,) = _batches_of(server, shard["identity"])
+    assert batch.id == batch_id
+    assert batches_created(server) == 1
