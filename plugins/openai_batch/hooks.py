@@ -41,6 +41,21 @@ _SHARED_CLIENTS: weakref.WeakKeyDictionary[
 TERMINAL_STATUSES = frozenset({"completed", "failed", "expired", "cancelled"})
 
 
+#: Seconds a lookup back to a recorded intent reaches further back, for clock skew between this
+#: machine (which wrote the intent's time) and the API (which stamps ``created_at``).
+CLOCK_SKEW_MARGIN = 600.0
+
+
+def _scan_done(scanned: int, max_scan: int, since: float | None, created_at: float) -> bool:
+    """
+    Return whether a newest-first scan may stop before an object created at ``created_at``.
+
+    The ``max_scan`` newest objects are always read; ``since`` only takes the scan further back,
+    up to the first object older than it (the listing is newest first, so none after it is newer).
+    """
+    return scanned >= max_scan and (since is None or created_at < since)
+
+
 class OpenAIBatchHook(OpenAIHook):
     """
     Talk to the OpenAI Files and Batches API (or a compatible server) with retries and streaming.
@@ -78,23 +93,32 @@ class OpenAIBatchHook(OpenAIHook):
         """Upload an open binary stream as a batch input file named ``filename``."""
         return self.conn.files.create(file=(filename, stream), purpose="batch")
 
-    def find_file(self, filename: str, size: int, max_scan: int = 1000) -> FileObject | None:
-        """Return the newest batch input file with this name and size, scanning at most ``max_scan``."""
+    def find_file(
+        self, filename: str, size: int, max_scan: int = 1000, since: float | None = None
+    ) -> FileObject | None:
+        """
+        Return the newest batch input file with this name and size.
+
+        Scans the ``max_scan`` newest files and, with ``since`` (epoch seconds), on back until a
+        file older than ``since`` is listed, however many files came after it.
+        """
         scanned = 0
         after: str | None = None
-        while scanned < max_scan:
-            kwargs: dict[str, Any] = {"purpose": "batch", "limit": min(100, max_scan - scanned)}
+        while True:
+            # The files list takes pages of up to 10,000; 1,000 keeps each answer small.
+            kwargs: dict[str, Any] = {"purpose": "batch", "limit": 1000, "order": "desc"}
             if after:
                 kwargs["after"] = after
             page = self.conn.files.list(**kwargs)
             for found in page.data:
+                if _scan_done(scanned, max_scan, since, found.created_at):
+                    return None
                 scanned += 1
                 if found.filename == filename and found.bytes == size:
                     return found
             if not page.has_more or not page.data:
                 return None
             after = page.data[-1].id
-        return None
 
     def upload_batch_file_once(
         self,
@@ -103,16 +127,22 @@ class OpenAIBatchHook(OpenAIHook):
         size: int,
         attempts: int = 6,
         backoff: float = 1.0,
+        since: float | None = None,
+        maybe_stored: bool = False,
     ) -> FileObject:
         """
         Upload a batch input file, retrying transient errors without leaving a second copy behind.
 
         As for batches, an upload whose answer was lost may have been stored: before each new attempt
-        the file is looked up by its name (unique per shard, round and attempt) and size.
+        the file is looked up by its name (unique per shard, round and attempt) and size, back to
+        ``since`` (see :meth:`find_file`). ``maybe_stored`` says an earlier process may have stored
+        it (it recorded the intent to upload, then stopped): the lookup then comes first, too.
         """
         client = self.conn.with_options(max_retries=0)
         for attempt in range(1, attempts + 1):
-            if attempt > 1 and (existing := self.find_file(filename, size)) is not None:
+            if (attempt > 1 or maybe_stored) and (
+                existing := self.find_file(filename, size, since=since)
+            ) is not None:
                 log.info("File %s was stored as %s by an earlier attempt; re-using it", filename, existing.id)
                 return existing
             try:
@@ -161,22 +191,30 @@ class OpenAIBatchHook(OpenAIHook):
             return self.conn.batches.list(limit=limit, after=after)
         return self.conn.batches.list(limit=limit)
 
-    def find_batch(self, metadata: Mapping[str, str], max_scan: int = 1000) -> Batch | None:
+    def find_batch(
+        self, metadata: Mapping[str, str], max_scan: int = 1000, since: float | None = None
+    ) -> Batch | None:
         """
         Return the newest batch whose metadata contains every pair of ``metadata``.
 
-        The API has no server-side metadata filter, so this scans at most ``max_scan`` batches,
-        newest first. Failed and cancelled batches are ignored: they hold nothing worth re-attaching.
+        The API has no server-side metadata filter, so this scans the ``max_scan`` newest batches
+        and, with ``since`` (epoch seconds), on back until a batch older than ``since`` is listed,
+        however many batches came after it. Failed and cancelled batches are ignored: they hold
+        nothing worth re-attaching.
         """
-        return next(self._iter_matching(metadata, max_scan), None)
+        return next(self._iter_matching(metadata, max_scan, since), None)
 
-    def _iter_matching(self, metadata: Mapping[str, str], max_scan: int = 1000) -> Iterator[Batch]:
+    def _iter_matching(
+        self, metadata: Mapping[str, str], max_scan: int = 1000, since: float | None = None
+    ) -> Iterator[Batch]:
         """Yield the live batches whose metadata contains every pair of ``metadata``, newest first."""
         scanned = 0
         after: str | None = None
-        while scanned < max_scan:
-            page = self.list_batches(after=after, limit=min(100, max_scan - scanned))
+        while True:
+            page = self.list_batches(after=after, limit=100)
             for batch in page.data:
+                if _scan_done(scanned, max_scan, since, batch.created_at):
+                    return
                 scanned += 1
                 found = batch.metadata or {}
                 if all(found.get(k) == v for k, v in metadata.items()) and batch.status not in (
@@ -189,15 +227,16 @@ class OpenAIBatchHook(OpenAIHook):
                 return
             after = page.data[-1].id
 
-    def _keep_oldest(self, created: Batch, metadata: Mapping[str, str]) -> Batch:
+    def _keep_oldest(self, created: Batch, metadata: Mapping[str, str], since: float | None = None) -> Batch:
         """
         Settle a race between two submitters that both scanned before either created: the oldest wins.
 
         Both see the same listing order (newest first), so both pick the same batch; the newer one is
         cancelled at once, normally while it is still validating, before any request is processed.
+        The scan reaches back to ``since`` too (see :meth:`find_batch`).
         """
         try:
-            matching = list(self._iter_matching(metadata))
+            matching = list(self._iter_matching(metadata, since=since))
         except TRANSIENT_ERRORS as err:
             log.warning("Could not check batch %s for a concurrent duplicate: %s", created.id, err)
             return created
@@ -224,6 +263,7 @@ class OpenAIBatchHook(OpenAIHook):
         attempts: int = 6,
         backoff: float = 1.0,
         output_expires_after: dict[str, Any] | None = None,
+        since: float | None = None,
     ) -> Batch:
         """
         Create a batch, retrying transient errors without ever creating it twice.
@@ -233,13 +273,14 @@ class OpenAIBatchHook(OpenAIHook):
         the create, a concurrent duplicate (another run that scanned before this one created) is
         settled: the oldest batch is kept and returned, a newer one is cancelled.
         ``output_expires_after`` (``{"anchor": "created_at", "seconds": N}``) is sent only when set.
+        Both lookups reach back to ``since`` (epoch seconds, see :meth:`find_batch`) when it is set.
         """
         client = self.conn.with_options(max_retries=0)
         extra: dict[str, Any] = {}
         if output_expires_after is not None:
             extra["output_expires_after"] = output_expires_after
         for attempt in range(1, attempts + 1):
-            if attempt > 1 and (existing := self.find_batch(metadata)) is not None:
+            if attempt > 1 and (existing := self.find_batch(metadata, since=since)) is not None:
                 log.info("Batch %s already exists for %s; re-attaching", existing.id, metadata)
                 return existing
             try:
@@ -259,7 +300,7 @@ class OpenAIBatchHook(OpenAIHook):
                 )
                 time.sleep(delay)
             else:
-                return self._keep_oldest(created, metadata)
+                return self._keep_oldest(created, metadata, since)
         raise AssertionError("unreachable")
 
     # ---- async twins for triggers ------------------------------------------------------------

@@ -9,6 +9,7 @@ import json
 import logging
 import shutil
 import tempfile
+import time
 import zlib
 from contextlib import contextmanager
 from pathlib import Path
@@ -146,7 +147,9 @@ def submit_round(
 
     The batch is looked up by its identity first (a crash between create and record, or another
     run on the same content), then the request file is uploaded once and the batch created once.
-    The state record is written after each step so that a retry resumes where this one stopped.
+    The state record is written before each step (the intent, with its time) and after it, so that
+    a retry resumes where this one stopped and looks up what a crashed step may have left behind,
+    back to the intent's time less ``CLOCK_SKEW_MARGIN``, however many objects came since.
 
     With a ``ledger``, nothing is uploaded before the round's estimated enqueued tokens fit under
     its model's limit in ``token_limits`` together with every batch of that model in flight;
@@ -160,7 +163,7 @@ def submit_round(
         hook.log.info("Shard %s round %s already has batch %s", state.identity, rnd.round, rnd.batch_id)
         return rnd.batch_id
     metadata = batch_metadata(state.identity, rnd.round, rnd.attempt, source)
-    existing = hook.find_batch(metadata)
+    existing = hook.find_batch(metadata, since=_intent_floor(rnd.create_started_at))
     if existing is not None:
         hook.log.info("Re-attaching to batch %s created earlier for %s", existing.id, state.identity)
         rnd.batch_id, rnd.input_file_id, rnd.status = existing.id, existing.input_file_id, existing.status
@@ -181,16 +184,33 @@ def submit_round(
         hook.log.info("Capacity: %s admitted (%s tokens); %s", label, f"{tokens:,}", line)
     if not rnd.input_file_id:
         request_file = state_dir / rnd.file
+        # An upload intent without a file id: an earlier try may have stored the file, then died.
+        maybe_stored = rnd.upload_started_at is not None
+        filename = f"{state.identity}-r{rnd.round}a{rnd.attempt}.jsonl"
+        if rnd.upload_started_at is None:
+            # Durable before the upload, so a crash after it still leads the retry to the file.
+            rnd.upload_started_at, rnd.upload_filename = time.time(), filename
+            save_state(state_dir, state)
         uploaded = hook.upload_batch_file_once(
             lambda: request_file.open("rb"),
-            filename=f"{state.identity}-r{rnd.round}a{rnd.attempt}.jsonl",
+            filename=filename,
             size=stat_of(request_file)[0],
+            since=_intent_floor(rnd.upload_started_at),
+            maybe_stored=maybe_stored,
         )
         rnd.input_file_id = uploaded.id
         save_state(state_dir, state)
         hook.log.info("Uploaded %s (%s requests) as %s", rnd.file, rnd.requests, uploaded.id)
+    if rnd.create_started_at is None:
+        # Durable before the create; the earliest intent is kept, as a batch may date from it.
+        rnd.create_started_at = time.time()
+        save_state(state_dir, state)
     batch = hook.create_batch_once(
-        rnd.input_file_id, state.endpoint, metadata, output_expires_after=output_expires_after
+        rnd.input_file_id,
+        state.endpoint,
+        metadata,
+        output_expires_after=output_expires_after,
+        since=_intent_floor(rnd.create_started_at),
     )
     rnd.batch_id, rnd.status = batch.id, batch.status
     save_state(state_dir, state)
@@ -198,6 +218,13 @@ def submit_round(
         ledger.attach(capacity_key(state), batch.id)
     hook.log.info("Created batch %s for shard %s round %s", batch.id, state.identity, rnd.round)
     return batch.id
+
+
+def _intent_floor(started_at: float | None) -> float | None:
+    """Return how far back a lookup for what an intent recorded at ``started_at`` has to reach."""
+    from openai_batch.hooks import CLOCK_SKEW_MARGIN
+
+    return None if started_at is None else started_at - CLOCK_SKEW_MARGIN
 
 
 def reconcile_capacity(hook: OpenAIBatchHook, ledger: Ledger, model: str) -> bool:

@@ -45,6 +45,11 @@ class Round:
     :param file: Name of the request file in the state directory.
     :param requests: Number of requests in ``file``.
     :param attempt: Resubmissions of the same round after a ``token_limit_exceeded`` failure.
+    :param upload_started_at: When (epoch seconds) the first upload of ``file`` was about to start;
+        set before the upload so that after a crash the stored file is looked up, not sent again.
+    :param upload_filename: The name the request file is uploaded under (looked up by it and size).
+    :param create_started_at: When (epoch seconds) the first batch create was about to start; the
+        lookup after a crash scans the batch listing back to it, however many batches came since.
     """
 
     round: int
@@ -61,6 +66,9 @@ class Round:
     usage: dict[str, Any] | None = None
     collected: bool = False
     ended_at: float | None = None
+    upload_started_at: float | None = None
+    upload_filename: str | None = None
+    create_started_at: float | None = None
 
 
 @dataclass

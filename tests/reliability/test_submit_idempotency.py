@@ -177,8 +177,8 @@ def test_two_submits_racing_past_the_scan_keep_one_live_batch(
     both_scanned = threading.Barrier(2, timeout=30)
     real_find = OpenAIBatchHook.find_batch
 
-    def find_then_wait(self: OpenAIBatchHook, metadata: Any, max_scan: int = 1000) -> Any:
-        found = real_find(self, metadata, max_scan)
+    def find_then_wait(self: OpenAIBatchHook, metadata: Any, *args: Any, **kwargs: Any) -> Any:
+        found = real_find(self, metadata, *args, **kwargs)
         both_scanned.wait()  # neither has created yet: the race window, held open
         return found
 
