@@ -36,6 +36,8 @@ def test_every_response_says_nosniff_and_pages_carry_a_strict_policy(
         assert "default-src 'none'" in policy
         assert "unsafe-inline" not in policy
         assert "script-src" not in policy  # scripts fall under default-src 'none'
+        # Framed by Airflow's own UI (same origin) and by nothing else.
+        assert "frame-ancestors 'self'" in policy
         # The page's one inline stylesheet is exactly the one the policy's hash allows ...
         (style,) = re.findall(r"<style>(.*?)</style>", page.text, flags=re.S)
         digest = base64.b64encode(hashlib.sha256(style.encode()).digest()).decode()
