@@ -179,6 +179,7 @@ def openai_batch() -> None:
         max_requests_per_batch="{{ params.max_requests_per_batch }}",
         plan_only="{{ params.dry_run }}",
         force="{{ params.force }}",
+        ledger_dir=LEDGER,
     ).expand(source=files.output)
 
     @task
