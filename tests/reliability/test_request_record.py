@@ -55,7 +55,6 @@ def _finish(procs: list[subprocess.Popen[bytes]], logs: list[Path]) -> None:
             proc.kill()
             proc.wait()
         assert proc.returncode == 0, log.read_text()[-4000:]
-        assert "state=success" in log.read_text() or "success" in log.read_text(), log.read_text()[-4000:]
 
 
 def _sent_ids(server: Any) -> list[str]:
@@ -140,9 +139,8 @@ def test_a_file_that_grows_while_its_batch_runs_sends_only_the_new_line(
     sent = _sent_ids(server)
     assert sorted(sent) == ["g-0", "g-1", "g-2", "g-3"], sent
     new_sha = hashlib.sha256(source.read_bytes()).hexdigest()
-    (manifest,) = [
-        m for m in pipeline["results"].rglob("manifest.json") if json.loads(m.read_text())["input_sha256"] == new_sha
-    ]
+    manifests = pipeline["results"].rglob("manifest.json")
+    (manifest,) = [m for m in manifests if json.loads(m.read_text())["input_sha256"] == new_sha]
     results = read_jsonl(manifest.parent / "results.jsonl")
     assert [r["custom_id"] for r in results] == ["g-0", "g-1", "g-2", "g-3"]
     assert {r["status"] for r in results} == {"succeeded"}
