@@ -145,3 +145,32 @@ def test_a_file_that_grows_while_its_batch_runs_sends_only_the_new_line(
     assert [r["custom_id"] for r in results] == ["g-0", "g-1", "g-2", "g-3"]
     assert {r["status"] for r in results} == {"succeeded"}
     assert json.loads(manifest.read_text())["counts"]["borrowed"] == 3
+
+
+def test_requests_the_owner_gives_up_are_taken_over_and_sent_once_more(
+    pipeline: dict[str, Any], tmp_path: Path
+) -> None:
+    """The owner's batch expires before its last request and no retry round is left: the borrower sends it."""
+    server = pipeline["emulator"]
+    ids = ["t-0", "t-1", "t-2"]
+    source = write_input(pipeline["inbox"] / "three.jsonl", [chat_line(i, f"take {i}") for i in ids])
+    server.set_faults(hold_in_progress=True, expire_after_requests=2)
+    logs = [tmp_path / "owner.log", tmp_path / "borrower.log"]
+    procs = [_start({"input": str(source), "max_retry_rounds": 0}, "2024-06-01", logs[0])]
+    try:
+        _until("the owner's batch", lambda: batches_created(server) >= 1, procs)
+        procs.append(_start({"input": str(source), "max_requests_per_batch": 1}, "2024-06-02", logs[1]))
+        _until("the borrower's plan", lambda: len(_plans(pipeline["results"])) == 2, procs)
+    finally:
+        server.set_faults(hold_in_progress=False)
+        _finish(procs, logs)
+
+    sent = _sent_ids(server)
+    assert sorted(sent) == ["t-0", "t-1", "t-2", "t-2"], sent  # only the unanswered one again
+    owner, borrower = sorted(
+        _plans(pipeline["results"]), key=lambda d: "borrowed" in (d / "plan.json").read_text()
+    )
+    assert [r["status"] for r in _merged(owner)] == ["succeeded", "succeeded", "expired"]
+    merged = _merged(borrower)
+    assert [r["custom_id"] for r in merged] == ids
+    assert [r["status"] for r in merged] == ["succeeded"] * 3
