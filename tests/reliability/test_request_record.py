@@ -174,3 +174,43 @@ def test_requests_the_owner_gives_up_are_taken_over_and_sent_once_more(
     merged = _merged(borrower)
     assert [r["custom_id"] for r in merged] == ids
     assert [r["status"] for r in merged] == ["succeeded"] * 3
+
+
+def test_requests_claimed_and_never_sent_are_taken_over_once_stale(
+    pipeline: dict[str, Any], monkeypatch: Any
+) -> None:
+    """A run claimed the requests and died before its submit: past the claim TTL another run sends them."""
+    from openai_batch.operators import OpenAIBatchPrepareOperator
+    from tests.reliability.support import run_dag
+
+    server = pipeline["emulator"]
+    ids = ["s-0", "s-1"]
+    source = write_input(pipeline["inbox"] / "stale.jsonl", [chat_line(i, f"stale {i}") for i in ids])
+    ledger = pipeline["results"] / "_ledger"
+    crashed = OpenAIBatchPrepareOperator(
+        task_id="prepare",
+        source=str(source),
+        inbox=str(pipeline["inbox"]),
+        results_root=str(pipeline["results"]),
+        max_requests_per_batch=1,
+        ledger_dir=str(ledger),
+        partition="2024-06-01",
+    ).execute({"run_id": "manual__crashed"})  # type: ignore[arg-type]
+    assert [s["requests"] for s in crashed["shards"]] == [1, 1]  # claimed; never submitted
+    monkeypatch.setenv("AIRFLOW__OPENAI_BATCH__CLAIM_STALE_AFTER", "2")
+
+    dag_run = run_dag({"input": str(source)})
+
+    assert dag_run.state == "success"
+    assert sorted(_sent_ids(server)) == ids
+    (out,) = [m.parent for m in pipeline["results"].rglob("manifest.json") if "_history" not in m.parts]
+    results = read_jsonl(out / "results.jsonl")
+    assert [(r["custom_id"], r["status"]) for r in results] == [(i, "succeeded") for i in ids]
+    # The run that took them over is their owner now, and the record holds their answers.
+    from openai_batch.records import RequestRecord
+    from openai_batch.reuse import request_digest
+
+    digests = [request_digest(line) for line in source.read_bytes().splitlines()]
+    entries = RequestRecord(ledger / "requests.sqlite").entries(digests).values()
+    owner = json.loads((out / "manifest.json").read_text())["state_dir"]
+    assert {(e.owner, e.state) for e in entries} == {(owner, "succeeded")}
