@@ -144,7 +144,6 @@ class ResultCounts:
     :param total: lines written.
     :param usage: usage summed over succeeded responses paid in this content's batches.
     :param reused: succeeded results carried over from an earlier content (in ``succeeded`` too).
-    :param borrowed: outcomes answered by another content's batches (see ``openai_batch.records``).
     """
 
     succeeded: int = 0
@@ -154,7 +153,6 @@ class ResultCounts:
     total: int = 0
     usage: Usage = field(default_factory=Usage)
     reused: int = 0
-    borrowed: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-serialisable dict."""

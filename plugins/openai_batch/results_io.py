@@ -7,9 +7,11 @@ picks the requests to resubmit, merges every round into input order, and builds 
 from __future__ import annotations
 
 import tempfile
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
+from openai_batch.results import ResultCounts
 from openai_batch.reuse import REUSED_FILE
 from openai_batch.storage import check_batch_id, copy_file, iter_lines, local_dir, to_path
 
@@ -17,7 +19,7 @@ if TYPE_CHECKING:
     from airflow.sdk import ObjectStoragePath
 
     from openai_batch.hooks import OpenAIBatchHook
-    from openai_batch.results import ResultCounts, ResultStatus, ResultStore
+    from openai_batch.results import ResultStatus, ResultStore
     from openai_batch.state import Round, ShardState
 
 #: How a request with no line in any file of its batch ended, by the batch's final status.
@@ -128,8 +130,17 @@ def merge_shards(
             counts = store.write_results(read_order(order), dest)
             # Borrowed answers are stored like carried-over ones (not paid here, no usage).
             counts.reused -= answered
-            counts.borrowed = answered
-            return counts
+            return MergeCounts(**{f.name: getattr(counts, f.name) for f in fields(counts)}, borrowed=answered)
+
+
+@dataclass
+class MergeCounts(ResultCounts):
+    """The counts of a merged results file, with the outcomes answered by another content's batches.
+
+    :param borrowed: requests answered by another run's batch (see :mod:`openai_batch.records`).
+    """
+
+    borrowed: int = 0
 
 
 #: Round numbers of a borrowed entry's own batches start here, after every round of its owner.
