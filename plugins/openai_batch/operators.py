@@ -500,7 +500,9 @@ class OpenAIBatchPrepareOperator(BaseOperator):
             # This content was prepared with these settings before (a retry, a clear, a re-run whose
             # results were incomplete): its shards, rounds and downloads are there; keep them.
             plan: dict[str, Any] = read_json(state_dir / PLAN_FILE)
-            return plan
+            # A dry run's plan claimed nothing: a real run claims (and so publishes) again.
+            if not (plan.get("unclaimed") and not self.plan_only):
+                return plan
         claimed = self._claim(result.shards, work, state_dir, salt)
         names = [Path(s.path).name for s in result.shards] + [
             ORDER_FILE,
@@ -556,6 +558,8 @@ class OpenAIBatchPrepareOperator(BaseOperator):
             salt,
         )
         plan["borrowed"] = sum(g["requests"] for g in claimed.borrowed)
+        if self.plan_only:
+            plan["unclaimed"] = True
         plan["estimated_output_tokens"] = sum(e[1] for e in estimates.values())
         plan["estimated_total_cost_usd"] = plan_cost(plan)
         write_json(state_dir / PLAN_FILE, plan)  # last: its presence means the folder is complete
