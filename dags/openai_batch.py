@@ -191,6 +191,7 @@ def openai_batch() -> None:
         force="{{ params.force }}",
         max_input_bytes=MAX_INPUT_BYTES,
         execution_timeout=PREPARE_TIMEOUT,
+        ledger_dir=LEDGER,
     ).expand(source=files.output)
 
     # all_done_min_one_success: a prepare that still fails (storage trouble after its retries)

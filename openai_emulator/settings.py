@@ -105,6 +105,12 @@ class FaultConfig:
         int,
         default=502,
     )
+    hold_in_progress: bool = _opt(
+        "Keep every in-progress batch from processing requests until switched off again, so tests "
+        "can have several batches in flight together.",
+        None,
+        default=False,
+    )
     seed: int = _opt("Seed of the random generator that decides injected faults.", int, default=0)
 
     def to_dict(self) -> dict[str, Any]:

@@ -282,6 +282,9 @@ class BatchWorker:
             record = self._get(record.id)
             if record.status != "in_progress":
                 return
+            if self.state.faults.hold_in_progress:  # held by the control plane: keep it in flight
+                await asyncio.sleep(POLL_SECONDS)
+                continue
             expire_after = record.expire_after_requests
             if time.time() >= record.deadline or (
                 expire_after is not None and record.lines_done >= expire_after

@@ -42,10 +42,12 @@ if TYPE_CHECKING:
     from airflow.sdk import Context, ObjectStoragePath
 
     from openai_batch.budget import Ledger
+    from openai_batch.claims import ClaimOutcome
     from openai_batch.hooks import OpenAIBatchHook
     from openai_batch.identity import InputRef
+    from openai_batch.prepare import Shard
     from openai_batch.reuse import ReuseIndex
-    from openai_batch.state import ShardState
+    from openai_batch.state import Round, ShardState
     from openai_batch.storage import InputFile
 
 #: Names inside each input file's result folder (contract: results, rejects, manifest).
@@ -168,6 +170,7 @@ def submit_round(
         hook.log.info("Re-attaching to batch %s created earlier for %s", existing.id, state.identity)
         rnd.batch_id, rnd.input_file_id, rnd.status = existing.id, existing.input_file_id, existing.status
         save_state(state_dir, state)
+        record_sent(ledger, state_dir, rnd)
         return existing.id
     if ledger is not None:
         limit = limit_for(token_limits or {}, state.model)
@@ -214,6 +217,7 @@ def submit_round(
     )
     rnd.batch_id, rnd.status = batch.id, batch.status
     save_state(state_dir, state)
+    record_sent(ledger, state_dir, rnd)
     if ledger is not None:
         ledger.attach(capacity_key(state), batch.id)
     hook.log.info("Created batch %s for shard %s round %s", batch.id, state.identity, rnd.round)
@@ -225,6 +229,15 @@ def _intent_floor(started_at: float | None) -> float | None:
     from openai_batch.hooks import CLOCK_SKEW_MARGIN
 
     return None if started_at is None else started_at - CLOCK_SKEW_MARGIN
+
+
+def record_sent(ledger: Ledger | None, state_dir: ObjectStoragePath, rnd: Round) -> None:
+    """Record in the request record (next to the ledger) that the round's requests are in its batch."""
+    from openai_batch.claims import digests_of, record_of
+
+    record = record_of(ledger)
+    if record is not None and rnd.batch_id:
+        record.mark_sent(url_of(state_dir), list(digests_of(state_dir / rnd.file).values()), rnd.batch_id)
 
 
 def reconcile_capacity(hook: OpenAIBatchHook, ledger: Ledger, model: str) -> bool:
@@ -284,9 +297,12 @@ class OpenAIBatchPrepareOperator(BaseOperator):
     :param partition: The run date for the manifest; default: the logical or run date. (templated)
     :param max_input_bytes: Cap on the decompressed size of a ``*.jsonl.gz`` input; one above it
         gets an error plan. Empty: 100 GiB. (templated)
+    :param ledger_dir: The deployment's ledger folder: every request is claimed in its request record,
+        and one another run already sends or answered is borrowed, not sent. None: no record. (templated)
     """
 
     template_fields = (
+        "ledger_dir",
         "source",
         "inbox",
         "allowed_roots",
@@ -314,10 +330,12 @@ class OpenAIBatchPrepareOperator(BaseOperator):
         force: bool = False,
         partition: str | None = None,
         max_input_bytes: int | str | None = None,
+        ledger_dir: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.max_input_bytes = max_input_bytes
+        self.ledger_dir = ledger_dir
         self.source = source
         self.inbox = inbox
         self.allowed_roots = allowed_roots
@@ -545,6 +563,31 @@ class OpenAIBatchPrepareOperator(BaseOperator):
         self.log.info("%s earlier succeeded request(s) of this file can be reused if unchanged", count)
         return index
 
+    def _claim(
+        self, shards: list[Shard], work: Path, state_dir: ObjectStoragePath, salt: str
+    ) -> ClaimOutcome:
+        """
+        Claim the prepared requests in the request record; take out the ones another run owns.
+
+        A dry run claims nothing. ``force`` (a ``salt``) takes every request over: it is sent again.
+        """
+        from openai_batch.claims import ClaimOutcome, claim_shards
+        from openai_batch.records import record_for
+
+        record = None if self.plan_only else record_for(self.ledger_dir)
+        if record is None:
+            return ClaimOutcome()
+        outcome = claim_shards(record, url_of(state_dir), shards, work, force=bool(salt))
+        for group in outcome.borrowed:
+            self.log.info(
+                "%s request(s) are already sent or answered by %s (shard %s): their answers are used, "
+                "not paid again",
+                group["requests"],
+                group["owner_state_dir"],
+                group["owner_shard"],
+            )
+        return outcome
+
     def _prepare(
         self,
         ref: InputRef,
@@ -556,6 +599,7 @@ class OpenAIBatchPrepareOperator(BaseOperator):
         salt: str,
     ) -> dict[str, Any]:
         """Prepare into ``work``, then publish the files into the content's state folder."""
+        from openai_batch.claims import borrowed_entries
         from openai_batch.identity import state_folder
         from openai_batch.limits import DEFAULT_LIMITS, BatchLimits
         from openai_batch.prepare import (
@@ -612,13 +656,17 @@ class OpenAIBatchPrepareOperator(BaseOperator):
             # This content was prepared with these settings before (a retry, a clear, a re-run whose
             # results were incomplete): its shards, rounds and downloads are there; keep them.
             plan: dict[str, Any] = earlier
-            return plan
+            # A dry run's plan claimed nothing: a real run claims (and so publishes) again.
+            if not (plan.get("unclaimed") and not self.plan_only):
+                return plan
+        claimed = self._claim(result.shards, work, state_dir, salt)
         names = [Path(s.path).name for s in result.shards] + [
             ORDER_FILE,
             REJECTS_FILE,
             INDEX_FILE,
             REUSED_FILE,
         ]
+        names += [group["file"] for group in claimed.borrowed]
         for name in names:
             copy_file(work / name, state_dir / name)
         unpriced = sorted({s.model for s in result.shards if is_unpriced(s.model, s.endpoint)})
@@ -640,18 +688,34 @@ class OpenAIBatchPrepareOperator(BaseOperator):
                     "state_dir": url_of(state_dir),
                     "index": s.index,
                     "count": len(result.shards),
-                    "identity": shard_identity(result.input_sha256, s.sha256, s.index, salt),
+                    "identity": shard_identity(result.input_sha256, claimed.sha256(s), s.index, salt),
                     "file": Path(s.path).name,
                     "endpoint": s.endpoint,
                     "model": s.model,
-                    "requests": s.requests,
+                    "requests": claimed.requests(s),
                     "estimated_input_tokens": s.estimated_input_tokens,
                     "estimated_output_tokens": estimates[s.index][1],
                     "enqueued_tokens": estimates[s.index][0],
                 }
                 for s in result.shards
+                if claimed.requests(s)
             ],
         }
+        plan["shards"] += borrowed_entries(
+            claimed,
+            {
+                "source": ref.source,
+                "key": ref.display,
+                "state_dir": url_of(state_dir),
+                "count": len(result.shards),
+            },
+            result.input_sha256,
+            len(result.shards),
+            salt,
+        )
+        plan["borrowed"] = sum(g["requests"] for g in claimed.borrowed)
+        if self.plan_only:
+            plan["unclaimed"] = True
         plan["estimated_output_tokens"] = sum(e[1] for e in estimates.values())
         plan["estimated_total_cost_usd"] = plan_cost(plan)
         write_json(state_dir / PLAN_FILE, plan)  # last: its presence means the folder is complete
@@ -750,6 +814,9 @@ class OpenAIBatchSubmitOperator(BaseOperator):
             raise AirflowFailException(str(err)) from err
         from openai_batch.budget import ledger_for, parse_limits
 
+        if self.shard.get("kind") == "borrowed":
+            # Answered by another run's batch: nothing to upload; wait_for_batch waits for it.
+            return {**self.shard, "batch_id": None}
         state_dir = to_path(self.shard["state_dir"])
         state = load_state(state_dir, self.shard)
         hook = OpenAIBatchHook(conn_id=self.conn_id)

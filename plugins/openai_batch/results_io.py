@@ -7,9 +7,11 @@ picks the requests to resubmit, merges every round into input order, and builds 
 from __future__ import annotations
 
 import tempfile
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
+from openai_batch.results import ResultCounts
 from openai_batch.reuse import REUSED_FILE
 from openai_batch.storage import check_batch_id, copy_file, iter_lines, local_dir, to_path
 
@@ -17,7 +19,7 @@ if TYPE_CHECKING:
     from airflow.sdk import ObjectStoragePath
 
     from openai_batch.hooks import OpenAIBatchHook
-    from openai_batch.results import ResultCounts, ResultStatus, ResultStore
+    from openai_batch.results import ResultStatus, ResultStore
     from openai_batch.state import Round, ShardState
 
 #: How a request with no line in any file of its batch ended, by the batch's final status.
@@ -111,17 +113,127 @@ def merge_shards(
             reused = state_dir / REUSED_FILE
             if reused.exists():
                 store.add_final_lines(iter_lines(reused))
+            borrowed, borrowed_ids = _apply_borrowed(store, state_dir)
             for state in states:
                 # The store keeps the outcome of the highest sequence number: the position in the
                 # shard's history, so a token-limit resubmission of a round also counts as later.
+                # Rounds of a borrowed entry (requests its owner gave up) come after the owner's.
+                offset = BORROWER_ROUNDS if state.identity in borrowed else 0
                 for seq, rnd in enumerate(state.rounds):
                     if rnd.batch_id and rnd.status:
-                        _apply_round(store, state_dir, rnd, seq)
+                        _apply_round(store, state_dir, rnd, seq + offset)
             order = local_dir(state_dir / "order.txt")
             if order is None:  # object storage: a local copy to read
                 order = Path(tmp) / "order.txt"
                 copy_file(state_dir / "order.txt", to_path(str(order)))
-            return store.write_results(read_order(order), dest)
+            answered = _still_borrowed(store, borrowed_ids)
+            counts = store.write_results(read_order(order), dest)
+            # Borrowed answers are stored like carried-over ones (not paid here, no usage).
+            counts.reused -= answered
+            return MergeCounts(**{f.name: getattr(counts, f.name) for f in fields(counts)}, borrowed=answered)
+
+
+@dataclass
+class MergeCounts(ResultCounts):
+    """The counts of a merged results file, with the outcomes answered by another content's batches.
+
+    :param borrowed: requests answered by another run's batch (see :mod:`openai_batch.records`).
+    """
+
+    borrowed: int = 0
+
+
+#: Round numbers of a borrowed entry's own batches start here, after every round of its owner.
+BORROWER_ROUNDS = 1_000_000
+
+
+def _still_borrowed(store: ResultStore, ids: set[str]) -> int:
+    """Return how many borrowed ids keep an owner's outcome (not one of a round sent here)."""
+    from openai_batch.results import REUSED_ROUND
+
+    count = 0
+    for custom_id in ids:
+        found = store.get(custom_id)
+        count += found is not None and found.round == REUSED_ROUND
+    return count
+
+
+def _apply_borrowed(store: ResultStore, state_dir: ObjectStoragePath) -> tuple[set[str], set[str]]:
+    """
+    Apply the owners' answers to the requests this content borrowed; return identities and ids.
+
+    Each borrowed entry of the plan names its owner's state folder and shard: that shard's rounds
+    are applied, restricted to the borrowed custom_ids (an outcome of the owner for any other id is
+    never used), as carried-over outcomes: not paid here, so outside this file's usage and cost.
+    """
+    from openai_batch.claims import BORROWED
+    from openai_batch.operators import PLAN_FILE, load_state
+    from openai_batch.results import REUSED_ROUND, request_ids
+    from openai_batch.storage import read_json
+
+    plan_path = state_dir / PLAN_FILE
+    identities: set[str] = set()
+    all_ids: set[str] = set()
+    if not plan_path.exists():
+        return identities, all_ids
+    for entry in read_json(plan_path).get("shards") or []:
+        if entry.get("kind") != BORROWED:
+            continue
+        ids = set(request_ids(iter_lines(state_dir / entry["file"])))
+        identities.add(entry["identity"])
+        all_ids |= ids
+        owner_dir = to_path(entry["owner_state_dir"])
+        owner_plan = read_json(owner_dir / PLAN_FILE)
+        shard = next(s for s in owner_plan["shards"] if s["index"] == entry["owner_shard"])
+        owner = load_state(owner_dir, shard)
+        for rnd in owner.rounds:
+            if rnd.batch_id and rnd.status:
+                _apply_owner_round(store, owner_dir, rnd, ids, REUSED_ROUND)
+    return identities, all_ids
+
+
+def _apply_owner_round(
+    store: ResultStore, owner_dir: ObjectStoragePath, rnd: Round, ids: set[str], seq: int
+) -> None:
+    """Apply one round of another content's shard, only for the custom_ids in ``ids``."""
+    from openai_batch.results import request_ids
+
+    assert rnd.batch_id is not None
+    sent = [i for i in request_ids(iter_lines(owner_dir / rnd.file)) if i in ids]
+    if not sent:
+        return
+    if rnd.status == "failed":
+        first = rnd.errors[0] if rnd.errors else {}
+        store.mark_missing(
+            sent,
+            status="failed",
+            batch_id=rnd.batch_id,
+            round=seq,
+            code=str(first.get("code") or "batch_failed"),
+            message=str(first.get("message") or "the batch failed validation"),
+        )
+        return
+    for path in round_files(owner_dir, rnd):
+        lines = (line for line in iter_lines(path) if line.strip() and request_id_of_output(line) in ids)
+        store.add_lines(lines, batch_id=rnd.batch_id, round=seq)
+    missing = list(store.without_outcome_of(sent, rnd.batch_id))
+    if missing:
+        status = _MISSING_STATUS.get(rnd.status or "", "failed")
+        store.mark_missing(
+            missing,
+            status=status,
+            batch_id=rnd.batch_id,
+            round=seq,
+            code=f"batch_{status}" if status != "failed" else "missing_result",
+            message=f"batch {rnd.batch_id} ended {rnd.status} without a result for this request",
+        )
+
+
+def request_id_of_output(line: bytes) -> str:
+    """Return the custom_id of an output or error file line."""
+    from openai_batch.results import is_final_line
+
+    return is_final_line(line)[0]
 
 
 def _apply_round(store: ResultStore, state_dir: ObjectStoragePath, rnd: Round, seq: int) -> None:
@@ -201,6 +313,7 @@ def build_manifest(plan: dict[str, Any], states: list[ShardState], counts: Resul
             "cancelled": counts_dict.get("cancelled", 0),
             "rejected": plan["rejected"],
             "reused": counts_dict.get("reused", 0),
+            "borrowed": counts_dict.get("borrowed", 0),
         },
         "rounds": max((rnd.round for s in states for rnd in s.rounds), default=0) + 1,
         "batches": batches,

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from airflow.sdk import Context
 
     from openai_batch.hooks import OpenAIBatchHook
+    from openai_batch.records import RequestRecord
     from openai_batch.state import ShardState
 
 TOKEN_LIMIT_CODE = "token_limit_exceeded"
@@ -37,6 +38,20 @@ def token_limit_wait(value: float | None) -> float:
     from airflow.sdk.configuration import conf
 
     return float(conf.getfloat("openai_batch", "token_limit_wait", fallback=DEFAULT_TOKEN_LIMIT_WAIT))
+
+
+def claim_stale_after() -> float:
+    """
+    Return the seconds after which a request claimed and never sent may be taken over by another run.
+
+    ``[openai_batch] claim_stale_after`` from the Airflow config (env
+    ``AIRFLOW__OPENAI_BATCH__CLAIM_STALE_AFTER``), else :data:`openai_batch.records.STALE_AFTER` (1 h).
+    """
+    from airflow.sdk.configuration import conf
+
+    from openai_batch.records import STALE_AFTER
+
+    return float(conf.getfloat("openai_batch", "claim_stale_after", fallback=STALE_AFTER))
 
 
 #: Run types that take their date's partition; every other run (a person's, an asset's) takes ``input``.
@@ -256,6 +271,8 @@ class OpenAIBatchSensor(BaseSensorOperator):
         state_dir = to_path(self.shard["state_dir"])
         state = load_state(state_dir, self.shard)
         rnd = state.current
+        if self.shard.get("kind") == "borrowed" and not rnd.batch_id:
+            return self._borrow(state_dir, state)
         if not rnd.batch_id:
             self._submit(state_dir, state)
         if rnd.collected:
@@ -370,6 +387,7 @@ class OpenAIBatchSensor(BaseSensorOperator):
                 float(self.capacity_poll),
             )
         except NoCapacityError as err:
+            self._keep_claims(state_dir, state)
             wait_for_capacity(self, err, float(self.capacity_poll), "resubmit", str(self.ledger_dir))
 
     def _release(self, state: ShardState) -> None:
@@ -395,6 +413,7 @@ class OpenAIBatchSensor(BaseSensorOperator):
 
         state_dir = to_path(self.shard["state_dir"])
         rnd = state.current
+        self._record_answers(state_dir, state)
         if (
             rnd.status != "failed"
             and rnd.round < int(self.max_retry_rounds)
@@ -413,6 +432,12 @@ class OpenAIBatchSensor(BaseSensorOperator):
                 save_state(state_dir, state)
                 self._submit(state_dir, state)
                 self._defer(state)
+        self._give_up_unanswered(state_dir, state)
+        if self.shard.get("kind") == "borrowed":
+            return self._borrow(state_dir, state)
+        return self._finished(state)
+
+    def _finished(self, state: ShardState) -> dict[str, Any]:
         return {
             **self.shard,
             "rounds": [
@@ -420,3 +445,109 @@ class OpenAIBatchSensor(BaseSensorOperator):
                 for r in state.rounds
             ],
         }
+
+    # --- the request record: answers of this shard, and requests borrowed from another run ----
+
+    def _record(self) -> RequestRecord | None:
+        from openai_batch.records import record_for
+
+        return record_for(self.ledger_dir)
+
+    def _record_answers(self, state_dir: Any, state: ShardState) -> None:
+        """Record the final answers of the collected round, for every run that borrowed them."""
+        from openai_batch.claims import record_round_answers
+
+        record = self._record()
+        rnd = state.current
+        if record is not None and rnd.collected and rnd.status != "failed":
+            record_round_answers(record, self.shard["state_dir"], state_dir, rnd)
+
+    def _keep_claims(self, state_dir: Any, state: ShardState) -> None:
+        """Refresh the claims of a round waiting for capacity, so no borrower takes them as stale."""
+        from openai_batch.claims import digests_of
+
+        record = self._record()
+        if record is not None:
+            record.touch(self.shard["state_dir"], list(digests_of(state_dir / state.current.file).values()))
+
+    def _give_up_unanswered(self, state_dir: Any, state: ShardState) -> None:
+        """Give up the shard's requests left without a final answer: a borrower sends them itself."""
+        from openai_batch.claims import give_up_unanswered
+
+        record = self._record()
+        if record is not None:
+            count = give_up_unanswered(record, self.shard["state_dir"], state_dir, state.rounds)
+            if count:
+                self.log.info("%s request(s) end without a final answer; another run may send them", count)
+
+    def _borrow(self, state_dir: Any, state: ShardState) -> dict[str, Any]:
+        """
+        Wait for the owner's answers to borrowed requests; send those it gave up, then finish.
+
+        Requests still in the owner's hands are waited for, deferred. Requests it gave up, or
+        claimed and never sent for longer than the claim TTL, are taken over (compare and swap: of
+        two borrowers only one wins each) and sent here as a round of this entry.
+        """
+        from openai_batch.claims import digests_of, split_borrowed
+        from openai_batch.triggers import OpenAIBatchBorrowTrigger
+
+        if state.current.file != self.shard["file"] and not state.current.batch_id:
+            self._submit(state_dir, state)  # taken over before, not sent yet
+            self._defer(state)
+        record = self._record()
+        if record is None:
+            return self._finished(state)
+        me = self.shard["state_dir"]
+        digests = digests_of(state_dir / self.shard["file"])
+        stale = claim_stale_after()
+        waiting, takeable = split_borrowed(record, me, list(digests.values()), time.time(), stale)
+        if waiting:
+            owners = sorted({e.owner for e in waiting})
+            self.log.info(
+                "%s borrowed request(s) are in flight in %s; waiting (deferred)", len(waiting), owners
+            )
+            self.defer(
+                trigger=OpenAIBatchBorrowTrigger(
+                    ledger_dir=str(self.ledger_dir),
+                    state_dir=me,
+                    file=self.shard["file"],
+                    poll_interval=float(self.poll_interval),
+                    stale_after=stale,
+                ),
+                method_name="borrow_complete",
+            )
+        if takeable:
+            taken = set(record.take_over(me, state.index, takeable))
+            if not taken:  # another borrower won them all: wait for it instead
+                return self._borrow(state_dir, state)
+            self._send_taken(state_dir, state, taken)
+        self.log.info("Every borrowed request has its answer in another run's batch")
+        return self._finished(state)
+
+    def _send_taken(self, state_dir: Any, state: ShardState, taken: set[str]) -> None:
+        """Send the requests taken over as a round of this entry, then wait for its batch (deferred)."""
+        from openai_batch.reuse import request_digest
+        from openai_batch.state import Round
+        from openai_batch.storage import iter_lines
+
+        name = f"{self.shard['file'].removesuffix('.jsonl')}.take{len(state.rounds)}.jsonl"
+        count = 0
+        with (state_dir / name).open("wb") as fout:
+            for line in iter_lines(state_dir / self.shard["file"]):
+                if line.strip() and request_digest(line) in taken:
+                    fout.write(line if line.endswith(b"\n") else line + b"\n")
+                    count += 1
+        rnd = state.current
+        if rnd.batch_id:
+            state.rounds.append(Round(round=rnd.round + 1, file=name, requests=count))
+        else:  # the entry's first round: nothing was sent for it yet
+            state.rounds[-1] = Round(round=rnd.round, file=name, requests=count)
+        save_state(state_dir, state)
+        self.log.info("Taking over %s borrowed request(s) their owner gave up; sending them", count)
+        self._submit(state_dir, state)
+        self._defer(state)
+
+    def borrow_complete(self, context: Context, event: Any = None) -> dict[str, Any]:
+        """Resume after the borrowed requests left the owner's hands."""
+        state_dir = to_path(self.shard["state_dir"])
+        return self._borrow(state_dir, load_state(state_dir, self.shard))

@@ -425,3 +425,69 @@ class OpenAIBatchCapacityTrigger(BaseTrigger):
                 return await status_with(poller.get_batch, batch_id)
 
             yield lean_status
+
+
+class OpenAIBatchBorrowTrigger(BaseTrigger):
+    """
+    Wait until requests borrowed from another run's batch have an answer there, or are given up.
+
+    Reads the request record (:mod:`openai_batch.records`, in the ledger folder), in a thread, every
+    ``poll_interval`` seconds, and yields one event once no borrowed request is still in another
+    owner's hands: each has a final answer, was given up (``open``), or was claimed and not sent for
+    longer than ``stale_after`` seconds. The resumed task then takes over what is left (compare and
+    swap) and sends it itself. No worker slot is held meanwhile.
+
+    :param ledger_dir: The ledger folder holding the record.
+    :param state_dir: The borrower's state folder (its owner name in the record).
+    :param file: The borrowed request file in ``state_dir``.
+    :param poll_interval: Seconds between two reads.
+    :param stale_after: Seconds after which a claim never sent may be taken over.
+    """
+
+    def __init__(
+        self,
+        ledger_dir: str,
+        state_dir: str,
+        file: str,
+        poll_interval: float = 60.0,
+        stale_after: float | None = None,
+    ) -> None:
+        super().__init__()
+        self.ledger_dir = ledger_dir
+        self.state_dir = state_dir
+        self.file = file
+        self.poll_interval = poll_interval
+        self.stale_after = stale_after
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        """Serialize the trigger's class path and arguments."""
+        return (
+            "openai_batch.triggers.OpenAIBatchBorrowTrigger",
+            {
+                "ledger_dir": self.ledger_dir,
+                "state_dir": self.state_dir,
+                "file": self.file,
+                "poll_interval": self.poll_interval,
+                "stale_after": self.stale_after,
+            },
+        )
+
+    def _waiting(self) -> int:
+        from openai_batch.claims import digests_of, split_borrowed
+        from openai_batch.records import STALE_AFTER, record_for
+        from openai_batch.storage import to_path
+
+        record = record_for(self.ledger_dir)
+        if record is None:
+            return 0
+        digests = list(digests_of(to_path(self.state_dir) / self.file).values())
+        stale = STALE_AFTER if self.stale_after is None else self.stale_after
+        waiting, _ = split_borrowed(record, self.state_dir, digests, time.time(), stale)
+        return len(waiting)
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        """Read the record until no borrowed request is in flight elsewhere."""
+        while (waiting := await asyncio.to_thread(self._waiting)) > 0:
+            self.log.info("%s borrowed request(s) still in another run's batch", waiting)
+            await asyncio.sleep(max(0.1, float(self.poll_interval)))
+        yield TriggerEvent({"status": "ready", "file": self.file})

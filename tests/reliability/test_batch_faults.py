@@ -151,5 +151,6 @@ def test_batch_where_every_request_failed_is_reported_with_the_api_message(
         "cancelled": 0,
         "rejected": 0,
         "reused": 0,
+        "borrowed": 0,
     }
     assert manifest["usage"]["output_tokens"] == 0

@@ -1,0 +1,217 @@
+"""Glue between prepared shards, batches and the request record (:mod:`openai_batch.records`).
+
+After ``prepare_requests`` wrote its shards, :func:`claim_shards` claims every request for the
+content's state folder. Requests another state folder owns (sent or about to be, or answered) are
+taken out of the shards and written to ``borrowed-<hash>.jsonl`` files, one per owner shard: the
+plan gets a ``borrowed`` entry for each, whose wait uses the owner's answers instead of paying again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from openai_batch.records import FINAL_STATES, RECORD_FILE, STALE_AFTER, RequestRecord
+from openai_batch.reuse import request_digest
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Iterator
+
+    from airflow.sdk import ObjectStoragePath
+
+    from openai_batch.budget import Ledger
+    from openai_batch.prepare import Shard
+    from openai_batch.records import Entry
+    from openai_batch.state import Round
+
+#: The ``kind`` of a plan entry answered by another state folder's batches.
+BORROWED = "borrowed"
+
+
+@dataclass
+class ClaimOutcome:
+    """What claiming changed: the shards rewritten without borrowed requests, and the borrowed groups.
+
+    :param kept: ``{shard index: (requests left, sha256 of the rewritten file)}`` for rewritten shards.
+    :param borrowed: one dict per owner shard: ``owner_state_dir``, ``owner_shard``, ``file``,
+        ``requests``, ``endpoint``, ``model``.
+    """
+
+    kept: dict[int, tuple[int, str]] = field(default_factory=dict)
+    borrowed: list[dict[str, Any]] = field(default_factory=list)
+
+    def requests(self, shard: Shard) -> int:
+        """Return the requests a shard still sends."""
+        return self.kept[shard.index][0] if shard.index in self.kept else shard.requests
+
+    def sha256(self, shard: Shard) -> str:
+        """Return the SHA-256 of the shard's file as sent."""
+        return self.kept[shard.index][1] if shard.index in self.kept else shard.sha256
+
+
+def record_of(ledger: Ledger | None) -> RequestRecord | None:
+    """Return the request record next to the capacity ledger, or None without a ledger."""
+    return None if ledger is None else RequestRecord(ledger.folder / RECORD_FILE)
+
+
+def _lines(path: Path) -> Iterator[bytes]:
+    with path.open("rb") as fin:
+        for line in fin:
+            if line.strip():
+                yield line if line.endswith(b"\n") else line + b"\n"
+
+
+def _custom_id(line: bytes) -> str:
+    from openai_batch.results import request_id
+
+    return request_id(line)
+
+
+def claim_shards(
+    record: RequestRecord, owner: str, shards: list[Shard], work: Path, *, force: bool = False
+) -> ClaimOutcome:
+    """
+    Claim every request of ``shards`` (files in ``work``) for ``owner``; take out the ones others own.
+
+    Runs after prepare, once per content and settings: one read of the shards to claim, and only
+    when another owner holds some request, a rewrite of the shards holding them (rare).
+    """
+
+    def rows() -> Iterable[tuple[str, str, int]]:
+        for shard in shards:
+            for line in _lines(work / Path(shard.path).name):
+                yield request_digest(line), _custom_id(line), shard.index
+
+    others = {e.digest: e for e in record.claim(owner, rows(), force=force)}
+    outcome = ClaimOutcome()
+    if not others:
+        return outcome
+    groups: dict[tuple[str, int], dict[str, Any]] = {}
+    for shard in shards:
+        path = work / Path(shard.path).name
+        kept = path.with_suffix(".kept")
+        count, digest, touched = 0, hashlib.sha256(), False
+        with kept.open("wb") as fout:
+            for line in _lines(path):
+                entry = others.get(request_digest(line))
+                if entry is None:
+                    fout.write(line)
+                    digest.update(line)
+                    count += 1
+                    continue
+                touched = True
+                group = groups.get((entry.owner, entry.shard))
+                if group is None:
+                    name = hashlib.sha256(f"{entry.owner}\0{entry.shard}".encode()).hexdigest()[:16]
+                    group = groups[(entry.owner, entry.shard)] = {
+                        "owner_state_dir": entry.owner,
+                        "owner_shard": entry.shard,
+                        "file": f"borrowed-{name}.jsonl",
+                        "requests": 0,
+                        "endpoint": shard.endpoint,
+                        "model": shard.model,
+                    }
+                with (work / group["file"]).open("ab") as borrowed:
+                    borrowed.write(line)
+                group["requests"] += 1
+        if touched:
+            kept.replace(path)
+            outcome.kept[shard.index] = (count, digest.hexdigest())
+        else:
+            kept.unlink()
+    outcome.borrowed = list(groups.values())
+    return outcome
+
+
+def borrowed_entries(
+    outcome: ClaimOutcome, base: dict[str, Any], input_sha256: str, first_index: int, salt: str
+) -> list[dict[str, Any]]:
+    """Return the plan entries of the borrowed groups, numbered from ``first_index`` (after the shards)."""
+    entries = []
+    for offset, group in enumerate(outcome.borrowed):
+        index = first_index + offset
+        entries.append(
+            {
+                **base,
+                "kind": BORROWED,
+                "index": index,
+                "identity": f"{input_sha256[:32]}-{group['file'][9:25]}-{index:05d}{salt}",
+                **group,
+                "estimated_input_tokens": 0,
+                "estimated_output_tokens": 0,
+                "enqueued_tokens": 0,
+            }
+        )
+    return entries
+
+
+def digests_of(path: ObjectStoragePath | Path) -> dict[str, str]:
+    """Return ``{custom_id: digest}`` of a request file."""
+    from openai_batch.storage import iter_lines
+
+    found: dict[str, str] = {}
+    for line in iter_lines(path):  # type: ignore[arg-type]
+        if line.strip():
+            found[_custom_id(line)] = request_digest(line)
+    return found
+
+
+def _answered(raw: bytes) -> str | None:
+    """Return the record state of an output/error line with a final answer, None when it is retryable."""
+    from openai_batch.results import is_final_line
+
+    custom_id, final = is_final_line(raw)
+    if not final:
+        return None
+    obj = json.loads(raw)
+    response = obj.get("response") or {}
+    ok = not obj.get("error") and 200 <= int(response.get("status_code") or 0) < 300
+    return "succeeded" if ok else "final_failed"
+
+
+def record_round_answers(record: RequestRecord, owner: str, state_dir: ObjectStoragePath, rnd: Round) -> None:
+    """Record the final answers of a collected round of ``owner`` (successes, non-retryable failures)."""
+    from openai_batch.results_io import round_files
+    from openai_batch.storage import iter_lines
+
+    if not rnd.batch_id:
+        return
+    digests = digests_of(state_dir / rnd.file)
+    by_state: dict[str, list[str]] = {"succeeded": [], "final_failed": []}
+    for path in round_files(state_dir, rnd):
+        for line in iter_lines(path):
+            if not line.strip():
+                continue
+            state = _answered(line)
+            digest = digests.get(_custom_id(line))
+            if state is not None and digest is not None:
+                by_state[state].append(digest)
+    for state, found in by_state.items():
+        if found:
+            record.mark_final(owner, found, state, rnd.batch_id)
+
+
+def give_up_unanswered(
+    record: RequestRecord, owner: str, state_dir: ObjectStoragePath, rounds: list[Round]
+) -> int:
+    """Mark ``owner``'s requests of ``rounds`` without a final answer ``open``, for another run to send."""
+    digests: set[str] = set()
+    for rnd in rounds:
+        digests.update(digests_of(state_dir / rnd.file).values())
+    return record.mark_open(owner, sorted(digests))
+
+
+def split_borrowed(
+    record: RequestRecord, me: str, digests: list[str], now: float, stale_after: float = STALE_AFTER
+) -> tuple[list[Entry], list[Entry]]:
+    """Return ``(waiting, takeable)``: borrowed requests still in another owner's hands, and given up."""
+    waiting: list[Entry] = []
+    takeable: list[Entry] = []
+    for entry in record.entries(digests).values():
+        if entry.owner == me or entry.state in FINAL_STATES:
+            continue
+        (takeable if entry.takeable(now, stale_after) else waiting).append(entry)
+    return waiting, takeable

@@ -1,0 +1,275 @@
+"""The deployment's record of every request sent, so that the same request is never paid twice.
+
+Pure logic, no Airflow imports. A request's identity is the SHA-256 of its line as sent (see
+:func:`openai_batch.reuse.request_digest`: custom_id, url and body), whatever file, content, split
+settings, run or worker sends it. The first state folder (content digest + split variant) that
+claims a digest owns it: it sends it, and records the batch and the outcome here. Another owner
+that prepares the same request does not send it; it borrows the owner's answer, waiting while the
+owner's batch runs, and takes the request over only when the owner gave it up (``open``) or claimed
+it and never sent it for longer than :data:`STALE_AFTER` seconds.
+
+States: ``claimed`` -> ``sent`` -> ``succeeded`` | ``final_failed`` | ``open`` (abandoned).
+
+The record is one SQLite file, ``requests.sqlite``, in the ledger folder: SQLite is transactional
+across processes on one host (WAL, a busy timeout) and its journal makes a write that was cut short
+(a killed process, a crash) roll back on the next open instead of leaving a torn file. A deployment
+on several hosts needs the ledger folder on one host's disk or a shared mount whose locks work (NFS
+locking is not safe for SQLite).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Iterator, Sequence
+
+__all__ = [
+    "FINAL_STATES",
+    "RECORD_FILE",
+    "STALE_AFTER",
+    "Entry",
+    "RequestRecord",
+    "record_for",
+]
+
+#: The record's file name inside the ledger folder.
+RECORD_FILE = "requests.sqlite"
+#: A request claimed but not sent for this long (seconds) may be taken over by another owner.
+STALE_AFTER = 3600.0
+#: States that carry an answer: a borrower uses it and never sends the request.
+FINAL_STATES = frozenset({"succeeded", "final_failed"})
+
+_CHUNK = 500
+_SCHEMA = """CREATE TABLE IF NOT EXISTS requests (
+    digest BLOB PRIMARY KEY, custom_id TEXT NOT NULL, owner TEXT NOT NULL, shard INTEGER NOT NULL,
+    state TEXT NOT NULL, batch_id TEXT, updated REAL NOT NULL) WITHOUT ROWID"""
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One request as the record knows it.
+
+    :param digest: the request digest (64 hex digits).
+    :param custom_id: its custom_id.
+    :param owner: the state folder that sends it.
+    :param shard: the owner's shard index holding it.
+    :param state: ``claimed``, ``sent``, ``succeeded``, ``final_failed`` or ``open``.
+    :param batch_id: the owner's batch, once sent.
+    :param updated: epoch seconds of the last change.
+    """
+
+    digest: str
+    custom_id: str
+    owner: str
+    shard: int
+    state: str
+    batch_id: str | None
+    updated: float
+
+    def takeable(self, now: float, stale_after: float = STALE_AFTER) -> bool:
+        """Return True when another owner may take this request over: abandoned, or claimed and stale."""
+        return self.state == "open" or (self.state == "claimed" and now - self.updated > stale_after)
+
+
+def record_for(ledger_dir: str | None) -> RequestRecord | None:
+    """Return the record in the local ledger folder, or None without one (object storage: no record)."""
+    if not ledger_dir or ledger_dir == "None":
+        return None
+    if ledger_dir.startswith("file://"):
+        ledger_dir = ledger_dir[len("file://") :]
+    elif "://" in ledger_dir:
+        return None
+    return RequestRecord(Path(ledger_dir) / RECORD_FILE)
+
+
+def _chunks(items: Sequence[str]) -> Iterator[Sequence[str]]:
+    for start in range(0, len(items), _CHUNK):
+        yield items[start : start + _CHUNK]
+
+
+def _marks(n: int) -> str:
+    return ",".join("?" * n)
+
+
+class RequestRecord:
+    """The shared record in ``path`` (created on first use). Each method is its own transaction(s).
+
+    :param path: the SQLite file.
+    :param busy_timeout: seconds a write waits for another process's write to end.
+    """
+
+    def __init__(self, path: Path, busy_timeout: float = 60.0) -> None:
+        self.path = path
+        self.busy_timeout = busy_timeout
+
+    def _connect(self) -> sqlite3.Connection:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None)
+        db.execute(f"PRAGMA busy_timeout={int(self.busy_timeout * 1000)}")
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.execute(_SCHEMA)
+        return db
+
+    def claim(
+        self, owner: str, requests: Iterable[tuple[str, str, int]], *, force: bool = False
+    ) -> list[Entry]:
+        """
+        Claim ``(digest, custom_id, shard)`` requests for ``owner``; return those another owner keeps.
+
+        A request nobody claimed, or one its owner gave up (``open``), becomes ``owner``'s; one that
+        ``owner`` claimed before (a retry, a clear) stays its own. ``force`` takes every request
+        over whatever its state: a deliberate re-run sends everything again. One write transaction
+        per chunk of requests.
+        """
+        others: list[Entry] = []
+        batch: list[tuple[str, str, int]] = []
+        db = self._connect()
+        try:
+            for item in requests:
+                batch.append(item)
+                if len(batch) >= _CHUNK:
+                    others += self._claim_chunk(db, owner, batch, force)
+                    batch = []
+            if batch:
+                others += self._claim_chunk(db, owner, batch, force)
+        finally:
+            db.close()
+        return others
+
+    def _claim_chunk(
+        self, db: sqlite3.Connection, owner: str, rows: list[tuple[str, str, int]], force: bool
+    ) -> list[Entry]:
+        now = time.time()
+        keys = [bytes.fromhex(d) for d, _, _ in rows]
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.executemany(
+                "INSERT OR IGNORE INTO requests VALUES (?, ?, ?, ?, 'claimed', NULL, ?)",
+                [(key, cid, owner, shard, now) for key, (_, cid, shard) in zip(keys, rows, strict=True)],
+            )
+            # Abandoned requests are taken; with force, every request another owner holds.
+            where = "owner != ?" if force else "state = 'open'"
+            db.executemany(
+                "UPDATE requests SET owner = ?, shard = ?, state = 'claimed', batch_id = NULL, updated = ?"
+                f" WHERE digest = ? AND {where}",
+                [
+                    (owner, shard, now, key, *((owner,) if force else ()))
+                    for key, (_, _, shard) in zip(keys, rows, strict=True)
+                ],
+            )
+            found = db.execute(
+                "SELECT digest, custom_id, owner, shard, state, batch_id, updated FROM requests"
+                f" WHERE owner != ? AND digest IN ({_marks(len(keys))})",
+                [owner, *keys],
+            ).fetchall()
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return [_entry(row) for row in found]
+
+    def _update(self, sql: str, params: Sequence[object], digests: Sequence[str]) -> int:
+        changed = 0
+        db = self._connect()
+        try:
+            for chunk in _chunks(digests):
+                db.execute("BEGIN IMMEDIATE")
+                cur = db.execute(
+                    sql.format(marks=_marks(len(chunk))), [*params, *(bytes.fromhex(d) for d in chunk)]
+                )
+                changed += cur.rowcount
+                db.execute("COMMIT")
+        finally:
+            db.close()
+        return changed
+
+    def mark_sent(self, owner: str, digests: Sequence[str], batch_id: str) -> int:
+        """Record that ``owner`` sent ``digests`` in ``batch_id``; return how many rows it owns."""
+        return self._update(
+            "UPDATE requests SET state = 'sent', batch_id = ?, updated = ?"
+            " WHERE owner = ? AND state NOT IN ('succeeded', 'final_failed') AND digest IN ({marks})",
+            [batch_id, time.time(), owner],
+            digests,
+        )
+
+    def mark_final(self, owner: str, digests: Sequence[str], state: str, batch_id: str) -> int:
+        """Record a final answer (``succeeded`` or ``final_failed``) of ``owner``'s batch for ``digests``."""
+        if state not in FINAL_STATES:
+            raise ValueError(f"not a final state: {state}")
+        return self._update(
+            "UPDATE requests SET state = ?, batch_id = ?, updated = ?"
+            " WHERE owner = ? AND digest IN ({marks})",
+            [state, batch_id, time.time(), owner],
+            digests,
+        )
+
+    def mark_open(self, owner: str, digests: Sequence[str]) -> int:
+        """Give up ``owner``'s requests among ``digests`` that have no final answer, for others to take."""
+        return self._update(
+            "UPDATE requests SET state = 'open', updated = ?"
+            " WHERE owner = ? AND state NOT IN ('succeeded', 'final_failed') AND digest IN ({marks})",
+            [time.time(), owner],
+            digests,
+        )
+
+    def touch(self, owner: str, digests: Sequence[str]) -> int:
+        """Refresh ``owner``'s claims that are not sent yet (it waits for capacity): not stale."""
+        return self._update(
+            "UPDATE requests SET updated = ? WHERE owner = ? AND state = 'claimed' AND digest IN ({marks})",
+            [time.time(), owner],
+            digests,
+        )
+
+    def entries(self, digests: Sequence[str]) -> dict[str, Entry]:
+        """Return what the record holds for ``digests`` (read only)."""
+        found: dict[str, Entry] = {}
+        db = self._connect()
+        try:
+            for chunk in _chunks(digests):
+                rows = db.execute(
+                    "SELECT digest, custom_id, owner, shard, state, batch_id, updated FROM requests"
+                    f" WHERE digest IN ({_marks(len(chunk))})",
+                    [bytes.fromhex(d) for d in chunk],
+                ).fetchall()
+                for row in rows:
+                    entry = _entry(row)
+                    found[entry.digest] = entry
+        finally:
+            db.close()
+        return found
+
+    def take_over(self, owner: str, shard: int, seen: Iterable[Entry]) -> list[str]:
+        """
+        Make ``owner`` the owner of the ``seen`` entries that nobody changed since they were read.
+
+        A compare-and-swap per request (its owner and ``updated`` unchanged), so of two borrowers
+        that both saw a request abandoned only one takes it. Return the digests taken.
+        """
+        taken: list[str] = []
+        db = self._connect()
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            now = time.time()
+            for entry in seen:
+                cur = db.execute(
+                    "UPDATE requests SET owner = ?, shard = ?, state = 'claimed', batch_id = NULL,"
+                    " updated = ? WHERE digest = ? AND owner = ? AND updated = ? AND state = ?",
+                    (owner, shard, now, bytes.fromhex(entry.digest), entry.owner, entry.updated, entry.state),
+                )
+                if cur.rowcount:
+                    taken.append(entry.digest)
+            db.execute("COMMIT")
+        finally:
+            db.close()
+        return taken
+
+
+def _entry(row: tuple[bytes, str, str, int, str, str | None, float]) -> Entry:
+    digest, custom_id, owner, shard, state, batch_id, updated = row
+    return Entry(bytes(digest).hex(), custom_id, owner, int(shard), state, batch_id, float(updated))
