@@ -120,13 +120,18 @@ def test_every_kind_of_stray_line_is_counted_and_none_is_fatal(
 
 
 def test_a_foreign_id_of_another_shard_does_not_overwrite_its_outcome(tmp_path: Path) -> None:
-    # Shard 1's batch answers "x0", an id of shard 0, with another body: it must stay shard 0's.
-    first = _shard(tmp_path, 0, ["x0", "x1"], [_ok("x0", "mine"), _ok("x1")])
+    # Shard 1's batch answers "x0", an id of shard 0 that failed there for good: it must stay failed.
+    first = _shard(tmp_path, 0, ["x0", "x1"], [_ok("x1")], [_fail("x0", 400, "bad")])
     second = _shard(tmp_path, 1, ["y0"], [_ok("y0"), _ok("x0", "stray")])
     results, counts = _merge(tmp_path, [first, second], ["x0", "x1", "y0"])
 
     x0 = results[0]
-    assert (x0["custom_id"], x0["response"]["text"], x0["batch_id"]) == ("x0", "mine", "batch_0")
+    assert (x0["custom_id"], x0["status"], x0["error"]["code"], x0["batch_id"]) == (
+        "x0",
+        "failed",
+        "bad",
+        "batch_0",
+    )
     assert counts.service_anomalies == {"batch_1": {**ZERO, "foreign": 1}}
     manifest = build_manifest(_plan(3), [first, second], counts)
     assert manifest["batches"][0]["service_anomalies"] == ZERO
