@@ -159,8 +159,10 @@ class ResultCounts:
     service_anomalies: dict[str, dict[str, int]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        """Return a JSON-serialisable dict."""
-        return asdict(self)
+        """Return a JSON-serialisable dict of the counts (``service_anomalies`` left out: per batch)."""
+        data = asdict(self)
+        del data["service_anomalies"]
+        return data
 
 
 #: Ways a round's output and error files can disagree with the requests sent in it.
