@@ -3,16 +3,25 @@
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any
+import logging
+from typing import Any
 
 from tests.reliability.support import chat_line, read_jsonl, result_dir, run_dag, task_states, write_input
 
-if TYPE_CHECKING:
-    import pytest
+
+class _Collect(logging.Handler):
+    """Keep every record it is given."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
 
 
 def test_a_corrupted_output_file_is_counted_and_its_missing_request_resubmitted(
-    pipeline: dict[str, Any], capfd: pytest.CaptureFixture[str]
+    pipeline: dict[str, Any],
 ) -> None:
     server = pipeline["emulator"]
     # The first batch's output: one answer left out, one twice, one for an id never sent, one id-less.
@@ -21,8 +30,14 @@ def test_a_corrupted_output_file_is_counted_and_its_missing_request_resubmitted(
     )
     write_input(pipeline["inbox"] / "stray.jsonl", [chat_line(f"req-{i}", f"question {i}") for i in range(6)])
 
-    dag_run = run_dag({"input": "stray.jsonl"})
-    printed = capfd.readouterr()
+    # A handler on the module's own logger: the task's logging setup replaces the root's handlers.
+    seen = _Collect()
+    logger = logging.getLogger("openai_batch.results_io")
+    logger.addHandler(seen)
+    try:
+        dag_run = run_dag({"input": "stray.jsonl"})
+    finally:
+        logger.removeHandler(seen)
 
     assert dag_run.state == "success", task_states(dag_run)
     assert server.stats()["outputs_corrupted"] == 1
@@ -44,8 +59,8 @@ def test_a_corrupted_output_file_is_counted_and_its_missing_request_resubmitted(
     resubmitted = [r for r in results if r["batch_id"] == second["batch_id"]]
     assert len(resubmitted) == 1
 
-    # The task log (printed by dag.test) warns with the counts and a few examples.
-    warnings = [line for line in (printed.out + printed.err).splitlines() if "warning" in line]
+    # The task log warns with the counts and a few examples.
+    warnings = [r.getMessage() for r in seen.records if r.levelno == logging.WARNING]
     assert any(
         first["batch_id"] in line
         and "1 missing, 1 duplicate, 1 foreign, 1 without custom_id, 0 unparseable" in line
