@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from openai_emulator.corruption import CORRUPTIONS
+
 DEFAULT_MODELS = (
     "gpt-4o-mini",
     "gpt-4o",
@@ -111,6 +113,18 @@ class FaultConfig:
         None,
         default=False,
     )
+    output_corruption: list[str] = _opt(
+        "Corruptions of the output file of the next batches to run, comma separated, each once per "
+        "batch (in its first chunk): 'drop' leaves one answer out, 'duplicate' writes one twice, "
+        "'foreign' adds one for a custom_id never sent, 'without_id' adds one without custom_id, "
+        "'unparseable' adds a line that is not JSON. The request counts still say every request "
+        "was answered.",
+        _str_list,
+        default_factory=list,
+    )
+    output_corruption_batches: int = _opt(
+        "How many batches get output_corruption; each corrupted batch lowers it by one.", int, default=1
+    )
     seed: int = _opt("Seed of the random generator that decides injected faults.", int, default=0)
 
     def to_dict(self) -> dict[str, Any]:
@@ -140,6 +154,11 @@ class FaultConfig:
             codes = getattr(self, name)
             if not isinstance(codes, list) or not codes or not all(isinstance(c, int) for c in codes):
                 raise ValueError(f"{name} must be a non-empty list of integers")
+        kinds = self.output_corruption
+        if not isinstance(kinds, list) or not all(k in CORRUPTIONS for k in kinds):
+            raise ValueError(f"output_corruption must be a list of: {', '.join(CORRUPTIONS)}")
+        if not isinstance(self.output_corruption_batches, int) or self.output_corruption_batches < 0:
+            raise ValueError("output_corruption_batches must be an integer >= 0")
         for name in ("error_routes", "latency_routes", "lost_response_routes"):
             routes = getattr(self, name)
             if not isinstance(routes, list) or not all(isinstance(r, str) for r in routes):

@@ -14,6 +14,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from openai_emulator.backends import BackendResult
+from openai_emulator.corruption import corrupt_output
 from openai_emulator.errors import error_type_for
 from openai_emulator.models import TERMINAL_STATUSES, BatchRecord, FileRecord
 from openai_emulator.store import fsync_dir
@@ -342,6 +343,8 @@ class BatchWorker:
         shuffler = random.Random(f"{record.id}:{record.lines_done}")
         shuffler.shuffle(ok_lines)
         shuffler.shuffle(error_lines)
+        answered = len(ok_lines)
+        ok_lines = self._corrupt(record, ok_lines)
         work = self.store.batch_dir(record.id)
         output_offset = await asyncio.to_thread(
             _append_lines, work / "output.jsonl", record.output_offset, ok_lines
@@ -357,13 +360,27 @@ class BatchWorker:
             error_offset=error_offset,
             output_lines=record.output_lines + len(ok_lines),
             error_lines=record.error_lines + len(error_lines),
-            completed=record.completed + len(ok_lines),
+            completed=record.completed + answered,
             failed=record.failed + len(error_lines),
             input_tokens=record.input_tokens + usage[0],
             cached_tokens=record.cached_tokens + usage[1],
             output_tokens=record.output_tokens + usage[2],
             reasoning_tokens=record.reasoning_tokens + usage[3],
         )
+
+    def _corrupt(self, record: BatchRecord, ok_lines: list[bytes]) -> list[bytes]:
+        """Apply the ``output_corruption`` fault to the first chunk of a batch, while batches are left."""
+        faults = self.state.faults
+        if (
+            not faults.output_corruption
+            or faults.output_corruption_batches <= 0
+            or record.lines_done
+            or len(ok_lines) < 2
+        ):
+            return ok_lines
+        faults.output_corruption_batches -= 1
+        self.state.stats.incr("outputs_corrupted")
+        return corrupt_output(ok_lines, faults.output_corruption, record.id)
 
     async def _stop_unfinished(self, record: BatchRecord, status: str, code: str, message: str) -> None:
         """End a batch early: unfinished requests go to the error file, finished ones stay in the output."""

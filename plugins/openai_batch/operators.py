@@ -601,11 +601,11 @@ class OpenAIBatchPrepareOperator(BaseOperator):
         """Prepare into ``work``, then publish the files into the content's state folder."""
         from openai_batch.claims import borrowed_entries
         from openai_batch.identity import state_folder
+        from openai_batch.idprefix import file_id_prefix
         from openai_batch.limits import DEFAULT_LIMITS, BatchLimits
         from openai_batch.prepare import (
             NoValidRequestsError,
             PrepareError,
-            default_id_prefix,
             prepare_requests,
         )
         from openai_batch.reuse import INDEX_FILE, REUSED_FILE
@@ -627,8 +627,8 @@ class OpenAIBatchPrepareOperator(BaseOperator):
                     endpoint=self.endpoint,
                     model=self.model or None,
                     limits=limits,
-                    # Ids from the file name, not its folder: the same file re-attaches anywhere.
-                    id_prefix=default_id_prefix(ref.name),
+                    # Ids from the file's full key: two files of the same name never share one.
+                    id_prefix=file_id_prefix(ref, folder),
                     reuse=reuse,
                 )
         except NoValidRequestsError as err:

@@ -243,7 +243,11 @@ class PrepareResult:
 
 
 def default_id_prefix(source_name: str) -> str:
-    """Return the custom_id prefix of short lines of ``source_name``: ``<stem slug>-<hash8>``."""
+    """Return the custom_id prefix of short lines of ``source_name``: ``<stem slug>-<hash8>``.
+
+    Pass the file's full key (its path below the inbox), not its name only: the hash covers all of
+    ``source_name``, so files of the same name in different folders get different prefixes.
+    """
     stem = Path(source_name).name
     if stem.endswith(".jsonl"):
         stem = stem[: -len(".jsonl")]

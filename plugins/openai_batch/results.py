@@ -33,6 +33,7 @@ __all__ = [
     "ResultRecord",
     "ResultStatus",
     "ResultStore",
+    "RoundCheck",
     "Usage",
     "classify_line",
     "is_retryable",
@@ -144,6 +145,8 @@ class ResultCounts:
     :param total: lines written.
     :param usage: usage summed over succeeded responses paid in this content's batches.
     :param reused: succeeded results carried over from an earlier content (in ``succeeded`` too).
+    :param service_anomalies: per batch id, the counts of :class:`RoundCheck` for its round (only
+        batches whose files held something else than one line per request sent).
     """
 
     succeeded: int = 0
@@ -153,10 +156,63 @@ class ResultCounts:
     total: int = 0
     usage: Usage = field(default_factory=Usage)
     reused: int = 0
+    service_anomalies: dict[str, dict[str, int]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        """Return a JSON-serialisable dict."""
-        return asdict(self)
+        """Return a JSON-serialisable dict of the counts (``service_anomalies`` left out: per batch)."""
+        data = asdict(self)
+        del data["service_anomalies"]
+        return data
+
+
+#: Ways a round's output and error files can disagree with the requests sent in it.
+ANOMALY_KINDS: tuple[str, ...] = ("missing", "duplicate", "foreign", "without_id", "unparseable")
+#: Examples of anomalies kept per round (for the log), and characters kept of each.
+_EXAMPLES, _EXAMPLE_CHARS = 3, 80
+
+
+class RoundCheck:
+    """
+    The custom_ids sent in one round, to check that round's output and error files against.
+
+    :meth:`ResultStore.add_lines` given a check stores only lines of ids sent in the round and counts
+    the rest instead of failing: ``unparseable`` (not JSON), ``without_id`` (JSON without a string
+    custom_id), ``foreign`` (an id not sent in this round: it never touches another request's
+    outcome, another shard's included). An id answered more than once counts as ``duplicate`` for
+    each extra line; its first success stays, and without one its last line counts (the store's
+    rule within a round). ``missing`` (sent, no line at all) is set with :meth:`set_missing`.
+    Memory: one set of the round's ids (at most 50,000, a batch's limit).
+
+    :param sent: the custom_ids of the round's request file.
+    """
+
+    def __init__(self, sent: Iterable[str]) -> None:
+        self.sent: frozenset[str] = frozenset(sent)
+        #: Ids of the round answered by at least one stored line.
+        self.seen: set[str] = set()
+        self.counts: dict[str, int] = dict.fromkeys(ANOMALY_KINDS, 0)
+        #: A few ``(kind, example)`` pairs, each example cut to a few dozen characters.
+        self.examples: list[tuple[str, str]] = []
+
+    def note(self, kind: str, example: str | bytes) -> None:
+        """Count one anomaly of ``kind``; keep it as an example while there are few."""
+        self.counts[kind] += 1
+        if len(self.examples) < _EXAMPLES:
+            text = example if isinstance(example, str) else repr(example[:_EXAMPLE_CHARS])
+            self.examples.append((kind, text[:_EXAMPLE_CHARS]))
+
+    def set_missing(self) -> int:
+        """Count the ids sent that no line answered as ``missing``; return how many."""
+        missing = self.sent - self.seen
+        self.counts["missing"] = len(missing)
+        for custom_id in sorted(missing)[: max(0, _EXAMPLES - len(self.examples))]:
+            self.examples.append(("missing", custom_id[:_EXAMPLE_CHARS]))
+        return len(missing)
+
+    @property
+    def total(self) -> int:
+        """Return the number of anomalies counted."""
+        return sum(self.counts.values())
 
 
 @dataclass(frozen=True)
@@ -463,23 +519,35 @@ class ResultStore:
             data += more
         return data
 
-    def add_lines(self, lines: Iterable[bytes], *, batch_id: str, round: int) -> int:
-        """Store the outcomes of output/error file lines; return how many lines were read.
+    def add_lines(
+        self, lines: Iterable[bytes], *, batch_id: str, round: int, check: RoundCheck | None = None
+    ) -> int:
+        """Store the outcomes of output/error file lines; return how many lines were stored.
 
         :param lines: raw lines of an output or error file.
         :param batch_id: batch the file belongs to.
         :param round: submission round; a later round replaces an earlier one.
-        :raises ValueError: for a line that is not a JSON object with a string custom_id.
+        :param check: the ids sent in the round: lines of other ids, without an id or not JSON are
+            counted there and skipped (see :class:`RoundCheck`). None: every line is trusted.
+        :raises ValueError: without ``check``, for a line that is not a JSON object with a string
+            custom_id.
         """
         rows: list[_Row] = []
         write = self._bodies.write
         end = self._end
         count = 0
+        sent = check.sent if check is not None else None
+        seen = check.seen if check is not None else set()
         try:
             for raw in lines:
                 fast = _fast_success(raw)
                 if fast is not None:  # the common line: a 2xx answer, stored as its raw body bytes
                     custom_id, body, usage = fast
+                    if sent is not None:
+                        if custom_id in sent and custom_id not in seen:  # the usual: first answer
+                            seen.add(custom_id)
+                        elif not _accept(check, sent, seen, custom_id):
+                            continue
                     size = len(body)
                     rows.append((custom_id, round, "succeeded", end, size, "null", batch_id, 0, *usage))
                     write(body)
@@ -487,7 +555,15 @@ class ResultStore:
                 elif not raw.strip():
                     continue
                 else:
-                    custom_id, status, data, error, usage = _general(raw, batch_id)
+                    try:
+                        custom_id, status, data, error, usage = _general(raw, batch_id)
+                    except ValueError as err:
+                        if check is None:
+                            raise
+                        check.note("without_id" if isinstance(err, _NoCustomIdError) else "unparseable", raw)
+                        continue
+                    if sent is not None and not _accept(check, sent, seen, custom_id):
+                        continue
                     body_at = _NULL_AT if data is None else end
                     size = _NULL_LEN if data is None else len(data)
                     rows.append(
@@ -728,13 +804,30 @@ class ResultStore:
         return Usage(*row[2:]), int(row[1])
 
 
+class _NoCustomIdError(ValueError):
+    """A result line that is JSON but not an object with a string custom_id."""
+
+
+def _accept(check: RoundCheck | None, sent: frozenset[str], seen: set[str], custom_id: str) -> bool:
+    """Return True to store a line of ``custom_id``: an id sent in the round (a repeat is counted)."""
+    assert check is not None
+    if custom_id not in sent:
+        check.note("foreign", custom_id)
+        return False
+    if custom_id in seen:
+        check.note("duplicate", custom_id)
+    else:
+        seen.add(custom_id)
+    return True
+
+
 def _general(
     raw: bytes, batch_id: str
 ) -> tuple[str, str, bytes | None, tuple[str, int], tuple[int, int, int, int]]:
     """Return ``(custom_id, status, body or None, (error JSON, retryable), usage)`` of any result line."""
     obj = json.loads(raw)
     if not isinstance(obj, dict) or not isinstance(obj.get("custom_id"), str):
-        raise ValueError(f"result line of batch {batch_id} has no custom_id: {raw[:200]!r}")
+        raise _NoCustomIdError(f"result line of batch {batch_id} has no custom_id: {raw[:200]!r}")
     status, body, error = classify_line(obj)
     data = None if body is None else _dumps(body).encode("utf-8")
     usage = _usage_of(body) if status == "succeeded" else _NO_USAGE

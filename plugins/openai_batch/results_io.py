@@ -6,6 +6,7 @@ picks the requests to resubmit, merges every round into input order, and builds 
 
 from __future__ import annotations
 
+import logging
 import tempfile
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -19,8 +20,10 @@ if TYPE_CHECKING:
     from airflow.sdk import ObjectStoragePath
 
     from openai_batch.hooks import OpenAIBatchHook
-    from openai_batch.results import ResultStatus, ResultStore
+    from openai_batch.results import ResultStatus, ResultStore, RoundCheck
     from openai_batch.state import Round, ShardState
+
+log = logging.getLogger(__name__)
 
 #: How a request with no line in any file of its batch ended, by the batch's final status.
 _MISSING_STATUS: dict[str, ResultStatus] = {"expired": "expired", "cancelled": "cancelled"}
@@ -55,20 +58,40 @@ def nothing_to_retry(state_dir: ObjectStoragePath, rnd: Round) -> bool:
     """
     Return True when a round's batch answered every request with success: no retry file is needed.
 
-    The service's counts are checked against the files themselves: no error file, and one output
-    line per request sent (a cheap newline count, no parsing).
+    The service's counts are checked against the files themselves: no error file, and every
+    custom_id sent in the round answered by a success line of the output file (ids compared, not
+    lines counted: a repeated or foreign line cannot stand in for a missing one).
     """
+    from openai_batch.results import request_ids
+
     counts = rnd.request_counts or {}
     if rnd.status != "completed" or rnd.error_file_id or not rnd.output_file_id:
         return False
     if counts.get("failed") or counts.get("completed") != rnd.requests:
         return False
-    (output,) = round_files(state_dir, rnd)
-    lines = 0
-    with output.open("rb") as fin:
-        while chunk := fin.read(1 << 20):
-            lines += chunk.count(b"\n")
-    return lines == rnd.requests
+    sent = set(request_ids(iter_lines(state_dir / rnd.file)))
+    return sent <= _final_ids(round_files(state_dir, rnd))
+
+
+def _final_ids(paths: list[ObjectStoragePath]) -> set[str]:
+    """
+    Return the custom_ids given a final outcome by any line of ``paths``.
+
+    Lines without an id or not JSON are skipped here: :func:`merge_shards` counts them.
+    """
+    from openai_batch.results import is_final_line
+
+    done: set[str] = set()
+    for path in paths:
+        for line in iter_lines(path):
+            if line.strip():
+                try:
+                    custom_id, final = is_final_line(line)
+                except ValueError:
+                    continue
+                if final:
+                    done.add(custom_id)
+    return done
 
 
 def write_retry_file(state_dir: ObjectStoragePath, rnd: Round, name: str) -> int:
@@ -76,17 +99,12 @@ def write_retry_file(state_dir: ObjectStoragePath, rnd: Round, name: str) -> int
     Write the requests of ``rnd`` that did not reach a final outcome to ``name``; return their count.
 
     Final outcomes are successes and non-retryable failures. Everything else is retried: expired,
-    cancelled, 429/5xx failures, and requests that appear in neither file.
+    cancelled, 429/5xx failures, and requests that appear in neither file (lines of ids not sent
+    in the round do not count for any request).
     """
-    from openai_batch.results import is_final_line, request_id
+    from openai_batch.results import request_id
 
-    done: set[str] = set()
-    for path in round_files(state_dir, rnd):
-        for line in iter_lines(path):
-            if line.strip():
-                custom_id, final = is_final_line(line)
-                if final:
-                    done.add(custom_id)
+    done = _final_ids(round_files(state_dir, rnd))
     count = 0
     with (state_dir / name).open("wb") as fout:
         for line in iter_lines(state_dir / rnd.file):
@@ -105,8 +123,12 @@ def merge_shards(
     Rounds are applied in order, so a later round's outcome replaces an earlier one. A request with
     no line in its round's files ends ``expired`` or ``cancelled`` when its batch did, else ``failed``.
     A batch that failed validation fails each of its requests with the batch's first error.
+    Each round's files are checked against the ids sent in it (:class:`~openai_batch.results.RoundCheck`):
+    what does not match is skipped, logged and returned in ``service_anomalies``, never fatal.
     """
     from openai_batch.results import ResultStore, read_order
+
+    anomalies: dict[str, dict[str, int]] = {}
 
     with tempfile.TemporaryDirectory(prefix="openai-batch-merge-") as tmp:
         with ResultStore(Path(tmp) / "results.sqlite") as store:
@@ -121,13 +143,16 @@ def merge_shards(
                 offset = BORROWER_ROUNDS if state.identity in borrowed else 0
                 for seq, rnd in enumerate(state.rounds):
                     if rnd.batch_id and rnd.status:
-                        _apply_round(store, state_dir, rnd, seq + offset)
+                        check = _apply_round(store, state_dir, rnd, seq + offset)
+                        if check is not None and check.total:
+                            anomalies[rnd.batch_id] = _log_anomalies(state.index, rnd, check)
             order = local_dir(state_dir / "order.txt")
             if order is None:  # object storage: a local copy to read
                 order = Path(tmp) / "order.txt"
                 copy_file(state_dir / "order.txt", to_path(str(order)))
             answered = _still_borrowed(store, borrowed_ids)
             counts = store.write_results(read_order(order), dest)
+            counts.service_anomalies = anomalies
             # Borrowed answers are stored like carried-over ones (not paid here, no usage).
             counts.reused -= answered
             return MergeCounts(**{f.name: getattr(counts, f.name) for f in fields(counts)}, borrowed=answered)
@@ -229,15 +254,34 @@ def _apply_owner_round(
         )
 
 
-def request_id_of_output(line: bytes) -> str:
-    """Return the custom_id of an output or error file line."""
+def request_id_of_output(line: bytes) -> str | None:
+    """Return the custom_id of an output or error file line, None for a line without one."""
     from openai_batch.results import is_final_line
 
-    return is_final_line(line)[0]
+    try:
+        return is_final_line(line)[0]
+    except ValueError:  # json.JSONDecodeError included: a stray line is no borrowed answer
+        return None
 
 
-def _apply_round(store: ResultStore, state_dir: ObjectStoragePath, rnd: Round, seq: int) -> None:
-    from openai_batch.results import request_ids
+def _log_anomalies(shard: int, rnd: Round, check: RoundCheck) -> dict[str, int]:
+    """Warn about a round whose files did not match its requests; return the counts."""
+    log.warning(
+        "Batch %s (shard %s, round %s): its files do not match the %s request(s) sent: "
+        "%s missing, %s duplicate, %s foreign, %s without custom_id, %s unparseable line(s); e.g. %s",
+        rnd.batch_id,
+        shard,
+        rnd.round,
+        len(check.sent),
+        *(check.counts[kind] for kind in ("missing", "duplicate", "foreign", "without_id", "unparseable")),
+        "; ".join(f"{kind}: {example}" for kind, example in check.examples),
+    )
+    return dict(check.counts)
+
+
+def _apply_round(store: ResultStore, state_dir: ObjectStoragePath, rnd: Round, seq: int) -> RoundCheck | None:
+    """Store one round's outcomes; return the check of its files (None for a failed batch: no files)."""
+    from openai_batch.results import RoundCheck, request_ids
 
     assert rnd.batch_id is not None
     if rnd.status == "failed":
@@ -250,10 +294,15 @@ def _apply_round(store: ResultStore, state_dir: ObjectStoragePath, rnd: Round, s
             code=str(first.get("code") or "batch_failed"),
             message=str(first.get("message") or "the batch failed validation"),
         )
-        return
+        return None
+    sent = list(request_ids(iter_lines(state_dir / rnd.file)))
+    check = RoundCheck(sent)
     for path in round_files(state_dir, rnd):
-        store.add_lines(iter_lines(path), batch_id=rnd.batch_id, round=seq)
-    missing = list(store.without_outcome_of(request_ids(iter_lines(state_dir / rnd.file)), rnd.batch_id))
+        store.add_lines(iter_lines(path), batch_id=rnd.batch_id, round=seq, check=check)
+    if rnd.status == "completed":
+        # An expired or cancelled batch may leave requests unanswered; a completed one may not.
+        check.set_missing()
+    missing = list(store.without_outcome_of(sent, rnd.batch_id))
     if missing:
         status = _MISSING_STATUS.get(rnd.status or "", "failed")
         store.mark_missing(
@@ -264,16 +313,23 @@ def _apply_round(store: ResultStore, state_dir: ObjectStoragePath, rnd: Round, s
             code=f"batch_{status}" if status != "failed" else "missing_result",
             message=f"batch {rnd.batch_id} ended {rnd.status} without a result for this request",
         )
+    return check
 
 
 def build_manifest(plan: dict[str, Any], states: list[ShardState], counts: ResultCounts) -> dict[str, Any]:
     """Return the manifest: input, hash, counts, batches with their rounds, usage and estimated cost."""
     from openai_batch.pricing import is_unpriced, usage_cost_usd
+    from openai_batch.results import ANOMALY_KINDS
 
     counts_dict = counts.to_dict()
     usage = counts_dict.pop("usage", None) or {}
     cost: float | None = 0.0
     batches = []
+    found = counts.service_anomalies
+    total_anomalies = dict.fromkeys(ANOMALY_KINDS, 0)
+    for kinds in found.values():
+        for kind in ANOMALY_KINDS:
+            total_anomalies[kind] += kinds.get(kind, 0)
     for state in states:
         for rnd in state.rounds:
             batches.append(
@@ -288,6 +344,9 @@ def build_manifest(plan: dict[str, Any], states: list[ShardState], counts: Resul
                     "requests": rnd.requests,
                     "request_counts": rnd.request_counts,
                     "errors": rnd.errors,
+                    "service_anomalies": {
+                        kind: found.get(rnd.batch_id or "", {}).get(kind, 0) for kind in ANOMALY_KINDS
+                    },
                 }
             )
             part = usage_cost_usd(state.endpoint, state.model, rnd.usage)
@@ -324,4 +383,5 @@ def build_manifest(plan: dict[str, Any], states: list[ShardState], counts: Resul
             "reasoning_tokens": usage.get("reasoning_tokens", 0),
         },
         "estimated_cost_usd": round(cost, 6) if cost is not None else None,
+        "service_anomalies": total_anomalies,
     }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 import urllib.request
 from typing import TYPE_CHECKING
@@ -201,3 +202,33 @@ def test_cancel_while_validating(tmp_path: Path) -> None:
         assert done.status == "cancelled"
         assert done.output_file_id is None
         assert done.error_file_id is None
+
+
+def test_output_corruption_of_the_next_batch_only(server: EmulatorServer, client: openai.OpenAI) -> None:
+    server.set_faults(output_corruption=["drop", "duplicate", "foreign", "without_id", "unparseable"])
+    done = wait_for(client, create_batch(client, chat_file(5)).id)
+    assert done.status == "completed"
+    assert done.request_counts is not None
+    assert done.request_counts.completed == 5  # the counts still claim every request answered
+    assert done.output_file_id is not None
+    raw = client.files.content(done.output_file_id).text.splitlines()
+    assert len(raw) == 8  # 4 answered + duplicate + foreign + id-less + unparseable
+    parsed = [json.loads(line) for line in raw[:-1]]
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(raw[-1])
+    ids = [line.get("custom_id") for line in parsed]
+    sent = {f"req-{i}" for i in range(5)}
+    assert len(sent - set(ids)) == 1  # one dropped
+    assert len([i for i in ids if i in sent]) == 5  # four answers, one of them twice
+    assert f"foreign-{done.id}-1" in ids
+    assert None in ids
+    assert server.stats()["outputs_corrupted"] == 1
+
+    clean = wait_for(client, create_batch(client, chat_file(5)).id)
+    assert len(read_lines(client, clean.output_file_id)) == 5
+    assert server.faults()["output_corruption_batches"] == 0
+
+
+def test_unknown_output_corruption_is_rejected(server: EmulatorServer) -> None:
+    with pytest.raises(Exception, match="400"):
+        server.set_faults(output_corruption=["shuffle"])

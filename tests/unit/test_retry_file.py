@@ -15,9 +15,16 @@ if TYPE_CHECKING:
     from pathlib import Path
 
 
-def _round(tmp_path: Path, output_lines: int, **changes: Any) -> tuple[ObjectStoragePath, Round]:
+def _ok(custom_id: str) -> bytes:
+    return json.dumps({"custom_id": custom_id, "response": {"status_code": 200, "body": {}}}).encode() + b"\n"
+
+
+def _round(tmp_path: Path, output: list[bytes], **changes: Any) -> tuple[ObjectStoragePath, Round]:
     (tmp_path / "batches").mkdir(exist_ok=True)
-    (tmp_path / "batches" / "batch_1.output.jsonl").write_bytes(b'{"custom_id": "x"}\n' * output_lines)
+    (tmp_path / "shard-00000.jsonl").write_bytes(
+        b"".join(json.dumps({"custom_id": f"r{i}", "body": {}}).encode() + b"\n" for i in range(3))
+    )
+    (tmp_path / "batches" / "batch_1.output.jsonl").write_bytes(b"".join(output))
     fields: dict[str, Any] = {
         "round": 0,
         "file": "shard-00000.jsonl",
@@ -31,22 +38,45 @@ def _round(tmp_path: Path, output_lines: int, **changes: Any) -> tuple[ObjectSto
     return ObjectStoragePath(str(tmp_path)), Round(**fields)
 
 
+ALL = [_ok("r0"), _ok("r1"), _ok("r2")]
+
+
 def test_all_answered(tmp_path: Path) -> None:
-    assert nothing_to_retry(*_round(tmp_path, 3))
+    assert nothing_to_retry(*_round(tmp_path, ALL))
 
 
 @pytest.mark.parametrize(
-    ("lines", "changes"),
+    ("output", "changes"),
     [
-        pytest.param(2, {}, id="a-line-missing-from-the-output"),
-        pytest.param(3, {"error_file_id": "file-err"}, id="an-error-file"),
-        pytest.param(3, {"status": "expired"}, id="expired"),
-        pytest.param(3, {"request_counts": {"total": 3, "completed": 2, "failed": 1}}, id="a-failure"),
-        pytest.param(3, {"output_file_id": None}, id="no-output-file"),
+        pytest.param(ALL[:2], {}, id="a-line-missing-from-the-output"),
+        pytest.param([_ok("r0"), _ok("r0"), _ok("r2")], {}, id="a-duplicate-in-place-of-a-missing-line"),
+        pytest.param([_ok("r0"), _ok("r2"), _ok("elsewhere-1")], {}, id="a-foreign-id-in-place-of-one"),
+        pytest.param([_ok("r0"), _ok("r2"), b'{"response": {}}\n'], {}, id="an-id-less-line-in-place-of-one"),
+        pytest.param([_ok("r0"), _ok("r2"), b"{not json\n"], {}, id="an-unparseable-line-in-place-of-one"),
+        pytest.param(ALL, {"error_file_id": "file-err"}, id="an-error-file"),
+        pytest.param(ALL, {"status": "expired"}, id="expired"),
+        pytest.param(ALL, {"request_counts": {"total": 3, "completed": 2, "failed": 1}}, id="a-failure"),
+        pytest.param(ALL, {"output_file_id": None}, id="no-output-file"),
     ],
 )
-def test_anything_less_writes_a_retry_file(tmp_path: Path, lines: int, changes: dict[str, Any]) -> None:
-    assert not nothing_to_retry(*_round(tmp_path, lines, **changes))
+def test_anything_less_writes_a_retry_file(
+    tmp_path: Path, output: list[bytes], changes: dict[str, Any]
+) -> None:
+    assert not nothing_to_retry(*_round(tmp_path, output, **changes))
+
+
+def test_the_retry_file_skips_lines_it_cannot_read_and_holds_the_unanswered(tmp_path: Path) -> None:
+    from openai_batch.results_io import write_retry_file
+
+    output = [_ok("r0"), _ok("r0"), b'{"response": {}}\n', b"{not json\n", _ok("elsewhere-1")]
+    state_dir, rnd = _round(tmp_path, output)
+    assert write_retry_file(state_dir, rnd, "retry.jsonl") == 2
+    assert [
+        json.loads(line)["custom_id"] for line in (tmp_path / "retry.jsonl").read_text().splitlines()
+    ] == [
+        "r1",
+        "r2",
+    ]
 
 
 def test_retry_file_holds_the_requests_without_a_final_outcome(tmp_path: Path) -> None:
