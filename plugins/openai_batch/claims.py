@@ -185,8 +185,11 @@ def record_round_answers(record: RequestRecord, owner: str, state_dir: ObjectSto
         for line in iter_lines(path):
             if not line.strip():
                 continue
-            state = _answered(line)
-            digest = digests.get(_custom_id(line))
+            try:
+                state = _answered(line)
+                digest = digests.get(_custom_id(line))
+            except ValueError:  # json.JSONDecodeError included
+                continue  # a stray line (no id, not JSON): counted by the merge's check, no answer here
             if state is not None and digest is not None:
                 by_state[state].append(digest)
     for state, found in by_state.items():
