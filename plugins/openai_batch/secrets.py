@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import re
+import sys
 import threading
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -131,21 +132,21 @@ def redact(text: str) -> str:
     return pattern.sub(REDACTED, text) if pattern is not None and text else text
 
 
-def _redact_value(value: Any) -> Any:
+def _redact_value(value: Any, objects: bool = True) -> Any:
     if isinstance(value, str):
         return redact(value)
     if isinstance(value, bytes):
         return redact(value.decode("utf-8", "replace")).encode() if _pattern is not None else value
     if isinstance(value, tuple):
-        return tuple(_redact_value(v) for v in value)
+        return tuple(_redact_value(v, objects) for v in value)
     if isinstance(value, list):
-        return [_redact_value(v) for v in value]
+        return [_redact_value(v, objects) for v in value]
     if isinstance(value, dict):
-        return {k: _redact_value(v) for k, v in value.items()}
+        return {k: _redact_value(v, objects) for k, v in value.items()}
     if isinstance(value, BaseException):
         redact_exception(value)
         return value
-    if isinstance(value, int | float | bool) or value is None:
+    if not objects or isinstance(value, int | float | bool) or value is None:
         return value
     # Anything else is formatted with str() by the handler: redact what it will print.
     text = str(value)
@@ -191,8 +192,46 @@ _FILTER = SecretRedactingFilter()
 _LOGGERS = ("", "airflow.task", "airflow.triggerer", "airflow.processor", "task", "openai_batch")
 
 
+def redact_event(logger: Any, method_name: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+    """
+    Redact a structlog event: its strings, and the exception it carries (rendered later in the chain).
+
+    Airflow's masker redacts the event's strings but not the exception objects, whose texts the
+    renderer formats after it in-process (``dag.test()``, the triggerer's own loop).
+    """
+    if _pattern is None:
+        return event_dict
+    exc_info = event_dict.get("exc_info")
+    if exc_info is True:
+        exc_info = sys.exc_info()
+    if isinstance(exc_info, BaseException):
+        redact_exception(exc_info)
+    elif isinstance(exc_info, tuple) and len(exc_info) == 3 and isinstance(exc_info[1], BaseException):
+        redact_exception(exc_info[1])
+    for name, value in event_dict.items():
+        if name != "exc_info":
+            event_dict[name] = _redact_value(value, objects=False)
+    return event_dict
+
+
+def _install_structlog_processor() -> None:
+    try:
+        import structlog
+    except ImportError:  # pragma: no cover - Airflow brings structlog
+        return
+    processors = structlog.get_config().get("processors")
+    # In place, first: loggers already bound (and cached) share this list object.
+    if isinstance(processors, list) and redact_event not in processors:
+        processors.insert(0, redact_event)
+
+
 def install_log_redaction() -> None:
-    """Add the redacting filter to the task, triggerer and root loggers and every configured handler."""
+    """
+    Add the redacting filter to the task, triggerer and root loggers and every configured handler.
+
+    Also puts ``redact_event`` first in structlog's processor chain (Airflow 3 logs through structlog).
+    """
+    _install_structlog_processor()
     loggers = [logging.getLogger(name) for name in _LOGGERS]
     loggers += [
         logger

@@ -100,10 +100,10 @@ def test_a_key_stored_with_a_trailing_newline_is_stripped_and_never_logged(
     dag_run = _run_without_task_retries()
 
     texts = _read_everything(inputs, capfd, caplog)
+    assert _leaks(texts, CANARY, MIDDLE) == []
     assert dag_run.state == "success", task_states(dag_run)
     assert "unauthorized" not in server.stats()
     assert any(p.endswith("results.jsonl") for p in texts)
-    assert _leaks(texts, CANARY, MIDDLE) == []
 
 
 def test_a_key_with_a_tab_inside_fails_naming_the_connection(
