@@ -15,6 +15,7 @@ trigger logs. This module imports nothing from Airflow at import time.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 import logging
@@ -114,14 +115,28 @@ def register_secret(secret: str | None) -> None:
     install_log_redaction()
 
 
+#: Tasks telling a triggerer's supervisor about new secrets (kept so they are not collected early).
+_PENDING: set[asyncio.Task[None]] = set()
+
+
 def _mask_in_airflow(values: list[str]) -> None:
     try:
-        from airflow.sdk.log import mask_secret
+        from airflow.sdk.log import amask_secret, mask_secret
     except ImportError:  # pragma: no cover - Airflow is always installed with the plugin
         return
+    try:
+        loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+    except RuntimeError:
+        loop = None
     for value in values:
         try:
-            mask_secret(value)
+            if loop is None:
+                mask_secret(value)  # this process's masker and the task supervisor's
+            else:
+                # On a triggerer's event loop: the supervisor is told without blocking the loop.
+                task = loop.create_task(amask_secret(value))
+                _PENDING.add(task)
+                task.add_done_callback(_PENDING.discard)
         except Exception:  # noqa: BLE001 - masking is best effort here; our own filter still redacts
             logging.getLogger(__name__).debug("Airflow's masker refused a value", exc_info=False)
 

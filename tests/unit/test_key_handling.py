@@ -217,3 +217,18 @@ def test_structlog_events_are_redacted_before_the_exception_is_rendered() -> Non
     assert text.count("Bearer ***") == 2  # in the field and in the exception's text
     assert KEY not in text
     assert "middle-part" not in text
+
+
+def test_a_key_registered_on_an_event_loop_reaches_airflows_masker_without_blocking() -> None:
+    import asyncio
+
+    from airflow.sdk._shared.secrets_masker import redact
+
+    key = "sk-async-canary-84c1-middle"
+
+    async def on_the_loop() -> None:
+        api_key_from(key + "\n", conn_id="c")  # as a trigger's hook does, on the triggerer's loop
+        await asyncio.sleep(0)  # the masking task runs at the next turn of the loop
+
+    asyncio.run(on_the_loop())
+    assert redact(f"Bearer {key}") == "Bearer ***"
