@@ -1,12 +1,13 @@
 """
 A canary API key appears in no file the ``airflow standalone`` stack writes, however its runs end.
 
-Six runs of ``openai_batch`` go side by side on the shared stack (scheduler, LocalExecutor workers,
+Five runs of ``openai_batch`` go side by side on the shared stack (scheduler, LocalExecutor workers,
 triggerer, api-server), each through a connection of its own whose password is the canary as a
 copy-paste or a mounted secret leaves it: with a trailing newline (stripped: the run succeeds), with
 a tab inside (refused, naming the connection), refused by the API (401), aimed at a closed port,
-refused at upload, and refused at the trigger's status polls. Then every file under the Airflow
-home's log folder, the stack's stdout/stderr logs, and the results and state folders is read.
+and refused at upload (a refused status poll is covered by the ``dag.test()`` tests). Then every
+file under the Airflow home's log folder, the stack's stdout/stderr logs, and the results and state
+folders is read.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from tests.deploy.processes import http_json, wait_until
+from tests.deploy.processes import http_json
 from tests.deploy.standalone import DAG_ID, StandaloneStack, standalone  # noqa: F401 - fixture
 
 if TYPE_CHECKING:
@@ -34,7 +35,7 @@ SECOND = "sk-second-paste-7Hk2Wq"
 
 @pytest.fixture
 def emulators(tmp_path: Path) -> Iterator[dict[str, Any]]:
-    """Emulators that accept only the canary (one slow, one refusing uploads) and one that refuses it."""
+    """Emulators that accept only the canary (one refusing uploads) and one that refuses it."""
     from openai_emulator.testing import EmulatorServer
 
     fast = {"validating_seconds": 0.1, "finalizing_seconds": 0.1}
@@ -42,8 +43,6 @@ def emulators(tmp_path: Path) -> Iterator[dict[str, Any]]:
         "ok": EmulatorServer(tmp_path / "ok", api_key=CANARY, **fast),
         "other": EmulatorServer(tmp_path / "other", api_key="sk-the-only-accepted-key", **fast),
         "upload": EmulatorServer(tmp_path / "upload", api_key=CANARY, **fast),
-        # One request a second: the batch is still running when its polls start to fail.
-        "slow": EmulatorServer(tmp_path / "slow", api_key=CANARY, requests_per_second=0.2, **fast),
     }
     for server in servers.values():
         server.start()
@@ -98,7 +97,6 @@ def test_the_canary_key_is_in_no_log_result_or_state_file(
         "unauthorized": (emulators["other"].base_url, CANARY + "\n", "failed"),
         "refused": (f"http://127.0.0.1:{free_port()}/v1", CANARY + "\n", "failed"),
         "upload": (emulators["upload"].base_url, CANARY + "\n", "failed"),
-        "poll": (emulators["slow"].base_url, CANARY + "\n", "failed"),
     }
     runs: dict[str, str] = {}
     conn_ids = {case: f"canary_{case}_{tag}" for case in cases}
@@ -118,9 +116,8 @@ def test_the_canary_key_is_in_no_log_result_or_state_file(
             )
             folder = stack.inbox / f"canary-{tag}" / case
             folder.mkdir(parents=True)
-            (folder / "requests.jsonl").write_text(_lines(case, 12 if case == "poll" else 3))
-        # The DAG runs at most four runs at once: the poll case goes first, so that it can defer.
-        for case in ["poll", *(c for c in cases if c != "poll")]:
+            (folder / "requests.jsonl").write_text(_lines(case))
+        for case in cases:
             run_id = f"canary_{case}_{tag}"
             conf = {
                 "input": f"canary-{tag}/{case}/*.jsonl",
@@ -134,17 +131,6 @@ def test_the_canary_key_is_in_no_log_result_or_state_file(
                 {"dag_run_id": run_id, "logical_date": None, "conf": conf},
             )
             runs[case] = run_id
-            if case == "poll":
-                # Between the submit and the trigger's polls: every status poll is refused from here on.
-                wait_until(
-                    "the poll case to defer",
-                    lambda: _ti_state(stack, runs["poll"], "wait_for_batch") == "deferred",
-                    240,
-                    alive=stack.group,
-                )
-                emulators["slow"].set_faults(
-                    error_rate=1.0, error_codes=[401], error_routes=["GET /v1/batches/*"]
-                )
 
         ended = {case: stack.wait_for_run(run_id, timeout=400) for case, run_id in runs.items()}
     finally:
@@ -160,7 +146,6 @@ def test_the_canary_key_is_in_no_log_result_or_state_file(
     assert "unauthorized" not in emulators["ok"].stats()  # the stripped key was accepted
     assert emulators["other"].stats().get("unauthorized", 0) >= 1
     assert emulators["upload"].stats().get("injected_errors", 0) >= 1
-    assert emulators["slow"].stats().get("injected_errors", 0) >= 2
 
     texts = _read_all([stack.home / "logs", stack.group.log_dir, stack.results, stack.inbox])
     print(f"\nread {len(texts)} files:", *texts, sep="\n  ")
@@ -176,7 +161,6 @@ def test_the_canary_key_is_in_no_log_result_or_state_file(
     assert "answered HTTP 401, code invalid_api_key" in task_logs("unauthorized", "submit")
     assert f"Could not reach the API of connection '{conn_ids['refused']}'" in task_logs("refused", "submit")
     assert "answered HTTP 400" in task_logs("upload", "submit")
-    assert "HTTP 401 (code" in task_logs("poll", "wait_for_batch")
 
     leaks = [path for path, text in texts.items() if CANARY in text or MIDDLE in text or SECOND in text]
     assert leaks == []
