@@ -8,10 +8,14 @@ import json
 import logging
 import time
 import weakref
+from contextlib import contextmanager
 from typing import IO, TYPE_CHECKING, Any, cast
 
 import openai
 from airflow.providers.openai.hooks.openai import OpenAIHook
+from airflow.sdk.exceptions import AirflowException, AirflowFailException
+
+from openai_batch.secrets import InvalidAPIKeyError, api_key_from, redact, register_secret
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Mapping
@@ -39,6 +43,91 @@ _SHARED_CLIENTS: weakref.WeakKeyDictionary[
 
 #: Batch statuses after which nothing changes any more.
 TERMINAL_STATUSES = frozenset({"completed", "failed", "expired", "cancelled"})
+
+#: Packages whose exceptions are HTTP-client errors: their texts may quote a request's headers.
+_HTTP_CLIENT_PACKAGES = frozenset({"httpx", "httpx2", "httpcore", "httpcore2", "h11", "aiohttp", "anyio"})
+
+
+class OpenAIBatchAPIError(AirflowException):
+    """
+    Raise when a call to the API failed; the message holds the status and error code, never a header.
+
+    :param message: What failed, built from the status, the API's error code and the connection id.
+    :param status: The HTTP status, or None when no answer came back.
+    :param code: The API's error code (``invalid_api_key``, ``rate_limit_exceeded``...), if any.
+    """
+
+    def __init__(self, message: str, status: int | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+
+
+class OpenAIBatchAuthError(OpenAIBatchAPIError, AirflowFailException):
+    """Raise when the key is refused (401/403) or cannot be sent: retrying the task cannot help."""
+
+
+def describe_api_error(err: BaseException, conn_id: str) -> tuple[str, int | None, str | None]:
+    """
+    Return ``(message, status, code)`` for an SDK or HTTP-client error, without its text.
+
+    The SDK's and the HTTP client's own texts are left out: they can quote a header (an illegal
+    header value is shown whole) or, for a 401, part of the key the server saw.
+    """
+    where = f"connection {conn_id!r}"
+    if isinstance(err, openai.APIStatusError):
+        body = err.body if isinstance(err.body, dict) else {}
+        error = body.get("error") if isinstance(body.get("error"), dict) else body
+        code = error.get("code") if isinstance(error, dict) else None
+        code = str(code) if code is not None else None
+        param = error.get("param") if isinstance(error, dict) else None
+        parts = [f"HTTP {err.status_code}"]
+        if code:
+            parts.append(f"code {code}")
+        if isinstance(param, str) and param:
+            parts.append(f"param {param}")
+        if err.request_id:
+            parts.append(f"request id {err.request_id}")
+        return f"The API of {where} answered {', '.join(parts)}", err.status_code, code
+    if isinstance(err, openai.APITimeoutError):
+        return f"The API of {where} did not answer in time", None, None
+    if isinstance(err, openai.APIConnectionError):
+        cause = err.__cause__ or err.__context__
+        why = type(cause).__name__ if cause is not None else type(err).__name__
+        return f"Could not reach the API of {where} ({why})", None, None
+    if isinstance(err, openai.OpenAIError) and not isinstance(err, openai.APIError):
+        # The SDK's own set-up errors (no key configured...) are its texts, not a server's or a header's.
+        return f"Calling the API of {where} failed: {redact(str(err))[:300]}", None, None
+    return f"Calling the API of {where} failed ({type(err).__name__})", None, None
+
+
+def _is_http_client_error(err: BaseException) -> bool:
+    return type(err).__module__.split(".")[0] in _HTTP_CLIENT_PACKAGES
+
+
+@contextmanager
+def api_errors(conn_id: str) -> Iterator[None]:
+    """
+    Map SDK and HTTP-client errors raised inside to ``OpenAIBatchAPIError``, dropping their chain.
+
+    A refused key (401, 403) or one that cannot be sent fails the task at once
+    (``OpenAIBatchAuthError``); other errors keep the task's retries.
+    """
+    try:
+        yield
+    except InvalidAPIKeyError as err:
+        raise OpenAIBatchAuthError(redact(str(err))) from None
+    except (openai.AuthenticationError, openai.PermissionDeniedError) as err:
+        message, status, code = describe_api_error(err, conn_id)
+        raise OpenAIBatchAuthError(message, status, code) from None
+    except openai.OpenAIError as err:
+        message, status, code = describe_api_error(err, conn_id)
+        raise OpenAIBatchAPIError(message, status, code) from None
+    except Exception as err:
+        if not _is_http_client_error(err):
+            raise
+        message, status, code = describe_api_error(err, conn_id)
+        raise OpenAIBatchAPIError(message, status, code) from None
 
 
 #: Seconds a lookup back to a recorded intent reaches further back, for clock skew between this
@@ -82,7 +171,12 @@ class OpenAIBatchHook(OpenAIHook):
         self.timeout = timeout
 
     def _client_kwargs(self, conn: Any, extras: dict[str, Any]) -> dict[str, Any]:
+        # The one place both clients (sync and async) and the lean poller get their key from.
+        register_secret(conn.password)  # as stored, before anything can log it
         kwargs = super()._client_kwargs(conn, extras)
+        if "workload_identity" not in kwargs:
+            # Resolved here, not by the SDK: its own OPENAI_API_KEY fallback sends the value unstripped.
+            kwargs["api_key"] = api_key_from(kwargs.get("api_key"), conn_id=self.conn_id)
         kwargs.setdefault("max_retries", self.max_retries)
         kwargs.setdefault("timeout", self.timeout)
         return kwargs

@@ -20,6 +20,7 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from openai_batch.budget import NoCapacityError, limit_for, plan_cost, shard_estimates
 from openai_batch.pricing import format_usd, is_unpriced
+from openai_batch.secrets import maps_api_errors
 from openai_batch.storage import (
     InputTooLargeError,
     NotRegularFileError,
@@ -803,6 +804,7 @@ class OpenAIBatchSubmitOperator(BaseOperator):
         self.token_limits = token_limits
         self.capacity_poll = capacity_poll
 
+    @maps_api_errors
     def execute(self, context: Context) -> dict[str, Any]:
         """Submit the shard and return it with its batch id."""
         from openai_batch.hooks import OpenAIBatchHook

@@ -28,6 +28,8 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
+from openai_batch.secrets import api_key_from, redact
+
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Mapping
 
@@ -92,8 +94,11 @@ class PollSettings:
         """
         if set(kwargs) - _SUPPORTED_KWARGS:
             return None
-        api_key = kwargs.get("api_key") or os.environ.get("OPENAI_API_KEY")
-        if not api_key or not isinstance(api_key, str):
+        raw_key = kwargs.get("api_key")
+        if raw_key is not None and not isinstance(raw_key, str):
+            return None
+        api_key = api_key_from(raw_key)  # stripped and checked as for the SDK's clients
+        if not api_key:
             return None
         base_url = str(kwargs.get("base_url") or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL)
         headers: dict[str, str] = {}
@@ -233,13 +238,27 @@ class BatchStatusPoller:
             if not isinstance(batch, dict) or not isinstance(batch.get("status"), str):
                 raise BatchPollError(f"batch {batch_id}: the response is not a batch", status)
             return batch
-        message = self._redact(f"batch {batch_id}: HTTP {status}: {_api_message(body)}")
+        if status in (401, 403):
+            # A refused key: a server may quote part of it, so only the status and code are kept.
+            message = self._redact(f"batch {batch_id}: HTTP {status} (code {_api_code(body)})")
+        else:
+            message = self._redact(f"batch {batch_id}: HTTP {status}: {_api_message(body)}")
         if status == 404:
             raise BatchNotFoundError(message, status)
         raise BatchPollError(message, status)
 
     def _redact(self, text: str) -> str:
+        text = redact(text)
         return text.replace(self.settings.api_key, "***") if self.settings.api_key else text
+
+
+def _api_code(body: bytes) -> str:
+    """Return the ``error.code`` of an API error body, or ``unknown``."""
+    try:
+        code = json.loads(body)["error"]["code"]
+    except (ValueError, KeyError, TypeError):
+        return "unknown"
+    return str(code) if code else "unknown"
 
 
 def _api_message(body: bytes) -> str:

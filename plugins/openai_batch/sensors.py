@@ -11,6 +11,7 @@ from airflow.sdk.exceptions import AirflowException
 
 from openai_batch.budget import NoCapacityError, ledger_for, limit_for, parse_limits, shard_estimates
 from openai_batch.operators import capacity_key, load_state, save_state, submit_round, wait_for_capacity
+from openai_batch.secrets import maps_api_errors
 from openai_batch.storage import join_pattern, to_path
 from openai_batch.ui.links import OpenAIBatchResultsLink
 
@@ -266,6 +267,7 @@ class OpenAIBatchSensor(BaseSensorOperator):
 
         return OpenAIBatchHook(conn_id=self.conn_id)
 
+    @maps_api_errors
     def execute(self, context: Context) -> dict[str, Any]:
         """Resume from the shard's state record: wait for its current batch, or finish."""
         state_dir = to_path(self.shard["state_dir"])
@@ -305,6 +307,7 @@ class OpenAIBatchSensor(BaseSensorOperator):
             method_name="execute_complete",
         )
 
+    @maps_api_errors
     def execute_complete(self, context: Context, event: dict[str, Any]) -> dict[str, Any]:
         """Record how the batch ended, download its files, then resubmit or finish."""
         from openai_batch.results_io import download_round
@@ -357,6 +360,7 @@ class OpenAIBatchSensor(BaseSensorOperator):
         self.defer(trigger=TimeDeltaTrigger(timedelta(seconds=delay)), method_name="resubmit")
         raise AssertionError("unreachable")
 
+    @maps_api_errors
     def resubmit(self, context: Context, event: Any = None) -> dict[str, Any]:
         """Resubmit the current round after a ``token_limit_exceeded`` failure, then wait again."""
         from openai_batch.state import Round

@@ -14,6 +14,7 @@ from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from openai_batch.hooks import TERMINAL_STATUSES, OpenAIBatchHook
 from openai_batch.poller import BatchNotFoundError, BatchPollError, PollSettings, shared_poller
+from openai_batch.secrets import redact
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable
@@ -46,8 +47,12 @@ async def _sdk_get_batch(client: AsyncOpenAI, batch_id: str) -> dict[str, Any]:
         raw = await client.batches.with_raw_response.retrieve(batch_id)
     except openai.NotFoundError as err:
         raise BatchNotFoundError(err.message, 404) from None
+    except (openai.AuthenticationError, openai.PermissionDeniedError) as err:
+        # A refused key: the server's text may quote part of it, so only the status and code are kept.
+        message = f"batch {batch_id}: HTTP {err.status_code} (code {err.code or 'unknown'})"
+        raise BatchPollError(message, err.status_code) from None
     except openai.APIStatusError as err:
-        message = f"batch {batch_id}: HTTP {err.status_code}: {err.message}"
+        message = redact(f"batch {batch_id}: HTTP {err.status_code}: {err.message}")
         raise BatchPollError(message, err.status_code) from None
     except (openai.APIError, openai.APIConnectionError) as err:
         raise BatchPollError(f"polling batch {batch_id} failed: {type(err).__name__}") from None
