@@ -14,7 +14,7 @@ Variables: `openai_batch_inbox`, `openai_batch_results`, `openai_batch_allowed_r
 `openai_batch_max_input_bytes` (cap on a `.jsonl.gz`'s decompressed size, default 100 GiB);
 cost and capacity: `openai_batch_daily_budget_usd`, `openai_batch_token_limits`,
 `openai_batch_ledger_dir`, `openai_batch_capacity_poll`.
-Connection: `openai_default`.
+Connection: the `conn_id` param, default `openai_default`.
 """
 
 from __future__ import annotations
@@ -74,6 +74,15 @@ BUDGET_TIMEOUT = timedelta(minutes=30)
             title="Input",
             description="Path or glob of the JSONL files to send, relative to the inbox, absolute, or a URL "
             "(s3://...). Empty: <inbox>/YYYY-MM-DD/*.jsonl for scheduled runs, <inbox>/*.jsonl otherwise.",
+        ),
+        "conn_id": Param(
+            "openai_default",
+            type="string",
+            minLength=1,
+            pattern="^[A-Za-z0-9_.-]+$",
+            title="Connection",
+            description="The Airflow connection of the API (type openai: API key in the password, base URL "
+            "in the host).",
         ),
         "endpoint": Param(
             "/v1/chat/completions",
@@ -235,6 +244,7 @@ def openai_batch() -> None:
     shard_label = "{{ task.shard['key'] }} #{{ task.shard['index'] + 1 }}/{{ task.shard['count'] }}"
     submitted = OpenAIBatchSubmitOperator.partial(
         task_id="submit",
+        conn_id="{{ params.conn_id }}",
         execution_timeout=SUBMIT_TIMEOUT,
         map_index_template=shard_label,
         output_expires_after="{{ params.output_expires_after }}",
@@ -244,6 +254,7 @@ def openai_batch() -> None:
     ).expand(shard=list_shards(budgeted))
     waited = OpenAIBatchSensor.partial(
         task_id="wait_for_batch",
+        conn_id="{{ params.conn_id }}",
         map_index_template=shard_label,
         poll_interval="{{ params.poll_interval }}",
         max_retry_rounds="{{ params.max_retry_rounds }}",

@@ -770,7 +770,7 @@ class OpenAIBatchSubmitOperator(BaseOperator):
     in the state record next to the results and in the batch metadata, and both are checked first.
 
     :param shard: One shard entry of a plan from ``OpenAIBatchPrepareOperator``. (templated)
-    :param conn_id: The OpenAI connection id.
+    :param conn_id: The OpenAI connection id. (templated)
     :param output_expires_after: When set, ``{"anchor": "created_at", "seconds": N}`` (N from 3600
         to 2592000): the batch's output and error files expire N seconds after they are created.
         Passed on with the shard, so follow-up rounds use it too. (templated)
@@ -783,7 +783,14 @@ class OpenAIBatchSubmitOperator(BaseOperator):
     :param capacity_poll: Seconds between two capacity checks of a waiting shard. (templated)
     """
 
-    template_fields = ("shard", "output_expires_after", "ledger_dir", "token_limits", "capacity_poll")
+    template_fields = (
+        "shard",
+        "conn_id",
+        "output_expires_after",
+        "ledger_dir",
+        "token_limits",
+        "capacity_poll",
+    )
 
     def __init__(
         self,

@@ -204,7 +204,7 @@ class OpenAIBatchSensor(BaseSensorOperator):
     failures are logged with their line numbers and end as failed requests in the results.
 
     :param shard: One shard entry returned by ``OpenAIBatchSubmitOperator``. (templated)
-    :param conn_id: The OpenAI connection id.
+    :param conn_id: The OpenAI connection id. (templated)
     :param poll_interval: Seconds between two polls. (templated)
     :param max_retry_rounds: Follow-up rounds for retryable requests. (templated)
     :param max_token_limit_retries: Resubmissions after ``token_limit_exceeded``.
@@ -223,6 +223,7 @@ class OpenAIBatchSensor(BaseSensorOperator):
 
     template_fields = (
         "shard",
+        "conn_id",
         "poll_interval",
         "max_retry_rounds",
         "ledger_dir",

@@ -45,6 +45,7 @@ def test_params_have_titles_descriptions_and_schema() -> None:
     dag = get_dag()
     expected = {
         "input",
+        "conn_id",
         "endpoint",
         "model",
         "max_requests_per_batch",
@@ -63,6 +64,7 @@ def test_params_have_titles_descriptions_and_schema() -> None:
         assert param.description, name
         assert param.schema.get("title"), name
         assert "type" in param.schema, name
+    assert dag.params.get_param("conn_id").value == "openai_default"
     assert "/v1/embeddings" in dag.params.get_param("endpoint").schema["enum"]
     assert dag.params.get_param("max_requests_per_batch").schema["maximum"] == 50000
     assert dag.params.get_param("poll_interval").schema["minimum"] == 1
