@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -99,3 +100,16 @@ def submit(shard: dict[str, Any]) -> dict[str, Any]:
 
     result: dict[str, Any] = OpenAIBatchSubmitOperator(task_id="submit", shard=shard).execute({})  # type: ignore[arg-type]
     return result
+
+
+def metadata_db_bytes(home: Path) -> dict[str, bytes]:
+    """Return the bytes of the SQLite metadata db and its WAL and shm files, read by another process.
+
+    Opening and closing one of these files in this process would drop the POSIX locks that the
+    process's own SQLite connections hold on it (a lock belongs to the process, not to the
+    descriptor), and a concurrent writer could then corrupt the db.
+    """
+    found: dict[str, bytes] = {}
+    for db_file in sorted(home.glob("airflow.db*")):
+        found[str(db_file)] = subprocess.run(["cat", str(db_file)], capture_output=True, check=True).stdout
+    return found

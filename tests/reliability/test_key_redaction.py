@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from tests.dags.conftest import get_dag
-from tests.reliability.support import chat_line, task_states, write_input
+from tests.reliability.support import chat_line, metadata_db_bytes, task_states, write_input
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -58,8 +58,8 @@ def _read_everything(
     for root in roots:
         for path in sorted(p for p in root.rglob("*") if p.is_file()):
             texts[str(path)] = path.read_bytes().decode("utf-8", "replace")
-    for db_file in home.glob("airflow.db*"):
-        texts[str(db_file)] = db_file.read_bytes().decode("latin-1")
+    for name, data in metadata_db_bytes(home).items():
+        texts[name] = data.decode("latin-1")
     with capfd.disabled():
         print(f"\nread {len(texts)} outputs:", *texts, sep="\n  ")
     return texts

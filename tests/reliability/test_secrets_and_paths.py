@@ -10,7 +10,15 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from airflow.sdk.exceptions import AirflowFailException
 
-from tests.reliability.support import chat_line, prepare, read_jsonl, run_dag, task_states, write_input
+from tests.reliability.support import (
+    chat_line,
+    metadata_db_bytes,
+    prepare,
+    read_jsonl,
+    run_dag,
+    task_states,
+    write_input,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -76,8 +84,8 @@ def test_api_key_appears_in_no_log_output_xcom_rendered_field_or_file(
     home = Path(os.environ["AIRFLOW_HOME"])
     for path in _files(home / "logs") | _files(paths["results"]):
         haystacks[str(path)] = path.read_bytes().decode("utf-8", "replace")
-    for db_file in home.glob("airflow.db*"):  # the metadata db, byte for byte (with its WAL)
-        haystacks[str(db_file)] = db_file.read_bytes().decode("latin-1")
+    for name, data in metadata_db_bytes(home).items():  # the metadata db, byte for byte (with its WAL)
+        haystacks[name] = data.decode("latin-1")
     db = _db_texts("openai_batch")
     assert db["xcom"], "no XCom rows found"
     assert db["rendered"], "no rendered template fields found"
