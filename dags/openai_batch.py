@@ -13,7 +13,8 @@ the wait is deferred, unfinished requests are resubmitted for a few rounds, and 
 Variables: `openai_batch_inbox`, `openai_batch_results`, `openai_batch_allowed_roots`,
 `openai_batch_max_input_bytes` (cap on a `.jsonl.gz`'s decompressed size, default 100 GiB);
 cost and capacity: `openai_batch_daily_budget_usd`, `openai_batch_token_limits`,
-`openai_batch_ledger_dir`, `openai_batch_capacity_poll`.
+`openai_batch_ledger_dir`, `openai_batch_capacity_poll`, `openai_batch_reuse_identical` (true:
+answer an identical request from an earlier answer instead of paying again; off by default).
 Connection: the `conn_id` param, default `openai_default`.
 """
 
@@ -46,6 +47,8 @@ LEDGER = (
 TOKEN_LIMITS = "{{ var.value.get('openai_batch_token_limits', '') }}"
 DAILY_BUDGET = "{{ var.value.get('openai_batch_daily_budget_usd', '') }}"
 CAPACITY_POLL = "{{ var.value.get('openai_batch_capacity_poll', 30) }}"
+# Opt-in answer cache: an identical request (same endpoint and body) answered before is not paid again.
+REUSE_IDENTICAL = "{{ var.value.get('openai_batch_reuse_identical', '') }}"
 # Cap on the decompressed size of a .jsonl.gz input (bytes); empty: 100 GiB.
 MAX_INPUT_BYTES = "{{ var.value.get('openai_batch_max_input_bytes', '') }}"
 # Every task that reads, writes or waits on I/O ends within these bounds (sensors have their own
@@ -201,6 +204,7 @@ def openai_batch() -> None:
         max_input_bytes=MAX_INPUT_BYTES,
         execution_timeout=PREPARE_TIMEOUT,
         ledger_dir=LEDGER,
+        reuse_identical=REUSE_IDENTICAL,
     ).expand(source=files.output)
 
     # all_done_min_one_success: a prepare that still fails (storage trouble after its retries)
@@ -259,6 +263,7 @@ def openai_batch() -> None:
         poll_interval="{{ params.poll_interval }}",
         max_retry_rounds="{{ params.max_retry_rounds }}",
         ledger_dir=LEDGER,
+        reuse_identical=REUSE_IDENTICAL,
         token_limits=TOKEN_LIMITS,
         capacity_poll=CAPACITY_POLL,
     ).expand(shard=submitted.output)

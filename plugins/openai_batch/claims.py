@@ -4,6 +4,8 @@ After ``prepare_requests`` wrote its shards, :func:`claim_shards` claims every r
 content's state folder. Requests another state folder owns (sent or about to be, or answered) are
 taken out of the shards and written to ``borrowed-<hash>.jsonl`` files, one per owner shard: the
 plan gets a ``borrowed`` entry for each, whose wait uses the owner's answers instead of paying again.
+With the opt-in answer cache (:mod:`openai_batch.answers`), requests whose identical request (same
+endpoint and body) succeeded before are taken out first, their answers written to ``cached.jsonl``.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from openai_batch.answers import CACHED_FILE, answer_key
 from openai_batch.records import FINAL_STATES, RECORD_FILE, STALE_AFTER, RequestRecord
 from openai_batch.reuse import request_digest
 
@@ -22,6 +25,7 @@ if TYPE_CHECKING:
 
     from airflow.sdk import ObjectStoragePath
 
+    from openai_batch.answers import AnswerCache, Cached
     from openai_batch.budget import Ledger
     from openai_batch.prepare import Shard
     from openai_batch.records import Entry
@@ -42,6 +46,8 @@ class ClaimOutcome:
 
     kept: dict[int, tuple[int, str]] = field(default_factory=dict)
     borrowed: list[dict[str, Any]] = field(default_factory=list)
+    #: Requests answered from the answer cache (their result lines are in ``cached.jsonl``).
+    cached: int = 0
 
     def requests(self, shard: Shard) -> int:
         """Return the requests a shard still sends."""
@@ -71,59 +77,137 @@ def _custom_id(line: bytes) -> str:
 
 
 def claim_shards(
-    record: RequestRecord, owner: str, shards: list[Shard], work: Path, *, force: bool = False
+    record: RequestRecord,
+    owner: str,
+    shards: list[Shard],
+    work: Path,
+    *,
+    force: bool = False,
+    cache: AnswerCache | None = None,
 ) -> ClaimOutcome:
     """
     Claim every request of ``shards`` (files in ``work``) for ``owner``; take out the ones others own.
 
     Runs after prepare, once per content and settings: one read of the shards to claim, and only
-    when another owner holds some request, a rewrite of the shards holding them (rare).
+    when another owner holds some request, a rewrite of the shards holding them (rare). With a
+    ``cache``, requests it holds an answer for are neither claimed nor sent: their answers go to
+    ``cached.jsonl`` (always written, empty without hits).
     """
+    hits = _cache_hits(cache, shards, work) if cache is not None and not force else {}
 
     def rows() -> Iterable[tuple[str, str, int]]:
         for shard in shards:
             for line in _lines(work / Path(shard.path).name):
-                yield request_digest(line), _custom_id(line), shard.index
+                digest = request_digest(line)
+                if digest not in hits:
+                    yield digest, _custom_id(line), shard.index
 
     others = {e.digest: e for e in record.claim(owner, rows(), force=force)}
     outcome = ClaimOutcome()
-    if not others:
-        return outcome
-    groups: dict[tuple[str, int], dict[str, Any]] = {}
-    for shard in shards:
-        path = work / Path(shard.path).name
-        kept = path.with_suffix(".kept")
-        count, digest, touched = 0, hashlib.sha256(), False
-        with kept.open("wb") as fout:
-            for line in _lines(path):
-                entry = others.get(request_digest(line))
-                if entry is None:
-                    fout.write(line)
-                    digest.update(line)
-                    count += 1
-                    continue
-                touched = True
-                group = groups.get((entry.owner, entry.shard))
-                if group is None:
-                    name = hashlib.sha256(f"{entry.owner}\0{entry.shard}".encode()).hexdigest()[:16]
-                    group = groups[(entry.owner, entry.shard)] = {
-                        "owner_state_dir": entry.owner,
-                        "owner_shard": entry.shard,
-                        "file": f"borrowed-{name}.jsonl",
-                        "requests": 0,
-                        "endpoint": shard.endpoint,
-                        "model": shard.model,
-                    }
-                with (work / group["file"]).open("ab") as borrowed:
-                    borrowed.write(line)
-                group["requests"] += 1
-        if touched:
-            kept.replace(path)
-            outcome.kept[shard.index] = (count, digest.hexdigest())
-        else:
-            kept.unlink()
+    with (work / CACHED_FILE).open("wb") as cached_out:
+        if not others and not hits:
+            return outcome
+        groups: dict[tuple[str, int], dict[str, Any]] = {}
+        for shard in shards:
+            path = work / Path(shard.path).name
+            kept = path.with_suffix(".kept")
+            count, digest, touched = 0, hashlib.sha256(), False
+            with kept.open("wb") as fout:
+                for line in _lines(path):
+                    line_digest = request_digest(line)
+                    answer = hits.get(line_digest)
+                    if answer is not None:
+                        touched = True
+                        cached_out.write(_cached_line(_custom_id(line), answer))
+                        outcome.cached += 1
+                        continue
+                    entry = others.get(line_digest)
+                    if entry is None:
+                        fout.write(line)
+                        digest.update(line)
+                        count += 1
+                        continue
+                    touched = True
+                    group = groups.get((entry.owner, entry.shard))
+                    if group is None:
+                        name = hashlib.sha256(f"{entry.owner}\0{entry.shard}".encode()).hexdigest()[:16]
+                        group = groups[(entry.owner, entry.shard)] = {
+                            "owner_state_dir": entry.owner,
+                            "owner_shard": entry.shard,
+                            "file": f"borrowed-{name}.jsonl",
+                            "requests": 0,
+                            "endpoint": shard.endpoint,
+                            "model": shard.model,
+                        }
+                    with (work / group["file"]).open("ab") as borrowed:
+                        borrowed.write(line)
+                    group["requests"] += 1
+            if touched:
+                kept.replace(path)
+                outcome.kept[shard.index] = (count, digest.hexdigest())
+            else:
+                kept.unlink()
     outcome.borrowed = list(groups.values())
     return outcome
+
+
+def _cache_hits(cache: AnswerCache, shards: list[Shard], work: Path) -> dict[str, Cached]:
+    """Return ``{request digest: cached answer}`` for the shards' requests the cache answers."""
+    keys: dict[str, str] = {}  # request digest -> answer key
+    for shard in shards:
+        for line in _lines(work / Path(shard.path).name):
+            keys[request_digest(line)] = answer_key(line)
+    found = cache.lookup(sorted(set(keys.values())))
+    return {digest: found[key] for digest, key in keys.items() if key in found}
+
+
+def _cached_line(custom_id: str, answer: Cached) -> bytes:
+    """Return the ``results.jsonl`` line of a request answered from the cache."""
+    head = json.dumps({"custom_id": custom_id, "status": "succeeded"}, ensure_ascii=False)[:-1]
+    tail = json.dumps({"error": None, "batch_id": answer.batch_id})[1:]
+    return f'{head}, "response": '.encode() + answer.response + b", " + tail.encode() + b"\n"
+
+
+def store_round_answers(cache: AnswerCache, owner: str, state_dir: ObjectStoragePath, rnd: Round) -> int:
+    """
+    Store the successful answers of a collected round in the answer cache; return how many are new.
+
+    Only answers to ids sent in the round, each answered once, are stored (a duplicate or foreign
+    line of the service's output is never an answer to someone else's identical request).
+    """
+    from openai_batch.results import classify_line
+    from openai_batch.results_io import round_files
+    from openai_batch.storage import iter_lines
+
+    if not rnd.batch_id:
+        return 0
+    keys: dict[str, str] = {}
+    for line in iter_lines(state_dir / rnd.file):
+        if line.strip():
+            keys[_custom_id(line)] = answer_key(line)
+    answers: dict[str, bytes] = {}
+    seen: set[str] = set()
+    for path in round_files(state_dir, rnd):
+        for line in iter_lines(path):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except ValueError:
+                continue
+            custom_id = obj.get("custom_id") if isinstance(obj, dict) else None
+            if not isinstance(custom_id, str) or custom_id not in keys:
+                continue
+            if custom_id in seen:
+                answers.pop(custom_id, None)  # answered twice: trust neither
+                continue
+            seen.add(custom_id)
+            status, body, _error = classify_line(obj)
+            if status == "succeeded" and body is not None:
+                answers[custom_id] = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode(
+                    "utf-8", "surrogatepass"
+                )
+    return cache.store((keys[cid], body, rnd.batch_id, f"{owner}#{cid}") for cid, body in answers.items())
 
 
 def borrowed_entries(

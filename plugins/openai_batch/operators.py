@@ -300,10 +300,14 @@ class OpenAIBatchPrepareOperator(BaseOperator):
         gets an error plan. Empty: 100 GiB. (templated)
     :param ledger_dir: The deployment's ledger folder: every request is claimed in its request record,
         and one another run already sends or answered is borrowed, not sent. None: no record. (templated)
+    :param reuse_identical: Take the answer of an identical request (same endpoint and body) that
+        succeeded before, from any file or run, out of the answer cache instead of sending it (the
+        Variable ``openai_batch_reuse_identical``; see :mod:`openai_batch.answers`). (templated)
     """
 
     template_fields = (
         "ledger_dir",
+        "reuse_identical",
         "source",
         "inbox",
         "allowed_roots",
@@ -332,11 +336,13 @@ class OpenAIBatchPrepareOperator(BaseOperator):
         partition: str | None = None,
         max_input_bytes: int | str | None = None,
         ledger_dir: str | None = None,
+        reuse_identical: bool | str = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.max_input_bytes = max_input_bytes
         self.ledger_dir = ledger_dir
+        self.reuse_identical = reuse_identical
         self.source = source
         self.inbox = inbox
         self.allowed_roots = allowed_roots
@@ -572,13 +578,28 @@ class OpenAIBatchPrepareOperator(BaseOperator):
 
         A dry run claims nothing. ``force`` (a ``salt``) takes every request over: it is sent again.
         """
+        from openai_batch.answers import CACHED_FILE, cache_for, reuse_identical
         from openai_batch.claims import ClaimOutcome, claim_shards
         from openai_batch.records import record_for
 
         record = None if self.plan_only else record_for(self.ledger_dir)
         if record is None:
+            (work / CACHED_FILE).write_bytes(b"")
             return ClaimOutcome()
-        outcome = claim_shards(record, url_of(state_dir), shards, work, force=bool(salt))
+        try:
+            enabled = reuse_identical(self.reuse_identical)
+        except ValueError as err:
+            raise AirflowFailException(str(err)) from None
+        cache = cache_for(self.ledger_dir) if enabled else None
+        outcome = claim_shards(record, url_of(state_dir), shards, work, force=bool(salt), cache=cache)
+        if cache is not None and cache.set_aside is not None:
+            self.log.warning("The answer cache could not be read; it was moved to %s", cache.set_aside)
+        if outcome.cached:
+            self.log.info(
+                "%s request(s) are identical to ones answered before: their answers come from the "
+                "answer cache (Variable openai_batch_reuse_identical), not paid again",
+                outcome.cached,
+            )
         for group in outcome.borrowed:
             self.log.info(
                 "%s request(s) are already sent or answered by %s (shard %s): their answers are used, "
@@ -600,6 +621,7 @@ class OpenAIBatchPrepareOperator(BaseOperator):
         salt: str,
     ) -> dict[str, Any]:
         """Prepare into ``work``, then publish the files into the content's state folder."""
+        from openai_batch.answers import CACHED_FILE
         from openai_batch.claims import borrowed_entries
         from openai_batch.identity import state_folder
         from openai_batch.idprefix import file_id_prefix
@@ -666,6 +688,7 @@ class OpenAIBatchPrepareOperator(BaseOperator):
             REJECTS_FILE,
             INDEX_FILE,
             REUSED_FILE,
+            CACHED_FILE,
         ]
         names += [group["file"] for group in claimed.borrowed]
         for name in names:
@@ -715,6 +738,7 @@ class OpenAIBatchPrepareOperator(BaseOperator):
             salt,
         )
         plan["borrowed"] = sum(g["requests"] for g in claimed.borrowed)
+        plan["cached"] = claimed.cached
         if self.plan_only:
             plan["unclaimed"] = True
         plan["estimated_output_tokens"] = sum(e[1] for e in estimates.values())

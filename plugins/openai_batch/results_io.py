@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
@@ -135,6 +135,7 @@ def merge_shards(
             reused = state_dir / REUSED_FILE
             if reused.exists():
                 store.add_final_lines(iter_lines(reused))
+            cached_ids = _apply_cached(store, state_dir)
             borrowed, borrowed_ids = _apply_borrowed(store, state_dir)
             for state in states:
                 # The store keeps the outcome of the highest sequence number: the position in the
@@ -151,11 +152,16 @@ def merge_shards(
                 order = Path(tmp) / "order.txt"
                 copy_file(state_dir / "order.txt", to_path(str(order)))
             answered = _still_borrowed(store, borrowed_ids)
+            from_cache = sorted(_still_borrowed_ids(store, cached_ids))
             counts = store.write_results(read_order(order), dest)
             counts.service_anomalies = anomalies
-            # Borrowed answers are stored like carried-over ones (not paid here, no usage).
-            counts.reused -= answered
-            return MergeCounts(**{f.name: getattr(counts, f.name) for f in fields(counts)}, borrowed=answered)
+            # Borrowed and cached answers are stored like carried-over ones (not paid here, no usage).
+            counts.reused -= answered + len(from_cache)
+            return MergeCounts(
+                **{f.name: getattr(counts, f.name) for f in fields(counts)},
+                borrowed=answered,
+                from_cache=from_cache,
+            )
 
 
 @dataclass
@@ -163,9 +169,11 @@ class MergeCounts(ResultCounts):
     """The counts of a merged results file, with the outcomes answered by another content's batches.
 
     :param borrowed: requests answered by another run's batch (see :mod:`openai_batch.records`).
+    :param from_cache: custom_ids answered from the answer cache (see :mod:`openai_batch.answers`).
     """
 
     borrowed: int = 0
+    from_cache: list[str] = field(default_factory=list)
 
 
 #: Round numbers of a borrowed entry's own batches start here, after every round of its owner.
@@ -174,13 +182,31 @@ BORROWER_ROUNDS = 1_000_000
 
 def _still_borrowed(store: ResultStore, ids: set[str]) -> int:
     """Return how many borrowed ids keep an owner's outcome (not one of a round sent here)."""
+    return len(_still_borrowed_ids(store, ids))
+
+
+def _still_borrowed_ids(store: ResultStore, ids: set[str]) -> list[str]:
+    """Return the ids among ``ids`` whose outcome is a carried-over one (not of a round sent here)."""
     from openai_batch.results import REUSED_ROUND
 
-    count = 0
+    kept = []
     for custom_id in ids:
         found = store.get(custom_id)
-        count += found is not None and found.round == REUSED_ROUND
-    return count
+        if found is not None and found.round == REUSED_ROUND:
+            kept.append(custom_id)
+    return kept
+
+
+def _apply_cached(store: ResultStore, state_dir: ObjectStoragePath) -> set[str]:
+    """Store the answers this content took from the answer cache; return their custom_ids."""
+    from openai_batch.answers import CACHED_FILE
+    from openai_batch.results import request_ids
+
+    path = state_dir / CACHED_FILE
+    if not path.exists():
+        return set()
+    store.add_final_lines(iter_lines(path))
+    return set(request_ids(iter_lines(path)))
 
 
 def _apply_borrowed(store: ResultStore, state_dir: ObjectStoragePath) -> tuple[set[str], set[str]]:
@@ -373,7 +399,10 @@ def build_manifest(plan: dict[str, Any], states: list[ShardState], counts: Resul
             "rejected": plan["rejected"],
             "reused": counts_dict.get("reused", 0),
             "borrowed": counts_dict.get("borrowed", 0),
+            "from_cache": len(counts_dict.get("from_cache") or ()),
         },
+        # The requests whose answers came from the answer cache (Variable openai_batch_reuse_identical).
+        "from_cache": list(counts_dict.get("from_cache") or ()),
         "rounds": max((rnd.round for s in states for rnd in s.rounds), default=0) + 1,
         "batches": batches,
         "usage": {

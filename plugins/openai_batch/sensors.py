@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
     from openai_batch.hooks import OpenAIBatchHook
     from openai_batch.records import RequestRecord
-    from openai_batch.state import ShardState
+    from openai_batch.state import Round, ShardState
 
 TOKEN_LIMIT_CODE = "token_limit_exceeded"
 DEFAULT_TOKEN_LIMIT_WAIT = 600.0
@@ -219,6 +219,9 @@ class OpenAIBatchSensor(BaseSensorOperator):
         without the ``max_token_limit_retries`` cap. (templated)
     :param token_limits: Enqueued-token limit per model (JSON object). (templated)
     :param capacity_poll: Seconds between two capacity checks of a waiting round. (templated)
+    :param reuse_identical: Store each successful answer in the answer cache of the ledger folder,
+        for identical requests of later runs (the Variable ``openai_batch_reuse_identical``; see
+        :mod:`openai_batch.answers`). (templated)
     """
 
     template_fields = (
@@ -229,6 +232,7 @@ class OpenAIBatchSensor(BaseSensorOperator):
         "ledger_dir",
         "token_limits",
         "capacity_poll",
+        "reuse_identical",
     )
     operator_extra_links = (OpenAIBatchResultsLink(),)
 
@@ -246,9 +250,11 @@ class OpenAIBatchSensor(BaseSensorOperator):
         ledger_dir: str | None = None,
         token_limits: str | dict[str, Any] | None = None,
         capacity_poll: float = 30.0,
+        reuse_identical: bool | str = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.reuse_identical = reuse_identical
         self.ledger_dir = ledger_dir
         self.token_limits = token_limits
         self.capacity_poll = capacity_poll
@@ -466,6 +472,25 @@ class OpenAIBatchSensor(BaseSensorOperator):
         rnd = state.current
         if record is not None and rnd.collected and rnd.status != "failed":
             record_round_answers(record, self.shard["state_dir"], state_dir, rnd)
+            self._cache_answers(state_dir, rnd)
+
+    def _cache_answers(self, state_dir: Any, rnd: Round) -> None:
+        """Store the round's successful answers in the answer cache, when it is turned on."""
+        from openai_batch.answers import cache_for, reuse_identical
+        from openai_batch.claims import store_round_answers
+
+        try:
+            enabled = reuse_identical(self.reuse_identical)
+        except ValueError as err:
+            self.log.warning("No answer is cached: %s", err)  # prepare already failed on it
+            return
+        cache = cache_for(self.ledger_dir) if enabled else None
+        if cache is None:
+            return
+        stored = store_round_answers(cache, self.shard["state_dir"], state_dir, rnd)
+        if cache.set_aside is not None:
+            self.log.warning("The answer cache could not be read; it was moved to %s", cache.set_aside)
+        self.log.info("%s answer(s) of batch %s stored in the answer cache", stored, rnd.batch_id)
 
     def _keep_claims(self, state_dir: Any, state: ShardState) -> None:
         """Refresh the claims of a round waiting for capacity, so no borrower takes them as stale."""

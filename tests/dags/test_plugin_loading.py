@@ -53,4 +53,5 @@ def test_only_the_ui_plugin_file_is_loaded_and_no_module_shadows_the_standard_li
     assert found["errors"] == {}, found
     # openai_batch/secrets.py loaded as `secrets` broke SimpleAuthManager's password generation.
     assert found["stray"] == [], found
-    assert found["has_choice"] and "openai_batch" not in found["secrets_file"], found
+    assert found["has_choice"], found
+    assert "openai_batch" not in found["secrets_file"], found
