@@ -88,9 +88,12 @@ def _plans(results: Path) -> list[Path]:
 
 
 def test_two_runs_with_other_split_settings_at_once_send_each_request_once(
-    pipeline: dict[str, Any], tmp_path: Path
+    pipeline: dict[str, Any], tmp_path: Path, monkeypatch: Any
 ) -> None:
     server = pipeline["emulator"]
+    # A claim TTL far below the batch's run time: the owner's requests are `sent` once its batch
+    # exists, never stale claims another run may take over while the batch runs.
+    monkeypatch.setenv("AIRFLOW__OPENAI_BATCH__CLAIM_STALE_AFTER", "1")
     ids = [f"r-{i}" for i in range(6)]
     source = write_input(pipeline["inbox"] / "six.jsonl", [chat_line(i, f"say {i}") for i in ids])
     server.set_faults(hold_in_progress=True)
