@@ -53,7 +53,8 @@ def _line(custom_id: str, text: str) -> bytes:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.long_line_rss", description=__doc__.splitlines()[0])
+    about = __doc__.splitlines()[0]
+    parser = argparse.ArgumentParser(prog="python -m bench.long_line_rss", description=about)
     parser.add_argument("--size-mib", type=int, default=1024, help="length of the long line (MiB)")
     args = parser.parse_args(argv)
     root = Path(__file__).resolve().parents[1]
