@@ -115,6 +115,7 @@ def test_mixed_file_end_to_end(pipeline: dict[str, Any]) -> None:
         "rejected": 1,
         "reused": 0,
         "borrowed": 0,
+        "from_cache": 0,
     }
     assert counts["total"] == len(results) + len(rejects)  # conservation
     assert len(manifest["batches"]) == 3

@@ -193,6 +193,7 @@ def test_videos_end_to_end(pipeline: dict[str, Any]) -> None:
         "rejected": 1,
         "reused": 0,
         "borrowed": 0,
+        "from_cache": 0,
     }
     # Sora is priced per second of video, not per token: the cost is unknown, not zero.
     assert manifest["estimated_cost_usd"] is None

@@ -152,6 +152,7 @@ def _assert_results(results: Path, run: dict[str, Any]) -> None:
         "rejected": 0,
         "reused": 0,
         "borrowed": 0,
+        "from_cache": 0,
     }
     # Two models, two shards: two batches, submitted and awaited as two mapped task instances.
     assert len(manifest["batches"]) == 2

@@ -152,5 +152,6 @@ def test_batch_where_every_request_failed_is_reported_with_the_api_message(
         "rejected": 0,
         "reused": 0,
         "borrowed": 0,
+        "from_cache": 0,
     }
     assert manifest["usage"]["output_tokens"] == 0
