@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
+from openai_batch.layout import shard_state_file
 from openai_batch.pricing import FREE_ENDPOINTS, estimate_cost_usd, format_usd
 from openai_batch.storage import corrupt_name, fsync_dir, replace_durably
 
@@ -605,7 +606,7 @@ def _sent_usd(entry: dict[str, Any]) -> float:
             sent += float(cost or 0.0)  # a shard without an index cannot be looked up: sent
             continue
         try:
-            path = folder / f"shard-{int(index):05d}.state.json"
+            path = folder / shard_state_file(int(index))
             record = read_json(path) if path.exists() else {}
         except (OSError, ValueError):
             record = None  # unreadable: counted as sent

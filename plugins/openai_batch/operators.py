@@ -9,25 +9,35 @@ import json
 import logging
 import shutil
 import tempfile
-import time
 import zlib
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, NoReturn
+from typing import IO, TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
-from openai_batch.budget import NoCapacityError, limit_for, plan_cost, shard_estimates
+from openai_batch.budget import NoCapacityError, plan_cost, shard_estimates
+from openai_batch.deferral import too_big_message, wait_for_capacity
+from openai_batch.layout import MANIFEST_FILE, ORDER_FILE, PLAN_FILE, REJECTS_FILE, RESULTS_FILE
 from openai_batch.pricing import format_usd, is_unpriced
 from openai_batch.secrets import maps_api_errors
+from openai_batch.service import (
+    batch_status,
+    capacity_key,
+    load_state,
+    reconcile_capacity,
+    record_sent,
+    save_state,
+    stat_of,
+    submit_round,
+)
 from openai_batch.storage import (
     InputTooLargeError,
     NotRegularFileError,
     copy_file,
     file_digest,
     iter_lines,
-    local_dir,
     move,
     open_atomic,
     read_json_or_set_aside,
@@ -37,26 +47,39 @@ from openai_batch.storage import (
 )
 from openai_batch.ui.links import OpenAIBatchResultsLink
 
+# Moved to openai_batch.layout, openai_batch.service and openai_batch.deferral; still importable here.
+__all__ = [
+    "MANIFEST_FILE",
+    "ORDER_FILE",
+    "PLAN_FILE",
+    "REJECTS_FILE",
+    "RESULTS_FILE",
+    "OpenAIBatchPrepareOperator",
+    "OpenAIBatchSubmitOperator",
+    "OpenAIBatchWriteResultsOperator",
+    "batch_status",
+    "capacity_key",
+    "load_state",
+    "reconcile_capacity",
+    "record_sent",
+    "save_state",
+    "stat_of",
+    "submit_round",
+    "too_big_message",
+    "wait_for_capacity",
+]
+
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
     from airflow.sdk import Context, ObjectStoragePath
 
-    from openai_batch.budget import Ledger
     from openai_batch.claims import ClaimOutcome
-    from openai_batch.hooks import OpenAIBatchHook
     from openai_batch.identity import InputRef
     from openai_batch.prepare import Shard
     from openai_batch.reuse import ReuseIndex
-    from openai_batch.state import Round, ShardState
     from openai_batch.storage import InputFile
 
-#: Names inside each input file's result folder (contract: results, rejects, manifest).
-RESULTS_FILE = "results.jsonl"
-REJECTS_FILE = "rejects.jsonl"
-MANIFEST_FILE = "manifest.json"
-PLAN_FILE = "plan.json"
-ORDER_FILE = "order.txt"
 
 _LOG = logging.getLogger(__name__)
 
@@ -67,19 +90,6 @@ def run_partition(context: Context) -> str:
     if logical_date is not None:
         return str(logical_date.strftime("%Y-%m-%d"))
     return str(context["dag_run"].run_after.strftime("%Y-%m-%d"))
-
-
-def stat_of(path: ObjectStoragePath) -> tuple[int, float | None]:
-    """Return ``(size, mtime)`` of a file, local or in object storage (mtime None where unknown)."""
-    from openai_batch.storage import mtime_of
-
-    local = local_dir(path)
-    if local is not None:
-        st = local.stat()
-        return st.st_size, st.st_mtime
-    info = path.stat()
-    info = info if isinstance(info, dict) else {"size": info.st_size, "mtime": info.st_mtime}
-    return int(info.get("size") or 0), mtime_of(info)
 
 
 def results_complete(folder: ObjectStoragePath, manifest: dict[str, Any]) -> bool:
@@ -101,179 +111,6 @@ def _variant(endpoint: str, model: str | None, max_requests: int, salt: str) -> 
     """Return a short hash of the settings that change how one content is split into shards."""
     text = json.dumps([endpoint, model or None, max_requests, salt])
     return hashlib.sha256(text.encode()).hexdigest()[:8]
-
-
-def load_state(state_dir: ObjectStoragePath, shard_ref: dict[str, Any]) -> ShardState:
-    """
-    Return the shard's state record, or a new one when none was written yet.
-
-    A record that cannot be parsed is moved aside (logged) and a new one returned: its batch, if
-    one was created, is found again by the batch metadata lookup, so nothing is uploaded twice.
-    """
-    from openai_batch.state import Round, ShardState
-
-    path = state_dir / f"shard-{shard_ref['index']:05d}.state.json"
-    record = read_json_or_set_aside(
-        path, "the shard re-attaches to its batch through the batch metadata lookup", _LOG
-    )
-    if isinstance(record, dict):
-        state = ShardState.from_dict(record)
-        # A record of other content (the file changed) or of a forced re-run is history, not ours.
-        if state.identity == shard_ref["identity"]:
-            return state
-    return ShardState(
-        identity=shard_ref["identity"],
-        index=shard_ref["index"],
-        endpoint=shard_ref["endpoint"],
-        model=shard_ref["model"],
-        rounds=[Round(round=0, file=shard_ref["file"], requests=shard_ref["requests"])],
-    )
-
-
-def save_state(state_dir: ObjectStoragePath, state: ShardState) -> None:
-    """Write the shard's state record."""
-    write_json(state_dir / f"shard-{state.index:05d}.state.json", state.to_dict())
-
-
-def submit_round(
-    hook: OpenAIBatchHook,
-    state_dir: ObjectStoragePath,
-    state: ShardState,
-    source: str,
-    output_expires_after: dict[str, Any] | None = None,
-    ledger: Ledger | None = None,
-    token_limits: dict[str, int] | None = None,
-    capacity_poll: float = 30.0,
-) -> str:
-    """
-    Make sure the latest round of ``state`` has a batch, creating one only if none exists.
-
-    The batch is looked up by its identity first (a crash between create and record, or another
-    run on the same content), then the request file is uploaded once and the batch created once.
-    The state record is written before each step (the intent, with its time) and after it, so that
-    a retry resumes where this one stopped and looks up what a crashed step may have left behind,
-    back to the intent's time less ``CLOCK_SKEW_MARGIN``, however many objects came since.
-
-    With a ``ledger``, nothing is uploaded before the round's estimated enqueued tokens fit under
-    its model's limit in ``token_limits`` together with every batch of that model in flight;
-    :class:`~openai_batch.budget.NoCapacityError` is raised otherwise (the caller waits, deferred,
-    and checks again every ``capacity_poll`` seconds; the ledger lists the round as waiting meanwhile).
-    """
-    from openai_batch.state import batch_metadata
-
-    rnd = state.current
-    if rnd.batch_id:
-        hook.log.info("Shard %s round %s already has batch %s", state.identity, rnd.round, rnd.batch_id)
-        return rnd.batch_id
-    metadata = batch_metadata(state.identity, rnd.round, rnd.attempt, source)
-    existing = hook.find_batch(metadata, since=_intent_floor(rnd.create_started_at))
-    if existing is not None:
-        hook.log.info("Re-attaching to batch %s created earlier for %s", existing.id, state.identity)
-        rnd.batch_id, rnd.input_file_id, rnd.status = existing.id, existing.input_file_id, existing.status
-        save_state(state_dir, state)
-        record_sent(ledger, state_dir, rnd)
-        return existing.id
-    if ledger is not None:
-        limit = limit_for(token_limits or {}, state.model)
-        tokens = shard_estimates(state_dir / rnd.file, state.endpoint)[0]
-        label = f"shard {state.index + 1} of {source.rsplit('/', 1)[-1]} (round {rnd.round})"
-        key = capacity_key(state)
-        try:
-            line = ledger.admit(key, state.model, tokens, limit, label, capacity_poll)
-        except NoCapacityError as err:
-            # A batch whose wait never released it (its run failed or was deleted) may hold the room.
-            if not err.ever_fits or not reconcile_capacity(hook, ledger, state.model):
-                raise
-            line = ledger.admit(key, state.model, tokens, limit, label, capacity_poll)
-        hook.log.info("Capacity: %s admitted (%s tokens); %s", label, f"{tokens:,}", line)
-    if not rnd.input_file_id:
-        request_file = state_dir / rnd.file
-        # An upload intent without a file id: an earlier try may have stored the file, then died.
-        maybe_stored = rnd.upload_started_at is not None
-        filename = f"{state.identity}-r{rnd.round}a{rnd.attempt}.jsonl"
-        if rnd.upload_started_at is None:
-            # Durable before the upload, so a crash after it still leads the retry to the file.
-            rnd.upload_started_at, rnd.upload_filename = time.time(), filename
-            save_state(state_dir, state)
-        uploaded = hook.upload_batch_file_once(
-            lambda: request_file.open("rb"),
-            filename=filename,
-            size=stat_of(request_file)[0],
-            since=_intent_floor(rnd.upload_started_at),
-            maybe_stored=maybe_stored,
-        )
-        rnd.input_file_id = uploaded.id
-        save_state(state_dir, state)
-        hook.log.info("Uploaded %s (%s requests) as %s", rnd.file, rnd.requests, uploaded.id)
-    if rnd.create_started_at is None:
-        # Durable before the create; the earliest intent is kept, as a batch may date from it.
-        rnd.create_started_at = time.time()
-        save_state(state_dir, state)
-    batch = hook.create_batch_once(
-        rnd.input_file_id,
-        state.endpoint,
-        metadata,
-        output_expires_after=output_expires_after,
-        since=_intent_floor(rnd.create_started_at),
-    )
-    rnd.batch_id, rnd.status = batch.id, batch.status
-    save_state(state_dir, state)
-    record_sent(ledger, state_dir, rnd)
-    if ledger is not None:
-        ledger.attach(capacity_key(state), batch.id)
-    hook.log.info("Created batch %s for shard %s round %s", batch.id, state.identity, rnd.round)
-    return batch.id
-
-
-def _intent_floor(started_at: float | None) -> float | None:
-    """Return how far back a lookup for what an intent recorded at ``started_at`` has to reach."""
-    from openai_batch.hooks import CLOCK_SKEW_MARGIN
-
-    return None if started_at is None else started_at - CLOCK_SKEW_MARGIN
-
-
-def record_sent(ledger: Ledger | None, state_dir: ObjectStoragePath, rnd: Round) -> None:
-    """Record in the request record (next to the ledger) that the round's requests are in its batch."""
-    from openai_batch.claims import digests_of, record_of
-
-    record = record_of(ledger)
-    if record is not None and rnd.batch_id:
-        record.mark_sent(url_of(state_dir), list(digests_of(state_dir / rnd.file).values()), rnd.batch_id)
-
-
-def reconcile_capacity(hook: OpenAIBatchHook, ledger: Ledger, model: str) -> bool:
-    """
-    Release ``model``'s in-flight entries whose batch has ended at the API; return whether any was.
-
-    Throttled per entry (see :func:`openai_batch.budget.reconcile`); a failed lookup is logged and
-    the entry kept, so reconciliation never fails the task.
-    """
-    from openai_batch.budget import reconcile
-
-    lines = reconcile(ledger, model, lambda batch_id: batch_status(hook, batch_id))
-    for line in lines:
-        hook.log.info("Capacity: %s", line)
-    return bool(lines)
-
-
-def batch_status(hook: OpenAIBatchHook, batch_id: str) -> str | None:
-    """Return a batch's status, ``NOT_FOUND`` when the API does not know it, None when the lookup failed."""
-    import openai
-
-    from openai_batch.budget import NOT_FOUND
-
-    try:
-        return str(hook.conn.with_options(max_retries=1).batches.retrieve(batch_id).status)
-    except openai.NotFoundError:
-        return NOT_FOUND
-    except (openai.APIError, OSError, ValueError) as err:
-        hook.log.warning("Capacity: could not look up batch %s (kept in the ledger): %s", batch_id, err)
-        return None
-
-
-def capacity_key(state: ShardState) -> str:
-    """Return the ledger key of the state's current round: one per batch the shard may create."""
-    return f"{state.identity}-r{state.current.round}a{state.current.attempt}"
 
 
 class OpenAIBatchPrepareOperator(BaseOperator):
@@ -357,7 +194,7 @@ class OpenAIBatchPrepareOperator(BaseOperator):
     def input_ref(self) -> InputRef:
         """Return the input's reference, checked again here: it must resolve inside the allowed roots."""
         from openai_batch.identity import OutsideRootsError, input_ref
-        from openai_batch.sensors import allowed_roots
+        from openai_batch.storage import allowed_roots
 
         path = self.source["source"] if isinstance(self.source, dict) else str(self.source)
         inbox = str(to_path(self.inbox)) if "://" not in self.inbox else self.inbox
@@ -880,47 +717,6 @@ class OpenAIBatchSubmitOperator(BaseOperator):
         if expiry is not None:
             shard["output_expires_after"] = expiry
         return shard
-
-
-def too_big_message(err: NoCapacityError) -> str:
-    """Return why a shard that is alone above its model's limit fails, and what to change."""
-    return (
-        f"{err}: the shard alone is above the model's enqueued-token limit; raise the limit in the "
-        "Variable openai_batch_token_limits or lower max_requests_per_batch"
-    )
-
-
-def wait_for_capacity(
-    task: BaseOperator, err: NoCapacityError, poll: float, method_name: str, ledger_dir: str
-) -> NoReturn:
-    """
-    Defer ``task`` until the round fits (no worker slot held), or fail if it can never fit.
-
-    The capacity trigger checks the ledger every ``poll`` seconds and resumes ``method_name``
-    once the round fits, not sooner than ``MIN_CAPACITY_WAIT`` seconds from now.
-    """
-    import time
-
-    from openai_batch.triggers import MIN_CAPACITY_WAIT, OpenAIBatchCapacityTrigger
-
-    if not err.ever_fits:
-        raise AirflowFailException(too_big_message(err))
-    task.log.info("Capacity: %s; checking again every %.0f s (deferred)", err, poll)
-    task.defer(
-        trigger=OpenAIBatchCapacityTrigger(
-            ledger_dir=ledger_dir,
-            conn_id=getattr(task, "conn_id", None),
-            key=err.key,
-            model=err.model,
-            tokens=err.tokens,
-            limit=err.limit,
-            label=err.label,
-            poll_interval=poll,
-            not_before=time.time() + max(MIN_CAPACITY_WAIT, poll),
-        ),
-        method_name=method_name,
-    )
-    raise AssertionError("unreachable")  # defer() raises
 
 
 class OpenAIBatchWriteResultsOperator(BaseOperator):

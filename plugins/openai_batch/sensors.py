@@ -10,9 +10,11 @@ from airflow.sdk import BaseSensorOperator
 from airflow.sdk.exceptions import AirflowException
 
 from openai_batch.budget import NoCapacityError, ledger_for, limit_for, parse_limits, shard_estimates
-from openai_batch.operators import capacity_key, load_state, save_state, submit_round, wait_for_capacity
+from openai_batch.deferral import wait_for_capacity
+from openai_batch.layout import round_file
 from openai_batch.secrets import maps_api_errors
-from openai_batch.storage import join_pattern, to_path
+from openai_batch.service import capacity_key, load_state, save_state, submit_round
+from openai_batch.storage import allowed_roots, join_pattern, to_path
 from openai_batch.ui.links import OpenAIBatchResultsLink
 
 if TYPE_CHECKING:
@@ -89,13 +91,6 @@ def is_past(date: str, now: float | None = None) -> bool:
     """Return True when ``date`` (``YYYY-MM-DD``) is before today (UTC)."""
     today = time.strftime("%Y-%m-%d", time.gmtime(time.time() if now is None else now))
     return date < today
-
-
-def allowed_roots(value: str | None) -> list[str]:
-    """Return the allowed input roots (besides the inbox) from the Variable's value."""
-    from openai_batch.identity import parse_roots
-
-    return [r if "://" in r else str(to_path(r)) for r in parse_roots(value)]
 
 
 class OpenAIBatchInputSensor(BaseSensorOperator):
@@ -430,7 +425,7 @@ class OpenAIBatchSensor(BaseSensorOperator):
             and rnd.round < int(self.max_retry_rounds)
             and not nothing_to_retry(state_dir, rnd)
         ):
-            name = f"shard-{state.index:05d}.round{rnd.round + 1}.jsonl"
+            name = round_file(state.index, rnd.round + 1)
             count = write_retry_file(state_dir, rnd, name)
             if count:
                 self.log.info(

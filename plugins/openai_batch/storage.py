@@ -576,3 +576,10 @@ class InputFile:
             while chunk := fin.read(chunk_size):
                 digest.update(chunk)
         return digest.hexdigest()
+
+
+def allowed_roots(value: str | None) -> list[str]:
+    """Return the allowed input roots (besides the inbox) from the Variable's value."""
+    from openai_batch.identity import parse_roots
+
+    return [r if "://" in r else str(to_path(r)) for r in parse_roots(value)]

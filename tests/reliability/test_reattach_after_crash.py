@@ -103,17 +103,17 @@ def _one_shard(pipeline: dict[str, Any], name: str) -> dict[str, Any]:
 
 def _die_on_save(monkeypatch: pytest.MonkeyPatch, when: Callable[[Any], bool]) -> None:
     """Make ``save_state`` kill the submit (once) at the first write where ``when(state.current)``."""
-    import openai_batch.operators as operators
+    import openai_batch.service as service
 
-    real_save = operators.save_state
+    real_save = service.save_state
 
     def save_or_die(state_dir: Any, state: Any) -> None:
         if when(state.current):
-            monkeypatch.setattr(operators, "save_state", real_save)
+            monkeypatch.setattr(service, "save_state", real_save)
             raise Killed
         real_save(state_dir, state)
 
-    monkeypatch.setattr(operators, "save_state", save_or_die)
+    monkeypatch.setattr(service, "save_state", save_or_die)
 
 
 def test_crash_after_create_then_1500_other_batches_reattaches_to_the_one_batch(
@@ -220,17 +220,17 @@ def test_record_without_intent_fields_loads_and_reattaches_through_the_bounded_s
 
 KILL_AFTER_UPLOAD = r"""
 import json, os, sys
-import openai_batch.operators as operators
+import openai_batch.service as service
 from openai_batch.operators import OpenAIBatchSubmitOperator
 
-real_save = operators.save_state
+real_save = service.save_state
 
 def save_or_die(state_dir, state):
     if state.current.input_file_id:  # the upload returned: die before its file id is recorded
         os.kill(os.getpid(), 9)
     real_save(state_dir, state)
 
-operators.save_state = save_or_die
+service.save_state = save_or_die
 OpenAIBatchSubmitOperator(task_id="submit", shard=json.loads(sys.argv[1])).execute({})
 """
 

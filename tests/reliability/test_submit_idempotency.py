@@ -43,7 +43,7 @@ def _input(inbox: Path, name: str = "idem.jsonl", n: int = 5) -> Path:
 def test_retried_submit_after_a_failure_past_create_creates_one_batch(
     pipeline: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import openai_batch.operators as operators
+    import openai_batch.service as service
 
     server = pipeline["emulator"]
     plan = prepare(_input(pipeline["inbox"]), pipeline["results"], max_requests_per_batch=2)
@@ -52,17 +52,17 @@ def test_retried_submit_after_a_failure_past_create_creates_one_batch(
 
     # First attempt of shard 0: the batch is created, then writing the state record fails (disk full,
     # worker lost...), so the task fails without having recorded its batch id.
-    real_save = operators.save_state
+    real_save = service.save_state
 
     def fail_after_create(state_dir: Any, state: Any) -> None:
         if state.current.batch_id:
             raise OSError("disk full")
         real_save(state_dir, state)
 
-    monkeypatch.setattr(operators, "save_state", fail_after_create)
+    monkeypatch.setattr(service, "save_state", fail_after_create)
     with pytest.raises(OSError, match="disk full"):
         submit(shards[0])
-    monkeypatch.setattr(operators, "save_state", real_save)
+    monkeypatch.setattr(service, "save_state", real_save)
     assert batches_created(server) == 1
     assert load_state(to_path(shards[0]["state_dir"]), shards[0]).current.batch_id is None
 
@@ -104,17 +104,17 @@ def test_second_run_of_a_finished_file_reattaches_through_the_state_record(pipel
 
 KILL_AFTER_CREATE = r"""
 import json, os, sys
-import openai_batch.operators as operators
+import openai_batch.service as service
 from openai_batch.operators import OpenAIBatchSubmitOperator
 
-real_save = operators.save_state
+real_save = service.save_state
 
 def save_or_die(state_dir, state):
     if state.current.batch_id:  # the create call returned: die before the batch id is recorded
         os.kill(os.getpid(), 9)
     real_save(state_dir, state)
 
-operators.save_state = save_or_die
+service.save_state = save_or_die
 OpenAIBatchSubmitOperator(task_id="submit", shard=json.loads(sys.argv[1])).execute({})
 """
 
