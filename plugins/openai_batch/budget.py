@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from openai_batch.layout import shard_state_file
 from openai_batch.pricing import FREE_ENDPOINTS, estimate_cost_usd, format_usd
+from openai_batch.status import ENDED
 from openai_batch.storage import corrupt_name, fsync_dir, replace_durably
 
 if TYPE_CHECKING:
@@ -63,7 +64,7 @@ WAITING_STALE_POLLS = 3
 #: and never before it is this old.
 RECONCILE_SECONDS = 300.0
 #: Batch statuses after which a batch holds no enqueued tokens (the hook's terminal statuses).
-ENDED_STATUSES = frozenset({"completed", "failed", "expired", "cancelled"})
+ENDED_STATUSES = ENDED  # one owner: openai_batch.status
 #: What :func:`reconcile`'s lookup returns for a batch the API does not know (HTTP 404).
 NOT_FOUND = "not found"
 LEDGER_FILE = "ledger.json"

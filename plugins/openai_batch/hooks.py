@@ -16,6 +16,7 @@ from airflow.providers.openai.hooks.openai import OpenAIHook
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
 from openai_batch.secrets import InvalidAPIKeyError, api_key_from, redact, register_secret
+from openai_batch.status import ENDED, may_reattach
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Mapping
@@ -42,7 +43,7 @@ _SHARED_CLIENTS: weakref.WeakKeyDictionary[
 ] = weakref.WeakKeyDictionary()
 
 #: Batch statuses after which nothing changes any more.
-TERMINAL_STATUSES = frozenset({"completed", "failed", "expired", "cancelled"})
+TERMINAL_STATUSES = ENDED  # one owner: openai_batch.status
 
 #: Packages whose exceptions are HTTP-client errors: their texts may quote a request's headers.
 _HTTP_CLIENT_PACKAGES = frozenset({"httpx", "httpx2", "httpcore", "httpcore2", "h11", "aiohttp", "anyio"})
@@ -183,10 +184,6 @@ class OpenAIBatchHook(OpenAIHook):
 
     # ---- files -------------------------------------------------------------------------------
 
-    def upload_batch_file(self, stream: IO[bytes], filename: str) -> FileObject:
-        """Upload an open binary stream as a batch input file named ``filename``."""
-        return self.conn.files.create(file=(filename, stream), purpose="batch")
-
     def find_file(
         self, filename: str, size: int, max_scan: int = 1000, since: float | None = None
     ) -> FileObject | None:
@@ -257,17 +254,6 @@ class OpenAIBatchHook(OpenAIHook):
                 time.sleep(delay)
         raise AssertionError("unreachable")
 
-    def iter_file_lines(self, file_id: str, chunk_size: int = 1 << 20) -> Iterator[bytes]:
-        """Yield the lines of a file's content as they arrive, without holding the file in memory."""
-        with self.conn.files.with_streaming_response.content(file_id) as response:
-            tail = b""
-            for chunk in response.iter_bytes(chunk_size):
-                lines = (tail + chunk).split(b"\n")
-                tail = lines.pop()
-                yield from lines
-            if tail:
-                yield tail
-
     def download_file(self, file_id: str, out: IO[bytes], chunk_size: int = 1 << 20) -> int:
         """Stream a file's content into ``out``; return the number of bytes written."""
         written = 0
@@ -311,11 +297,7 @@ class OpenAIBatchHook(OpenAIHook):
                     return
                 scanned += 1
                 found = batch.metadata or {}
-                if all(found.get(k) == v for k, v in metadata.items()) and batch.status not in (
-                    "failed",
-                    "cancelled",
-                    "cancelling",
-                ):
+                if all(found.get(k) == v for k, v in metadata.items()) and may_reattach(batch.status):
                     yield cast("Batch", batch)
             if not page.has_more or not page.data:
                 return
@@ -408,7 +390,7 @@ class OpenAIBatchHook(OpenAIHook):
         """
         from openai import AsyncOpenAI
 
-        return await asyncio.to_thread(AsyncOpenAI, **await self._async_client_kwargs())
+        return await asyncio.to_thread(AsyncOpenAI, **await self.async_client_kwargs())
 
     async def shared_async_client(self) -> AsyncOpenAI:
         """
@@ -419,7 +401,7 @@ class OpenAIBatchHook(OpenAIHook):
         """
         from openai import AsyncOpenAI
 
-        kwargs = await self._async_client_kwargs()
+        kwargs = await self.async_client_kwargs()
         key = hashlib.sha256(json.dumps(kwargs, sort_keys=True, default=str).encode()).hexdigest()
         loop = asyncio.get_running_loop()
         lock, clients = _SHARED_CLIENTS.setdefault(loop, (asyncio.Lock(), {}))
@@ -429,22 +411,9 @@ class OpenAIBatchHook(OpenAIHook):
                 client = clients[key] = await asyncio.to_thread(AsyncOpenAI, **kwargs)
         return client
 
-    async def _async_client_kwargs(self) -> dict[str, Any]:
+    async def async_client_kwargs(self) -> dict[str, Any]:
+        """Return the client settings of this connection (key, base url...), looked up without blocking."""
         from airflow.providers.common.compat.connection import get_async_connection, get_async_extra_dejson
 
         conn = await get_async_connection(self.conn_id, hook=self)
         return self._client_kwargs(conn, await get_async_extra_dejson(conn))
-
-    async def aget_batch(self, batch_id: str, client: AsyncOpenAI | None = None) -> Batch:
-        """Return the batch with the given id without blocking the event loop."""
-        if client is not None:
-            return await client.batches.retrieve(batch_id)
-        async with await self.async_client() as own:
-            return await own.batches.retrieve(batch_id)
-
-    async def acancel_batch(self, batch_id: str, client: AsyncOpenAI | None = None) -> Batch:
-        """Cancel the batch with the given id without blocking the event loop."""
-        if client is not None:
-            return await client.batches.cancel(batch_id)
-        async with await self.async_client() as own:
-            return await own.batches.cancel(batch_id)

@@ -725,13 +725,6 @@ class ResultStore:
             " LEFT JOIN results r ON r.custom_id = o.custom_id ORDER BY o.pos"
         )
 
-    def pending(self, order: Iterable[str]) -> Iterator[str]:
-        """Yield, in order, the ids with no outcome yet or a retryable one (to resubmit)."""
-        for custom_id, status, error in self._joined(order, "r.status, r.error"):
-            if status is None or (status != "succeeded" and is_retryable(status, json.loads(error))):
-                yield custom_id
-        self._db.execute("DROP TABLE temp.input_order")
-
     def write_results(self, order: Iterable[str], out: BinaryIO) -> ResultCounts:
         """Write ``results.jsonl`` lines for ``order`` (custom_ids in input order) to ``out``.
 

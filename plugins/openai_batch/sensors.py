@@ -283,12 +283,12 @@ class OpenAIBatchSensor(BaseSensorOperator):
             return self._next_round_or_finish(state)
         # Check once before deferring: a batch that already ended needs no trigger (and a trigger
         # firing right after the deferral can lose a race in the scheduler, apache/airflow#72716).
-        from openai_batch.hooks import TERMINAL_STATUSES
+        from openai_batch.status import is_terminal
         from openai_batch.triggers import batch_summary
 
         assert rnd.batch_id is not None
         batch = self.hook.get_batch(rnd.batch_id)
-        if batch.status in TERMINAL_STATUSES:
+        if is_terminal(batch.status):
             return self.execute_complete(context, batch_summary(batch.model_dump(mode="json")))
         self._defer(state)
         raise AssertionError("unreachable")  # defer() raises

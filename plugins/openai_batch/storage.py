@@ -22,7 +22,6 @@ if TYPE_CHECKING:
 #: Name parts that mark a file as still being written or hidden.
 _UNFINISHED = re.compile(r"(^\.|\.tmp$|\.part$)")
 _GLOB_CHARS = re.compile(r"[*?\[]")
-_SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _BATCH_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 #: Connection used for a URL that names none (``s3://bucket/key`` rather than ``s3://conn@bucket/key``).
 #: Without one, ObjectStoragePath talks to S3 with boto's own credential chain and ignores Airflow's
@@ -68,12 +67,6 @@ def join_pattern(base: str, pattern: str) -> str:
     if is_url(pattern) or pattern.startswith("/"):
         return pattern
     return base.rstrip("/") + "/" + pattern
-
-
-def safe_name(name: str) -> str:
-    """Return ``name`` reduced to a single safe path segment (no separators, no ``..``)."""
-    cleaned = _SAFE.sub("_", name).strip("._") or "input"
-    return cleaned[:120]
 
 
 def check_batch_id(batch_id: str) -> str:

@@ -12,9 +12,10 @@ from typing import TYPE_CHECKING, Any
 import openai
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-from openai_batch.hooks import TERMINAL_STATUSES, OpenAIBatchHook
+from openai_batch.hooks import OpenAIBatchHook
 from openai_batch.poller import BatchNotFoundError, BatchPollError, PollSettings, shared_poller
 from openai_batch.secrets import redact
+from openai_batch.status import is_terminal
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable
@@ -121,7 +122,7 @@ class OpenAIBatchTrigger(BaseTrigger):
     async def run(self) -> AsyncIterator[TriggerEvent]:
         """Poll until the batch ends, the wait times out, or polling keeps failing."""
         hook = self._hook()
-        settings = PollSettings.from_client_kwargs(await hook._async_client_kwargs())
+        settings = PollSettings.from_client_kwargs(await hook.async_client_kwargs())
         if settings is None:
             # A connection the lean poller cannot honour (workload identity, a custom HTTP client).
             client = await hook.shared_async_client()
@@ -166,7 +167,7 @@ class OpenAIBatchTrigger(BaseTrigger):
                     return
             else:
                 self._log_progress(batch)
-                if batch["status"] in TERMINAL_STATUSES:
+                if is_terminal(batch["status"]):
                     yield TriggerEvent(batch_summary(batch))
                     return
                 # Not kept through the sleep: a thousand waits holding their last answer for an
@@ -405,7 +406,7 @@ class OpenAIBatchCapacityTrigger(BaseTrigger):
         from openai_batch.budget import NOT_FOUND
 
         hook = OpenAIBatchHook(conn_id=str(self.conn_id), max_retries=1, timeout=60.0)
-        settings = PollSettings.from_client_kwargs(await hook._async_client_kwargs())
+        settings = PollSettings.from_client_kwargs(await hook.async_client_kwargs())
 
         async def status_with(fetch: Callable[[str], Awaitable[dict[str, Any]]], batch_id: str) -> str | None:
             try:
