@@ -20,11 +20,13 @@ import hashlib
 import json
 import sqlite3
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
+
+from openai_batch.records import connect_shared, local_ledger
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
+    from pathlib import Path
 
 __all__ = [
     "ANSWERS_FILE",
@@ -91,13 +93,8 @@ class Cached(NamedTuple):
 
 def cache_for(ledger_dir: str | None) -> AnswerCache | None:
     """Return the cache in the local ledger folder, or None without one (object storage: no cache)."""
-    if not ledger_dir or ledger_dir == "None":
-        return None
-    if ledger_dir.startswith("file://"):
-        ledger_dir = ledger_dir[len("file://") :]
-    elif "://" in ledger_dir:
-        return None
-    return AnswerCache(Path(ledger_dir) / ANSWERS_FILE)
+    folder = local_ledger(ledger_dir)
+    return None if folder is None else AnswerCache(folder / ANSWERS_FILE)
 
 
 class AnswerCache:
@@ -114,12 +111,7 @@ class AnswerCache:
         self.set_aside: Path | None = None
 
     def _open(self) -> sqlite3.Connection:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None)
-        db.execute(f"PRAGMA busy_timeout={int(self.busy_timeout * 1000)}")
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=NORMAL")
-        db.execute(_SCHEMA)
+        db = connect_shared(self.path, self.busy_timeout, _SCHEMA)
         db.execute("SELECT count(*) FROM (SELECT 1 FROM answers LIMIT 1)").fetchone()
         return db
 

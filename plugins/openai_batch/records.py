@@ -34,6 +34,8 @@ __all__ = [
     "STALE_AFTER",
     "Entry",
     "RequestRecord",
+    "connect_shared",
+    "local_ledger",
     "record_for",
 ]
 
@@ -76,15 +78,32 @@ class Entry:
         return self.state == "open" or (self.state == "claimed" and now - self.updated > stale_after)
 
 
-def record_for(ledger_dir: str | None) -> RequestRecord | None:
-    """Return the record in the local ledger folder, or None without one (object storage: no record)."""
+def local_ledger(ledger_dir: str | None) -> Path | None:
+    """Return the ledger folder as a local path, or None without one or in object storage."""
     if not ledger_dir or ledger_dir == "None":
         return None
     if ledger_dir.startswith("file://"):
         ledger_dir = ledger_dir[len("file://") :]
     elif "://" in ledger_dir:
         return None
-    return RequestRecord(Path(ledger_dir) / RECORD_FILE)
+    return Path(ledger_dir)
+
+
+def connect_shared(path: Path, busy_timeout: float, schema: str) -> sqlite3.Connection:
+    """Open a SQLite file shared by the deployment's processes (WAL, a busy timeout) with ``schema``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    db = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None)
+    db.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=NORMAL")
+    db.execute(schema)
+    return db
+
+
+def record_for(ledger_dir: str | None) -> RequestRecord | None:
+    """Return the record in the local ledger folder, or None without one (object storage: no record)."""
+    folder = local_ledger(ledger_dir)
+    return None if folder is None else RequestRecord(folder / RECORD_FILE)
 
 
 def _chunks(items: Sequence[str]) -> Iterator[Sequence[str]]:
@@ -108,13 +127,7 @@ class RequestRecord:
         self.busy_timeout = busy_timeout
 
     def _connect(self) -> sqlite3.Connection:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None)
-        db.execute(f"PRAGMA busy_timeout={int(self.busy_timeout * 1000)}")
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=NORMAL")
-        db.execute(_SCHEMA)
-        return db
+        return connect_shared(self.path, self.busy_timeout, _SCHEMA)
 
     def claim(
         self, owner: str, requests: Iterable[tuple[str, str, int]], *, force: bool = False
