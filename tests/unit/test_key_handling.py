@@ -77,7 +77,7 @@ def test_sync_and_async_clients_and_the_poller_send_the_stripped_key(
     async def async_calls() -> None:
         async with await hook.async_client() as client:
             assert (await client.batches.list()).data == []
-        settings = PollSettings.from_client_kwargs(await hook._async_client_kwargs())
+        settings = PollSettings.from_client_kwargs(await hook.async_client_kwargs())
         assert settings is not None
         async with shared_poller(settings) as poller:
             with pytest.raises(Exception, match="HTTP 404"):
