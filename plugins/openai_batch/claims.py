@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from openai_batch.answers import CACHED_FILE, answer_key
+from openai_batch.layout import BORROWED
 from openai_batch.records import FINAL_STATES, RECORD_FILE, STALE_AFTER, RequestRecord
 from openai_batch.reuse import request_digest
 
@@ -30,9 +31,6 @@ if TYPE_CHECKING:
     from openai_batch.prepare import Shard
     from openai_batch.records import Entry
     from openai_batch.state import Round
-
-#: The ``kind`` of a plan entry answered by another state folder's batches.
-BORROWED = "borrowed"
 
 
 @dataclass

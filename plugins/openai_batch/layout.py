@@ -7,6 +7,7 @@ Pure, stdlib only. Every later run finds its earlier work by these names (see
 from __future__ import annotations
 
 __all__ = [
+    "BORROWED",
     "MANIFEST_FILE",
     "ORDER_FILE",
     "PLAN_FILE",
@@ -34,3 +35,7 @@ def shard_state_file(index: int) -> str:
 def round_file(index: int, round_no: int) -> str:
     """Return the name of the request file of a shard's follow-up round ``round_no`` (>= 1)."""
     return f"shard-{int(index):05d}.round{int(round_no)}.jsonl"
+
+
+#: The ``kind`` of a plan entry answered by another state folder's batches.
+BORROWED = "borrowed"

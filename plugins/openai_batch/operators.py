@@ -17,11 +17,11 @@ from typing import IO, TYPE_CHECKING, Any
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
+from openai_batch.apierrors import maps_api_errors
 from openai_batch.budget import NoCapacityError, plan_cost, shard_estimates
 from openai_batch.deferral import too_big_message, wait_for_capacity
 from openai_batch.layout import MANIFEST_FILE, ORDER_FILE, PLAN_FILE, REJECTS_FILE, RESULTS_FILE
 from openai_batch.pricing import format_usd, is_unpriced
-from openai_batch.secrets import maps_api_errors
 from openai_batch.service import (
     batch_status,
     capacity_key,

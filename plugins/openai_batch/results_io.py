@@ -217,8 +217,7 @@ def _apply_borrowed(store: ResultStore, state_dir: ObjectStoragePath) -> tuple[s
     are applied, restricted to the borrowed custom_ids (an outcome of the owner for any other id is
     never used), as carried-over outcomes: not paid here, so outside this file's usage and cost.
     """
-    from openai_batch.claims import BORROWED
-    from openai_batch.layout import PLAN_FILE
+    from openai_batch.layout import BORROWED, PLAN_FILE
     from openai_batch.results import REUSED_ROUND, request_ids
     from openai_batch.service import load_state
     from openai_batch.storage import read_json

@@ -16,19 +16,13 @@ trigger logs. This module imports nothing from Airflow at import time.
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 import logging
 import os
 import re
 import sys
 import threading
-from typing import TYPE_CHECKING, Any, TypeVar
-
-if TYPE_CHECKING:
-    from collections.abc import Callable
-
-_T = TypeVar("_T")
+from typing import Any
 
 #: What replaces a secret in logs and error texts (Airflow's masker uses the same).
 REDACTED = "***"
@@ -259,20 +253,3 @@ def install_log_redaction() -> None:
         for handler in logger.handlers:
             if _FILTER not in handler.filters:
                 handler.addFilter(_FILTER)
-
-
-def maps_api_errors(method: Callable[..., _T]) -> Callable[..., _T]:
-    """
-    Decorate an operator method so that the API errors it raises carry no key and no header.
-
-    See ``openai_batch.hooks.api_errors`` (imported when the method runs, not when a DAG is parsed).
-    """
-
-    @functools.wraps(method)
-    def wrapper(self: Any, *args: Any, **kwargs: Any) -> _T:
-        from openai_batch.hooks import api_errors
-
-        with api_errors(str(self.conn_id)):
-            return method(self, *args, **kwargs)
-
-    return wrapper

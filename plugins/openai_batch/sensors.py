@@ -9,10 +9,10 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseSensorOperator
 from airflow.sdk.exceptions import AirflowException
 
+from openai_batch.apierrors import maps_api_errors
 from openai_batch.budget import NoCapacityError, ledger_for, limit_for, parse_limits, shard_estimates
 from openai_batch.deferral import wait_for_capacity
 from openai_batch.layout import round_file
-from openai_batch.secrets import maps_api_errors
 from openai_batch.service import capacity_key, load_state, save_state, submit_round
 from openai_batch.storage import allowed_roots, join_pattern, to_path
 from openai_batch.ui.links import OpenAIBatchResultsLink

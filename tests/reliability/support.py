@@ -16,6 +16,7 @@ __all__ = [
     "PARTITION",
     "ROOT",
     "batches_created",
+    "sent_ids",
     "chat_line",
     "prepare",
     "read_jsonl",
@@ -113,3 +114,17 @@ def metadata_db_bytes(home: Path) -> dict[str, bytes]:
     for db_file in sorted(home.glob("airflow.db*")):
         found[str(db_file)] = subprocess.run(["cat", str(db_file)], capture_output=True, check=True).stdout
     return found
+
+
+def sent_ids(server: Any) -> list[str]:
+    """Return the custom_id of every request line of every batch input file the emulator received."""
+    import openai
+
+    from tests.dags.conftest import API_KEY
+
+    client = openai.OpenAI(api_key=API_KEY, base_url=server.base_url)
+    ids: list[str] = []
+    for batch in client.batches.list(limit=100):
+        text = client.files.content(batch.input_file_id).text
+        ids += [json.loads(line)["custom_id"] for line in text.splitlines() if line.strip()]
+    return ids

@@ -11,26 +11,13 @@ from tests.reliability.support import (
     read_jsonl,
     result_dir,
     run_dag,
+    sent_ids,
     task_states,
     write_input,
 )
 
 if TYPE_CHECKING:
     import pytest
-
-
-def _sent_ids(server: Any) -> list[str]:
-    """Return the custom_id of every request line of every batch input file the emulator received."""
-    import openai
-
-    from tests.dags.conftest import API_KEY
-
-    client = openai.OpenAI(api_key=API_KEY, base_url=server.base_url)
-    ids: list[str] = []
-    for batch in client.batches.list(limit=100):
-        text = client.files.content(batch.input_file_id).text
-        ids += [json.loads(line)["custom_id"] for line in text.splitlines() if line.strip()]
-    return ids
 
 
 def test_identical_requests_of_another_file_come_from_the_cache_only_when_turned_on(
@@ -51,7 +38,7 @@ def test_identical_requests_of_another_file_come_from_the_cache_only_when_turned
     dag_run = run_dag({"input": str(second)})
 
     assert dag_run.state == "success", task_states(dag_run)
-    assert sorted(_sent_ids(server)) == ["mon-0", "mon-1", "mon-2", "tue-b"]
+    assert sorted(sent_ids(server)) == ["mon-0", "mon-1", "mon-2", "tue-b"]
     tue = result_dir(pipeline["results"], "tuesday")
     results = {r["custom_id"]: r for r in read_jsonl(tue / "results.jsonl")}
     assert list(results) == ["tue-a", "tue-b", "tue-c"]

@@ -16,8 +16,7 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any
 
-from tests.dags.conftest import API_KEY
-from tests.reliability.support import ROOT, batches_created, chat_line, read_jsonl, write_input
+from tests.reliability.support import ROOT, batches_created, chat_line, read_jsonl, sent_ids, write_input
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -55,18 +54,6 @@ def _finish(procs: list[subprocess.Popen[bytes]], logs: list[Path]) -> None:
             proc.kill()
             proc.wait()
         assert proc.returncode == 0, log.read_text()[-4000:]
-
-
-def _sent_ids(server: Any) -> list[str]:
-    """Return the custom_id of every request line in every batch input file the emulator received."""
-    import openai
-
-    client = openai.OpenAI(api_key=API_KEY, base_url=server.base_url)
-    ids: list[str] = []
-    for batch in client.batches.list(limit=100):
-        text = client.files.content(batch.input_file_id).text
-        ids += [json.loads(line)["custom_id"] for line in text.splitlines() if line.strip()]
-    return ids
 
 
 def _merged(state_dir: Path) -> list[dict[str, Any]]:
@@ -110,7 +97,7 @@ def test_two_runs_with_other_split_settings_at_once_send_each_request_once(
         server.set_faults(hold_in_progress=False)
         _finish(procs, logs)
 
-    sent = _sent_ids(server)
+    sent = sent_ids(server)
     assert sorted(sent) == ids, sent  # each request paid once, across both runs
     assert batches_created(server) == 1
     for state_dir in _plans(pipeline["results"]):
@@ -139,7 +126,7 @@ def test_a_file_that_grows_while_its_batch_runs_sends_only_the_new_line(
         server.set_faults(hold_in_progress=False)
         _finish(procs, logs)
 
-    sent = _sent_ids(server)
+    sent = sent_ids(server)
     assert sorted(sent) == ["g-0", "g-1", "g-2", "g-3"], sent
     new_sha = hashlib.sha256(source.read_bytes()).hexdigest()
     manifests = pipeline["results"].rglob("manifest.json")
@@ -168,7 +155,7 @@ def test_requests_the_owner_gives_up_are_taken_over_and_sent_once_more(
         server.set_faults(hold_in_progress=False)
         _finish(procs, logs)
 
-    sent = _sent_ids(server)
+    sent = sent_ids(server)
     assert sorted(sent) == ["t-0", "t-1", "t-2", "t-2"], sent  # only the unanswered one again
     owner, borrower = sorted(
         _plans(pipeline["results"]), key=lambda d: "borrowed" in (d / "plan.json").read_text()
@@ -205,7 +192,7 @@ def test_requests_claimed_and_never_sent_are_taken_over_once_stale(
     dag_run = run_dag({"input": str(source)})
 
     assert dag_run.state == "success"
-    assert sorted(_sent_ids(server)) == ids
+    assert sorted(sent_ids(server)) == ids
     (out,) = [m.parent for m in pipeline["results"].rglob("manifest.json") if "_history" not in m.parts]
     results = read_jsonl(out / "results.jsonl")
     assert [(r["custom_id"], r["status"]) for r in results] == [(i, "succeeded") for i in ids]
