@@ -21,13 +21,13 @@ Connection: the `conn_id` param, default `openai_default`.
 from __future__ import annotations
 
 from datetime import timedelta
-from pathlib import Path
 
 import pendulum
 from airflow.sdk import Param, dag, task
 
+from openai_batch import settings
 from openai_batch.assets import RESULTS_ASSET
-from openai_batch.limits import OUTPUT_EXPIRY_SECONDS, SUPPORTED_ENDPOINTS
+from openai_batch.limits import MAX_REQUESTS_PER_BATCH, OUTPUT_EXPIRY_SECONDS, SUPPORTED_ENDPOINTS
 from openai_batch.operators import (
     OpenAIBatchPrepareOperator,
     OpenAIBatchSubmitOperator,
@@ -35,22 +35,18 @@ from openai_batch.operators import (
 )
 from openai_batch.sensors import OpenAIBatchInputSensor, OpenAIBatchSensor
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-INBOX = "{{ var.value.get('openai_batch_inbox', '%s') }}" % (PROJECT_ROOT / "data" / "inbox")
-RESULTS = "{{ var.value.get('openai_batch_results', '%s') }}" % (PROJECT_ROOT / "data" / "results")
-ALLOWED_ROOTS = "{{ var.value.get('openai_batch_allowed_roots', '') }}"
-# Cost and capacity: see the README section "Cost and capacity" and openai_batch.budget.
-LEDGER = (
-    "{{ var.value.get('openai_batch_ledger_dir', '') or "
-    "(var.value.get('openai_batch_results', '%s') ~ '/_ledger') }}" % (PROJECT_ROOT / "data" / "results")
-)
-TOKEN_LIMITS = "{{ var.value.get('openai_batch_token_limits', '') }}"
-DAILY_BUDGET = "{{ var.value.get('openai_batch_daily_budget_usd', '') }}"
-CAPACITY_POLL = "{{ var.value.get('openai_batch_capacity_poll', 30) }}"
+INBOX = settings.template(settings.INBOX)
+RESULTS = settings.template(settings.RESULTS)
+ALLOWED_ROOTS = settings.template(settings.ALLOWED_ROOTS)
+# Cost and capacity: see docs/cost-and-capacity.md and openai_batch.budget.
+LEDGER = settings.ledger_template()
+TOKEN_LIMITS = settings.template(settings.TOKEN_LIMITS)
+DAILY_BUDGET = settings.template(settings.DAILY_BUDGET)
+CAPACITY_POLL = settings.template(settings.CAPACITY_POLL)
 # Opt-in answer cache: an identical request (same endpoint and body) answered before is not paid again.
-REUSE_IDENTICAL = "{{ var.value.get('openai_batch_reuse_identical', '') }}"
+REUSE_IDENTICAL = settings.template(settings.REUSE_IDENTICAL)
 # Cap on the decompressed size of a .jsonl.gz input (bytes); empty: 100 GiB.
-MAX_INPUT_BYTES = "{{ var.value.get('openai_batch_max_input_bytes', '') }}"
+MAX_INPUT_BYTES = settings.template(settings.MAX_INPUT_BYTES)
 # Every task that reads, writes or waits on I/O ends within these bounds (sensors have their own
 # timeout). Generous: prepare and write_results stream files of tens of GB; submit uploads shard
 # files of up to 200 MB, each retried with backoff by the SDK.
@@ -101,10 +97,10 @@ BUDGET_TIMEOUT = timedelta(minutes=30)
             description="When set, replaces the model of every request.",
         ),
         "max_requests_per_batch": Param(
-            50000,
+            MAX_REQUESTS_PER_BATCH,
             type="integer",
             minimum=1,
-            maximum=50000,
+            maximum=MAX_REQUESTS_PER_BATCH,
             title="Max requests per batch",
             description="Files are split into batches of at most this many requests (and 200 MB).",
         ),

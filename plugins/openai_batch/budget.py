@@ -40,8 +40,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
-from openai_batch.layout import shard_state_file
-from openai_batch.pricing import FREE_ENDPOINTS, estimate_cost_usd, format_usd
+from openai_batch.layout import shard_state_file, utc_day
+from openai_batch.pricing import FREE_ENDPOINTS, estimate_cost_usd, format_usd, tokens_for_bytes
 from openai_batch.status import ENDED
 from openai_batch.storage import corrupt_name, fsync_dir, replace_durably
 
@@ -94,7 +94,7 @@ def shard_estimates(
         for line in fin:
             if not line.strip():
                 continue
-            enqueued += max(1, (len(line) + 3) // 4)
+            enqueued += max(1, tokens_for_bytes(len(line)))
             if no_output:
                 continue
             found = _MAX_TOKENS.search(line)
@@ -234,7 +234,7 @@ class Ledger:
                 kept = self.folder / corrupt_name(LEDGER_FILE, now)
                 os.replace(path, kept)
                 fsync_dir(self.folder)
-                day = time.strftime("%Y-%m-%d", time.gmtime(now))
+                day = utc_day(now)
                 _LOG.warning(
                     "The ledger %s cannot be parsed (%s); it was moved aside to %s and the ledger starts "
                     "empty. The spend recorded for %s (UTC) is lost: runs with a daily budget "
@@ -504,7 +504,7 @@ class Ledger:
         with self.locked() as data:
             key = f"{run_id}|{name}"
             days = [d for d, entries in data["spend"].items() if key in entries]
-            day = days[0] if days else time.strftime("%Y-%m-%d", time.gmtime())
+            day = days[0] if days else utc_day()
             entry = (
                 data["spend"]
                 .setdefault(day, {})
@@ -758,7 +758,7 @@ def check_run_budget(
                 "to send it."
             )
         return f"estimated cost {format_usd(estimate)}; max_cost_usd {format_usd(cap)}"
-    day = day or time.strftime("%Y-%m-%d", time.gmtime())
+    day = day or utc_day()
     dag_id = _current_dag_id()
     estimate, spent = ledger.check_budget(
         day=day,

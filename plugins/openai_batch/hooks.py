@@ -15,6 +15,7 @@ import openai
 from airflow.providers.openai.hooks.openai import OpenAIHook
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
+from openai_batch.retry import CALL_ATTEMPTS, CALL_BACKOFF, Backoff, is_transient_status
 from openai_batch.secrets import InvalidAPIKeyError, api_key_from, redact, register_secret
 from openai_batch.status import ENDED, may_reattach
 
@@ -30,12 +31,19 @@ log = logging.getLogger(__name__)
 for _name in ("httpx", "httpx2", "httpcore"):
     logging.getLogger(_name).setLevel(logging.WARNING)
 
-#: Errors after which a request may be sent again: the service did not act on it, or we cannot tell.
-TRANSIENT_ERRORS: tuple[type[Exception], ...] = (
-    openai.RateLimitError,
-    openai.InternalServerError,
-    openai.APIConnectionError,  # includes APITimeoutError
-)
+#: Errors the SDK raises for a failed call; :func:`is_transient` says which may be sent again.
+API_CALL_ERRORS: tuple[type[Exception], ...] = (openai.APIStatusError, openai.APIConnectionError)
+
+
+def is_transient(err: BaseException) -> bool:
+    """Whether a failed call may be sent again: no answer came back, or a status the policy retries.
+
+    One owner for the decision: :func:`openai_batch.retry.is_transient_status`.
+    """
+    if isinstance(err, openai.APIConnectionError):  # includes APITimeoutError
+        return True
+    return isinstance(err, openai.APIStatusError) and is_transient_status(err.status_code)
+
 
 #: Clients shared per event loop (see ``OpenAIBatchHook.shared_async_client``).
 _SHARED_CLIENTS: weakref.WeakKeyDictionary[
@@ -216,8 +224,8 @@ class OpenAIBatchHook(OpenAIHook):
         open_stream: Callable[[], AbstractContextManager[IO[bytes]]],
         filename: str,
         size: int,
-        attempts: int = 6,
-        backoff: float = 1.0,
+        attempts: int = CALL_ATTEMPTS,
+        backoff: Backoff = CALL_BACKOFF,
         since: float | None = None,
         maybe_stored: bool = False,
     ) -> FileObject:
@@ -239,10 +247,10 @@ class OpenAIBatchHook(OpenAIHook):
             try:
                 with open_stream() as stream:
                     return client.files.create(file=(filename, stream), purpose="batch")
-            except TRANSIENT_ERRORS as err:
-                if attempt == attempts:
+            except API_CALL_ERRORS as err:
+                if attempt == attempts or not is_transient(err):
                     raise
-                delay = backoff * 2 ** (attempt - 1)
+                delay = backoff.delay(attempt)
                 log.warning(
                     "Uploading %s failed (%s); attempt %s of %s in %.1fs",
                     filename,
@@ -313,7 +321,9 @@ class OpenAIBatchHook(OpenAIHook):
         """
         try:
             matching = list(self._iter_matching(metadata, since=since))
-        except TRANSIENT_ERRORS as err:
+        except API_CALL_ERRORS as err:
+            if not is_transient(err):
+                raise
             log.warning("Could not check batch %s for a concurrent duplicate: %s", created.id, err)
             return created
         if not matching or matching[-1].id == created.id:
@@ -336,8 +346,8 @@ class OpenAIBatchHook(OpenAIHook):
         file_id: str,
         endpoint: str,
         metadata: dict[str, str],
-        attempts: int = 6,
-        backoff: float = 1.0,
+        attempts: int = CALL_ATTEMPTS,
+        backoff: Backoff = CALL_BACKOFF,
         output_expires_after: dict[str, Any] | None = None,
         since: float | None = None,
     ) -> Batch:
@@ -367,10 +377,10 @@ class OpenAIBatchHook(OpenAIHook):
                     metadata=metadata,
                     **extra,
                 )
-            except TRANSIENT_ERRORS as err:
-                if attempt == attempts:
+            except API_CALL_ERRORS as err:
+                if attempt == attempts or not is_transient(err):
                     raise
-                delay = backoff * 2 ** (attempt - 1)
+                delay = backoff.delay(attempt)
                 log.warning(
                     "Creating the batch failed (%s); attempt %s of %s in %.1fs", err, attempt, attempts, delay
                 )

@@ -6,15 +6,21 @@ Pure, stdlib only. Every later run finds its earlier work by these names (see
 
 from __future__ import annotations
 
+import time
+from typing import Protocol
+
 __all__ = [
     "BORROWED",
+    "DAY_FORMAT",
     "MANIFEST_FILE",
     "ORDER_FILE",
     "PLAN_FILE",
     "REJECTS_FILE",
     "RESULTS_FILE",
     "round_file",
+    "day_of",
     "shard_state_file",
+    "utc_day",
 ]
 
 #: Names inside each input file's result folder (contract: results, rejects, manifest).
@@ -39,3 +45,21 @@ def round_file(index: int, round_no: int) -> str:
 
 #: The ``kind`` of a plan entry answered by another state folder's batches.
 BORROWED = "borrowed"
+
+
+#: A day as folders (``<inbox>/D/``), partitions and the spend ledger name it: ``YYYY-MM-DD``.
+DAY_FORMAT = "%Y-%m-%d"
+
+
+class _HasStrftime(Protocol):
+    def strftime(self, fmt: str, /) -> str: ...
+
+
+def utc_day(epoch: float | None = None) -> str:
+    """Return the UTC day of ``epoch`` (default: now) as ``YYYY-MM-DD``."""
+    return time.strftime(DAY_FORMAT, time.gmtime(time.time() if epoch is None else epoch))
+
+
+def day_of(moment: _HasStrftime) -> str:
+    """Return the day of a date or datetime (a run's logical date, in its own zone) as ``YYYY-MM-DD``."""
+    return str(moment.strftime(DAY_FORMAT))

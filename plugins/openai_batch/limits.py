@@ -1,4 +1,4 @@
-"""Service limits of the OpenAI Batch API and the error codes worth retrying.
+"""Service limits of the OpenAI Batch API.
 
 The numbers come from OpenAI's Batch guide: 50,000 requests per batch, a 200 MB input file
 and 50,000 embedding inputs per embeddings batch. Every value is a field of
@@ -31,27 +31,13 @@ OUTPUT_EXPIRY_SECONDS = (3600, 2_592_000)
 #: measured exactly as uploaded (compact JSON, one ``\n`` per line).
 MAX_BATCH_BYTES = 200_000_000
 
+#: Most requests in one batch (and most embedding inputs in one embeddings batch).
+MAX_REQUESTS_PER_BATCH = 50_000
+
 #: Largest single request line we send. OpenAI publishes no per-line limit; a synchronous
 #: request body of this size is already far beyond any model's context window, while base64
 #: images in chat messages still fit.
 MAX_REQUEST_BYTES = 10 * 1024 * 1024
-
-#: Per-request error codes that a later batch may well succeed on.
-RETRYABLE_ERROR_CODES: frozenset[str] = frozenset(
-    {
-        "batch_expired",
-        "batch_cancelled",
-        "rate_limit_exceeded",
-        "server_error",
-        "internal_error",
-        "internal_server_error",
-        "service_unavailable",
-        "timeout",
-        "engine_overloaded",
-        "server_overloaded",
-        "token_limit_exceeded",
-    }
-)
 
 
 @dataclass(frozen=True)
@@ -65,9 +51,9 @@ class BatchLimits:
     :param max_request_bytes: most bytes in one request line, line ending excluded.
     """
 
-    max_requests: int = 50_000
+    max_requests: int = MAX_REQUESTS_PER_BATCH
     max_bytes: int = MAX_BATCH_BYTES
-    max_embedding_inputs: int = 50_000
+    max_embedding_inputs: int = MAX_REQUESTS_PER_BATCH
     max_request_bytes: int = MAX_REQUEST_BYTES
 
     def __post_init__(self) -> None:
@@ -80,19 +66,6 @@ class BatchLimits:
 
 
 DEFAULT_LIMITS = BatchLimits()
-
-
-def is_retryable_code(code: str | None) -> bool:
-    """Return True when a per-request error code is worth another attempt."""
-    if not code:
-        return False
-    if code in RETRYABLE_ERROR_CODES:
-        return True
-    # Codes we synthesise from a bare HTTP status, see results.classify_line.
-    if code.startswith("http_"):
-        status = code[5:]
-        return status == "429" or status == "408" or status.startswith("5")
-    return False
 
 
 def check_output_expires_after(value: Any) -> dict[str, Any] | None:

@@ -20,7 +20,8 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 from openai_batch.apierrors import maps_api_errors
 from openai_batch.budget import NoCapacityError, plan_cost, shard_estimates
 from openai_batch.deferral import too_big_message, wait_for_capacity
-from openai_batch.layout import MANIFEST_FILE, ORDER_FILE, PLAN_FILE, REJECTS_FILE, RESULTS_FILE
+from openai_batch.layout import MANIFEST_FILE, ORDER_FILE, PLAN_FILE, REJECTS_FILE, RESULTS_FILE, day_of
+from openai_batch.limits import MAX_REQUESTS_PER_BATCH
 from openai_batch.pricing import format_usd, is_unpriced
 from openai_batch.service import (
     batch_status,
@@ -88,8 +89,8 @@ def run_partition(context: Context) -> str:
     """Return the run's date: its logical date, or the date it ran when it has none (for the manifest)."""
     logical_date = context.get("logical_date")
     if logical_date is not None:
-        return str(logical_date.strftime("%Y-%m-%d"))
-    return str(context["dag_run"].run_after.strftime("%Y-%m-%d"))
+        return day_of(logical_date)
+    return day_of(context["dag_run"].run_after)
 
 
 def results_complete(folder: ObjectStoragePath, manifest: dict[str, Any]) -> bool:
@@ -167,7 +168,7 @@ class OpenAIBatchPrepareOperator(BaseOperator):
         allowed_roots: str | None = None,
         endpoint: str = "/v1/chat/completions",
         model: str | None = None,
-        max_requests_per_batch: int = 50_000,
+        max_requests_per_batch: int = MAX_REQUESTS_PER_BATCH,
         plan_only: bool = False,
         force: bool = False,
         partition: str | None = None,
@@ -286,7 +287,7 @@ class OpenAIBatchPrepareOperator(BaseOperator):
                     "shards": [],
                 }
         salt = f"-f{hashlib.sha256(context['run_id'].encode()).hexdigest()[:8]}" if self.force else ""
-        limit = max(1, min(int(self.max_requests_per_batch), 50_000))
+        limit = max(1, min(int(self.max_requests_per_batch), MAX_REQUESTS_PER_BATCH))
         variant = _variant(self.endpoint, self.model or None, limit, salt)
         with tempfile.TemporaryDirectory(prefix="openai-batch-") as tmp:
             plan = self._prepare(ref, src, folder, Path(tmp), limit, variant, salt)

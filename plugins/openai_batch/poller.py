@@ -19,7 +19,6 @@ import hashlib
 import json
 import logging
 import os
-import random
 import ssl
 import weakref
 from contextlib import asynccontextmanager
@@ -28,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
+from openai_batch.retry import POLL_BACKOFF, is_transient_status
 from openai_batch.secrets import api_key_from, redact
 
 if TYPE_CHECKING:
@@ -36,9 +36,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
-
-#: Statuses after which the same GET may succeed: the SDK retries the same set.
-RETRY_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
 
 #: Client keyword arguments the poller understands; anything else (workload identity, a custom
 #: http client, default query parameters) means the caller keeps the SDK's client.
@@ -210,11 +207,10 @@ class BatchStatusPoller:
             except BatchNotFoundError:
                 raise
             except BatchPollError as err:
-                retryable = err.status is None or err.status in RETRY_STATUSES
-                if not retryable or attempt >= self.settings.max_retries:
+                if not is_transient_status(err.status) or attempt >= self.settings.max_retries:
                     raise
                 attempt += 1
-                delay = min(8.0, 0.5 * 2 ** (attempt - 1)) * random.uniform(0.75, 1.0)
+                delay = POLL_BACKOFF.delay(attempt)
                 log.debug("Polling batch %s failed (%s); retry %s in %.2fs", batch_id, err, attempt, delay)
                 await asyncio.sleep(delay)
 

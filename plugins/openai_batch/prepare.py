@@ -49,7 +49,7 @@ from typing import IO, TYPE_CHECKING, Any, BinaryIO
 import msgspec
 
 from openai_batch.limits import DEFAULT_LIMITS, SUPPORTED_ENDPOINTS, BatchLimits
-from openai_batch.pricing import FREE_ENDPOINTS, estimate_cost_usd
+from openai_batch.pricing import FREE_ENDPOINTS, estimate_cost_usd, tokens_for_bytes
 from openai_batch.reuse import INDEX_FILE, REUSED_FILE
 
 if TYPE_CHECKING:
@@ -699,7 +699,7 @@ class _Preparer:
                             out = content
             if out is not None and custom_id not in chunk_ids:
                 chunk_ids[custom_id] = line_no
-                pending.append((line_no, custom_id, _CHAT, model, out, 0, (size + 3) // 4, content))
+                pending.append((line_no, custom_id, _CHAT, model, out, 0, tokens_for_bytes(size), content))
                 pending_bytes += len(out) + 1
             else:
                 self.pending_bytes = pending_bytes
@@ -765,8 +765,7 @@ class _Preparer:
         model = body.get("model") or ""
         # Counting the line's bytes instead of walking the body keeps this pass at C speed; the
         # JSON syntax makes it a slight overestimate, which is the safe side for cost control.
-        # Same as estimate_tokens(content), inlined on the hot path.
-        tokens = (len(content) + 3) // 4
+        tokens = tokens_for_bytes(len(content))
         self.pending.append((line_no, custom_id, endpoint, model, out, inputs, tokens, content))
         self.pending_bytes += len(out) + 1
 

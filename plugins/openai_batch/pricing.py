@@ -135,6 +135,15 @@ def _text_chars(value: object) -> int:
     return 0
 
 
+#: The token estimate's rule of thumb: about four characters (bytes of JSON) per token.
+CHARS_PER_TOKEN = 4
+
+
+def tokens_for_bytes(size: int) -> int:
+    """Return the estimated tokens of ``size`` characters or bytes: the one estimate everything uses."""
+    return (size + CHARS_PER_TOKEN - 1) // CHARS_PER_TOKEN
+
+
 def estimate_tokens(text_or_body: object) -> int:
     """Return a cheap estimate of the tokens in a text or a request body (~4 characters per token).
 
@@ -146,4 +155,4 @@ def estimate_tokens(text_or_body: object) -> int:
         chars = len(text_or_body)
     else:
         chars = _text_chars(text_or_body)
-    return (chars + 3) // 4
+    return tokens_for_bytes(chars)

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Literal, cast, get_args
 
 import msgspec
 
-from openai_batch.limits import is_retryable_code
+from openai_batch.retry import is_retryable_request
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator
@@ -100,18 +100,8 @@ def classify_line(
 
 
 def is_retryable(status: ResultStatus | str, error: dict[str, Any] | None) -> bool:
-    """Return True when a request with this outcome is worth resubmitting.
-
-    Expired and cancelled requests are; failed ones only for rate limits (429), server
-    errors (5xx) and similar transient codes (:data:`openai_batch.limits.RETRYABLE_ERROR_CODES`).
-    Client errors (4xx) are not.
-    """
-    if status in ("expired", "cancelled"):
-        return True
-    if status != "failed" or not error:
-        return False
-    code = error.get("code")
-    return is_retryable_code(code if isinstance(code, str) else None)
+    """Return True when a request with this outcome is worth resubmitting (see :mod:`openai_batch.retry`)."""
+    return is_retryable_request(status, error)
 
 
 @dataclass

@@ -12,7 +12,8 @@ from airflow.sdk.exceptions import AirflowException
 from openai_batch.apierrors import maps_api_errors
 from openai_batch.budget import NoCapacityError, ledger_for, limit_for, parse_limits, shard_estimates
 from openai_batch.deferral import wait_for_capacity
-from openai_batch.layout import round_file
+from openai_batch.layout import day_of, round_file, utc_day
+from openai_batch.retry import DEFAULT_RETRY_ROUNDS
 from openai_batch.service import capacity_key, load_state, save_state, submit_round
 from openai_batch.storage import allowed_roots, join_pattern, to_path
 from openai_batch.ui.links import OpenAIBatchResultsLink
@@ -68,7 +69,7 @@ def run_date(context: Context) -> str | None:
     logical_date = context.get("logical_date")
     if run_type not in PARTITIONED_RUN_TYPES or logical_date is None:
         return None
-    return str(logical_date.strftime("%Y-%m-%d"))
+    return day_of(logical_date)
 
 
 def input_pattern(input_param: str | None, inbox: str, context: Context) -> str:
@@ -89,8 +90,7 @@ def input_pattern(input_param: str | None, inbox: str, context: Context) -> str:
 
 def is_past(date: str, now: float | None = None) -> bool:
     """Return True when ``date`` (``YYYY-MM-DD``) is before today (UTC)."""
-    today = time.strftime("%Y-%m-%d", time.gmtime(time.time() if now is None else now))
-    return date < today
+    return date < utc_day(now)
 
 
 class OpenAIBatchInputSensor(BaseSensorOperator):
@@ -237,7 +237,7 @@ class OpenAIBatchSensor(BaseSensorOperator):
         shard: dict[str, Any],
         conn_id: str = "openai_default",
         poll_interval: float = 60.0,
-        max_retry_rounds: int = 2,
+        max_retry_rounds: int = DEFAULT_RETRY_ROUNDS,
         max_token_limit_retries: int = 3,
         token_limit_wait: float | None = None,
         wait_timeout: float = 26 * 3600,

@@ -14,6 +14,7 @@ from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from openai_batch.hooks import OpenAIBatchHook
 from openai_batch.poller import BatchNotFoundError, BatchPollError, PollSettings, shared_poller
+from openai_batch.retry import MAX_POLL_ERRORS
 from openai_batch.secrets import redact
 from openai_batch.status import is_terminal
 
@@ -87,7 +88,7 @@ class OpenAIBatchTrigger(BaseTrigger):
         batch_id: str,
         poll_interval: float = 60.0,
         end_time: float | None = None,
-        max_poll_errors: int = 5,
+        max_poll_errors: int = MAX_POLL_ERRORS,
         cancel_on_kill: bool = True,
         cancel_on_timeout: bool = True,
     ) -> None:

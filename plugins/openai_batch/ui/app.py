@@ -20,6 +20,7 @@ from airflow.api_fastapi.core_api.security import (  # noqa: TC002 - FastAPI rea
 from fastapi import Depends, FastAPI, HTTPException, Request, Response
 from fastapi.responses import HTMLResponse, StreamingResponse
 
+from openai_batch import settings
 from openai_batch.ui.view import (
     CONTENT_SECURITY_POLICY,
     SERVED_FILES,
@@ -42,10 +43,6 @@ if TYPE_CHECKING:
 
 PREFIX = "/openai-batch"
 PREPARE_TASK = "prepare"
-RESULTS_VARIABLE = "openai_batch_results"
-LEDGER_VARIABLE = "openai_batch_ledger_dir"
-LIMITS_VARIABLE = "openai_batch_token_limits"
-DEFAULT_RESULTS = Path(__file__).resolve().parents[3] / "data" / "results"
 REFRESH_SECONDS = 10
 
 READ_RUNS = [Depends(requires_access_dag(method="GET", access_entity=DagAccessEntity.RUN))]
@@ -96,28 +93,31 @@ def capacity_section(user: BaseUser) -> str:
     return render_capacity(capacity()) if may_see_capacity(user) else ""
 
 
-def results_root() -> Path:
-    """Return the results root the pipeline writes to (the same Variable the DAG reads)."""
+def _variable(key: str) -> str | None:
+    """Return an Airflow Variable's value, or None when it is not set."""
     from airflow.models.variable import Variable
 
-    value = Variable.get(RESULTS_VARIABLE, default_var=None)
-    return Path(value or os.environ.get("OPENAI_BATCH_RESULTS") or DEFAULT_RESULTS)
+    found = Variable.get(key, default_var=None)
+    return None if found is None else str(found)
+
+
+def results_root() -> Path:
+    """Return the results root the pipeline writes to (the same Variable the DAG reads)."""
+    return Path(settings.value(settings.RESULTS, _variable))
 
 
 def capacity() -> CapacityView:
     """Return the deployment's capacity from the ledger the DAG uses (same Variables, same default)."""
     import time
 
-    from airflow.models.variable import Variable
-
     from openai_batch.budget import ledger_for, parse_limits, read_ledger
 
-    folder = Variable.get(LEDGER_VARIABLE, default_var=None) or f"{results_root()}/_ledger"
+    folder = settings.ledger_folder(_variable)
     try:
-        limits = parse_limits(Variable.get(LIMITS_VARIABLE, default_var=None))
+        limits = parse_limits(_variable(settings.TOKEN_LIMITS.variable))
         note = None
     except ValueError as err:
-        limits, note = {}, f"The Variable {LIMITS_VARIABLE} cannot be read: {err}"
+        limits, note = {}, f"The Variable {settings.TOKEN_LIMITS.variable} cannot be read: {err}"
     ledger = ledger_for(folder)
     if ledger is None:
         return CapacityView(note=f"No local ledger folder ({folder}): no admission control.")
