@@ -65,8 +65,6 @@ WAITING_STALE_POLLS = 3
 RECONCILE_SECONDS = 300.0
 #: Batch statuses after which a batch holds no enqueued tokens (the hook's terminal statuses).
 ENDED_STATUSES = ENDED  # one owner: openai_batch.status
-#: What :func:`reconcile`'s lookup returns for a batch the API does not know (HTTP 404).
-NOT_FOUND = "not found"
 LEDGER_FILE = "ledger.json"
 LOCK_FILE = "ledger.lock"
 

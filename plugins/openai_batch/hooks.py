@@ -15,6 +15,8 @@ import openai
 from airflow.providers.openai.hooks.openai import OpenAIHook
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
+from openai_batch.provider import CLOCK_SKEW_MARGIN as PROVIDER_CLOCK_SKEW_MARGIN
+from openai_batch.provider import NOT_FOUND
 from openai_batch.retry import CALL_ATTEMPTS, CALL_BACKOFF, Backoff, is_transient_status
 from openai_batch.secrets import InvalidAPIKeyError, api_key_from, redact, register_secret
 from openai_batch.status import ENDED, may_reattach
@@ -139,9 +141,7 @@ def api_errors(conn_id: str) -> Iterator[None]:
         raise OpenAIBatchAPIError(message, status, code) from None
 
 
-#: Seconds a lookup back to a recorded intent reaches further back, for clock skew between this
-#: machine (which wrote the intent's time) and the API (which stamps ``created_at``).
-CLOCK_SKEW_MARGIN = 600.0
+CLOCK_SKEW_MARGIN = PROVIDER_CLOCK_SKEW_MARGIN  # one owner: openai_batch.provider
 
 
 def _scan_done(scanned: int, max_scan: int, since: float | None, created_at: float) -> bool:
@@ -272,6 +272,16 @@ class OpenAIBatchHook(OpenAIHook):
         return written
 
     # ---- batches -----------------------------------------------------------------------------
+
+    def batch_status(self, batch_id: str) -> str | None:
+        """Return a batch's status, ``NOT_FOUND`` if the API does not know it, None if the lookup failed."""
+        try:
+            return str(self.conn.with_options(max_retries=1).batches.retrieve(batch_id).status)
+        except openai.NotFoundError:
+            return NOT_FOUND
+        except (openai.APIError, OSError, ValueError) as err:
+            self.log.warning("Capacity: could not look up batch %s (kept in the ledger): %s", batch_id, err)
+            return None
 
     def list_batches(self, after: str | None = None, limit: int = 100) -> Any:
         """Return one page of batches, newest first."""

@@ -20,6 +20,7 @@ __all__ = [
     "round_file",
     "day_of",
     "shard_state_file",
+    "take_file",
     "utc_day",
 ]
 
@@ -41,6 +42,11 @@ def shard_state_file(index: int) -> str:
 def round_file(index: int, round_no: int) -> str:
     """Return the name of the request file of a shard's follow-up round ``round_no`` (>= 1)."""
     return f"shard-{int(index):05d}.round{int(round_no)}.jsonl"
+
+
+def take_file(shard_file: str, round_no: int) -> str:
+    """Return the name of the file of borrowed requests taken over from their owner as round ``round_no``."""
+    return f"{shard_file.removesuffix('.jsonl')}.take{int(round_no)}.jsonl"
 
 
 #: The ``kind`` of a plan entry answered by another state folder's batches.

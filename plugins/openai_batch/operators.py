@@ -24,7 +24,6 @@ from openai_batch.layout import MANIFEST_FILE, ORDER_FILE, PLAN_FILE, REJECTS_FI
 from openai_batch.limits import MAX_REQUESTS_PER_BATCH
 from openai_batch.pricing import format_usd, is_unpriced
 from openai_batch.service import (
-    batch_status,
     capacity_key,
     load_state,
     reconcile_capacity,
@@ -58,7 +57,6 @@ __all__ = [
     "OpenAIBatchPrepareOperator",
     "OpenAIBatchSubmitOperator",
     "OpenAIBatchWriteResultsOperator",
-    "batch_status",
     "capacity_key",
     "load_state",
     "reconcile_capacity",

@@ -19,7 +19,7 @@ from openai_batch.storage import check_batch_id, copy_file, iter_lines, local_di
 if TYPE_CHECKING:
     from airflow.sdk import ObjectStoragePath
 
-    from openai_batch.hooks import OpenAIBatchHook
+    from openai_batch.provider import BatchProvider
     from openai_batch.results import ResultStatus, ResultStore, RoundCheck
     from openai_batch.state import Round, ShardState
 
@@ -41,7 +41,7 @@ def round_files(state_dir: ObjectStoragePath, rnd: Round) -> list[ObjectStorageP
     ]
 
 
-def download_round(hook: OpenAIBatchHook, state_dir: ObjectStoragePath, rnd: Round) -> None:
+def download_round(hook: BatchProvider, state_dir: ObjectStoragePath, rnd: Round) -> None:
     """Stream a round's output and error files (either may be absent) into the state folder."""
     (state_dir / "batches").mkdir(parents=True, exist_ok=True)
     for path, file_id in zip(

@@ -12,8 +12,9 @@ from airflow.sdk.exceptions import AirflowException
 from openai_batch.apierrors import maps_api_errors
 from openai_batch.budget import NoCapacityError, ledger_for, limit_for, parse_limits, shard_estimates
 from openai_batch.deferral import wait_for_capacity
-from openai_batch.layout import day_of, round_file, utc_day
+from openai_batch.layout import BORROWED, day_of, round_file, take_file, utc_day
 from openai_batch.retry import DEFAULT_RETRY_ROUNDS
+from openai_batch.rounds import after_collect, hit_token_limit, on_wait_end, token_limit_delay
 from openai_batch.service import capacity_key, load_state, save_state, submit_round
 from openai_batch.storage import allowed_roots, join_pattern, to_path
 from openai_batch.ui.links import OpenAIBatchResultsLink
@@ -25,7 +26,6 @@ if TYPE_CHECKING:
     from openai_batch.records import RequestRecord
     from openai_batch.state import Round, ShardState
 
-TOKEN_LIMIT_CODE = "token_limit_exceeded"
 DEFAULT_TOKEN_LIMIT_WAIT = 600.0
 
 
@@ -275,7 +275,7 @@ class OpenAIBatchSensor(BaseSensorOperator):
         state_dir = to_path(self.shard["state_dir"])
         state = load_state(state_dir, self.shard)
         rnd = state.current
-        if self.shard.get("kind") == "borrowed" and not rnd.batch_id:
+        if self.shard.get("kind") == BORROWED and not rnd.batch_id:
             return self._borrow(state_dir, state)
         if not rnd.batch_id:
             self._submit(state_dir, state)
@@ -319,11 +319,18 @@ class OpenAIBatchSensor(BaseSensorOperator):
         rnd = state.current
         if event.get("batch_id") != rnd.batch_id:
             raise AirflowException(f"event for batch {event.get('batch_id')}, expected {rnd.batch_id}")
-        if event["status"] in ("error", "timeout"):
-            if event["status"] == "timeout":  # the trigger cancelled it
-                self._release(state)
-            raise AirflowException(event["message"])
-        self._release(state)
+        decision = on_wait_end(
+            event,
+            attempt=rnd.attempt,
+            max_token_limit_retries=int(self.max_token_limit_retries),
+            fits_alone=event.get("status") == "failed"
+            and hit_token_limit(event.get("errors"))
+            and self._fits_eventually(state),
+        )
+        if decision.release:
+            self._release(state)
+        if decision.action == "fail":
+            raise AirflowException(decision.reason)
         rnd.status = event["status"]
         rnd.output_file_id = event.get("output_file_id")
         rnd.error_file_id = event.get("error_file_id")
@@ -332,23 +339,15 @@ class OpenAIBatchSensor(BaseSensorOperator):
         rnd.usage = event.get("usage")
         rnd.ended_at = rnd.ended_at or time.time()
         self.log.info("Batch %s ended %s: %s", rnd.batch_id, rnd.status, rnd.request_counts)
-        if rnd.status == "failed":
-            for err in rnd.errors:
-                self.log.error(
-                    "Batch %s: line %s: %s (%s)",
-                    rnd.batch_id,
-                    err.get("line"),
-                    err.get("message"),
-                    err.get("code"),
-                )
-            if any(e.get("code") == TOKEN_LIMIT_CODE for e in rnd.errors):
-                if rnd.attempt < self.max_token_limit_retries or self._fits_eventually(state):
-                    save_state(state_dir, state)
-                    return self._wait_for_token_budget(rnd.attempt)
-                self.log.error(
-                    "Batch %s hit the enqueued-token limit %s times; giving up", rnd.batch_id, rnd.attempt + 1
-                )
-        else:
+        for err in rnd.errors if rnd.status == "failed" else []:
+            line, message, code = err.get("line"), err.get("message"), err.get("code")
+            self.log.error("Batch %s: line %s: %s (%s)", rnd.batch_id, line, message, code)
+        if decision.action == "wait_for_tokens":
+            save_state(state_dir, state)
+            return self._wait_for_token_budget(rnd.attempt)
+        if decision.action == "give_up" and hit_token_limit(rnd.errors):
+            self.log.error("Batch %s: %s; giving up", rnd.batch_id, decision.reason)
+        if decision.action == "collect":
             download_round(self.hook, state_dir, rnd)
         rnd.collected = True
         save_state(state_dir, state)
@@ -357,7 +356,7 @@ class OpenAIBatchSensor(BaseSensorOperator):
     def _wait_for_token_budget(self, attempt: int) -> dict[str, Any]:
         from airflow.providers.standard.triggers.temporal import TimeDeltaTrigger
 
-        delay = token_limit_wait(self.token_limit_wait) * min(attempt + 1, 6)
+        delay = token_limit_delay(token_limit_wait(self.token_limit_wait), attempt)
         self.log.warning("Enqueued-token limit reached; resubmitting in %.0f s (deferred)", delay)
         self.defer(trigger=TimeDeltaTrigger(timedelta(seconds=delay)), method_name="resubmit")
         raise AssertionError("unreachable")
@@ -421,9 +420,13 @@ class OpenAIBatchSensor(BaseSensorOperator):
         rnd = state.current
         self._record_answers(state_dir, state)
         if (
-            rnd.status != "failed"
-            and rnd.round < int(self.max_retry_rounds)
-            and not nothing_to_retry(state_dir, rnd)
+            after_collect(
+                rnd.status,
+                round_no=rnd.round,
+                max_retry_rounds=int(self.max_retry_rounds),
+                retryable_left=rnd.status != "failed" and not nothing_to_retry(state_dir, rnd),
+            )
+            == "resubmit"
         ):
             name = round_file(state.index, rnd.round + 1)
             count = write_retry_file(state_dir, rnd, name)
@@ -439,7 +442,7 @@ class OpenAIBatchSensor(BaseSensorOperator):
                 self._submit(state_dir, state)
                 self._defer(state)
         self._give_up_unanswered(state_dir, state)
-        if self.shard.get("kind") == "borrowed":
+        if self.shard.get("kind") == BORROWED:
             return self._borrow(state_dir, state)
         return self._finished(state)
 
@@ -555,7 +558,7 @@ class OpenAIBatchSensor(BaseSensorOperator):
         from openai_batch.state import Round
         from openai_batch.storage import iter_lines
 
-        name = f"{self.shard['file'].removesuffix('.jsonl')}.take{len(state.rounds)}.jsonl"
+        name = take_file(self.shard["file"], len(state.rounds))
         count = 0
         with (state_dir / name).open("wb") as fout:
             for line in iter_lines(state_dir / self.shard["file"]):

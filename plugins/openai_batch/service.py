@@ -3,7 +3,8 @@
 Round 0 (from the submit task), rounds waiting for capacity, follow-up rounds and token-limit
 resubmissions (from the wait task) all go through :func:`submit_round`, which re-attaches to what
 an earlier try left behind before it uploads or creates anything. No Airflow operator code here:
-the tasks in :mod:`openai_batch.operators` and :mod:`openai_batch.sensors` call it.
+the tasks in :mod:`openai_batch.operators` and :mod:`openai_batch.sensors` call it. The API is
+reached only through the provider seam (:class:`openai_batch.provider.BatchProvider`).
 """
 
 from __future__ import annotations
@@ -14,17 +15,17 @@ from typing import TYPE_CHECKING, Any
 
 from openai_batch.budget import NoCapacityError, limit_for, shard_estimates
 from openai_batch.layout import shard_state_file
+from openai_batch.provider import intent_floor
 from openai_batch.storage import local_dir, read_json_or_set_aside, url_of, write_json
 
 if TYPE_CHECKING:
     from airflow.sdk import ObjectStoragePath
 
     from openai_batch.budget import Ledger
-    from openai_batch.hooks import OpenAIBatchHook
+    from openai_batch.provider import BatchProvider
     from openai_batch.state import Round, ShardState
 
 __all__ = [
-    "batch_status",
     "capacity_key",
     "load_state",
     "reconcile_capacity",
@@ -83,7 +84,7 @@ def save_state(state_dir: ObjectStoragePath, state: ShardState) -> None:
 
 
 def submit_round(
-    hook: OpenAIBatchHook,
+    hook: BatchProvider,
     state_dir: ObjectStoragePath,
     state: ShardState,
     source: str,
@@ -113,7 +114,7 @@ def submit_round(
         hook.log.info("Shard %s round %s already has batch %s", state.identity, rnd.round, rnd.batch_id)
         return rnd.batch_id
     metadata = batch_metadata(state.identity, rnd.round, rnd.attempt, source)
-    existing = hook.find_batch(metadata, since=_intent_floor(rnd.create_started_at))
+    existing = hook.find_batch(metadata, since=intent_floor(rnd.create_started_at))
     if existing is not None:
         hook.log.info("Re-attaching to batch %s created earlier for %s", existing.id, state.identity)
         rnd.batch_id, rnd.input_file_id, rnd.status = existing.id, existing.input_file_id, existing.status
@@ -146,7 +147,7 @@ def submit_round(
             lambda: request_file.open("rb"),
             filename=filename,
             size=stat_of(request_file)[0],
-            since=_intent_floor(rnd.upload_started_at),
+            since=intent_floor(rnd.upload_started_at),
             maybe_stored=maybe_stored,
         )
         rnd.input_file_id = uploaded.id
@@ -161,7 +162,7 @@ def submit_round(
         state.endpoint,
         metadata,
         output_expires_after=output_expires_after,
-        since=_intent_floor(rnd.create_started_at),
+        since=intent_floor(rnd.create_started_at),
     )
     rnd.batch_id, rnd.status = batch.id, batch.status
     save_state(state_dir, state)
@@ -170,13 +171,6 @@ def submit_round(
         ledger.attach(capacity_key(state), batch.id)
     hook.log.info("Created batch %s for shard %s round %s", batch.id, state.identity, rnd.round)
     return batch.id
-
-
-def _intent_floor(started_at: float | None) -> float | None:
-    """Return how far back a lookup for what an intent recorded at ``started_at`` has to reach."""
-    from openai_batch.hooks import CLOCK_SKEW_MARGIN
-
-    return None if started_at is None else started_at - CLOCK_SKEW_MARGIN
 
 
 def record_sent(ledger: Ledger | None, state_dir: ObjectStoragePath, rnd: Round) -> None:
@@ -188,7 +182,7 @@ def record_sent(ledger: Ledger | None, state_dir: ObjectStoragePath, rnd: Round)
         record.mark_sent(url_of(state_dir), list(digests_of(state_dir / rnd.file).values()), rnd.batch_id)
 
 
-def reconcile_capacity(hook: OpenAIBatchHook, ledger: Ledger, model: str) -> bool:
+def reconcile_capacity(hook: BatchProvider, ledger: Ledger, model: str) -> bool:
     """
     Release ``model``'s in-flight entries whose batch has ended at the API; return whether any was.
 
@@ -197,25 +191,10 @@ def reconcile_capacity(hook: OpenAIBatchHook, ledger: Ledger, model: str) -> boo
     """
     from openai_batch.budget import reconcile
 
-    lines = reconcile(ledger, model, lambda batch_id: batch_status(hook, batch_id))
+    lines = reconcile(ledger, model, hook.batch_status)
     for line in lines:
         hook.log.info("Capacity: %s", line)
     return bool(lines)
-
-
-def batch_status(hook: OpenAIBatchHook, batch_id: str) -> str | None:
-    """Return a batch's status, ``NOT_FOUND`` when the API does not know it, None when the lookup failed."""
-    import openai
-
-    from openai_batch.budget import NOT_FOUND
-
-    try:
-        return str(hook.conn.with_options(max_retries=1).batches.retrieve(batch_id).status)
-    except openai.NotFoundError:
-        return NOT_FOUND
-    except (openai.APIError, OSError, ValueError) as err:
-        hook.log.warning("Capacity: could not look up batch %s (kept in the ledger): %s", batch_id, err)
-        return None
 
 
 def capacity_key(state: ShardState) -> str:

@@ -404,7 +404,7 @@ class OpenAIBatchCapacityTrigger(BaseTrigger):
     @asynccontextmanager
     async def _lookup(self) -> AsyncIterator[Callable[[str], Awaitable[str | None]]]:
         """Yield ``status_of(batch_id)``: the status, ``NOT_FOUND`` for a 404, None when the lookup failed."""
-        from openai_batch.budget import NOT_FOUND
+        from openai_batch.provider import NOT_FOUND
 
         hook = OpenAIBatchHook(conn_id=str(self.conn_id), max_retries=1, timeout=60.0)
         settings = PollSettings.from_client_kwargs(await hook.async_client_kwargs())

@@ -74,6 +74,7 @@ def _layout(pipeline: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> dict[s
 
     from openai_batch.identity import folder_of, history_folder, state_folder
     from openai_batch.idprefix import default_id_prefix
+    from openai_batch.layout import round_file, shard_state_file, take_file
     from openai_batch.operators import _variant
     from openai_batch.progress import progress_file
     from openai_batch.state import batch_metadata, shard_identity
@@ -128,6 +129,9 @@ def _layout(pipeline: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> dict[s
             "batch_metadata": batch_metadata("ident", 1, 2, "/in/x.jsonl"),
             "id_prefix_name": default_id_prefix("day.jsonl"),
             "progress_file": progress_file("/results/x/_state/abc-123", 7),
+            "take_file": take_file("shard-00003.jsonl", 2),
+            "round_file": round_file(3, 2),
+            "shard_state_file": shard_state_file(3),
         },
         "triggers": TRIGGERS,
     }
