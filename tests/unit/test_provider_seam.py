@@ -10,16 +10,18 @@ from __future__ import annotations
 
 import io
 import logging
-from collections.abc import Callable, Mapping
-from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import pytest
 
 from openai_batch.provider import NOT_FOUND, BatchProvider
 from openai_batch.service import load_state, save_state, submit_round
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+    from contextlib import AbstractContextManager
+    from pathlib import Path
 
 
 @dataclass
@@ -82,7 +84,8 @@ class MemoryBatchAPI:
         output_expires_after: dict[str, Any] | None = None,
         since: float | None = None,
     ) -> _Batch:
-        batch = _Batch(f"mb-{len(self.batches) + 1}", "validating", file_id, dict(metadata), len(self.batches))
+        n = len(self.batches)
+        batch = _Batch(f"mb-{n + 1}", "validating", file_id, dict(metadata), n)
         self.batches[batch.id] = batch
         if self.crash_after_create:
             raise KeyboardInterrupt("the process died after the create, before the state write")
@@ -130,13 +133,15 @@ def test_the_service_submits_through_any_provider_once(tmp_path: Path) -> None:
     shard = _shard(tmp_path)
     state = load_state(state_dir, shard)
     batch_id = submit_round(provider, state_dir, state, "/in/x.jsonl")
-    assert list(api.batches) == [batch_id] and len(api.files) == 1
+    assert list(api.batches) == [batch_id]
+    assert len(api.files) == 1
     uploaded = next(iter(api.files.values()))
     assert uploaded.content == (tmp_path / "shard-00000.jsonl").read_bytes()
     # Again, from the state record: nothing more is uploaded or created.
     again = load_state(state_dir, shard)
     assert submit_round(provider, state_dir, again, "/in/x.jsonl") == batch_id
-    assert len(api.batches) == 1 and len(api.files) == 1
+    assert len(api.batches) == 1
+    assert len(api.files) == 1
 
 
 def test_a_crash_between_create_and_state_write_reattaches_through_the_provider(tmp_path: Path) -> None:
@@ -164,5 +169,6 @@ def test_the_download_goes_through_the_provider(tmp_path: Path) -> None:
     api: Seam = MemoryBatchAPI()
     out = io.BytesIO()
     stored = api.upload_batch_file_once(lambda: io.BytesIO(b"abc\n"), "f.jsonl", 4)
-    assert api.download_file(stored.id, out) == 4 and out.getvalue() == b"abc\n"
+    assert api.download_file(stored.id, out) == 4
+    assert out.getvalue() == b"abc\n"
     assert api.batch_status("nope") == NOT_FOUND
