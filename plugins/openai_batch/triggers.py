@@ -24,9 +24,10 @@ if TYPE_CHECKING:
     from openai import AsyncOpenAI
 
     from openai_batch.budget import Ledger
+    from openai_batch.payloads import BatchEndEvent
 
 
-def batch_summary(batch: dict[str, Any]) -> dict[str, Any]:
+def batch_summary(batch: dict[str, Any]) -> BatchEndEvent:
     """Return the fields of a batch (as the API's JSON) that callers need after it ends."""
     errors = (batch.get("errors") or {}).get("data") or []
     return {
@@ -196,10 +197,10 @@ class OpenAIBatchTrigger(BaseTrigger):
             100.0 * (done + failed) / total if total else 0.0,
         )
 
-    def _error_event(self, message: str) -> dict[str, Any]:
+    def _error_event(self, message: str) -> BatchEndEvent:
         return {"batch_id": self.batch_id, "status": "error", "message": message}
 
-    async def _timeout_event(self, client: AsyncOpenAI) -> dict[str, Any]:
+    async def _timeout_event(self, client: AsyncOpenAI) -> BatchEndEvent:
         message = f"batch {self.batch_id} did not finish before the wait's timeout"
         if self.cancel_on_timeout:
             await self._cancel(client)
