@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from openai_batch.prepare import ORDER_FILE, default_id_prefix
+from openai_batch.layout import MANIFEST_FILE, ORDER_FILE
+from openai_batch.prepare import default_id_prefix
 from openai_batch.storage import iter_lines, read_json, to_path
 
 if TYPE_CHECKING:
@@ -13,7 +14,6 @@ if TYPE_CHECKING:
     from openai_batch.identity import InputRef
 
 #: The manifest of a file's current results (as ``operators.MANIFEST_FILE``).
-_MANIFEST = "manifest.json"
 
 
 def file_id_prefix(ref: InputRef, folder: ObjectStoragePath) -> str:
@@ -31,7 +31,7 @@ def file_id_prefix(ref: InputRef, folder: ObjectStoragePath) -> str:
     legacy = default_id_prefix(ref.name)
     if prefix == legacy:
         return prefix
-    manifest = folder / _MANIFEST
+    manifest = folder / MANIFEST_FILE
     if not manifest.exists():
         return prefix
     state_dir = read_json(manifest).get("state_dir")

@@ -17,8 +17,11 @@ __all__ = [
     "PLAN_FILE",
     "REJECTS_FILE",
     "RESULTS_FILE",
+    "SERVED_FILES",
+    "SHARD_PATTERN",
     "round_file",
     "day_of",
+    "progress_file_name",
     "shard_state_file",
     "take_file",
     "utc_day",
@@ -28,15 +31,26 @@ __all__ = [
 RESULTS_FILE = "results.jsonl"
 REJECTS_FILE = "rejects.jsonl"
 MANIFEST_FILE = "manifest.json"
+#: The files of a result folder the results view serves for download.
+SERVED_FILES = (RESULTS_FILE, REJECTS_FILE, MANIFEST_FILE)
 #: Names inside a state folder: the plan (written last: its presence means the folder is complete)
 #: and the custom_ids of the valid requests in input order.
 PLAN_FILE = "plan.json"
 ORDER_FILE = "order.txt"
 
 
+#: Name of a shard's request file (round 0) in a state folder, by its index.
+SHARD_PATTERN = "shard-{:05d}.jsonl"
+
+
 def shard_state_file(index: int) -> str:
     """Return the name of a shard's state record in its state folder."""
     return f"shard-{int(index):05d}.state.json"
+
+
+def progress_file_name(index: int) -> str:
+    """Return the name of a shard's live progress record (what the last poll saw) in its state folder."""
+    return f"shard-{int(index):05d}.progress.json"
 
 
 def round_file(index: int, round_no: int) -> str:

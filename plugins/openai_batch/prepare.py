@@ -48,6 +48,7 @@ from typing import IO, TYPE_CHECKING, Any, BinaryIO
 
 import msgspec
 
+from openai_batch.layout import ORDER_FILE, REJECTS_FILE, SHARD_PATTERN
 from openai_batch.limits import DEFAULT_LIMITS, SUPPORTED_ENDPOINTS, BatchLimits
 from openai_batch.pricing import FREE_ENDPOINTS, estimate_cost_usd, tokens_for_bytes
 from openai_batch.reuse import INDEX_FILE, REUSED_FILE
@@ -66,9 +67,6 @@ __all__ = [
     "prepare_requests",
 ]
 
-ORDER_FILE = "order.txt"
-REJECTS_FILE = "rejects.jsonl"
-SHARD_PATTERN = "shard-{:05d}.jsonl"
 
 _BOM = b"\xef\xbb\xbf"
 _FULL_KEYS = ("custom_id", "method", "url", "body")

@@ -6,9 +6,11 @@ time), so a page view reads a small file instead of calling the API.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import TYPE_CHECKING, Any
 
+from openai_batch.layout import progress_file_name
 from openai_batch.triggers import OpenAIBatchTrigger
 
 if TYPE_CHECKING:
@@ -17,7 +19,7 @@ if TYPE_CHECKING:
 
 def progress_file(state_dir: str, index: int) -> str:
     """Return the URL or path of the progress record of shard ``index`` in ``state_dir``."""
-    return f"{state_dir.rstrip('/')}/shard-{index:05d}.progress.json"
+    return f"{state_dir.rstrip('/')}/{progress_file_name(index)}"
 
 
 def read_progress(path: ObjectStoragePath) -> dict[str, Any] | None:
@@ -48,10 +50,12 @@ class OpenAIBatchProgressTrigger(OpenAIBatchTrigger):
         path, kwargs = super().serialize()
         return path, {**kwargs, "progress_file": self.progress_file}
 
-    def _log_progress(self, batch: dict[str, Any]) -> None:
-        super()._log_progress(batch)
+    async def _on_poll(self, batch: dict[str, Any]) -> None:
+        await super()._on_poll(batch)
         if self.progress_file:
-            self._write_progress(batch)
+            # Off the event loop: with an object-storage results root each write is a PUT, and a
+            # thousand waits share the triggerer's loop.
+            await asyncio.to_thread(self._write_progress, batch)
 
     def _write_progress(self, batch: dict[str, Any]) -> None:
         from openai_batch.storage import to_path, write_json
@@ -63,7 +67,6 @@ class OpenAIBatchProgressTrigger(OpenAIBatchTrigger):
             "polled_at": time.time(),
         }
         try:
-            # A few hundred bytes, renamed into place: short enough for the event loop.
             write_json(to_path(str(self.progress_file)), record)
         except OSError as err:  # progress is for display; a failed write must not end the wait
             self.log.warning("Could not record progress in %s: %s", self.progress_file, err)

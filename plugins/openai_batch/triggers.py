@@ -168,7 +168,7 @@ class OpenAIBatchTrigger(BaseTrigger):
                     yield TriggerEvent(self._error_event(f"polling failed {errors} times in a row: {err}"))
                     return
             else:
-                self._log_progress(batch)
+                await self._on_poll(batch)
                 if is_terminal(batch["status"]):
                     yield TriggerEvent(batch_summary(batch))
                     return
@@ -183,6 +183,10 @@ class OpenAIBatchTrigger(BaseTrigger):
             # +-20% jitter: waits started together (a mapped task, a backfill) drift apart instead
             # of hitting the API and the triggerer's loop in bursts.
             await asyncio.sleep(self.poll_interval * random.uniform(0.8, 1.2))
+
+    async def _on_poll(self, batch: dict[str, Any]) -> None:
+        """Do what each poll's answer calls for besides the decision: here, log the progress."""
+        self._log_progress(batch)
 
     def _log_progress(self, batch: dict[str, Any]) -> None:
         counts = batch.get("request_counts") or {}

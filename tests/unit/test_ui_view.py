@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from typing import TYPE_CHECKING, Any
@@ -51,13 +52,12 @@ def test_running_file_shows_the_last_polled_counts(tmp_path: Path) -> None:
     trigger = OpenAIBatchProgressTrigger(
         progress_file=progress_file(str(state_dir), 0), conn_id="c", batch_id="batch_a"
     )
-    trigger._log_progress(
-        {
-            "id": "batch_a",
-            "status": "in_progress",
-            "request_counts": {"total": 10, "completed": 4, "failed": 1},
-        }
-    )
+    poll = {
+        "id": "batch_a",
+        "status": "in_progress",
+        "request_counts": {"total": 10, "completed": 4, "failed": 1},
+    }
+    asyncio.run(trigger._on_poll(poll))
 
     view = file_view(0, plan, tmp_path)
 
@@ -80,13 +80,46 @@ def test_progress_trigger_serializes_its_file(tmp_path: Path) -> None:
     again = OpenAIBatchProgressTrigger(**kwargs)
     assert again.progress_file == target
     assert again.batch_id == "b"
-    again._log_progress({"id": "b", "status": "finalizing", "request_counts": {"total": 2, "completed": 2}})
+    asyncio.run(
+        again._on_poll({"id": "b", "status": "finalizing", "request_counts": {"total": 2, "completed": 2}})
+    )
     from openai_batch.storage import to_path
 
     record = read_progress(to_path(target))
     assert record is not None
     assert record["status"] == "finalizing"
     assert record["request_counts"] == {"total": 2, "completed": 2}
+
+
+def test_the_progress_write_runs_off_the_event_loop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each poll's record is written in a worker thread: a slow store (an S3 PUT) never blocks the loop."""
+    import threading
+
+    import openai_batch.storage
+
+    real_write = openai_batch.storage.write_json
+    writers: list[threading.Thread] = []
+
+    def spy(path: Any, value: Any) -> None:
+        writers.append(threading.current_thread())
+        real_write(path, value)
+
+    monkeypatch.setattr(openai_batch.storage, "write_json", spy)
+    target = str(tmp_path / "p.json")
+    trigger = OpenAIBatchProgressTrigger(progress_file=target, conn_id="c", batch_id="b")
+
+    async def poll_once() -> threading.Thread:
+        await trigger._on_poll({"id": "b", "status": "in_progress", "request_counts": {"total": 1}})
+        return threading.current_thread()
+
+    loop_thread = asyncio.run(poll_once())
+    assert len(writers) == 1
+    assert writers[0] is not loop_thread
+    from openai_batch.storage import to_path
+
+    record = read_progress(to_path(target))
+    assert record is not None
+    assert record["status"] == "in_progress"
 
 
 def test_results_outside_the_root_are_not_read(tmp_path: Path) -> None:

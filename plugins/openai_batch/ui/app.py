@@ -21,9 +21,9 @@ from fastapi import Depends, FastAPI, HTTPException, Request, Response
 from fastapi.responses import HTMLResponse, StreamingResponse
 
 from openai_batch import settings
+from openai_batch.layout import SERVED_FILES
 from openai_batch.ui.view import (
     CONTENT_SECURITY_POLICY,
-    SERVED_FILES,
     CapacityView,
     capacity_view,
     file_view,

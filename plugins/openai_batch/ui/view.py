@@ -17,8 +17,15 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from openai_batch.layout import (
+    MANIFEST_FILE,
+    REJECTS_FILE,
+    SERVED_FILES,
+    progress_file_name,
+    shard_state_file,
+)
+
 #: The files of a result folder the view links to (nothing else is served).
-SERVED_FILES = ("results.jsonl", "rejects.jsonl", "manifest.json")
 COUNT_KEYS = ("total", "succeeded", "failed", "expired", "cancelled", "rejected", "reused")
 MAX_REJECTS = 5
 #: Batch statuses after which a state record's counts are final (the last poll may be older).
@@ -201,11 +208,11 @@ def _live_rows(state_dir: Path, shards: list[dict[str, Any]]) -> list[BatchRow]:
     rows: list[BatchRow] = []
     for shard in shards:
         index = int(shard["index"])
-        record = _read_json(state_dir / f"shard-{index:05d}.state.json") or {}
+        record = _read_json(state_dir / shard_state_file(index)) or {}
         if record.get("identity") != shard.get("identity"):
             rows.append(BatchRow(index, 0, None, "not submitted", None))
             continue
-        progress = _read_json(state_dir / f"shard-{index:05d}.progress.json") or {}
+        progress = _read_json(state_dir / progress_file_name(index)) or {}
         for rnd in record.get("rounds") or []:
             row = BatchRow(
                 index,
@@ -235,7 +242,7 @@ def file_view(index: int, plan: dict[str, Any], results_root: Path) -> FileView:
         return FileView(index, key, "on object storage", error="this view reads local results only")
     if not contained(results_root, out):
         return FileView(index, key, "unavailable", error="results are not under the results root")
-    manifest = _read_json(out / "manifest.json")
+    manifest = _read_json(out / MANIFEST_FILE)
     state_dir = local_folder(str(plan.get("state_dir") or ""))
     view = FileView(index, key, "running", error=plan.get("error"))
     if plan.get("skipped"):
@@ -259,7 +266,7 @@ def file_view(index: int, plan: dict[str, Any], results_root: Path) -> FileView:
             for b in manifest.get("batches") or []
         ]
         view.files = [name for name in SERVED_FILES if (out / name).is_file()]
-        view.rejects = first_rejects(out / "rejects.jsonl")
+        view.rejects = first_rejects(out / REJECTS_FILE)
     elif state_dir is not None and contained(results_root, state_dir):
         view.counts = {
             "total": plan.get("lines"),
@@ -268,7 +275,7 @@ def file_view(index: int, plan: dict[str, Any], results_root: Path) -> FileView:
         }
         view.cost_usd = None
         view.batches = _live_rows(state_dir, list(plan.get("shards") or []))
-        view.rejects = first_rejects(state_dir / "rejects.jsonl")
+        view.rejects = first_rejects(state_dir / REJECTS_FILE)
     return view
 
 
