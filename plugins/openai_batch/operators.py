@@ -10,7 +10,6 @@ import logging
 import shutil
 import tempfile
 import zlib
-from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
@@ -18,11 +17,14 @@ from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from openai_batch.apierrors import maps_api_errors
-from openai_batch.budget import NoCapacityError, plan_cost, shard_estimates
+from openai_batch.budget import NoCapacityError
 from openai_batch.deferral import too_big_message, wait_for_capacity
 from openai_batch.layout import MANIFEST_FILE, ORDER_FILE, PLAN_FILE, REJECTS_FILE, RESULTS_FILE, day_of
 from openai_batch.limits import MAX_REQUESTS_PER_BATCH
-from openai_batch.pricing import format_usd, is_unpriced
+from openai_batch.plans import error_plan, state_dir_name
+from openai_batch.plans import variant as split_variant
+from openai_batch.preparation import BadSettingError, ContentPreparer, results_complete
+from openai_batch.pricing import format_usd
 from openai_batch.service import (
     capacity_key,
     load_state,
@@ -36,8 +38,6 @@ from openai_batch.storage import (
     InputTooLargeError,
     NotRegularFileError,
     copy_file,
-    file_digest,
-    iter_lines,
     move,
     open_atomic,
     read_json_or_set_aside,
@@ -69,14 +69,9 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
-
     from airflow.sdk import Context, ObjectStoragePath
 
-    from openai_batch.claims import ClaimOutcome
     from openai_batch.identity import InputRef
-    from openai_batch.prepare import Shard
-    from openai_batch.reuse import ReuseIndex
     from openai_batch.storage import InputFile
 
 
@@ -89,27 +84,6 @@ def run_partition(context: Context) -> str:
     if logical_date is not None:
         return day_of(logical_date)
     return day_of(context["dag_run"].run_after)
-
-
-def results_complete(folder: ObjectStoragePath, manifest: dict[str, Any]) -> bool:
-    """
-    Return True when the folder's results and rejects are exactly what its manifest recorded.
-
-    A truncated or missing results file (a full disk, a crash, a hand edit) is not complete, so
-    the run writes it again from the state it kept, without paying again.
-    """
-    for name, key in ((RESULTS_FILE, "results_sha256"), (REJECTS_FILE, "rejects_sha256")):
-        recorded = manifest.get(key)
-        path = folder / name
-        if not recorded or not path.exists() or file_digest(path)[0] != recorded:
-            return False
-    return True
-
-
-def _variant(endpoint: str, model: str | None, max_requests: int, salt: str) -> str:
-    """Return a short hash of the settings that change how one content is split into shards."""
-    text = json.dumps([endpoint, model or None, max_requests, salt])
-    return hashlib.sha256(text.encode()).hexdigest()[:8]
 
 
 class OpenAIBatchPrepareOperator(BaseOperator):
@@ -286,7 +260,7 @@ class OpenAIBatchPrepareOperator(BaseOperator):
                 }
         salt = f"-f{hashlib.sha256(context['run_id'].encode()).hexdigest()[:8]}" if self.force else ""
         limit = max(1, min(int(self.max_requests_per_batch), MAX_REQUESTS_PER_BATCH))
-        variant = _variant(self.endpoint, self.model or None, limit, salt)
+        variant = split_variant(self.endpoint, self.model or None, limit, salt)
         with tempfile.TemporaryDirectory(prefix="openai-batch-") as tmp:
             plan = self._prepare(ref, src, folder, Path(tmp), limit, variant, salt)
         plan = {**base, **plan, "input_raw_sha256": src.raw_sha256(plan["input_sha256"])}
@@ -353,12 +327,10 @@ class OpenAIBatchPrepareOperator(BaseOperator):
 
     def _unreadable(self, ref: InputRef, partition: str, error: str) -> dict[str, Any]:
         """Return the error plan of an input that cannot be opened (gone, not a file, a link, no access)."""
-        from openai_batch.identity import state_folder
-
         folder = to_path(self.results_root) / ref.folder
         # Nothing was read: the plan is for "no content", so the file is taken again once readable.
         digest = hashlib.sha256(b"").hexdigest()
-        state_dir = folder / f"{state_folder(digest)}-unreadable"
+        state_dir = folder / state_dir_name(digest, "unreadable")
         for name in (ORDER_FILE, REJECTS_FILE):
             with open_atomic(state_dir / name):
                 pass
@@ -373,78 +345,10 @@ class OpenAIBatchPrepareOperator(BaseOperator):
             "input_raw_sha256": None,
             "skipped": False,
             "dry_run": bool(self.plan_only),
-            **_error_plan(state_dir, digest, error, lines=0, rejected=0),
+            **error_plan(url_of(state_dir), digest, error, lines=0, rejected=0),
         }
         self.log.error("%s cannot be sent: %s", ref.display, error)
         return plan
-
-    def _earlier_results(self, folder: ObjectStoragePath, work: Path) -> ReuseIndex | None:
-        """
-        Return the succeeded requests of the content whose results are in ``folder`` now, if complete.
-
-        Unchanged requests of a file that came back with lines added or changed are then not sent
-        again. Results that are incomplete or from before digests were kept give no index.
-        """
-        from openai_batch.reuse import INDEX_FILE, ReuseIndex
-
-        manifest = read_json_or_set_aside(folder / MANIFEST_FILE, "no earlier results are reused", self.log)
-        if not isinstance(manifest, dict):
-            return None
-        state_dir = manifest.get("state_dir")
-        if not state_dir or not results_complete(folder, manifest):
-            return None
-        digests = to_path(state_dir) / INDEX_FILE
-        if not digests.exists():
-            return None
-        index = ReuseIndex(work / ".reuse.sqlite")
-        try:
-            count = index.load(iter_lines(digests), iter_lines(folder / RESULTS_FILE))
-        except (ValueError, KeyError) as err:
-            self.log.warning("Earlier results in %s cannot be reused: %s", folder, err)
-            index.close()
-            return None
-        self.log.info("%s earlier succeeded request(s) of this file can be reused if unchanged", count)
-        return index
-
-    def _claim(
-        self, shards: list[Shard], work: Path, state_dir: ObjectStoragePath, salt: str
-    ) -> ClaimOutcome:
-        """
-        Claim the prepared requests in the request record; take out the ones another run owns.
-
-        A dry run claims nothing. ``force`` (a ``salt``) takes every request over: it is sent again.
-        """
-        from openai_batch.answers import CACHED_FILE, cache_for, reuse_identical
-        from openai_batch.claims import ClaimOutcome, claim_shards
-        from openai_batch.records import record_for
-
-        record = None if self.plan_only else record_for(self.ledger_dir)
-        if record is None:
-            (work / CACHED_FILE).write_bytes(b"")
-            return ClaimOutcome()
-        try:
-            enabled = reuse_identical(self.reuse_identical)
-        except ValueError as err:
-            raise AirflowFailException(str(err)) from None
-        cache = cache_for(self.ledger_dir) if enabled else None
-        outcome = claim_shards(record, url_of(state_dir), shards, work, force=bool(salt), cache=cache)
-        if cache is not None and cache.set_aside is not None:
-            self.log.warning("The answer cache could not be read; it was moved to %s", cache.set_aside)
-        if outcome.cached:
-            self.log.info(
-                "%s request(s) are identical to ones answered before: their answers come from the "
-                "answer cache (Variable openai_batch_reuse_identical), not paid again",
-                outcome.cached,
-            )
-        for group in outcome.borrowed:
-            self.log.info(
-                "%s request(s) are already sent or answered by %s (shard %s): their answers are used, "
-                "not paid again",
-                group["requests"],
-                group["owner_state_dir"],
-                group["owner_shard"],
-            )
-        return outcome
 
     def _prepare(
         self,
@@ -457,156 +361,18 @@ class OpenAIBatchPrepareOperator(BaseOperator):
         salt: str,
     ) -> dict[str, Any]:
         """Prepare into ``work``, then publish the files into the content's state folder."""
-        from openai_batch.answers import CACHED_FILE
-        from openai_batch.claims import borrowed_entries
-        from openai_batch.identity import state_folder
-        from openai_batch.idprefix import file_id_prefix
-        from openai_batch.limits import DEFAULT_LIMITS, BatchLimits
-        from openai_batch.prepare import (
-            NoValidRequestsError,
-            PrepareError,
-            prepare_requests,
+        preparer = ContentPreparer(
+            endpoint=self.endpoint,
+            model=self.model or None,
+            plan_only=bool(self.plan_only),
+            ledger_dir=self.ledger_dir,
+            reuse_identical=self.reuse_identical,
+            log=self.log,
         )
-        from openai_batch.reuse import INDEX_FILE, REUSED_FILE
-        from openai_batch.state import shard_identity
-
-        limits = BatchLimits(
-            max_requests=limit,
-            max_bytes=DEFAULT_LIMITS.max_bytes,
-            max_embedding_inputs=DEFAULT_LIMITS.max_embedding_inputs,
-            max_request_bytes=DEFAULT_LIMITS.max_request_bytes,
-        )
-        reuse = None if salt else self._earlier_results(folder, work)
         try:
-            with open_input(src) as fin:
-                result = prepare_requests(
-                    fin,
-                    source_name=ref.display,
-                    work_dir=work,
-                    endpoint=self.endpoint,
-                    model=self.model or None,
-                    limits=limits,
-                    # Ids from the file's full key: two files of the same name never share one.
-                    id_prefix=file_id_prefix(ref, folder),
-                    reuse=reuse,
-                )
-        except NoValidRequestsError as err:
-            digest = err.input_sha256 or src.content_sha256()
-            state_dir = folder / f"{state_folder(digest)}-{variant}"
-            for name in (ORDER_FILE, REJECTS_FILE):
-                copy_file(work / name, state_dir / name)
-            return _error_plan(state_dir, digest, str(err), lines=err.lines, rejected=err.rejected)
-        except (PrepareError, EOFError, OSError, zlib.error, InputTooLargeError) as err:
-            if isinstance(err, OSError) and not isinstance(err, gzip.BadGzipFile):
-                raise  # storage trouble is worth a task retry; a corrupt file is not
-            digest = src.raw_sha256("")  # a corrupt archive has no content digest: its bytes
-            state_dir = folder / f"{state_folder(digest)}-{variant}"
-            for name in (ORDER_FILE, REJECTS_FILE):
-                (work / name).write_bytes(b"")
-                copy_file(work / name, state_dir / name)
-            return _error_plan(
-                state_dir, digest, f"{ref.display}: cannot be read: {err}", lines=0, rejected=0
-            )
-        state_dir = folder / f"{state_folder(result.input_sha256)}-{variant}"
-        earlier = read_json_or_set_aside(
-            state_dir / PLAN_FILE, "the file is prepared again into the same state folder", self.log
-        )
-        if isinstance(earlier, dict):
-            # This content was prepared with these settings before (a retry, a clear, a re-run whose
-            # results were incomplete): its shards, rounds and downloads are there; keep them.
-            plan: dict[str, Any] = earlier
-            # A dry run's plan claimed nothing: a real run claims (and so publishes) again.
-            if not (plan.get("unclaimed") and not self.plan_only):
-                return plan
-        claimed = self._claim(result.shards, work, state_dir, salt)
-        names = [Path(s.path).name for s in result.shards] + [
-            ORDER_FILE,
-            REJECTS_FILE,
-            INDEX_FILE,
-            REUSED_FILE,
-            CACHED_FILE,
-        ]
-        names += [group["file"] for group in claimed.borrowed]
-        for name in names:
-            copy_file(work / name, state_dir / name)
-        unpriced = sorted({s.model for s in result.shards if is_unpriced(s.model, s.endpoint)})
-        estimates = {s.index: shard_estimates(work / Path(s.path).name, s.endpoint) for s in result.shards}
-        plan = {
-            "state_dir": url_of(state_dir),
-            "input_sha256": result.input_sha256,
-            "lines": result.lines,
-            "valid": result.valid,
-            "rejected": result.rejected,
-            "estimated_input_tokens": result.estimated_input_tokens,
-            "estimated_cost_usd": result.estimated_cost_usd,
-            "reused": result.reused,
-            "unpriced_models": unpriced,
-            "shards": [
-                {
-                    "source": ref.source,
-                    "key": ref.display,
-                    "state_dir": url_of(state_dir),
-                    "index": s.index,
-                    "count": len(result.shards),
-                    "identity": shard_identity(result.input_sha256, claimed.sha256(s), s.index, salt),
-                    "file": Path(s.path).name,
-                    "endpoint": s.endpoint,
-                    "model": s.model,
-                    "requests": claimed.requests(s),
-                    "estimated_input_tokens": s.estimated_input_tokens,
-                    "estimated_output_tokens": estimates[s.index][1],
-                    "enqueued_tokens": estimates[s.index][0],
-                }
-                for s in result.shards
-                if claimed.requests(s)
-            ],
-        }
-        plan["shards"] += borrowed_entries(
-            claimed,
-            {
-                "source": ref.source,
-                "key": ref.display,
-                "state_dir": url_of(state_dir),
-                "count": len(result.shards),
-            },
-            result.input_sha256,
-            len(result.shards),
-            salt,
-        )
-        plan["borrowed"] = sum(g["requests"] for g in claimed.borrowed)
-        plan["cached"] = claimed.cached
-        if self.plan_only:
-            plan["unclaimed"] = True
-        plan["estimated_output_tokens"] = sum(e[1] for e in estimates.values())
-        plan["estimated_total_cost_usd"] = plan_cost(plan)
-        write_json(state_dir / PLAN_FILE, plan)  # last: its presence means the folder is complete
-        return plan
-
-
-def _error_plan(
-    state_dir: ObjectStoragePath, digest: str, error: str, *, lines: int, rejected: int
-) -> dict[str, Any]:
-    return {
-        "state_dir": url_of(state_dir),
-        "input_sha256": digest,
-        "lines": lines,
-        "valid": 0,
-        "rejected": rejected,
-        "estimated_input_tokens": 0,
-        "estimated_cost_usd": 0.0,
-        "estimated_output_tokens": 0,
-        "estimated_total_cost_usd": 0.0,
-        "unpriced_models": [],
-        "shards": [],
-        "error": error,
-    }
-
-
-@contextmanager
-def open_input(src: InputFile) -> Iterator[IO[bytes]]:
-    """Stream an opened input from its start; ``*.gz`` is decompressed on the fly."""
-    with src.content() as fin:
-        yield fin
+            return preparer.prepare(ref, src, folder, work, limit, variant, salt)
+        except BadSettingError as err:
+            raise AirflowFailException(str(err)) from None
 
 
 def _why(err: OSError) -> str:

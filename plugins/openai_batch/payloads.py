@@ -63,13 +63,13 @@ class StatePlan(TypedDict):
     estimated_output_tokens: int
     estimated_cost_usd: float | None
     estimated_total_cost_usd: float | None
-    reused: int
-    borrowed: int
-    cached: int
+    reused: NotRequired[int]  # reused, borrowed, cached: absent from an error plan
+    borrowed: NotRequired[int]
+    cached: NotRequired[int]
     unpriced_models: list[str]
     shards: list[ShardRef]
     unclaimed: NotRequired[bool]  # a plan-only (dry) run claimed nothing
-    error: NotRequired[str]  # the file cannot be sent (see operators._error_plan)
+    error: NotRequired[str]  # the file cannot be sent (see plans.error_plan)
 
 
 class FilePlan(StatePlan, total=False):

@@ -219,7 +219,7 @@ def _apply_borrowed(store: ResultStore, state_dir: ObjectStoragePath) -> tuple[s
     """
     from openai_batch.layout import BORROWED, PLAN_FILE
     from openai_batch.results import REUSED_ROUND, request_ids
-    from openai_batch.service import load_state
+    from openai_batch.state_store import load_state
     from openai_batch.storage import read_json
 
     plan_path = state_dir / PLAN_FILE

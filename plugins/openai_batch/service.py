@@ -14,9 +14,9 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from openai_batch.budget import NoCapacityError, limit_for, shard_estimates
-from openai_batch.layout import shard_state_file
 from openai_batch.provider import intent_floor
-from openai_batch.storage import local_dir, read_json_or_set_aside, url_of, write_json
+from openai_batch.state_store import load_state, save_state
+from openai_batch.storage import local_dir, url_of
 
 if TYPE_CHECKING:
     from airflow.sdk import ObjectStoragePath
@@ -49,38 +49,6 @@ def stat_of(path: ObjectStoragePath) -> tuple[int, float | None]:
     info = path.stat()
     info = info if isinstance(info, dict) else {"size": info.st_size, "mtime": info.st_mtime}
     return int(info.get("size") or 0), mtime_of(info)
-
-
-def load_state(state_dir: ObjectStoragePath, shard_ref: dict[str, Any]) -> ShardState:
-    """
-    Return the shard's state record, or a new one when none was written yet.
-
-    A record that cannot be parsed is moved aside (logged) and a new one returned: its batch, if
-    one was created, is found again by the batch metadata lookup, so nothing is uploaded twice.
-    """
-    from openai_batch.state import Round, ShardState
-
-    path = state_dir / shard_state_file(shard_ref["index"])
-    record = read_json_or_set_aside(
-        path, "the shard re-attaches to its batch through the batch metadata lookup", _LOG
-    )
-    if isinstance(record, dict):
-        state = ShardState.from_dict(record)
-        # A record of other content (the file changed) or of a forced re-run is history, not ours.
-        if state.identity == shard_ref["identity"]:
-            return state
-    return ShardState(
-        identity=shard_ref["identity"],
-        index=shard_ref["index"],
-        endpoint=shard_ref["endpoint"],
-        model=shard_ref["model"],
-        rounds=[Round(round=0, file=shard_ref["file"], requests=shard_ref["requests"])],
-    )
-
-
-def save_state(state_dir: ObjectStoragePath, state: ShardState) -> None:
-    """Write the shard's state record."""
-    write_json(state_dir / shard_state_file(state.index), state.to_dict())
 
 
 def submit_round(

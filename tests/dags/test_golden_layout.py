@@ -75,7 +75,7 @@ def _layout(pipeline: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> dict[s
     from openai_batch.identity import folder_of, history_folder, state_folder
     from openai_batch.idprefix import default_id_prefix
     from openai_batch.layout import round_file, shard_state_file, take_file
-    from openai_batch.operators import _variant
+    from openai_batch.plans import variant as _variant
     from openai_batch.progress import progress_file
     from openai_batch.state import batch_metadata, shard_identity
 

@@ -213,7 +213,8 @@ def test_a_shard_that_can_never_fit_is_not_listed_as_waiting(tmp_path: Path) -> 
 def test_reconcile_looks_up_old_entries_once_per_window_and_releases_only_ended_batches(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from openai_batch.budget import NOT_FOUND, RECONCILE_SECONDS, reconcile
+    from openai_batch.budget import RECONCILE_SECONDS, reconcile
+    from openai_batch.provider import NOT_FOUND
 
     ledger = Ledger(tmp_path / "ledger")
     for key in ("done", "gone", "live", "unknown", "young", "no-batch"):

@@ -1,0 +1,117 @@
+"""Plans: what ``prepare`` decided for one content of one input file, built from its outcome.
+
+The prepare task runs :func:`openai_batch.prepare.prepare_requests`, claims the requests
+(:mod:`openai_batch.claims`) and publishes the files; the plan it writes last into the state folder
+(``plan.json``) and returns as XCom is built here, from plain values. The state folder's name
+(content digest plus the split settings' :func:`variant`) is decided here too.
+
+Pure: standard library only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import TYPE_CHECKING
+
+from openai_batch.identity import state_folder
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from openai_batch.payloads import ShardRef, StatePlan
+    from openai_batch.prepare import PrepareResult, Shard
+
+__all__ = ["error_plan", "shard_ref", "state_dir_name", "state_plan", "variant"]
+
+
+def variant(endpoint: str, model: str | None, max_requests: int, salt: str) -> str:
+    """Return a short hash of the settings that change how one content is split into shards."""
+    text = json.dumps([endpoint, model or None, max_requests, salt])
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
+def state_dir_name(input_sha256: str, split_variant: str) -> str:
+    """Return the state folder of one content split one way, relative to the file's results folder."""
+    return f"{state_folder(input_sha256)}-{split_variant}"
+
+
+def shard_ref(
+    shard: Shard,
+    *,
+    source: str,
+    key: str,
+    state_dir: str,
+    count: int,
+    identity: str,
+    requests: int,
+    enqueued_tokens: int,
+    estimated_output_tokens: int,
+) -> ShardRef:
+    """Return the reference of one prepared shard, as ``submit`` and ``wait_for_batch`` receive it."""
+    return {
+        "source": source,
+        "key": key,
+        "state_dir": state_dir,
+        "index": shard.index,
+        "count": count,
+        "identity": identity,
+        "file": shard.path.rsplit("/", 1)[-1],
+        "endpoint": shard.endpoint,
+        "model": shard.model,
+        "requests": requests,
+        "estimated_input_tokens": shard.estimated_input_tokens,
+        "estimated_output_tokens": estimated_output_tokens,
+        "enqueued_tokens": enqueued_tokens,
+    }
+
+
+def state_plan(
+    result: PrepareResult,
+    *,
+    state_dir: str,
+    shards: Iterable[ShardRef],
+    unpriced_models: list[str],
+    borrowed: int,
+    cached: int,
+    estimated_output_tokens: int,
+    plan_only: bool,
+) -> StatePlan:
+    """Return the plan of a prepared content (its total cost is filled in by the caller's price table)."""
+    plan: StatePlan = {
+        "state_dir": state_dir,
+        "input_sha256": result.input_sha256,
+        "lines": result.lines,
+        "valid": result.valid,
+        "rejected": result.rejected,
+        "estimated_input_tokens": result.estimated_input_tokens,
+        "estimated_cost_usd": result.estimated_cost_usd,
+        "reused": result.reused,
+        "unpriced_models": unpriced_models,
+        "shards": list(shards),
+        "borrowed": borrowed,
+        "cached": cached,
+        "estimated_output_tokens": estimated_output_tokens,
+        "estimated_total_cost_usd": None,
+    }
+    if plan_only:
+        plan["unclaimed"] = True  # a dry run claims nothing: a real run claims (and publishes) again
+    return plan
+
+
+def error_plan(state_dir: str, input_sha256: str, error: str, *, lines: int, rejected: int) -> StatePlan:
+    """Return the plan of a file that cannot be sent: no shard, and the reason."""
+    return {
+        "state_dir": state_dir,
+        "input_sha256": input_sha256,
+        "lines": lines,
+        "valid": 0,
+        "rejected": rejected,
+        "estimated_input_tokens": 0,
+        "estimated_cost_usd": 0.0,
+        "estimated_output_tokens": 0,
+        "estimated_total_cost_usd": 0.0,
+        "unpriced_models": [],
+        "shards": [],
+        "error": error,
+    }
