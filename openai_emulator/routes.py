@@ -84,12 +84,18 @@ def _expires_after(form: Any) -> int | None:
     return _expiry_seconds(anchor, seconds, "expires_after")
 
 
+NOT_UTF8 = "Invalid file for Batch API. Must be utf-8 encoded"
+NOT_JSONL = "Invalid file format for Batch API. Must be .jsonl"
+
+
 def _check_jsonl(path: Any) -> str | None:
     """Return why a batch input file is not JSONL, or None: UTF-8 text whose lines are JSON objects.
 
     Each non-blank line must start with ``{``; a line that does and still does not parse is left to
     batch validation, which reports it as ``invalid_json_line`` with its line number, as the service does.
-    The file is read in pieces of at most :data:`COPY_CHUNK` bytes, however long its lines.
+    So are missing ``custom_id``/``method``/``url``/``body`` keys: the service takes such a file and
+    fails the batch. The message starts with the service's own words. The file is read in pieces of at
+    most :data:`COPY_CHUNK` bytes, however long its lines.
     """
     decoder = codecs.getincrementaldecoder("utf-8")()
     number, at_start, blank_so_far = 0, True, True
@@ -103,16 +109,16 @@ def _check_jsonl(path: Any) -> str | None:
             try:
                 text = decoder.decode(piece)
             except UnicodeDecodeError:
-                return f"line {number} is not UTF-8 text"
+                return f"{NOT_UTF8} (line {number} is not UTF-8 text)."
             if blank_so_far and (stripped := text.lstrip()):
                 blank_so_far = False
                 if not stripped.startswith("{"):
-                    return f"line {number} is not a JSON object"
+                    return f"{NOT_JSONL} (line {number} is not a JSON object)."
             at_start = piece.endswith(b"\n")
     try:
         decoder.decode(b"", final=True)
     except UnicodeDecodeError:
-        return f"line {number} is not UTF-8 text"
+        return f"{NOT_UTF8} (line {number} is not UTF-8 text)."
     return None
 
 
@@ -138,9 +144,9 @@ async def create_file(request: Request) -> JSONResponse:
     if purpose not in FILE_PURPOSES:
         raise bad_request(f"Invalid purpose '{purpose}'.", "purpose")
     seconds = _expires_after(form)
+    # The name is not checked, only the content (see _check_jsonl): the SDK names raw bytes and unnamed
+    # streams "upload", and the service takes such batch input, as clients that upload bytes rely on.
     filename = upload.filename or "upload"
-    if purpose == "batch" and not filename.endswith(".jsonl"):
-        raise bad_request("Invalid file format for Batch API. Must be .jsonl", "file")
     limit = state.settings.max_file_bytes
     what = "files"
     if purpose == "batch" and state.settings.max_input_file_bytes < limit:
@@ -157,9 +163,7 @@ async def create_file(request: Request) -> JSONResponse:
         raise too_big
     if purpose == "batch" and (problem := await run_in_threadpool(_check_jsonl, partial)) is not None:
         partial.unlink(missing_ok=True)
-        raise bad_request(
-            f"Invalid file format for Batch API: {problem}. Each line must be a JSON object.", "file"
-        )
+        raise bad_request(problem, "file")
     partial.replace(final)
     now = int(time.time())
     if seconds is None and purpose == "batch":

@@ -10,14 +10,30 @@ from typing import Any
 
 from openai_emulator.corruption import CORRUPTIONS
 
+# Every model of the plugin's price table (plugins/openai_batch/pricing.py) and of samples/, plus
+# image and video models that have no per-token price. The emulator runs without the plugin (its image
+# holds only this package), so the list is kept here; tests/emulator/test_emu_models_strict.py fails
+# when the price table or the samples name a model this list lacks.
 DEFAULT_MODELS = (
-    "gpt-4o-mini",
     "gpt-4o",
+    "gpt-4o-mini",
+    "gpt-4.1",
     "gpt-4.1-mini",
+    "gpt-4.1-nano",
+    "gpt-4-turbo",
+    "gpt-4",
+    "gpt-3.5-turbo",
+    "gpt-3.5-turbo-instruct",
+    "o1",
+    "o1-mini",
+    "o3",
+    "o3-mini",
+    "o4-mini",
     "text-embedding-3-small",
     "text-embedding-3-large",
+    "text-embedding-ada-002",
     "omni-moderation-latest",
-    "gpt-3.5-turbo-instruct",
+    "text-moderation-latest",
     "gpt-image-1",
     "gpt-image-1-mini",
     "dall-e-3",
@@ -223,7 +239,11 @@ class EmulatorSettings:
         default_factory=lambda: list(DEFAULT_MODELS),
     )
     strict_models: bool = _opt(
-        "Fail batches whose model is not in --models with model_not_found.", None, default=False
+        "Fail batches whose model is neither in --models nor a dated snapshot of one "
+        "(gpt-4o-2024-08-06) with model_not_found, as the service fails a misspelt model; "
+        "make run and docker-compose.yaml turn it on.",
+        None,
+        default=False,
     )
     embedding_dimensions: int = _opt("Echo backend: length of embedding vectors.", int, default=8)
     log_level: str = _opt("Log level.", str, default="info")

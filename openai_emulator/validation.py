@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +26,16 @@ REQUIRED_BODY_FIELDS: dict[str, tuple[str, ...]] = {
 }
 # Endpoints whose model has a default in the spec (moderations, dall-e-2, gpt-image-1.5, sora-2).
 MODEL_OPTIONAL = frozenset({"/v1/moderations", "/v1/images/generations", "/v1/images/edits", "/v1/videos"})
+# A dated snapshot of a model: ``gpt-4o-2024-08-06`` or ``gpt-3.5-turbo-0125``.
+SNAPSHOT = re.compile(r"^(?P<base>.+)-(?:\d{4}-\d{2}-\d{2}|\d{4})$")
+
+
+def is_known_model(model: str, models: frozenset[str]) -> bool:
+    """Return True when ``model`` is one of ``models`` or a dated snapshot of one."""
+    if model in models:
+        return True
+    snapshot = SNAPSHOT.match(model)
+    return snapshot is not None and snapshot.group("base") in models
 
 
 @dataclass
@@ -121,8 +132,10 @@ def _check_body(
         result.embedding_inputs += count_embedding_inputs(body.get("input"))
     if model is None:
         return
-    if models is not None and model not in models:
-        result.add("model_not_found", f"The model '{model}' does not exist.", "body.model", line_no)
+    if models is not None and not (isinstance(model, str) and is_known_model(model, models)):
+        # The service's words for a model its Batch API does not know, e.g. a misspelt one.
+        message = f"The provided model '{model}' is not supported by the Batch API."
+        result.add("model_not_found", message, "body.model", line_no)
         return
     if result.model is None:
         result.model = model

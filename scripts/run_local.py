@@ -175,6 +175,27 @@ def write_airflow_command(home: Path, root: Path = ROOT) -> Path:
     return command
 
 
+def emulator_command(port: int, data_dir: Path) -> list[str]:
+    """
+    Return the command line of ``make run``'s emulator, on 127.0.0.1.
+
+    ``--strict-models`` fails a batch whose model the service does not know (a misspelt
+    ``gpt-4o-mnii``) with ``model_not_found``, as the real API does, instead of echoing answers.
+    """
+    return [
+        sys.executable,
+        "-m",
+        "openai_emulator",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--data-dir",
+        str(data_dir),
+        "--strict-models",
+    ]
+
+
 def emulator_connection(base_url: str) -> str:
     """Return the ``openai_default`` connection (JSON form) for an emulator at ``base_url``."""
     return json.dumps({"conn_type": "openai", "password": "local-emulator-key", "host": f"{base_url}/v1"})
@@ -238,20 +259,7 @@ def main() -> int:
         else:
             emulator_url = f"http://127.0.0.1:{emu_port}"
             log(f"starting the Batch API emulator on {emulator_url} (data in data/emulator)")
-            spawn(
-                [
-                    sys.executable,
-                    "-m",
-                    "openai_emulator",
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(emu_port),
-                    "--data-dir",
-                    str(data / "emulator"),
-                ],
-                "emulator",
-            )
+            spawn(emulator_command(emu_port, data / "emulator"), "emulator")
             wait_until(lambda: http("GET", f"{emulator_url}/_emulator/health"), "the emulator", 60, procs)
             env["AIRFLOW_CONN_OPENAI_DEFAULT"] = emulator_connection(emulator_url)
 

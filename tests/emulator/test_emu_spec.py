@@ -349,7 +349,7 @@ def test_responses_output_is_a_spec_response(client: openai.OpenAI, body: dict[s
         pytest.param("in.jsonl", b'[{"custom_id": "a"}]\n', False, id="json-array"),
         pytest.param("in.jsonl", PNG_SIGNATURE + b"\x00\x00\x00\rIHDR", False, id="binary"),
         pytest.param("in.jsonl", jsonl([chat_line("a")]) + b"42\n", False, id="number-line"),
-        pytest.param("in.json", jsonl([chat_line("a")]), False, id="not-a-jsonl-name"),
+        pytest.param("in.json", jsonl([chat_line("a")]), True, id="jsonl-content-under-a-json-name"),
         pytest.param("in.jsonl", jsonl([chat_line("a", "x" * 3_000_000)]), True, id="3-mb-line"),
         pytest.param("in.jsonl", b" " * 3_000_000 + b"x\n", False, id="text-after-3-mb-of-spaces"),
         pytest.param("in.jsonl", jsonl([chat_line("a")]) + b'{"a": "\xc3"}\n', False, id="not-utf8"),
