@@ -15,8 +15,9 @@ $(STAMP): requirements.txt requirements-dev.txt constraints.txt
 	$(BIN)/python -m pip install -q -r requirements-dev.txt -c constraints.txt
 	touch $(STAMP)
 
+# make run: the emulator; make run API=openai: the real, paid API (OPENAI_API_KEY must be set).
 run: $(STAMP)
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python scripts/run_local.py
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python scripts/run_local.py --api "$(or $(API),emulator)"
 
 # Backfill dates on the running `make run` stack:
 #   make backfill FROM=2024-01-01 TO=2024-01-03 [REPROCESS=completed] [CONF='{"poll_interval": 10}']

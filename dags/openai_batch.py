@@ -3,8 +3,11 @@
 
 Send JSONL request files to the OpenAI Batch API and store the results joined to their requests.
 
-A scheduled or backfill run for date D takes `<inbox>/D/*.jsonl`; a run a person triggers (UI, REST,
-CLI) takes the `input` param (default `<inbox>/*.jsonl`), whatever logical date the form pre-fills.
+Files are picked up three ways. A file that lands and settles anywhere in the inbox starts a run
+by itself (the inbox watcher, an asset watcher on the triggerer), which takes the files announced.
+The scheduled run for day D starts once D has ended and takes `<inbox>/D/*.jsonl` (backfill runs
+too). A run a person triggers (UI, REST, CLI) takes the `input` param (default `<inbox>/*.jsonl`),
+whatever logical date the form pre-fills. A file whose results exist for its content is skipped.
 Each file is validated and split, each shard is uploaded and submitted once (retries re-attach),
 the wait is deferred, unfinished requests are resubmitted for a few rounds, and `results.jsonl`,
 `rejects.jsonl` and `manifest.json` land in `<results>/<path of the file in the inbox>/`
@@ -23,10 +26,10 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pendulum
-from airflow.sdk import Param, dag, task
+from airflow.sdk import AssetOrTimeSchedule, CronDataIntervalTimetable, Param, dag, task
 
 from openai_batch import settings
-from openai_batch.assets import RESULTS_ASSET
+from openai_batch.assets import RESULTS_ASSET, inbox_asset
 from openai_batch.limits import MAX_REQUESTS_PER_BATCH, OUTPUT_EXPIRY_SECONDS, SUPPORTED_ENDPOINTS
 from openai_batch.operators import (
     OpenAIBatchPrepareOperator,
@@ -58,7 +61,11 @@ BUDGET_TIMEOUT = timedelta(minutes=30)
 
 @dag(
     dag_id="openai_batch",
-    schedule="@daily",
+    # A run per day D, started once D has ended (a data-interval timetable: logical date D, run
+    # after D + 1 day), and a run for every batch of files the inbox watcher announces.
+    schedule=AssetOrTimeSchedule(
+        timetable=CronDataIntervalTimetable("0 0 * * *", timezone="UTC"), assets=inbox_asset()
+    ),
     start_date=pendulum.datetime(2024, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=4,
@@ -185,6 +192,7 @@ def openai_batch() -> None:
         poll_interval="{{ params.poll_interval }}",
         input_timeout="{{ params.input_timeout }}",
         settle_seconds="{{ params.settle_seconds }}",
+        ledger_dir=LEDGER,
     )
     plans = OpenAIBatchPrepareOperator.partial(
         task_id="prepare",

@@ -112,7 +112,14 @@ def stop(procs: list[subprocess.Popen[bytes]], grace: float = 30.0) -> list[int]
 
 
 def airflow_env(
-    base: dict[str, str], *, home: Path, ui_port: int, inbox: Path, results: Path, root: Path = ROOT
+    base: dict[str, str],
+    *,
+    home: Path,
+    ui_port: int,
+    inbox: Path,
+    results: Path,
+    root: Path = ROOT,
+    variables_in_env: bool = True,
 ) -> dict[str, str]:
     """
     Return the environment of a local ``airflow standalone`` for this project.
@@ -122,7 +129,9 @@ def airflow_env(
     environment to start from; its PATH gets ``home/bin`` (the ``airflow`` of
     :func:`write_airflow_command`) and this interpreter's bin folder first, because ``airflow
     standalone`` starts its parts as ``airflow ...`` looked up on PATH. The log servers' ports
-    follow the UI port (:func:`log_server_ports`) unless set in ``base``.
+    follow the UI port (:func:`log_server_ports`) unless set in ``base``. With ``variables_in_env``
+    false, the inbox and results roots are left to real Variables (see :func:`ensure_settings`),
+    which the UI shows and edits; an ``AIRFLOW_VAR_*`` would silently win over them.
     """
     env = dict(base)
     env["PATH"] = f"{home / 'bin'}:{Path(sys.executable).parent}:{env.get('PATH', '')}"
@@ -143,11 +152,12 @@ def airflow_env(
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
             "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
             "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
-            "AIRFLOW_VAR_OPENAI_BATCH_INBOX": str(inbox),
-            "AIRFLOW_VAR_OPENAI_BATCH_RESULTS": str(results),
             "AIRFLOW_CONN_FS_DEFAULT": '{"conn_type": "fs", "extra": {"path": "/"}}',
         }
     )
+    if variables_in_env:
+        env["AIRFLOW_VAR_OPENAI_BATCH_INBOX"] = str(inbox)
+        env["AIRFLOW_VAR_OPENAI_BATCH_RESULTS"] = str(results)
     return env
 
 
@@ -220,10 +230,58 @@ def place_samples(inbox: Path, root: Path = ROOT) -> None:
             log(f"placed sample input {target.relative_to(root)}")
 
 
+#: The description of the connection ``make run`` creates: one with it is ``make run``'s to update.
+MANAGED = "Created by make run; edit or delete it to use your own settings."
+
+
+def ensure_settings(api: str, inbox: Path, results: Path, connection: dict[str, Any]) -> list[str]:
+    """
+    Create the Variables and the ``openai_default`` connection ``make run`` uses, unless set already.
+
+    They are real Variables and a real Connection, shown and edited in the UI (Admin); a value a
+    person set there is kept and used. The connection ``make run`` created itself (its description
+    says so) follows the API chosen for this start. Return one line per setting, for the banner.
+    """
+    lines = []
+    for key, value in (("openai_batch_inbox", str(inbox)), ("openai_batch_results", str(results))):
+        try:
+            found = http("GET", f"{api}/variables/{key}")["value"]
+            lines.append(f"Variable {key} = {found} (kept)")
+        except urllib.error.HTTPError as err:
+            if err.code != 404:
+                raise
+            http("POST", f"{api}/variables", {"key": key, "value": value})
+            lines.append(f"Variable {key} = {value}")
+    wanted = {"connection_id": "openai_default", "description": MANAGED, **connection}
+    try:
+        found = http("GET", f"{api}/connections/openai_default")
+    except urllib.error.HTTPError as err:
+        if err.code != 404:
+            raise
+        http("POST", f"{api}/connections", wanted)
+        lines.append(f"Connection openai_default -> {connection.get('host') or 'https://api.openai.com/v1'}")
+    else:
+        if found.get("description") == MANAGED:
+            http("PATCH", f"{api}/connections/openai_default", wanted)
+            lines.append(
+                f"Connection openai_default -> {connection.get('host') or 'https://api.openai.com/v1'}"
+            )
+        else:
+            host = found.get("host") or "https://api.openai.com/v1"
+            lines.append(f"Connection openai_default -> {host} (yours, kept)")
+    return lines
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--once", action="store_true", help="stop after the first run's results are written")
-    parser.add_argument("--timeout", type=float, default=600, help="seconds to wait for the first results")
+    parser.add_argument("--timeout", type=float, default=600, help="with --once: seconds to wait for results")
+    parser.add_argument(
+        "--api",
+        choices=("emulator", "openai"),
+        default=os.environ.get("API") or "emulator",
+        help="the Batch API: the local emulator (default) or the real, paid OpenAI API",
+    )
     args = parser.parse_args()
 
     ui_port = int(os.environ.get("OPENAI_BATCH_UI_PORT", "8080"))
@@ -234,7 +292,18 @@ def main() -> int:
     for folder in (inbox, results, home):
         folder.mkdir(parents=True, exist_ok=True)
 
-    env = airflow_env(dict(os.environ), home=home, ui_port=ui_port, inbox=inbox, results=results)
+    base = dict(os.environ)
+    if args.api == "openai":
+        if not base.get("OPENAI_API_KEY", "").strip():
+            log("make run API=openai needs OPENAI_API_KEY set (or a key in the openai_default connection)")
+        log("API=openai: requests go to the real OpenAI Batch API, and they cost money")
+    elif base.pop("OPENAI_API_KEY", None):
+        log(
+            "OPENAI_API_KEY is set but not used: this stack talks to the emulator "
+            "(make run API=openai for the real API)"
+        )
+    base.pop("OPENAI_BASE_URL", None)
+    env = airflow_env(base, home=home, ui_port=ui_port, inbox=inbox, results=results, variables_in_env=False)
     write_airflow_command(home)
     procs: list[subprocess.Popen[bytes]] = []
     logs = home / "logs"
@@ -253,65 +322,67 @@ def main() -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     try:
-        if os.environ.get("OPENAI_API_KEY"):
-            log("OPENAI_API_KEY is set: using the real OpenAI API (this costs money)")
-            env["AIRFLOW_CONN_OPENAI_DEFAULT"] = json.dumps({"conn_type": "openai"})
+        if args.api == "openai":
+            connection: dict[str, Any] = {"conn_type": "openai"}  # the key stays in the environment
         else:
             emulator_url = f"http://127.0.0.1:{emu_port}"
             log(f"starting the Batch API emulator on {emulator_url} (data in data/emulator)")
             spawn(emulator_command(emu_port, data / "emulator"), "emulator")
             wait_until(lambda: http("GET", f"{emulator_url}/_emulator/health"), "the emulator", 60, procs)
-            env["AIRFLOW_CONN_OPENAI_DEFAULT"] = emulator_connection(emulator_url)
+            connection = json.loads(emulator_connection(emulator_url))
+            connection["login"] = None
 
-        log(f"starting airflow standalone on http://127.0.0.1:{ui_port} (logs in .airflow/logs)")
+        log(
+            f"starting airflow standalone on http://127.0.0.1:{ui_port} "
+            "(logs in .airflow/logs; about a minute)"
+        )
         spawn(["airflow", "standalone"], "standalone")
         api = f"http://127.0.0.1:{ui_port}/api/v2"
         wait_for_dag(api, "openai_batch", lambda check, what: wait_until(check, what, 240, procs))
+        settings = ensure_settings(
+            api, inbox, results, {k: v for k, v in connection.items() if v is not None}
+        )
+        inbox = Path(http("GET", f"{api}/variables/openai_batch_inbox")["value"])
+        results = Path(http("GET", f"{api}/variables/openai_batch_results")["value"])
+        known = {
+            r["dag_run_id"] for r in http("GET", f"{api}/dags/openai_batch/dagRuns?limit=100")["dag_runs"]
+        }
         http("PATCH", f"{api}/dags/openai_batch", {"is_paused": False})
-        run = http(
-            "POST",
-            f"{api}/dags/openai_batch/dagRuns",
-            # The samples are placed with one rename each, so they need no settle time.
-            {"logical_date": None, "conf": {"poll_interval": 2, "settle_seconds": 1}},
-        )
-        run_id = run["dag_run_id"]
-        log(f"triggered run {run_id}")
-        # The samples go in once the input sensor is waiting (deferred), as files dropped into a
-        # watched inbox would. Input that is already there when the sensor defers makes its trigger
-        # fire at once, and Airflow 3.3.2's scheduler can then take the worker's late exit report
-        # for the deferred try as a task killed externally and fail it.
-        wait_until(
-            lambda: (
-                http("GET", f"{api}/dags/openai_batch/dagRuns/{run_id}/taskInstances/wait_for_input")["state"]
-                in ("deferred", "success", "failed", "skipped")
-            ),
-            "the input sensor to wait",
-            120,
-            procs,
-        )
+        inbox.mkdir(parents=True, exist_ok=True)
         place_samples(inbox)
+        backfill = "make backfill" if ui_port == 8080 else f"OPENAI_BATCH_UI_PORT={ui_port} make backfill"
         print(
             "\n"
             f"  Airflow UI : http://127.0.0.1:{ui_port}/dags/openai_batch\n"
             "  Login      : none needed (local only: every user is admin, bound to 127.0.0.1)\n"
-            f"  Inputs     : {inbox}\n"
+            f"  Inputs     : {inbox} (drop a .jsonl here: it is picked up about 30 s after it settles)\n"
             f"  Results    : {results}/<file>/results.jsonl, rejects.jsonl, manifest.json\n"
-            "  Backfill   : make backfill FROM=2024-01-01 TO=2024-01-03 (takes <inbox>/<date>/*.jsonl)\n"
-            "  Stop       : Ctrl-C\n",
+            f"  Backfill   : {backfill} FROM=2024-01-01 TO=2024-01-03 (takes <inbox>/<date>/*.jsonl)\n"
+            + "".join(f"  Setting    : {line}\n" for line in settings)
+            + "  Stop       : Ctrl-C\n",
             flush=True,
         )
+
+        def arrival_run() -> Any:
+            runs = http("GET", f"{api}/dags/openai_batch/dagRuns?limit=100")["dag_runs"]
+            found = [r for r in runs if r["run_type"] == "asset_triggered" and r["dag_run_id"] not in known]
+            return found[0]["dag_run_id"] if found else None
+
+        run_id = wait_until(arrival_run, "the inbox watcher to start a run for the samples", 300, procs)
+        log(f"the inbox watcher started run {run_id} for the samples")
 
         def finished() -> Any:
             state = http("GET", f"{api}/dags/openai_batch/dagRuns/{run_id}")["state"]
             return state if state in ("success", "failed") else None
 
-        state = wait_until(finished, f"run {run_id}", args.timeout, procs)
+        # A real batch may take up to 24 hours: without --once there is no time limit.
+        state = wait_until(finished, f"run {run_id}", args.timeout if args.once else float("inf"), procs)
         log(f"run {run_id} ended: {state}")
         for manifest in sorted(results.rglob("manifest.json")):
             if "_history" in manifest.parts or "_state" in manifest.parts:
                 continue
             summary = json.loads(manifest.read_text())
-            log(f"{manifest.relative_to(ROOT)}: {json.dumps(summary['counts'])}")
+            log(f"{manifest.relative_to(results)}: {json.dumps(summary['counts'])}")
         if args.once:
             return 0 if state == "success" else 1
         log("still running; press Ctrl-C to stop")

@@ -11,6 +11,24 @@ from airflow.sdk import Asset
 #: (``input``, ``input_sha256``, ``counts``, ``usage``, ``estimated_cost_usd``, ``results``).
 RESULTS_ASSET = Asset("openai_batch_results", uri="file:///openai_batch/results")
 
+#: The inbox, watched: an event per batch of files that landed and settled (``extra.payload.files``).
+INBOX_ASSET_NAME = "openai_batch_inbox"
+
+
+def inbox_asset(poll_interval: float = 10.0, settle_seconds: float = 30.0) -> Asset:
+    """Return the inbox asset with its watcher (see :class:`openai_batch.watcher.InboxArrivalTrigger`)."""
+    from airflow.sdk import AssetWatcher
+
+    from openai_batch.watcher import InboxArrivalTrigger
+
+    trigger = InboxArrivalTrigger(poll_interval=poll_interval, settle_seconds=settle_seconds)
+    return Asset(
+        INBOX_ASSET_NAME,
+        uri="file:///openai_batch/inbox",
+        watchers=[AssetWatcher(name="openai_batch_inbox_watcher", trigger=trigger)],
+    )
+
+
 _COUNT_KEYS = ("total", "succeeded", "failed", "expired", "cancelled", "rejected", "reused")
 
 

@@ -9,6 +9,7 @@ import json
 import logging
 import shutil
 import tempfile
+import time
 import zlib
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -518,6 +519,8 @@ class OpenAIBatchWriteResultsOperator(BaseOperator):
             # Skipped, not succeeded: a task that ends skipped emits no asset event, so downstream
             # DAGs never run on a file that was not processed in this run.
             why = "its results are complete for this content" if plan.get("skipped") else "dry run"
+            if plan.get("skipped"):
+                self._mark_done(context, plan)
             raise AirflowSkipException(f"{plan['key']}: nothing to write ({why})")
         out = to_path(plan["out_dir"])
         state_dir = to_path(plan["state_dir"])
@@ -545,6 +548,7 @@ class OpenAIBatchWriteResultsOperator(BaseOperator):
             "cost_usd": manifest["estimated_cost_usd"],
         }
         write_json(out / MANIFEST_FILE, manifest)
+        self._mark_done(context, plan)
         from openai_batch.metrics import emit_file_metrics
 
         emit_file_metrics(manifest, states)
@@ -570,6 +574,16 @@ class OpenAIBatchWriteResultsOperator(BaseOperator):
         summary["results"] = url_of(out / RESULTS_FILE)
         self._emit_asset_event(context, summary)
         return summary
+
+    def _mark_done(self, context: Context, plan: dict[str, Any]) -> None:
+        """Record in the arrival record that this file (as it was taken) has its results."""
+        from openai_batch.arrivals import FileStat, arrivals_for
+
+        stat, record = plan.get("input_stat"), arrivals_for(self.ledger_dir)
+        if record is None or not isinstance(stat, dict):
+            return
+        done = FileStat(str(plan["source"]), int(stat["size"]), int(stat["mtime_ns"]), int(stat["ino"]))
+        record.mark([done], "done", time.time(), run_id=str(context.get("run_id")))
 
     def _record_spending(self, context: Context, manifest: dict[str, Any]) -> None:
         from openai_batch.budget import ledger_for

@@ -22,6 +22,7 @@ from openai_batch.ui.links import OpenAIBatchResultsLink
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
+    from openai_batch.arrivals import FileStat
     from openai_batch.hooks import OpenAIBatchHook
     from openai_batch.records import RequestRecord
     from openai_batch.state import Round, ShardState
@@ -88,6 +89,38 @@ def input_pattern(input_param: str | None, inbox: str, context: Context) -> str:
     return join_pattern(root, f"{date}/*" if date else "*")
 
 
+def arrived_files(context: Context) -> list[dict[str, Any]] | None:
+    """Return the files named by the inbox watcher's events that started this run, or None if none did."""
+    from openai_batch.assets import INBOX_ASSET_NAME
+
+    events = context.get("triggering_asset_events") or {}
+    found: list[dict[str, Any]] | None = None
+    for asset_events in events.values():
+        for event in asset_events:
+            if getattr(getattr(event, "asset", None), "name", None) != INBOX_ASSET_NAME:
+                continue
+            payload = (getattr(event, "extra", None) or {}).get("payload") or {}
+            files = payload.get("files") if isinstance(payload, dict) else None
+            found = found or []
+            found.extend(f for f in files or [] if isinstance(f, dict) and isinstance(f.get("source"), str))
+    return found
+
+
+def _stat_of(found: dict[str, Any]) -> FileStat | None:
+    """Return the stat identity of a taken local file, or None (object storage, or gone)."""
+    import os
+
+    from openai_batch.arrivals import FileStat
+
+    if "://" in str(found["source"]):
+        return None
+    try:
+        st = os.stat(found["source"])
+    except OSError:
+        return None
+    return FileStat(str(found["source"]), st.st_size, st.st_mtime_ns, st.st_ino)
+
+
 def is_past(date: str, now: float | None = None) -> bool:
     """Return True when ``date`` (``YYYY-MM-DD``) is before today (UTC)."""
     return date < utc_day(now)
@@ -112,9 +145,24 @@ class OpenAIBatchInputSensor(BaseSensorOperator):
     :param input_timeout: Seconds to wait for input before the task is skipped. (templated)
     :param settle_seconds: A file is taken only once unchanged (size, mtime) for this long. (templated)
     :param soft_fail: Skip (instead of fail) when no input arrives in time.
+    :param ledger_dir: The ledger folder, where the arrival record is kept. (templated)
+    :param max_files: Most files one run takes (below ``[core] max_map_length``); a run started
+        by the inbox watcher leaves the others announced, and they start the next run.
+
+    A run started by the inbox watcher (an event of :data:`openai_batch.assets.INBOX_ASSET`) takes
+    exactly the files its events name, checked again here (inside the roots, settled, not done for
+    this content), and records them as taken; nothing is waited for.
     """
 
-    template_fields = ("inbox", "input", "allowed_roots", "poll_interval", "input_timeout", "settle_seconds")
+    template_fields = (
+        "inbox",
+        "input",
+        "allowed_roots",
+        "poll_interval",
+        "input_timeout",
+        "settle_seconds",
+        "ledger_dir",
+    )
 
     def __init__(
         self,
@@ -126,9 +174,13 @@ class OpenAIBatchInputSensor(BaseSensorOperator):
         input_timeout: float = 6 * 3600,
         settle_seconds: float = 30.0,
         soft_fail: bool = True,
+        ledger_dir: str | None = None,
+        max_files: int = 1000,
         **kwargs: Any,
     ) -> None:
         super().__init__(soft_fail=soft_fail, **kwargs)
+        self.ledger_dir = ledger_dir
+        self.max_files = max_files
         self.inbox = inbox
         self.input = input
         self.allowed_roots = allowed_roots
@@ -151,6 +203,9 @@ class OpenAIBatchInputSensor(BaseSensorOperator):
             check_pattern(pattern, inbox, roots)
         except OutsideRootsError as err:
             raise AirflowFailException(str(err)) from err
+        arrived = arrived_files(context)
+        if arrived is not None and not self.input:
+            return self._take_arrived(context, arrived, inbox, roots)
         # Check once before deferring: files already in place need no trigger, and a trigger that
         # fires within a second of the deferral can lose a race in the scheduler (apache/airflow#72716).
         scan = scan_inputs(pattern, inbox, roots, float(self.settle_seconds))
@@ -181,8 +236,60 @@ class OpenAIBatchInputSensor(BaseSensorOperator):
     def execute_complete(self, context: Context, event: dict[str, Any]) -> list[dict[str, Any]]:
         """Return the files the trigger found."""
         files = list(event["files"])
+        if len(files) > int(self.max_files):
+            self.log.warning(
+                "%s files match; this run takes the first %s (max_files). Run again, or let the inbox "
+                "watcher announce the rest, for the others.",
+                len(files),
+                self.max_files,
+            )
+            files = files[: int(self.max_files)]
         self.log.info("Taking %s file(s): %s", len(files), [f["key"] for f in files])
         return files
+
+    def _take_arrived(
+        self, context: Context, arrived: list[dict[str, Any]], inbox: str, roots: list[str]
+    ) -> list[dict[str, Any]]:
+        """Take the files the inbox watcher announced that are still there, settled and not done."""
+        import glob
+
+        from airflow.sdk.exceptions import AirflowSkipException
+
+        from openai_batch.arrivals import arrivals_for
+        from openai_batch.storage import scan_inputs
+
+        record = arrivals_for(self.ledger_dir)
+        done = record.done_keys(f["source"] for f in arrived) if record is not None else {}
+        taken: list[dict[str, Any]] = []
+        stats: list[FileStat] = []
+        for source in sorted({str(f["source"]) for f in arrived}):
+            pattern = source if "://" in source else glob.escape(source)
+            scan = scan_inputs(pattern, inbox, roots, float(self.settle_seconds))  # the checks, again
+            for path, reason in scan.ignored:
+                self.log.warning("Not taking %s: %s", path, reason)
+            for found in scan.taken:
+                stat = _stat_of(found)
+                if stat is not None and done.get(stat.source) == stat.key():
+                    self.log.info("%s has its results already; not taken again", found["key"])
+                    continue
+                taken.append(found)
+                if stat is not None:
+                    stats.append(stat)
+        left = taken[int(self.max_files) :]
+        taken = taken[: int(self.max_files)]
+        if left:
+            self.log.warning(
+                "%s more announced file(s) wait for the next run (max_files %s)", len(left), self.max_files
+            )
+        if not taken:
+            raise AirflowSkipException("Every file announced for this run is gone, changing or done already")
+        if record is not None:
+            chosen = {f["source"] for f in taken}
+            record.mark(
+                [s for s in stats if s.source in chosen], "taken", time.time(), str(context.get("run_id"))
+            )
+        self.log.info("Taking %s announced file(s): %s", len(taken), [f["key"] for f in taken])
+        return taken
 
 
 class OpenAIBatchSensor(BaseSensorOperator):

@@ -23,7 +23,7 @@ def test_dag_imports_without_errors() -> None:
 
 def test_dag_policy() -> None:
     dag = get_dag()
-    assert dag.schedule == "@daily" or str(dag.timetable.summary) == "@daily"
+    assert type(dag.timetable).__name__ == "AssetOrTimeSchedule"
     assert dag.catchup is False
     assert set(dag.tags) >= {"openai", "batch"}
     assert dag.doc_md
@@ -94,3 +94,34 @@ def test_plugins_folder_has_triggers_not_dags() -> None:
 
     classpath, _ = OpenAIBatchTrigger(conn_id="c", batch_id="batch_1").serialize()
     assert classpath == "openai_batch.triggers.OpenAIBatchTrigger"
+
+
+def test_the_run_for_a_day_starts_once_the_day_has_ended() -> None:
+    """Logical date D, data interval [D, D+1), run after D+1: the scheduled run sees the whole day."""
+    import pendulum
+    from airflow.serialization.serialized_objects import DagSerialization
+    from airflow.timetables.base import TimeRestriction
+
+    dag = DagSerialization.from_dict(DagSerialization.to_dict(get_dag()))  # as the scheduler has it
+    day = pendulum.datetime(2024, 3, 5, tz="UTC")
+    info = dag.timetable.next_dagrun_info(
+        last_automated_data_interval=None,
+        restriction=TimeRestriction(earliest=day, latest=None, catchup=True),
+    )
+    assert info is not None
+    assert info.data_interval.start == day
+    assert info.data_interval.end == day.add(days=1)
+    assert info.run_after == day.add(days=1)
+    assert info.logical_date == day  # the partition the run takes: <inbox>/2024-03-05/
+
+
+def test_the_inbox_asset_is_watched_by_the_inbox_watcher() -> None:
+    from openai_batch.assets import INBOX_ASSET_NAME
+
+    dag = get_dag()
+    asset = dag.timetable.asset_condition
+    assert asset.name == INBOX_ASSET_NAME
+    (watcher,) = asset.watchers
+    path, kwargs = watcher.trigger.serialize()
+    assert path == "openai_batch.watcher.InboxArrivalTrigger"
+    assert kwargs["inbox"] is None  # read from the Variable at each listing, so the UI's value wins

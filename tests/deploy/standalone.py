@@ -34,6 +34,7 @@ class StandaloneStack:
         self.results = base / "results"
         for folder in (self.home, self.inbox, self.results):
             folder.mkdir(parents=True, exist_ok=True)
+        self.seed_yesterday()
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.api = f"{self.url}/api/v2"
@@ -56,6 +57,25 @@ class StandaloneStack:
                 "PYTHONUNBUFFERED": "1",
             }
         )
+
+    #: Yesterday's folder, seeded before the stack starts: the scheduled run for yesterday, created
+    #: when the DAG is unpaused, takes it (see tests/deploy/test_arrival.py).
+    SEED_FILES = ("seed-early.jsonl", "seed-late.jsonl")
+
+    def seed_yesterday(self) -> None:
+        """Put a file into yesterday's folder during yesterday, and one that landed after it ended."""
+        import datetime as dt
+        import json
+
+        today = dt.datetime.now(dt.UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+        self.yesterday = (today - dt.timedelta(days=1)).strftime("%Y-%m-%d")
+        folder = self.inbox / self.yesterday
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, mtime in zip(self.SEED_FILES, (today.timestamp() - 3600, time.time() - 120), strict=True):
+            body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": name}]}
+            line = {"custom_id": f"{self.yesterday}-{name}", "method": "POST", "url": "/v1/chat/completions"}
+            (folder / name).write_text(json.dumps({**line, "body": body}) + "\n")
+            os.utime(folder / name, (mtime, mtime))
 
     def start(self) -> StandaloneStack:
         """Start the emulator and ``airflow standalone``; wait until the DAG is parsed, then unpause it."""
