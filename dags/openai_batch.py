@@ -246,7 +246,16 @@ def openai_batch() -> None:
     @task
     def list_shards(all_plans: list[dict]) -> list[dict]:
         """Flatten every file's shards into one list to map over."""
-        return [shard for plan in all_plans for shard in plan["shards"]]
+        from airflow.sdk import conf
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from openai_batch.plans import map_length_error
+
+        plans_list = list(all_plans)
+        error = map_length_error(plans_list, conf.getint("core", "max_map_length", fallback=1024))  # type: ignore[arg-type]
+        if error:
+            raise AirflowFailException(error)
+        return [shard for plan in plans_list for shard in plan["shards"]]
 
     budgeted = check_budget(plans.output, "{{ params.max_cost_usd }}", DAILY_BUDGET, LEDGER)  # type: ignore[arg-type]
     shard_label = "{{ task.shard['key'] }} #{{ task.shard['index'] + 1 }}/{{ task.shard['count'] }}"

@@ -18,8 +18,8 @@ runs (or two shards of one run) cannot both take the last free tokens or the las
 * ``waiting``: one entry per shard round waiting for capacity (same key), for the logs and the
   results view: model, tokens, label, when it started waiting and when it last checked. Removed
   when the round is admitted or released; an entry not checked again within
-  :func:`waiting_stale_after` of its poll interval (its task failed, was cleared or marked) is
-  dropped.
+  :func:`openai_batch.capacity.waiting_stale_after` of its poll interval (its task failed, was
+  cleared or marked) is dropped.
 * ``lost``: per UTC day on which the ledger could not be parsed and was rebuilt (see
   :meth:`Ledger._load`): a daily budget refuses runs that day.
 * ``spend``: per UTC day, per run and input file, the estimate taken by the budget check and the
@@ -40,6 +40,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
+from openai_batch.capacity import (
+    admission,
+    capacity_summary,
+    drop_stale,
+    drop_stale_waiting,
+    usage,
+    waiting_count,
+)
 from openai_batch.layout import shard_state_file, utc_day
 from openai_batch.pricing import FREE_ENDPOINTS, estimate_cost_usd, format_usd, tokens_for_bytes
 from openai_batch.status import ENDED
@@ -54,12 +62,6 @@ if TYPE_CHECKING:
 DEFAULT_OUTPUT_TOKENS = 1000
 #: Endpoints whose requests produce no billed output tokens.
 NO_OUTPUT_ENDPOINTS = frozenset({"/v1/embeddings", "/v1/moderations"})
-#: An in-flight entry older than this (longer than a batch's 24 h window plus the wait) is dropped.
-STALE_SECONDS = 27 * 3600
-#: An entry taken but never given a batch (the task died between upload and create) is dropped after this.
-UNCREATED_STALE_SECONDS = 3600
-#: A waiting entry not checked again within this many poll intervals (plus a minute) is dropped.
-WAITING_STALE_POLLS = 3
 #: An in-flight entry is looked up at the API (reconciliation) at most once per this many seconds,
 #: and never before it is this old.
 RECONCILE_SECONDS = 300.0
@@ -273,12 +275,14 @@ class Ledger:
         now = time.time()
         refused: NoCapacityError | None = None
         with self.locked() as data:
-            _drop_stale(data["inflight"], now)
-            _drop_stale_waiting(data["waiting"], now)
+            drop_stale(data["inflight"], now)
+            drop_stale_waiting(data["waiting"], now)
             inflight: dict[str, Any] = data["inflight"]
-            used = sum(e["tokens"] for e in inflight.values() if e["model"] == model)
-            if key not in inflight and limit is not None and used + tokens > limit:
-                ever_fits = tokens <= limit
+            used, count = usage(inflight, model)
+            decision = admission(inflight, key, model, tokens, limit)
+            if decision != "admit":
+                assert limit is not None  # no limit admits everything
+                ever_fits = decision == "wait"
                 if ever_fits:
                     # Recorded as waiting (for the logs and the view) and written before refusing.
                     since = data["waiting"].get(key, {}).get("since", now)
@@ -292,8 +296,7 @@ class Ledger:
                     }
                 else:
                     data["waiting"].pop(key, None)
-                waiting = sum(1 for e in data["waiting"].values() if e["model"] == model)
-                count = sum(1 for e in inflight.values() if e["model"] == model)
+                waiting = waiting_count(data["waiting"], model)
                 refused = NoCapacityError(
                     f"{label or key} ({tokens:,} tokens) waits: {model} has {used:,} of {limit:,} "
                     f"enqueued tokens in use by {count} batch(es); {waiting} shard(s) waiting",
@@ -309,15 +312,14 @@ class Ledger:
                     key, {"model": model, "tokens": tokens, "since": now, "batch_id": None, "label": label}
                 )
                 data["waiting"].pop(key, None)
-            used = sum(e["tokens"] for e in inflight.values() if e["model"] == model)
-            count = sum(1 for e in inflight.values() if e["model"] == model)
-            waiting_count = sum(1 for e in data["waiting"].values() if e["model"] == model)
+            used, count = usage(inflight, model)
+            still_waiting = waiting_count(data["waiting"], model)
         if refused is not None:
             raise refused
         shown = f"{limit:,}" if limit is not None else "no limit"
         return (
             f"{model}: {used:,} of {shown} enqueued tokens in use by {count} batch(es); "
-            f"{waiting_count} shard(s) waiting"
+            f"{still_waiting} shard(s) waiting"
         )
 
     def fits(self, key: str, model: str, tokens: int, limit: int | None, label: str, poll: float) -> bool:
@@ -329,10 +331,9 @@ class Ledger:
         """
         now = time.time()
         with self.locked() as data:
-            _drop_stale(data["inflight"], now)
-            _drop_stale_waiting(data["waiting"], now)
-            used = sum(e["tokens"] for e in data["inflight"].values() if e["model"] == model)
-            if key in data["inflight"] or limit is None or used + tokens <= limit:
+            drop_stale(data["inflight"], now)
+            drop_stale_waiting(data["waiting"], now)
+            if admission(data["inflight"], key, model, tokens, limit) == "admit":
                 return True
             entry = data["waiting"].setdefault(
                 key, {"model": model, "tokens": tokens, "since": now, "label": label}
@@ -375,7 +376,7 @@ class Ledger:
         now = time.time() if now is None else now
         due: list[tuple[str, str]] = []
         with self.locked() as data:
-            _drop_stale(data["inflight"], now)
+            drop_stale(data["inflight"], now)
             for key, entry in sorted(data["inflight"].items()):
                 if (
                     entry["model"] != model
@@ -645,43 +646,6 @@ def _spent(entry: dict[str, Any]) -> float:
     return float(actual if actual is not None else entry.get("estimated_usd") or 0.0)
 
 
-def waiting_stale_after(poll: float) -> float:
-    """Return after how many seconds without a check a waiting entry polling every ``poll`` s is dropped."""
-    return WAITING_STALE_POLLS * max(0.0, float(poll)) + 60.0
-
-
-def _drop_stale_waiting(waiting: dict[str, Any], now: float) -> None:
-    for key in [
-        k
-        for k, e in waiting.items()
-        if now - float(e.get("seen", e["since"])) > waiting_stale_after(e.get("poll", 30.0))
-    ]:
-        del waiting[key]
-
-
-def capacity_summary(data: dict[str, Any], now: float) -> dict[str, Any]:
-    """
-    Return what the ledger's ``data`` says is in flight and waiting, stale entries left out.
-
-    ``{"models": {model: {"tokens", "batches", "waiting"}}, "waiting": [entry, ...]}``: per model
-    the enqueued tokens and batches in flight and how many shards wait; then every waiting entry
-    (``model``, ``tokens``, ``label``, ``since``), longest waiting first. Pure: ``data`` is not changed.
-    """
-    inflight = {k: dict(e) for k, e in (data.get("inflight") or {}).items()}
-    waiting = {k: dict(e) for k, e in (data.get("waiting") or {}).items()}
-    _drop_stale(inflight, now)
-    _drop_stale_waiting(waiting, now)
-    models: dict[str, dict[str, int]] = {}
-    for entry in inflight.values():
-        row = models.setdefault(entry["model"], {"tokens": 0, "batches": 0, "waiting": 0})
-        row["tokens"] += int(entry["tokens"])
-        row["batches"] += 1
-    for entry in waiting.values():
-        models.setdefault(entry["model"], {"tokens": 0, "batches": 0, "waiting": 0})["waiting"] += 1
-    queue = sorted(({"key": k, **e} for k, e in waiting.items()), key=lambda e: (float(e["since"]), e["key"]))
-    return {"models": models, "waiting": queue}
-
-
 def read_ledger(folder: Path) -> dict[str, Any]:
     """Return the ledger's data without taking the lock (it is replaced whole, so never half written)."""
     try:
@@ -689,16 +653,6 @@ def read_ledger(folder: Path) -> dict[str, Any]:
     except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}
-
-
-def _drop_stale(inflight: dict[str, Any], now: float) -> None:
-    for key in [
-        k
-        for k, e in inflight.items()
-        if now - e["since"] > STALE_SECONDS
-        or (e.get("batch_id") is None and now - e["since"] > UNCREATED_STALE_SECONDS)
-    ]:
-        del inflight[key]
 
 
 def check_run_budget(

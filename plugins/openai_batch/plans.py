@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from openai_batch.payloads import ShardRef, StatePlan
     from openai_batch.prepare import PrepareResult, Shard
 
-__all__ = ["error_plan", "shard_ref", "state_dir_name", "state_plan", "variant"]
+__all__ = ["error_plan", "map_length_error", "shard_ref", "state_dir_name", "state_plan", "variant"]
 
 
 def variant(endpoint: str, model: str | None, max_requests: int, salt: str) -> str:
@@ -115,3 +115,23 @@ def error_plan(state_dir: str, input_sha256: str, error: str, *, lines: int, rej
         "shards": [],
         "error": error,
     }
+
+
+def map_length_error(plans: Iterable[StatePlan], max_map_length: int) -> str | None:
+    """
+    Return why the run's shards cannot be mapped (more than ``[core] max_map_length``), or None.
+
+    Airflow refuses to map a task over more items than ``max_map_length`` (1,024 by default); said
+    before the submit task is mapped, with the files that hold the most shards, instead of
+    Airflow's bare ``unmappable_return_value_length`` on every try.
+    """
+    counts = sorted(((len(p["shards"]), str(p.get("key") or p["state_dir"])) for p in plans), reverse=True)
+    total = sum(n for n, _ in counts)
+    if total <= max_map_length:
+        return None
+    biggest = ", ".join(f"{key} ({n})" for n, key in counts[:3] if n)
+    return (
+        f"The run has {total} shards, more than [core] max_map_length ({max_map_length}); largest: "
+        f"{biggest}. Raise max_map_length (AIRFLOW__CORE__MAX_MAP_LENGTH; make run and the compose file "
+        "set 10000), raise max_requests_per_batch, or send fewer files per run."
+    )

@@ -116,6 +116,7 @@ def _layout(pipeline: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> dict[s
         "ledger_json": _ledger_shape(json.loads((ledger / "ledger.json").read_text())),
         "requests_sqlite": _schema(ledger / "requests.sqlite"),
         "answers_sqlite": _schema(ledger / "answers.sqlite"),
+        "arrivals_sqlite": _schema(ledger / "arrivals.sqlite"),
         "batch_metadata_keys": sorted({tuple(m) for m in metadata}),
         "generated_ids": [r["custom_id"] for r in read_jsonl(out / "results.jsonl")],
         "again_from_cache": json.loads((results / "again" / "manifest.json").read_text())["from_cache"],

@@ -123,3 +123,17 @@ def test_the_dag_passes_the_cap_variable_and_timeouts(airflow_db: None) -> None:
         task = dag.get_task(task_id)
         timeout = getattr(task, "partial_kwargs", {}).get("execution_timeout") or task.execution_timeout
         assert timeout is not None, task_id
+
+
+def test_more_shards_than_max_map_length_fail_before_anything_is_sent_and_say_why(
+    pipeline: dict[str, Any], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Airflow cannot map more items than [core] max_map_length: the run says so, and pays for nothing."""
+    monkeypatch.setenv("AIRFLOW__CORE__MAX_MAP_LENGTH", "3")
+    (pipeline["inbox"] / "many.jsonl").write_text(lines("m1", "m2", "m3", "m4", "m5"))
+    dag_run = run_dag({"input": "many.jsonl", "max_requests_per_batch": 1})
+    states = task_states(dag_run)
+    assert states["list_shards"] == "failed", states
+    assert batches_created(pipeline["emulator"]) == 0
+    assert "The run has 5 shards, more than [core] max_map_length (3)" in caplog.text
+    assert "many.jsonl (5)" in caplog.text

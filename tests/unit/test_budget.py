@@ -14,7 +14,6 @@ from openai_batch.budget import (
     BudgetError,
     Ledger,
     NoCapacityError,
-    capacity_summary,
     check_run_budget,
     ledger_for,
     limit_for,
@@ -22,8 +21,8 @@ from openai_batch.budget import (
     plan_cost,
     read_ledger,
     shard_estimates,
-    waiting_stale_after,
 )
+from openai_batch.capacity import capacity_summary, waiting_stale_after
 
 if TYPE_CHECKING:
     from pathlib import Path

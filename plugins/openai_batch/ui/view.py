@@ -97,7 +97,8 @@ def capacity_view(ledger: dict[str, Any], limits: dict[str, int], now: float) ->
     Every model with a batch in flight, a shard waiting or a limit of its own gets a row; stale
     entries (a lost task) are left out as the admission check leaves them out.
     """
-    from openai_batch.budget import capacity_summary, limit_for
+    from openai_batch.budget import limit_for
+    from openai_batch.capacity import capacity_summary
 
     summary = capacity_summary(ledger, now)
     names = sorted(set(summary["models"]) | {m for m in limits if m != "*"})
