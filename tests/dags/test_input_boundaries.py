@@ -126,7 +126,7 @@ def test_the_dag_passes_the_cap_variable_and_timeouts(airflow_db: None) -> None:
 
 
 def test_more_shards_than_max_map_length_fail_before_anything_is_sent_and_say_why(
-    pipeline: dict[str, Any], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    pipeline: dict[str, Any], monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
 ) -> None:
     """Airflow cannot map more items than [core] max_map_length: the run says so, and pays for nothing."""
     monkeypatch.setenv("AIRFLOW__CORE__MAX_MAP_LENGTH", "3")
@@ -135,5 +135,6 @@ def test_more_shards_than_max_map_length_fail_before_anything_is_sent_and_say_wh
     states = task_states(dag_run)
     assert states["list_shards"] == "failed", states
     assert batches_created(pipeline["emulator"]) == 0
-    assert "The run has 5 shards, more than [core] max_map_length (3)" in caplog.text
-    assert "many.jsonl (5)" in caplog.text
+    out = "".join(capfd.readouterr())
+    assert "The run has 5 shards, more than [core] max_map_length (3)" in out
+    assert "many.jsonl (5)" in out
