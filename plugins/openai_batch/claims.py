@@ -14,10 +14,10 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from openai_batch.answers import CACHED_FILE, answer_key
-from openai_batch.layout import BORROWED
+from openai_batch.layout import BORROWED, take_file
 from openai_batch.records import FINAL_STATES, RECORD_FILE, STALE_AFTER, RequestRecord
 from openai_batch.reuse import request_digest
 
@@ -29,8 +29,9 @@ if TYPE_CHECKING:
     from openai_batch.answers import AnswerCache, Cached
     from openai_batch.budget import Ledger
     from openai_batch.prepare import Shard
+    from openai_batch.provider import Log
     from openai_batch.records import Entry
-    from openai_batch.state import Round
+    from openai_batch.state import Round, ShardState
 
 
 @dataclass
@@ -300,3 +301,129 @@ def split_borrowed(
             continue
         (takeable if entry.takeable(now, stale_after) else waiting).append(entry)
     return waiting, takeable
+
+
+# --- what the wait task does with the request record, kept out of the Airflow adapter -----------
+
+
+def record_collected_round(
+    ledger_dir: str | None,
+    reuse_identical: Any,
+    owner: str,
+    state_dir: ObjectStoragePath,
+    rnd: Round,
+    log: Log,
+) -> None:
+    """Record a collected round's final answers for every run that borrowed them, and cache them.
+
+    Nothing without a local record or for a failed batch. The answers go into the answer cache too
+    when the Variable ``openai_batch_reuse_identical`` turns it on (a bad value was refused by
+    prepare already: here it only skips the cache, with a warning).
+    """
+    from openai_batch.answers import cache_for
+    from openai_batch.answers import reuse_identical as parse_reuse
+    from openai_batch.records import record_for
+
+    record = record_for(ledger_dir)
+    if record is None or not rnd.collected or rnd.status == "failed":
+        return
+    record_round_answers(record, owner, state_dir, rnd)
+    try:
+        enabled = parse_reuse(reuse_identical)
+    except ValueError as err:
+        log.warning("No answer is cached: %s", err)
+        return
+    cache = cache_for(ledger_dir) if enabled else None
+    if cache is None:
+        return
+    stored = store_round_answers(cache, owner, state_dir, rnd)
+    if cache.set_aside is not None:
+        log.warning("The answer cache could not be read; it was moved to %s", cache.set_aside)
+    log.info("%s answer(s) of batch %s stored in the answer cache", stored, rnd.batch_id)
+
+
+def keep_round_claims(ledger_dir: str | None, owner: str, state_dir: ObjectStoragePath, rnd: Round) -> None:
+    """Refresh the claims of a round waiting for capacity, so no borrower takes them as stale."""
+    from openai_batch.records import record_for
+
+    record = record_for(ledger_dir)
+    if record is not None:
+        record.touch(owner, list(digests_of(state_dir / rnd.file).values()))
+
+
+def give_up_rounds(
+    ledger_dir: str | None, owner: str, state_dir: ObjectStoragePath, rounds: list[Round], log: Log
+) -> None:
+    """Give up the requests of ``rounds`` left without a final answer: a borrower sends them itself."""
+    from openai_batch.records import record_for
+
+    record = record_for(ledger_dir)
+    if record is not None:
+        count = give_up_unanswered(record, owner, state_dir, rounds)
+        if count:
+            log.info("%s request(s) end without a final answer; another run may send them", count)
+
+
+@dataclass(frozen=True)
+class BorrowStep:
+    """
+    What a borrowed entry does next.
+
+    :param action: ``finish`` (every borrowed request has its answer), ``wait`` (some are still in
+        their owner's hands) or ``send`` (these were given up and are now ours to send).
+    :param owners: The owners waited for.
+    :param waiting: How many requests are waited for.
+    :param taken: The digests taken over, for ``send``.
+    """
+
+    action: Literal["finish", "wait", "send"]
+    owners: tuple[str, ...] = ()
+    waiting: int = 0
+    taken: frozenset[str] = frozenset()
+
+
+def next_borrow_step(
+    record: RequestRecord, me: str, index: int, digests: list[str], now: float, stale_after: float
+) -> BorrowStep:
+    """
+    Decide what a borrowed entry does: wait for owners, send what they gave up, or finish.
+
+    Requests given up, or claimed and never sent for longer than ``stale_after``, are taken over
+    (compare and swap: of two borrowers only one wins each); when another borrower won them all,
+    they are in its hands now and the entry looks again.
+    """
+    while True:
+        waiting, takeable = split_borrowed(record, me, digests, now, stale_after)
+        if waiting:
+            return BorrowStep("wait", owners=tuple(sorted({e.owner for e in waiting})), waiting=len(waiting))
+        if not takeable:
+            return BorrowStep("finish")
+        taken = record.take_over(me, index, takeable)
+        if taken:
+            return BorrowStep("send", taken=frozenset(taken))
+
+
+def write_taken_round(
+    shard_file: str, state_dir: ObjectStoragePath, state: ShardState, taken: frozenset[str]
+) -> int:
+    """Write the requests taken over as a round of the entry (see :func:`openai_batch.layout.take_file`).
+
+    The round is added to ``state`` (the caller saves it): after the last one, or in place of the
+    entry's first round when nothing was sent for it yet. Return how many requests it holds.
+    """
+    from openai_batch.state import Round
+    from openai_batch.storage import iter_lines
+
+    name = take_file(shard_file, len(state.rounds))
+    count = 0
+    with (state_dir / name).open("wb") as fout:
+        for line in iter_lines(state_dir / shard_file):
+            if line.strip() and request_digest(line) in taken:
+                fout.write(line if line.endswith(b"\n") else line + b"\n")
+                count += 1
+    rnd = state.current
+    if rnd.batch_id:
+        state.rounds.append(Round(round=rnd.round + 1, file=name, requests=count))
+    else:  # the entry's first round: nothing was sent for it yet
+        state.rounds[-1] = Round(round=rnd.round, file=name, requests=count)
+    return count

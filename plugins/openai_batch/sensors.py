@@ -12,7 +12,7 @@ from airflow.sdk.exceptions import AirflowException
 from openai_batch.apierrors import maps_api_errors
 from openai_batch.budget import NoCapacityError, ledger_for, limit_for, parse_limits, shard_estimates
 from openai_batch.deferral import wait_for_capacity
-from openai_batch.layout import BORROWED, day_of, round_file, take_file, utc_day
+from openai_batch.layout import BORROWED, day_of, round_file, utc_day
 from openai_batch.retry import DEFAULT_RETRY_ROUNDS
 from openai_batch.rounds import after_collect, hit_token_limit, on_wait_end, token_limit_delay
 from openai_batch.service import capacity_key, load_state, save_state, submit_round
@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from openai_batch.arrivals import FileStat
     from openai_batch.hooks import OpenAIBatchHook
     from openai_batch.records import RequestRecord
-    from openai_batch.state import Round, ShardState
+    from openai_batch.state import ShardState
 
 DEFAULT_TOKEN_LIMIT_WAIT = 600.0
 
@@ -571,59 +571,33 @@ class OpenAIBatchSensor(BaseSensorOperator):
 
     def _record_answers(self, state_dir: Any, state: ShardState) -> None:
         """Record the final answers of the collected round, for every run that borrowed them."""
-        from openai_batch.claims import record_round_answers
+        from openai_batch.claims import record_collected_round
 
-        record = self._record()
-        rnd = state.current
-        if record is not None and rnd.collected and rnd.status != "failed":
-            record_round_answers(record, self.shard["state_dir"], state_dir, rnd)
-            self._cache_answers(state_dir, rnd)
-
-    def _cache_answers(self, state_dir: Any, rnd: Round) -> None:
-        """Store the round's successful answers in the answer cache, when it is turned on."""
-        from openai_batch.answers import cache_for, reuse_identical
-        from openai_batch.claims import store_round_answers
-
-        try:
-            enabled = reuse_identical(self.reuse_identical)
-        except ValueError as err:
-            self.log.warning("No answer is cached: %s", err)  # prepare already failed on it
-            return
-        cache = cache_for(self.ledger_dir) if enabled else None
-        if cache is None:
-            return
-        stored = store_round_answers(cache, self.shard["state_dir"], state_dir, rnd)
-        if cache.set_aside is not None:
-            self.log.warning("The answer cache could not be read; it was moved to %s", cache.set_aside)
-        self.log.info("%s answer(s) of batch %s stored in the answer cache", stored, rnd.batch_id)
+        owner = self.shard["state_dir"]
+        record_collected_round(
+            self.ledger_dir, self.reuse_identical, owner, state_dir, state.current, self.log
+        )
 
     def _keep_claims(self, state_dir: Any, state: ShardState) -> None:
         """Refresh the claims of a round waiting for capacity, so no borrower takes them as stale."""
-        from openai_batch.claims import digests_of
+        from openai_batch.claims import keep_round_claims
 
-        record = self._record()
-        if record is not None:
-            record.touch(self.shard["state_dir"], list(digests_of(state_dir / state.current.file).values()))
+        keep_round_claims(self.ledger_dir, self.shard["state_dir"], state_dir, state.current)
 
     def _give_up_unanswered(self, state_dir: Any, state: ShardState) -> None:
         """Give up the shard's requests left without a final answer: a borrower sends them itself."""
-        from openai_batch.claims import give_up_unanswered
+        from openai_batch.claims import give_up_rounds
 
-        record = self._record()
-        if record is not None:
-            count = give_up_unanswered(record, self.shard["state_dir"], state_dir, state.rounds)
-            if count:
-                self.log.info("%s request(s) end without a final answer; another run may send them", count)
+        give_up_rounds(self.ledger_dir, self.shard["state_dir"], state_dir, state.rounds, self.log)
 
     def _borrow(self, state_dir: Any, state: ShardState) -> dict[str, Any]:
         """
         Wait for the owner's answers to borrowed requests; send those it gave up, then finish.
 
-        Requests still in the owner's hands are waited for, deferred. Requests it gave up, or
-        claimed and never sent for longer than the claim TTL, are taken over (compare and swap: of
-        two borrowers only one wins each) and sent here as a round of this entry.
+        Requests still in the owner's hands are waited for, deferred; requests it gave up are taken
+        over and sent here as a round of this entry (see :func:`openai_batch.claims.next_borrow_step`).
         """
-        from openai_batch.claims import digests_of, split_borrowed
+        from openai_batch.claims import digests_of, next_borrow_step, write_taken_round
         from openai_batch.triggers import OpenAIBatchBorrowTrigger
 
         if state.current.file != self.shard["file"] and not state.current.batch_id:
@@ -632,14 +606,13 @@ class OpenAIBatchSensor(BaseSensorOperator):
         record = self._record()
         if record is None:
             return self._finished(state)
-        me = self.shard["state_dir"]
-        digests = digests_of(state_dir / self.shard["file"])
-        stale = claim_stale_after()
-        waiting, takeable = split_borrowed(record, me, list(digests.values()), time.time(), stale)
-        if waiting:
-            owners = sorted({e.owner for e in waiting})
+        me, stale = self.shard["state_dir"], claim_stale_after()
+        digests = list(digests_of(state_dir / self.shard["file"]).values())
+        step = next_borrow_step(record, me, state.index, digests, time.time(), stale)
+        if step.action == "wait":
+            owners = list(step.owners)
             self.log.info(
-                "%s borrowed request(s) are in flight in %s; waiting (deferred)", len(waiting), owners
+                "%s borrowed request(s) are in flight in %s; waiting (deferred)", step.waiting, owners
             )
             self.defer(
                 trigger=OpenAIBatchBorrowTrigger(
@@ -651,36 +624,14 @@ class OpenAIBatchSensor(BaseSensorOperator):
                 ),
                 method_name="borrow_complete",
             )
-        if takeable:
-            taken = set(record.take_over(me, state.index, takeable))
-            if not taken:  # another borrower won them all: wait for it instead
-                return self._borrow(state_dir, state)
-            self._send_taken(state_dir, state, taken)
+        if step.action == "send":
+            count = write_taken_round(self.shard["file"], state_dir, state, step.taken)
+            save_state(state_dir, state)
+            self.log.info("Taking over %s borrowed request(s) their owner gave up; sending them", count)
+            self._submit(state_dir, state)
+            self._defer(state)
         self.log.info("Every borrowed request has its answer in another run's batch")
         return self._finished(state)
-
-    def _send_taken(self, state_dir: Any, state: ShardState, taken: set[str]) -> None:
-        """Send the requests taken over as a round of this entry, then wait for its batch (deferred)."""
-        from openai_batch.reuse import request_digest
-        from openai_batch.state import Round
-        from openai_batch.storage import iter_lines
-
-        name = take_file(self.shard["file"], len(state.rounds))
-        count = 0
-        with (state_dir / name).open("wb") as fout:
-            for line in iter_lines(state_dir / self.shard["file"]):
-                if line.strip() and request_digest(line) in taken:
-                    fout.write(line if line.endswith(b"\n") else line + b"\n")
-                    count += 1
-        rnd = state.current
-        if rnd.batch_id:
-            state.rounds.append(Round(round=rnd.round + 1, file=name, requests=count))
-        else:  # the entry's first round: nothing was sent for it yet
-            state.rounds[-1] = Round(round=rnd.round, file=name, requests=count)
-        save_state(state_dir, state)
-        self.log.info("Taking over %s borrowed request(s) their owner gave up; sending them", count)
-        self._submit(state_dir, state)
-        self._defer(state)
 
     def borrow_complete(self, context: Context, event: Any = None) -> dict[str, Any]:
         """Resume after the borrowed requests left the owner's hands."""
