@@ -17,7 +17,8 @@ Variables: `openai_batch_inbox`, `openai_batch_results`, `openai_batch_allowed_r
 `openai_batch_max_input_bytes` (cap on a `.jsonl.gz`'s decompressed size, default 100 GiB);
 cost and capacity: `openai_batch_daily_budget_usd`, `openai_batch_token_limits`,
 `openai_batch_ledger_dir`, `openai_batch_capacity_poll`, `openai_batch_reuse_identical` (true:
-answer an identical request from an earlier answer instead of paying again; off by default).
+answer an identical request from an earlier answer instead of paying again; off by default),
+`openai_batch_watch_inbox` (false: a file that lands starts no run).
 Connection: the `conn_id` param, default `openai_default`.
 """
 

@@ -346,10 +346,27 @@ def main() -> int:
         )
         inbox = Path(http("GET", f"{api}/variables/openai_batch_inbox")["value"])
         results = Path(http("GET", f"{api}/variables/openai_batch_results")["value"])
-        known = {
-            r["dag_run_id"] for r in http("GET", f"{api}/dags/openai_batch/dagRuns?limit=100")["dag_runs"]
-        }
         http("PATCH", f"{api}/dags/openai_batch", {"is_paused": False})
+        # The emulator ends a batch in seconds: poll it every 2 s. The real API polls at the DAG's
+        # default interval. The samples are placed with one rename each, so they need no settle time.
+        conf: dict[str, Any] = {"settle_seconds": 1, **({} if args.api == "openai" else {"poll_interval": 2})}
+        run = http("POST", f"{api}/dags/openai_batch/dagRuns", {"logical_date": None, "conf": conf})
+        run_id = run["dag_run_id"]
+        log(f"triggered run {run_id}")
+        # The samples go in once the input sensor is waiting (deferred), as files dropped into a
+        # watched inbox would. Input that is already there when the sensor defers makes its trigger
+        # fire at once, and Airflow 3.3.2's scheduler can then take the worker's late exit report
+        # for the deferred try as a task killed externally and fail it. The run takes them (and
+        # records them as taken), so the inbox watcher starts no second run for them.
+        wait_until(
+            lambda: (
+                http("GET", f"{api}/dags/openai_batch/dagRuns/{run_id}/taskInstances/wait_for_input")["state"]
+                in ("deferred", "success", "failed", "skipped")
+            ),
+            "the input sensor to wait",
+            120,
+            procs,
+        )
         inbox.mkdir(parents=True, exist_ok=True)
         place_samples(inbox)
         backfill = "make backfill" if ui_port == 8080 else f"OPENAI_BATCH_UI_PORT={ui_port} make backfill"
@@ -364,14 +381,6 @@ def main() -> int:
             + "  Stop       : Ctrl-C\n",
             flush=True,
         )
-
-        def arrival_run() -> Any:
-            runs = http("GET", f"{api}/dags/openai_batch/dagRuns?limit=100")["dag_runs"]
-            found = [r for r in runs if r["run_type"] == "asset_triggered" and r["dag_run_id"] not in known]
-            return found[0]["dag_run_id"] if found else None
-
-        run_id = wait_until(arrival_run, "the inbox watcher to start a run for the samples", 300, procs)
-        log(f"the inbox watcher started run {run_id} for the samples")
 
         def finished() -> Any:
             state = http("GET", f"{api}/dags/openai_batch/dagRuns/{run_id}")["state"]

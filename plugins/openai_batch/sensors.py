@@ -244,8 +244,18 @@ class OpenAIBatchInputSensor(BaseSensorOperator):
                 self.max_files,
             )
             files = files[: int(self.max_files)]
+        self._mark_taken(context, files)
         self.log.info("Taking %s file(s): %s", len(files), [f["key"] for f in files])
         return files
+
+    def _mark_taken(self, context: Context, files: list[dict[str, Any]]) -> None:
+        """Record the files this run takes, so the inbox watcher does not start a second run for them."""
+        from openai_batch.arrivals import arrivals_for
+
+        record = arrivals_for(self.ledger_dir)
+        stats = [s for s in (_stat_of(f) for f in files) if s is not None]
+        if record is not None and stats:
+            record.mark(stats, "taken", time.time(), str(context.get("run_id")))
 
     def _take_arrived(
         self, context: Context, arrived: list[dict[str, Any]], inbox: str, roots: list[str]
@@ -261,7 +271,6 @@ class OpenAIBatchInputSensor(BaseSensorOperator):
         record = arrivals_for(self.ledger_dir)
         done = record.done_keys(f["source"] for f in arrived) if record is not None else {}
         taken: list[dict[str, Any]] = []
-        stats: list[FileStat] = []
         for source in sorted({str(f["source"]) for f in arrived}):
             pattern = source if "://" in source else glob.escape(source)
             scan = scan_inputs(pattern, inbox, roots, float(self.settle_seconds))  # the checks, again
@@ -273,8 +282,6 @@ class OpenAIBatchInputSensor(BaseSensorOperator):
                     self.log.info("%s has its results already; not taken again", found["key"])
                     continue
                 taken.append(found)
-                if stat is not None:
-                    stats.append(stat)
         left = taken[int(self.max_files) :]
         taken = taken[: int(self.max_files)]
         if left:
@@ -283,11 +290,7 @@ class OpenAIBatchInputSensor(BaseSensorOperator):
             )
         if not taken:
             raise AirflowSkipException("Every file announced for this run is gone, changing or done already")
-        if record is not None:
-            chosen = {f["source"] for f in taken}
-            record.mark(
-                [s for s in stats if s.source in chosen], "taken", time.time(), str(context.get("run_id"))
-            )
+        self._mark_taken(context, taken)
         self.log.info("Taking %s announced file(s): %s", len(taken), [f["key"] for f in taken])
         return taken
 

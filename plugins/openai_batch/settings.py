@@ -57,6 +57,12 @@ MAX_INPUT_BYTES = Setting(
     "openai_batch_max_input_bytes", "", "cap on a .jsonl.gz's decompressed size in bytes; empty: 100 GiB"
 )
 
+WATCH_INBOX = Setting(
+    "openai_batch_watch_inbox",
+    "true",
+    "false: a file that lands starts no run (schedule and manual runs still do)",
+)
+
 #: Every Variable the pipeline reads.
 ALL: tuple[Setting, ...] = (
     INBOX,
@@ -68,6 +74,7 @@ ALL: tuple[Setting, ...] = (
     CAPACITY_POLL,
     REUSE_IDENTICAL,
     MAX_INPUT_BYTES,
+    WATCH_INBOX,
 )
 
 
@@ -89,6 +96,11 @@ def value(setting: Setting, get: Callable[[str], str | None]) -> str:
     """Return the setting's value from ``get`` (e.g. ``Variable.get``), or its default when unset or empty."""
     found = get(setting.variable)
     return found if found else str(setting.default)
+
+
+def is_on(setting: Setting, get: Callable[[str], str | None]) -> bool:
+    """Return a yes/no setting's value: anything but ``false``, ``0``, ``no`` or ``off`` is yes."""
+    return value(setting, get).strip().lower() not in ("false", "0", "no", "off")
 
 
 def ledger_folder(get: Callable[[str], str | None]) -> str:

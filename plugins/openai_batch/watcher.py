@@ -66,8 +66,9 @@ class InboxArrivalTrigger(BaseEventTrigger):
             },
         )
 
-    def _where(self) -> tuple[str, str]:
-        """Return the inbox and the ledger folder (blocking: Variables are read through the API server)."""
+    def _where(self) -> tuple[str, str, bool]:
+        """Return the inbox, the ledger folder and whether to watch (blocking: Variables are read
+        through the API server)."""
         from openai_batch import settings
 
         def get(key: str) -> str | None:
@@ -80,7 +81,11 @@ class InboxArrivalTrigger(BaseEventTrigger):
             return None if found is None else str(found)
 
         inbox = self.inbox or settings.value(settings.INBOX, get)
-        return inbox, self.ledger_dir or settings.ledger_folder(get)
+        return (
+            inbox,
+            self.ledger_dir or settings.ledger_folder(get),
+            settings.is_on(settings.WATCH_INBOX, get),
+        )
 
     def look(
         self, announced: dict[str, tuple[int, int, int]], now: float | None = None
@@ -95,7 +100,9 @@ class InboxArrivalTrigger(BaseEventTrigger):
         from openai_batch.storage import walk_inbox
 
         now = time.time() if now is None else now
-        inbox, ledger_dir = self._where()
+        inbox, ledger_dir, watching = self._where()
+        if not watching:  # the Variable openai_batch_watch_inbox is false
+            return []
         record = arrivals_for(ledger_dir)
         known = record.snapshot() if record is not None else {}
         due: list[dict[str, Any]] = []

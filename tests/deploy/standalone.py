@@ -11,6 +11,7 @@ import os
 import shutil
 import tempfile
 import time
+import urllib.error
 from pathlib import Path
 from typing import Any
 
@@ -94,11 +95,23 @@ class StandaloneStack:
             wait_until(
                 f"the {DAG_ID} DAG", lambda: http_json(f"{self.api}/dags/{DAG_ID}"), 240, alive=self.group
             )
+            # The tests that share the stack trigger their own runs on their own files: the inbox
+            # watcher is off but for tests/deploy/test_arrival.py, which turns it on (watch_inbox).
+            self.watch_inbox(False)
             http_json(f"{self.api}/dags/{DAG_ID}", "PATCH", {"is_paused": False})
         except BaseException:
             self.stop()
             raise
         return self
+
+    def watch_inbox(self, on: bool) -> None:
+        """Turn the inbox watcher on or off (the Variable ``openai_batch_watch_inbox``)."""
+        key = "openai_batch_watch_inbox"
+        body = {"key": key, "value": "true" if on else "false"}
+        try:
+            http_json(f"{self.api}/variables/{key}", "PATCH", body)
+        except urllib.error.HTTPError:  # not set yet
+            http_json(f"{self.api}/variables", "POST", body)
 
     def stop(self) -> None:
         """Stop every process and the emulator."""

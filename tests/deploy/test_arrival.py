@@ -57,6 +57,14 @@ def _manifest(path: Path) -> dict[str, Any] | None:
 
 def test_files_that_land_are_processed_once_without_a_trigger(standalone: StandaloneStack) -> None:  # noqa: F811
     stack = standalone
+    stack.watch_inbox(True)
+    try:
+        _files_land(stack)
+    finally:
+        stack.watch_inbox(False)
+
+
+def _files_land(stack: StandaloneStack) -> None:
     tag = uuid.uuid4().hex[:8]
     runs_before = {r["dag_run_id"] for r in _runs(stack)}
     first = stack.inbox / f"arrive-{tag}-1.jsonl"

@@ -205,3 +205,14 @@ def test_events_of_other_assets_do_not_make_a_run_an_arrival_run(dirs: dict[str,
     assert arrived_files({"triggering_asset_events": {}}) is None  # type: ignore[arg-type]
     other = _arrival_context([_event([{"source": "/x"}], name="someone_elses_asset")])
     assert arrived_files(other) is None  # type: ignore[arg-type]
+
+
+def test_the_variable_turns_the_watcher_off_and_on(
+    dirs: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _write(dirs["inbox"] / "a.jsonl")
+    monkeypatch.setenv("AIRFLOW_VAR_OPENAI_BATCH_WATCH_INBOX", "false")
+    assert _watcher(dirs).look({}) == []  # nothing announced, nothing recorded
+    assert not (dirs["ledger"] / "arrivals.sqlite").exists()
+    monkeypatch.setenv("AIRFLOW_VAR_OPENAI_BATCH_WATCH_INBOX", "true")
+    assert [f["key"] for f in _watcher(dirs).look({})] == ["a.jsonl"]
