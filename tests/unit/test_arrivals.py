@@ -216,3 +216,17 @@ def test_the_variable_turns_the_watcher_off_and_on(
     assert not (dirs["ledger"] / "arrivals.sqlite").exists()
     monkeypatch.setenv("AIRFLOW_VAR_OPENAI_BATCH_WATCH_INBOX", "true")
     assert [f["key"] for f in _watcher(dirs).look({})] == ["a.jsonl"]
+
+
+def test_a_file_a_manual_run_took_is_not_announced_again(dirs: dict[str, Path]) -> None:
+    """A person's (or the schedule's) run records what it takes: the watcher starts no second run."""
+    _write(dirs["inbox"] / "mine.jsonl")
+    _write(dirs["inbox"] / "other.jsonl")
+    sensor = _sensor(dirs)
+    found = {"source": str((dirs["inbox"] / "mine.jsonl").resolve()), "key": "mine.jsonl", "root": ""}
+    taken = sensor.execute_complete({"run_id": "manual_1"}, {"status": "found", "files": [found]})  # type: ignore[arg-type]
+    assert [f["key"] for f in taken] == ["mine.jsonl"]
+    assert [f["key"] for f in _watcher(dirs).look({})] == ["other.jsonl"]
+    rows = ArrivalRecord(dirs["ledger"] / "arrivals.sqlite").snapshot()
+    assert rows[found["source"]].state == "taken"
+    assert rows[found["source"]].run_id == "manual_1"
