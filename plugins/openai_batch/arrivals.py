@@ -56,7 +56,7 @@ CREATE TABLE IF NOT EXISTS arrivals (
 """
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class FileStat:
     """A file's identity as listed: where it is, and what a change of content changes."""
 
@@ -70,7 +70,7 @@ class FileStat:
         return self.size, self.mtime_ns, self.ino
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Row:
     """What the record knows of one source."""
 

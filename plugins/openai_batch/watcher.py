@@ -15,8 +15,12 @@ from airflow.triggers.base import BaseEventTrigger, TriggerEvent
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
-__all__ = ["FILES_PER_EVENT", "InboxArrivalTrigger"]
+__all__ = ["FILES_PER_EVENT", "MAX_PER_LOOK", "InboxArrivalTrigger"]
 
+
+#: Most files announced by one listing (an inbox of 100,000 new files is announced over 20 listings;
+#: a run takes 1,000 at most anyway).
+MAX_PER_LOOK = 5000
 
 #: Most files named in one arrival event (an asset event's extra is stored in the metadata database).
 FILES_PER_EVENT = 500
@@ -121,6 +125,8 @@ class InboxArrivalTrigger(BaseEventTrigger):
             announced[stat.source] = stat.key()
             due.append({k: found[k] for k in ("source", "key", "root", "size", "mtime")})
             stats.append(stat)
+            if len(due) >= MAX_PER_LOOK:  # the rest at the next listings: memory stays bounded
+                break
         if record is not None and stats:
             record.mark(stats, "announced", now)
         return due

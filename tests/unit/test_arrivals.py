@@ -230,3 +230,16 @@ def test_a_file_a_manual_run_took_is_not_announced_again(dirs: dict[str, Path]) 
     rows = ArrivalRecord(dirs["ledger"] / "arrivals.sqlite").snapshot()
     assert rows[found["source"]].state == "taken"
     assert rows[found["source"]].run_id == "manual_1"
+
+
+def test_one_listing_announces_at_most_max_per_look(
+    dirs: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import openai_batch.watcher
+
+    monkeypatch.setattr(openai_batch.watcher, "MAX_PER_LOOK", 3)
+    for i in range(7):
+        _write(dirs["inbox"] / f"f{i}.jsonl")
+    watcher = _watcher(dirs)
+    sizes = [len(watcher.look({})) for _ in range(4)]
+    assert sizes == [3, 3, 1, 0]  # every file once, over three listings
