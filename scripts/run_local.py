@@ -332,7 +332,6 @@ def main() -> int:
             spawn(emulator_command(emu_port, data / "emulator"), "emulator")
             wait_until(lambda: http("GET", f"{emulator_url}/_emulator/health"), "the emulator", 60, procs)
             connection = json.loads(emulator_connection(emulator_url))
-            connection["login"] = None
 
         log(
             f"starting airflow standalone on http://127.0.0.1:{ui_port} "
@@ -341,9 +340,7 @@ def main() -> int:
         spawn(["airflow", "standalone"], "standalone")
         api = f"http://127.0.0.1:{ui_port}/api/v2"
         wait_for_dag(api, "openai_batch", lambda check, what: wait_until(check, what, 240, procs))
-        settings = ensure_settings(
-            api, inbox, results, {k: v for k, v in connection.items() if v is not None}
-        )
+        settings = ensure_settings(api, inbox, results, connection)
         inbox = Path(http("GET", f"{api}/variables/openai_batch_inbox")["value"])
         results = Path(http("GET", f"{api}/variables/openai_batch_results")["value"])
         http("PATCH", f"{api}/dags/openai_batch", {"is_paused": False})

@@ -149,7 +149,7 @@ class OpenAIBatchInputSensor(BaseSensorOperator):
     :param max_files: Most files one run takes (below ``[core] max_map_length``); a run started
         by the inbox watcher leaves the others announced, and they start the next run.
 
-    A run started by the inbox watcher (an event of :data:`openai_batch.assets.INBOX_ASSET`) takes
+    A run started by the inbox watcher (an event of the asset :func:`openai_batch.assets.inbox_asset`) takes
     exactly the files its events name, checked again here (inside the roots, settled, not done for
     this content), and records them as taken; nothing is waited for.
     """
