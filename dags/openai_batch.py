@@ -229,8 +229,9 @@ def openai_batch() -> None:
         from airflow.sdk.exceptions import AirflowFailException
 
         from openai_batch.budget import BudgetError, check_run_budget
+        from openai_batch.plans import numbered
 
-        plans_list = list(all_plans)
+        plans_list = numbered(all_plans)  # type: ignore[arg-type]
         try:
             line = check_run_budget(
                 plans_list,
@@ -250,15 +251,16 @@ def openai_batch() -> None:
         from airflow.sdk import conf
         from airflow.sdk.exceptions import AirflowFailException
 
-        from openai_batch.plans import map_length_error
+        from openai_batch.plans import flat_shards, map_length_error
 
         plans_list = list(all_plans)
         error = map_length_error(plans_list, conf.getint("core", "max_map_length", fallback=1024))  # type: ignore[arg-type]
         if error:
             raise AirflowFailException(error)
-        return [shard for plan in plans_list for shard in plan["shards"]]
+        return flat_shards(plans_list)  # type: ignore[return-value]
 
     budgeted = check_budget(plans.output, "{{ params.max_cost_usd }}", DAILY_BUDGET, LEDGER)  # type: ignore[arg-type]
+    shards = list_shards(budgeted)
     shard_label = "{{ task.shard['key'] }} #{{ task.shard['index'] + 1 }}/{{ task.shard['count'] }}"
     submitted = OpenAIBatchSubmitOperator.partial(
         task_id="submit",
@@ -269,7 +271,7 @@ def openai_batch() -> None:
         ledger_dir=LEDGER,
         token_limits=TOKEN_LIMITS,
         capacity_poll=CAPACITY_POLL,
-    ).expand(shard=list_shards(budgeted))
+    ).expand(shard=shards)
     waited = OpenAIBatchSensor.partial(
         task_id="wait_for_batch",
         conn_id="{{ params.conn_id }}",
@@ -288,11 +290,15 @@ def openai_batch() -> None:
         outlets=[RESULTS_ASSET],
         map_index_template="{{ task.plan['key'] }}",
         ledger_dir=LEDGER,
+        # Each file finishes on its own: not downstream of the waits, the write waits (deferred)
+        # for its own shards' wait_for_batch instances only, so a small file's results and Asset
+        # event never wait for another file's 24-hour batch; a failed wait of its file fails it.
+        wait_task_id=waited.task_id,
+        poll_interval="{{ params.poll_interval }}",
         # Mapped over the plans check_budget passed on, not over prepare's: a prepare that failed
-        # then leaves the other files' writes alone (none_failed sees check_budget, which ran),
-        # while a failed wait still holds back every write, as before.
+        # then leaves the other files' writes alone (none_failed sees check_budget, which ran).
     ).expand(plan=budgeted)
-    waited >> written
+    shards >> written  # a run whose shards cannot be mapped writes nothing
 
 
 openai_batch()

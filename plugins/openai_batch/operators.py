@@ -11,6 +11,7 @@ import shutil
 import tempfile
 import time
 import zlib
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
@@ -77,6 +78,8 @@ if TYPE_CHECKING:
 
 
 _LOG = logging.getLogger(__name__)
+#: Seconds between two checks of a file's waits while they wait in the triggerer (at most).
+MAX_WRITE_CHECK = 10.0
 
 
 def run_partition(context: Context) -> str:
@@ -497,20 +500,93 @@ class OpenAIBatchWriteResultsOperator(BaseOperator):
     emitted for it. A file that
     could not be used gets its rejects and a manifest saying why, and then fails this task.
 
+    Each file finishes on its own: with ``wait_task_id``, the task is not downstream of the waits
+    but waits for its own shards' waits only (map indexes from ``shard_map_start``, see
+    :func:`openai_batch.plans.numbered`), deferred while they wait in the triggerer, rescheduled
+    while they still need a worker; a wait of this file that failed fails this task (clear both).
+
     :param plan: The plan from ``OpenAIBatchPrepareOperator`` for one input file. (templated)
     :param ledger_dir: The deployment's ledger folder: the file's actual cost is recorded there for
         the daily budget. None: not recorded. (templated)
+    :param wait_task_id: The task mapped over the run's shards whose instances this file waits for.
+        None: write at once (the caller ordered the tasks).
+    :param poll_interval: Seconds between two checks of those waits (at most ``MAX_WRITE_CHECK`` while
+        they wait in the triggerer). (templated)
     """
 
-    template_fields = ("plan", "ledger_dir")
+    template_fields = ("plan", "ledger_dir", "poll_interval")
     operator_extra_links = (OpenAIBatchResultsLink(),)
 
-    def __init__(self, *, plan: dict[str, Any], ledger_dir: str | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *,
+        plan: dict[str, Any],
+        ledger_dir: str | None = None,
+        wait_task_id: str | None = None,
+        poll_interval: float | str = 60.0,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.plan = plan
         self.ledger_dir = ledger_dir
+        self.wait_task_id = wait_task_id
+        self.poll_interval = poll_interval
 
     def execute(self, context: Context) -> dict[str, Any]:
+        """Write the three output files once the file's shards have ended; return the manifest summary."""
+        from openai_batch.plans import WAIT, file_waits_verdict
+
+        plan = self.plan
+        if self.wait_task_id and plan.get("shards") and "shard_map_start" in plan:
+            from airflow.sdk.execution_time.task_runner import RuntimeTaskInstance
+
+            dag_id, run_id = context["dag"].dag_id, str(context["run_id"])
+            states = RuntimeTaskInstance.get_task_states(
+                dag_id=dag_id, task_ids=[self.wait_task_id], run_ids=[run_id]
+            )
+            verdict, reason = file_waits_verdict(
+                states.get(run_id) or {}, self.wait_task_id, plan["shard_map_start"], len(plan["shards"])
+            )
+            if verdict == WAIT:
+                from openai_batch.triggers import FileWaitsTrigger
+
+                self.log.info("%s: waiting, deferred, for its own shards (%s)", plan["key"], reason)
+                self.defer(
+                    trigger=FileWaitsTrigger(
+                        dag_id=dag_id,
+                        run_id=run_id,
+                        task_id=self.wait_task_id,
+                        start=int(plan["shard_map_start"]),
+                        count=len(plan["shards"]),
+                        poll_interval=min(float(self.poll_interval), MAX_WRITE_CHECK),
+                    ),
+                    method_name="execute_complete",
+                )
+            return self.execute_complete(context, {"verdict": verdict, "reason": reason})
+        return self._write(context)
+
+    def execute_complete(self, context: Context, event: dict[str, Any]) -> dict[str, Any]:
+        """Act on the verdict of the file's waits: write, fail, or check again later."""
+        from openai_batch.plans import FAIL, WRITE
+
+        verdict, reason = event.get("verdict"), str(event.get("reason"))
+        if verdict == WRITE:
+            return self._write(context)
+        if verdict == FAIL:
+            raise AirflowFailException(
+                f"{self.plan['key']}: {reason}; nothing written. Clear the failed tasks of this run "
+                "(the wait and this write) to go on"
+            )
+        return self._recheck(reason)
+
+    def _recheck(self, reason: str) -> dict[str, Any]:
+        from airflow.sdk.exceptions import AirflowRescheduleException
+
+        delay = max(1.0, float(self.poll_interval))
+        self.log.info("%s: %s; checking again in %.0f s", self.plan["key"], reason, delay)
+        raise AirflowRescheduleException(reschedule_date=datetime.now(UTC) + timedelta(seconds=delay))
+
+    def _write(self, context: Context) -> dict[str, Any]:
         """Write the three output files and return the manifest summary."""
         from openai_batch.results_io import build_manifest, merge_shards
 

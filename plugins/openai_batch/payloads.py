@@ -78,6 +78,7 @@ class FilePlan(StatePlan, total=False):
     source: str
     key: str
     partition: str | None
+    shard_map_start: int  # set by check_budget: the map index of its first shard (plans.numbered)
     out_dir: str
     size: int | None
     mtime: float | None

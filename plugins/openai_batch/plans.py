@@ -17,12 +17,26 @@ from typing import TYPE_CHECKING
 from openai_batch.identity import state_folder
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Iterable, Mapping
 
-    from openai_batch.payloads import ShardRef, StatePlan
+    from openai_batch.payloads import FilePlan, ShardRef, StatePlan
     from openai_batch.prepare import PrepareResult, Shard
 
-__all__ = ["error_plan", "map_length_error", "shard_ref", "state_dir_name", "state_plan", "variant"]
+__all__ = [
+    "WRITE",
+    "WAIT",
+    "RECHECK",
+    "FAIL",
+    "error_plan",
+    "file_waits_verdict",
+    "flat_shards",
+    "map_length_error",
+    "numbered",
+    "shard_ref",
+    "state_dir_name",
+    "state_plan",
+    "variant",
+]
 
 
 def variant(endpoint: str, model: str | None, max_requests: int, salt: str) -> str:
@@ -135,3 +149,67 @@ def map_length_error(plans: Iterable[StatePlan], max_map_length: int) -> str | N
         f"{biggest}. Raise max_map_length (AIRFLOW__CORE__MAX_MAP_LENGTH; make run and the compose file "
         "set 10000), raise max_requests_per_batch, or send fewer files per run."
     )
+
+
+# --- Which wait tasks a file's write waits for -------------------------------------------------
+#
+# ``list_shards`` maps ``submit`` and ``wait_for_batch`` over every file's shards, one file after the
+# other; each file's ``write_results`` waits only for its own shards' waits, found by the map index of
+# its first shard (``shard_map_start``). Both orders come from here.
+
+
+def numbered(plans: Iterable[FilePlan]) -> list[FilePlan]:
+    """Return the plans, each with ``shard_map_start``, its first shard's map index in :func:`flat_shards`."""
+    out: list[FilePlan] = []
+    start = 0
+    for plan in plans:
+        out.append({**plan, "shard_map_start": start})
+        start += len(plan["shards"])
+    return out
+
+
+def flat_shards(plans: Iterable[StatePlan]) -> list[ShardRef]:
+    """Return every file's shards in one list, in the order :func:`numbered` counts them."""
+    return [shard for plan in plans for shard in plan["shards"]]
+
+
+WRITE, WAIT, RECHECK, FAIL = "write", "wait", "recheck", "fail"
+# Airflow task-instance states, as the task SDK reports them (strings).
+_DONE = frozenset({"success", "skipped"})  # the write's trigger rule is none_failed: skipped is fine
+_FAILED = frozenset({"failed", "upstream_failed", "removed"})
+_IN_THE_TRIGGERER = frozenset({"deferred", "running"})  # progressing: nothing is needed from a worker
+
+
+def file_waits_verdict(
+    states: Mapping[str, str | None], task_id: str, start: int, count: int
+) -> tuple[str, str]:
+    """
+    Decide what a file's write does, from the states of its shards' wait tasks.
+
+    ``states`` maps ``<task_id>_<map index>`` (and ``<task_id>`` while the task is not expanded yet)
+    to a state, as ``RuntimeTaskInstance.get_task_states`` returns them for one run. The file's
+    shards are map indexes ``start .. start + count - 1``. Returns ``(verdict, reason)``:
+
+    - ``fail``: a wait of this file failed (or the task could not be expanded): the write fails;
+    - ``recheck``: a wait has not started (not expanded, scheduled, queued, up for retry): the write
+      checks again later, so it never holds a worker or a trigger while a worker is still needed;
+    - ``wait``: every unfinished wait is deferred or running: the write waits, deferred;
+    - ``write``: every wait of this file ended well: the write goes ahead.
+    """
+    unexpanded = states.get(task_id)
+    if unexpanded in _FAILED:
+        return FAIL, f"{task_id} was not run ({unexpanded})"
+    verdict, reason = WRITE, "every shard of the file has its outcome"
+    for offset in range(count):
+        state = states.get(f"{task_id}_{start + offset}")
+        shard = f"{task_id} of shard #{offset + 1}/{count} (map index {start + offset})"
+        if state in _FAILED:
+            return FAIL, f"{shard} ended {state}"
+        if state in _DONE:
+            continue
+        if state in _IN_THE_TRIGGERER:
+            if verdict == WRITE:
+                verdict, reason = WAIT, f"{shard} is {state}"
+        elif verdict != RECHECK:
+            verdict, reason = RECHECK, f"{shard} is {state or 'not scheduled yet'}"
+    return verdict, reason

@@ -503,3 +503,103 @@ class OpenAIBatchBorrowTrigger(BaseTrigger):
             self.log.info("%s borrowed request(s) still in another run's batch", waiting)
             await asyncio.sleep(max(0.1, float(self.poll_interval)))
         yield TriggerEvent({"status": "ready", "file": self.file})
+
+
+#: A write's wait never ends sooner than this after the deferral (see ``MIN_CAPACITY_WAIT``).
+MIN_WRITE_WAIT = 10.0
+# One reading of a run's task states per (dag, run, task) and interval, shared by every write
+# trigger of this triggerer that waits in that run: N files cost one call per interval, not N.
+_STATE_READS: dict[tuple[str, str, str], tuple[float, asyncio.Task[dict[str, Any]]]] = {}
+
+
+async def _run_task_states(dag_id: str, run_id: str, task_id: str, max_age: float) -> dict[str, Any]:
+    """Return the states of ``task_id``'s instances in one run, read at most ``max_age`` seconds ago."""
+    from airflow.sdk.execution_time.task_runner import RuntimeTaskInstance
+    from asgiref.sync import sync_to_async
+
+    key = (dag_id, run_id, task_id)
+    now = time.monotonic()
+    cached = _STATE_READS.get(key)
+    if cached is None or now - cached[0] > max_age or (cached[1].done() and cached[1].exception()):
+
+        async def read() -> dict[str, Any]:
+            found = await sync_to_async(RuntimeTaskInstance.get_task_states)(
+                dag_id=dag_id, task_ids=[task_id], run_ids=[run_id]
+            )
+            return dict(found.get(run_id) or {})
+
+        cached = (now, asyncio.ensure_future(read()))
+        _STATE_READS[key] = cached
+        for stale in [k for k, (t, _) in _STATE_READS.items() if now - t > 10 * max(max_age, 1.0)]:
+            del _STATE_READS[stale]
+    return await asyncio.shield(cached[1])
+
+
+class FileWaitsTrigger(BaseTrigger):
+    """
+    Wait until the wait tasks of one file's shards have ended, then yield the write's verdict.
+
+    Reads the run's task states through the task SDK (no database connection of its own), shared by
+    every such trigger of the triggerer in the same run, and decides with
+    :func:`openai_batch.plans.file_waits_verdict`. Yields ``{"verdict", "reason"}`` once the verdict
+    is no longer ``wait``: the file can be written, a wait failed, or a wait needs a worker again.
+
+    :param dag_id: The DAG.
+    :param run_id: The run.
+    :param task_id: The wait task mapped over the run's shards.
+    :param start: The map index of the file's first shard.
+    :param count: The file's shards.
+    :param poll_interval: Seconds between two readings.
+    """
+
+    def __init__(
+        self, dag_id: str, run_id: str, task_id: str, start: int, count: int, poll_interval: float = 10.0
+    ) -> None:
+        super().__init__()
+        self.dag_id = dag_id
+        self.run_id = run_id
+        self.wait_task_id = task_id
+        self.start = start
+        self.count = count
+        self.poll_interval = poll_interval
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        """Serialize the trigger's class path and arguments."""
+        return (
+            f"{type(self).__module__}.{type(self).__qualname__}",
+            {
+                "dag_id": self.dag_id,
+                "run_id": self.run_id,
+                "task_id": self.wait_task_id,
+                "start": self.start,
+                "count": self.count,
+                "poll_interval": self.poll_interval,
+            },
+        )
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        """Read the states every ``poll_interval`` until the verdict is no longer ``wait``."""
+        from openai_batch.plans import WAIT, file_waits_verdict
+
+        deferred_at, errors = time.monotonic(), 0
+        while True:
+            try:
+                states = await _run_task_states(
+                    self.dag_id, self.run_id, self.wait_task_id, self.poll_interval / 2
+                )
+                errors = 0
+            except Exception as err:  # the API server restarting: tolerated a few times, as polls are
+                errors += 1
+                if errors >= MAX_POLL_ERRORS:
+                    raise
+                self.log.warning(
+                    "Reading the task states failed (%s of %s): %s", errors, MAX_POLL_ERRORS, err
+                )
+                states = None
+            if states is not None:
+                verdict, reason = file_waits_verdict(states, self.wait_task_id, self.start, self.count)
+                if verdict != WAIT:
+                    await asyncio.sleep(max(0.0, deferred_at + MIN_WRITE_WAIT - time.monotonic()))
+                    yield TriggerEvent({"verdict": verdict, "reason": reason})
+                    return
+            await asyncio.sleep(self.poll_interval)
