@@ -226,12 +226,23 @@ def openai_batch() -> None:
         run_id: str | None = None,
     ) -> list[dict]:
         """Fail before any upload when the run's estimate is above max_cost_usd or the day's budget."""
+        from airflow.sdk import conf
         from airflow.sdk.exceptions import AirflowFailException
 
         from openai_batch.budget import BudgetError, check_run_budget
         from openai_batch.plans import numbered
+        from openai_batch.state_store import shard_finished
 
-        plans_list = numbered(all_plans)  # type: ignore[arg-type]
+        # Airflow maps at most [core] max_map_length shards: the run maps the first that many that
+        # have not finished; a file with more is postponed, and the next run sends the rest.
+        limit = conf.getint("core", "max_map_length", fallback=1024)
+        plans_list = numbered(all_plans, limit, shard_finished)  # type: ignore[arg-type]
+        for plan in plans_list:
+            if plan.get("postponed"):
+                print(
+                    f"{plan['key']}: {plan['postponed']} shard(s) left for the next run "
+                    f"([core] max_map_length {limit}); its finished shards are kept"
+                )
         try:
             line = check_run_budget(
                 plans_list,
@@ -247,17 +258,10 @@ def openai_batch() -> None:
 
     @task
     def list_shards(all_plans: list[dict]) -> list[dict]:
-        """Flatten every file's shards into one list to map over."""
-        from airflow.sdk import conf
-        from airflow.sdk.exceptions import AirflowFailException
+        """Flatten the shards the run maps (check_budget chose them) into one list to map over."""
+        from openai_batch.plans import flat_shards
 
-        from openai_batch.plans import flat_shards, map_length_error
-
-        plans_list = list(all_plans)
-        error = map_length_error(plans_list, conf.getint("core", "max_map_length", fallback=1024))  # type: ignore[arg-type]
-        if error:
-            raise AirflowFailException(error)
-        return flat_shards(plans_list)  # type: ignore[return-value]
+        return flat_shards(all_plans)  # type: ignore[arg-type,return-value]
 
     budgeted = check_budget(plans.output, "{{ params.max_cost_usd }}", DAILY_BUDGET, LEDGER)  # type: ignore[arg-type]
     shards = list_shards(budgeted)

@@ -534,10 +534,10 @@ class OpenAIBatchWriteResultsOperator(BaseOperator):
 
     def execute(self, context: Context) -> dict[str, Any]:
         """Write the three output files once the file's shards have ended; return the manifest summary."""
-        from openai_batch.plans import WAIT, file_waits_verdict
+        from openai_batch.plans import WAIT, file_waits_verdict, mapped_count
 
         plan = self.plan
-        if self.wait_task_id and plan.get("shards") and "shard_map_start" in plan:
+        if self.wait_task_id and mapped_count(plan) and "shard_map_start" in plan:  # type: ignore[arg-type]
             from airflow.sdk.execution_time.task_runner import RuntimeTaskInstance
 
             dag_id, run_id = context["dag"].dag_id, str(context["run_id"])
@@ -545,7 +545,10 @@ class OpenAIBatchWriteResultsOperator(BaseOperator):
                 dag_id=dag_id, task_ids=[self.wait_task_id], run_ids=[run_id]
             )
             verdict, reason = file_waits_verdict(
-                states.get(run_id) or {}, self.wait_task_id, plan["shard_map_start"], len(plan["shards"])
+                states.get(run_id) or {},
+                self.wait_task_id,
+                plan["shard_map_start"],
+                mapped_count(plan),  # type: ignore[arg-type]
             )
             if verdict == WAIT:
                 from openai_batch.triggers import FileWaitsTrigger
@@ -557,7 +560,7 @@ class OpenAIBatchWriteResultsOperator(BaseOperator):
                         run_id=run_id,
                         task_id=self.wait_task_id,
                         start=int(plan["shard_map_start"]),
-                        count=len(plan["shards"]),
+                        count=mapped_count(plan),  # type: ignore[arg-type]
                         poll_interval=min(float(self.poll_interval), MAX_WRITE_CHECK),
                     ),
                     method_name="execute_complete",
@@ -591,6 +594,13 @@ class OpenAIBatchWriteResultsOperator(BaseOperator):
         from openai_batch.results_io import build_manifest, merge_shards
 
         plan = self.plan
+        if plan.get("postponed"):
+            self._release(plan)
+            raise AirflowSkipException(
+                f"{plan['key']}: {plan['postponed']} shard(s) did not fit in this run ([core] "
+                "max_map_length); the shards it sent are kept, and the next run sends the rest and "
+                "writes the results (the inbox watcher starts it; with the watcher off, trigger again)"
+            )
         if plan.get("skipped") or plan.get("dry_run"):
             # Skipped, not succeeded: a task that ends skipped emits no asset event, so downstream
             # DAGs never run on a file that was not processed in this run.
@@ -653,13 +663,20 @@ class OpenAIBatchWriteResultsOperator(BaseOperator):
 
     def _mark_done(self, context: Context, plan: dict[str, Any]) -> None:
         """Record in the arrival record that this file (as it was taken) has its results."""
+        self._mark_arrival(plan, "done", time.time(), run_id=str(context.get("run_id")))
+
+    def _release(self, plan: dict[str, Any]) -> None:
+        """Let the inbox watcher announce this file again at once: the next run sends the rest."""
+        self._mark_arrival(plan, "announced", 0.0)
+
+    def _mark_arrival(self, plan: dict[str, Any], state: str, at: float, run_id: str | None = None) -> None:
         from openai_batch.arrivals import FileStat, arrivals_for
 
         stat, record = plan.get("input_stat"), arrivals_for(self.ledger_dir)
         if record is None or not isinstance(stat, dict):
             return
-        done = FileStat(str(plan["source"]), int(stat["size"]), int(stat["mtime_ns"]), int(stat["ino"]))
-        record.mark([done], "done", time.time(), run_id=str(context.get("run_id")))
+        taken = FileStat(str(plan["source"]), int(stat["size"]), int(stat["mtime_ns"]), int(stat["ino"]))
+        record.mark([taken], state, at, run_id=run_id)  # type: ignore[arg-type]
 
     def _record_spending(self, context: Context, manifest: dict[str, Any]) -> None:
         from openai_batch.budget import ledger_for

@@ -78,7 +78,9 @@ class FilePlan(StatePlan, total=False):
     source: str
     key: str
     partition: str | None
-    shard_map_start: int  # set by check_budget: the map index of its first shard (plans.numbered)
+    shard_map_start: int  # set by check_budget: the map index of its first mapped shard (plans.numbered)
+    mapped_shards: list[int]  # set by check_budget: the indexes of the shards this run maps
+    postponed: int  # set by check_budget: unfinished shards left to the next run (max_map_length)
     out_dir: str
     size: int | None
     mtime: float | None

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from openai_batch.identity import state_folder
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Mapping
+    from collections.abc import Callable, Iterable, Mapping
 
     from openai_batch.payloads import FilePlan, ShardRef, StatePlan
     from openai_batch.prepare import PrepareResult, Shard
@@ -30,7 +30,7 @@ __all__ = [
     "error_plan",
     "file_waits_verdict",
     "flat_shards",
-    "map_length_error",
+    "mapped_count",
     "numbered",
     "shard_ref",
     "state_dir_name",
@@ -131,46 +131,55 @@ def error_plan(state_dir: str, input_sha256: str, error: str, *, lines: int, rej
     }
 
 
-def map_length_error(plans: Iterable[StatePlan], max_map_length: int) -> str | None:
-    """
-    Return why the run's shards cannot be mapped (more than ``[core] max_map_length``), or None.
-
-    Airflow refuses to map a task over more items than ``max_map_length`` (1,024 by default); said
-    before the submit task is mapped, with the files that hold the most shards, instead of
-    Airflow's bare ``unmappable_return_value_length`` on every try.
-    """
-    counts = sorted(((len(p["shards"]), str(p.get("key") or p["state_dir"])) for p in plans), reverse=True)
-    total = sum(n for n, _ in counts)
-    if total <= max_map_length:
-        return None
-    biggest = ", ".join(f"{key} ({n})" for n, key in counts[:3] if n)
-    return (
-        f"The run has {total} shards, more than [core] max_map_length ({max_map_length}); largest: "
-        f"{biggest}. Raise max_map_length (AIRFLOW__CORE__MAX_MAP_LENGTH; make run and the compose file "
-        "set 10000), raise max_requests_per_batch, or send fewer files per run."
-    )
-
-
-# --- Which wait tasks a file's write waits for -------------------------------------------------
+# --- Which shards a run maps, and which wait tasks a file's write waits for ----------------------
 #
-# ``list_shards`` maps ``submit`` and ``wait_for_batch`` over every file's shards, one file after the
+# ``list_shards`` maps ``submit`` and ``wait_for_batch`` over the run's shards, one file after the
 # other; each file's ``write_results`` waits only for its own shards' waits, found by the map index of
-# its first shard (``shard_map_start``). Both orders come from here.
+# its first mapped shard (``shard_map_start``). Airflow maps at most ``[core] max_map_length`` items:
+# a run maps the first that many shards that have not finished yet, and a file with shards left over
+# is ``postponed``: its write releases it and the next run (the inbox watcher's, or a trigger) sends
+# the rest, its finished shards kept. Both orders come from here.
 
 
-def numbered(plans: Iterable[FilePlan]) -> list[FilePlan]:
-    """Return the plans, each with ``shard_map_start``, its first shard's map index in :func:`flat_shards`."""
+def numbered(
+    plans: Iterable[FilePlan],
+    limit: int | None = None,
+    finished: Callable[[ShardRef], bool] | None = None,
+) -> list[FilePlan]:
+    """
+    Return the plans, each with the shards this run maps and the map index of the first.
+
+    Each plan gets ``mapped_shards`` (the indexes of its shards this run sends or waits for: not
+    ``finished``, at most ``limit`` over the run) and ``shard_map_start``; a plan with unfinished
+    shards left out gets ``postponed`` (how many).
+    """
     out: list[FilePlan] = []
     start = 0
     for plan in plans:
-        out.append({**plan, "shard_map_start": start})
-        start += len(plan["shards"])
+        todo = [s["index"] for s in plan["shards"] if finished is None or not finished(s)]
+        mapped = todo if limit is None else todo[: max(0, limit - start)]
+        numbered_plan: FilePlan = {**plan, "shard_map_start": start, "mapped_shards": mapped}
+        if len(mapped) < len(todo):
+            numbered_plan["postponed"] = len(todo) - len(mapped)
+        out.append(numbered_plan)
+        start += len(mapped)
     return out
 
 
-def flat_shards(plans: Iterable[StatePlan]) -> list[ShardRef]:
-    """Return every file's shards in one list, in the order :func:`numbered` counts them."""
-    return [shard for plan in plans for shard in plan["shards"]]
+def flat_shards(plans: Iterable[FilePlan]) -> list[ShardRef]:
+    """Return the shards the run maps, in the order :func:`numbered` counts them."""
+    out: list[ShardRef] = []
+    for plan in plans:
+        mapped = plan.get("mapped_shards")
+        keep = None if mapped is None else set(mapped)
+        out.extend(s for s in plan["shards"] if keep is None or s["index"] in keep)
+    return out
+
+
+def mapped_count(plan: FilePlan) -> int:
+    """Return how many of the plan's shards this run maps."""
+    mapped = plan.get("mapped_shards")
+    return len(plan["shards"]) if mapped is None else len(mapped)
 
 
 WRITE, WAIT, RECHECK, FAIL = "write", "wait", "recheck", "fail"

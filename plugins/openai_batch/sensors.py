@@ -557,6 +557,9 @@ class OpenAIBatchSensor(BaseSensorOperator):
         return self._finished(state)
 
     def _finished(self, state: ShardState) -> dict[str, Any]:
+        if not state.finished:
+            state.finished = True  # a later run of the same content maps this shard no more
+            save_state(to_path(self.shard["state_dir"]), state)
         return {
             **self.shard,
             "rounds": [

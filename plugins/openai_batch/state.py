@@ -80,6 +80,8 @@ class ShardState:
     :param endpoint: The endpoint of every request in the shard.
     :param model: The model of every request in the shard.
     :param rounds: The submissions so far.
+    :param finished: Every request of the shard has its final outcome (the wait task returned); a
+        later run that takes the same content again does not map the shard again.
     """
 
     identity: str
@@ -87,6 +89,7 @@ class ShardState:
     endpoint: str
     model: str
     rounds: list[Round] = field(default_factory=list)
+    finished: bool = False
 
     @property
     def current(self) -> Round:
@@ -107,4 +110,5 @@ class ShardState:
             endpoint=data["endpoint"],
             model=data["model"],
             rounds=rounds,
+            finished=bool(data.get("finished", False)),
         )

@@ -10,14 +10,14 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from openai_batch.layout import shard_state_file
-from openai_batch.storage import read_json_or_set_aside, write_json
+from openai_batch.storage import read_json_or_set_aside, to_path, write_json
 
 if TYPE_CHECKING:
     from airflow.sdk import ObjectStoragePath
 
     from openai_batch.state import ShardState
 
-__all__ = ["load_state", "save_state"]
+__all__ = ["load_state", "save_state", "shard_finished"]
 
 _LOG = logging.getLogger("openai_batch.service")  # the name the logs have always carried
 
@@ -47,6 +47,14 @@ def load_state(state_dir: ObjectStoragePath, shard_ref: dict[str, Any]) -> Shard
         model=shard_ref["model"],
         rounds=[Round(round=0, file=shard_ref["file"], requests=shard_ref["requests"])],
     )
+
+
+def shard_finished(shard_ref: dict[str, Any]) -> bool:
+    """Return True when the shard's record says every request of it has its final outcome."""
+    state_dir = to_path(shard_ref["state_dir"])
+    if not (state_dir / shard_state_file(shard_ref["index"])).exists():
+        return False
+    return load_state(state_dir, shard_ref).finished
 
 
 def save_state(state_dir: ObjectStoragePath, state: ShardState) -> None:

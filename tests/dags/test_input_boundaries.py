@@ -7,7 +7,7 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from openai_batch.operators import OpenAIBatchPrepareOperator
-from tests.reliability.support import batches_created, chat_line, read_jsonl, run_dag, task_states
+from tests.reliability.support import batches_created, chat_line, read_jsonl, run_dag, sent_ids, task_states
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -125,16 +125,34 @@ def test_the_dag_passes_the_cap_variable_and_timeouts(airflow_db: None) -> None:
         assert timeout is not None, task_id
 
 
-def test_more_shards_than_max_map_length_fail_before_anything_is_sent_and_say_why(
+def test_more_shards_than_max_map_length_are_sent_over_two_runs_each_request_once(
     pipeline: dict[str, Any], monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
 ) -> None:
-    """Airflow cannot map more items than [core] max_map_length: the run says so, and pays for nothing."""
+    """Airflow maps at most [core] max_map_length items: a run sends that many shards, the next the rest."""
     monkeypatch.setenv("AIRFLOW__CORE__MAX_MAP_LENGTH", "3")
-    (pipeline["inbox"] / "many.jsonl").write_text(lines("m1", "m2", "m3", "m4", "m5"))
-    dag_run = run_dag({"input": "many.jsonl", "max_requests_per_batch": 1})
-    states = task_states(dag_run)
-    assert states["list_shards"] == "failed", states
-    assert batches_created(pipeline["emulator"]) == 0
+    ids = ["m1", "m2", "m3", "m4", "m5"]
+    (pipeline["inbox"] / "many.jsonl").write_text(lines(*ids))
+    conf = {"input": "many.jsonl", "max_requests_per_batch": 1}
+
+    first = run_dag(conf)
+    states = task_states(first)
+    assert first.state == "success", states
+    assert sorted(k for k in states if k.startswith("wait_for_batch")) == [
+        f"wait_for_batch[{i}]" for i in range(3)
+    ]
+    assert states["write_results[0]"] == "skipped", states  # postponed, not written half
+    assert batches_created(pipeline["emulator"]) == 3
+    assert not (pipeline["results"] / "many" / "results.jsonl").exists()
     out = "".join(capfd.readouterr())
-    assert "The run has 5 shards, more than [core] max_map_length (3)" in out
-    assert "many.jsonl (5)" in out
+    assert "many.jsonl: 2 shard(s) left for the next run ([core] max_map_length 3)" in out
+
+    second = run_dag(conf)
+    states = task_states(second)
+    assert second.state == "success", states
+    assert sorted(k for k in states if k.startswith("wait_for_batch")) == [
+        "wait_for_batch[0]",
+        "wait_for_batch[1]",
+    ]
+    assert [r["custom_id"] for r in read_jsonl(pipeline["results"] / "many" / "results.jsonl")] == ids
+    assert manifest_of(pipeline["results"] / "many")["counts"]["succeeded"] == 5
+    assert sorted(sent_ids(pipeline["emulator"])) == ids  # each request paid once over the two runs

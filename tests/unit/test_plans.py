@@ -1,4 +1,4 @@
-"""Plans: the state folder's name, the map-length check, and what a file's write waits for."""
+"""Plans: the state folder's name, the shards a run maps, and what a file's write waits for."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from openai_batch.plans import (
     WRITE,
     file_waits_verdict,
     flat_shards,
-    map_length_error,
+    mapped_count,
     numbered,
     state_dir_name,
     variant,
@@ -21,22 +21,37 @@ from openai_batch.plans import (
 
 
 def _plan(key: str, shards: int) -> Any:
-    return {"key": key, "state_dir": f"/r/{key}/_state/x", "shards": [{"index": i} for i in range(shards)]}
+    return {
+        "key": key,
+        "state_dir": f"/r/{key}/_state/x",
+        "shards": [{"index": i, "key": key} for i in range(shards)],
+    }
 
 
-def test_a_run_within_the_limit_maps() -> None:
-    assert map_length_error([_plan("a.jsonl", 1000), _plan("b.jsonl", 24)], 1024) is None
-    assert map_length_error([], 1024) is None
-
-
-def test_a_run_above_the_limit_names_the_files_with_the_most_shards() -> None:
-    error = map_length_error(
-        [_plan("small.jsonl", 3), _plan("big.jsonl", 1030), _plan("mid.jsonl", 40)], 1024
+def test_a_run_maps_at_most_the_limit_of_unfinished_shards_and_postpones_the_rest() -> None:
+    finished = {("a.jsonl", 0), ("b.jsonl", 1)}
+    plans = numbered(
+        [_plan("a.jsonl", 3), _plan("b.jsonl", 4), _plan("c.jsonl", 2)],
+        4,
+        lambda shard: (shard["key"], shard["index"]) in finished,
     )
-    assert error is not None
-    assert "1073 shards" in error
-    assert "max_map_length (1024)" in error
-    assert error.index("big.jsonl (1030)") < error.index("mid.jsonl (40)") < error.index("small.jsonl (3)")
+    assert [p["mapped_shards"] for p in plans] == [[1, 2], [0, 2], []]
+    assert [p["shard_map_start"] for p in plans] == [0, 2, 4]
+    assert [p.get("postponed") for p in plans] == [None, 1, 2]  # b's shard 3 and all of c: next run
+    assert [(s["key"], s["index"]) for s in flat_shards(plans)] == [
+        ("a.jsonl", 1),
+        ("a.jsonl", 2),
+        ("b.jsonl", 0),
+        ("b.jsonl", 2),
+    ]
+    assert [mapped_count(p) for p in plans] == [2, 2, 0]
+
+
+def test_a_file_with_every_shard_finished_maps_nothing_and_is_not_postponed() -> None:
+    (plan,) = numbered([_plan("a.jsonl", 2)], 1, lambda shard: True)
+    assert plan["mapped_shards"] == []
+    assert "postponed" not in plan
+    assert flat_shards([plan]) == []
 
 
 def test_the_state_folder_is_the_content_and_the_split_variant() -> None:
