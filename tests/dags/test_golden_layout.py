@@ -32,6 +32,7 @@ TRIGGERS = [
     "openai_batch.triggers.OpenAIBatchCapacityTrigger",
     "openai_batch.triggers.OpenAIBatchBorrowTrigger",
     "openai_batch.progress.OpenAIBatchProgressTrigger",
+    "openai_batch.triggers.FileWaitsTrigger",
 ]
 
 
