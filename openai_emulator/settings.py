@@ -129,6 +129,12 @@ class FaultConfig:
         None,
         default=False,
     )
+    hold_models: list[str] = _opt(
+        "Keep in-progress batches of these models from processing requests until the list no longer "
+        "names them (a slow model next to fast ones).",
+        _str_list,
+        default_factory=list,
+    )
     output_corruption: list[str] = _opt(
         "Corruptions of the output file of the next batches to run, comma separated, each once per "
         "batch (in its first chunk): 'drop' leaves one answer out, 'duplicate' writes one twice, "

@@ -283,7 +283,8 @@ class BatchWorker:
             record = self._get(record.id)
             if record.status != "in_progress":
                 return
-            if self.state.faults.hold_in_progress:  # held by the control plane: keep it in flight
+            faults = self.state.faults
+            if faults.hold_in_progress or record.model in faults.hold_models:  # held: keep it in flight
                 await asyncio.sleep(POLL_SECONDS)
                 continue
             expire_after = record.expire_after_requests
