@@ -27,7 +27,8 @@ sys.path[:0] = ["plugins", "."]
 base, files, shards = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 inbox, results = base / "inbox", base / "results"
 inbox.mkdir(parents=True)
-line = '{"custom_id": "%s", "method": "POST", "url": "/v1/chat/completions", "body": {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}}\n'
+body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+line = json.dumps({"custom_id": "%s", "method": "POST", "url": "/v1/chat/completions", "body": body}) + "\n"
 expected = []
 if shards:
     ids = [f"s-{i:06d}" for i in range(shards)]
@@ -52,16 +53,19 @@ with EmulatorServer(base / "emulator", validating_seconds=0.1, finalizing_second
         {"conn_type": "openai", "password": "sk-bench", "host": server.base_url}
     )
     dag = DagBag(dag_folder="dags").get_dag("openai_batch")
-    conf = {"input": "*.jsonl", "poll_interval": 1, "settle_seconds": 0, "max_requests_per_batch": 1 if shards else 50000}
+    conf = {"input": "*.jsonl", "poll_interval": 1, "settle_seconds": 0}
+    conf["max_requests_per_batch"] = 1 if shards else 50000
     started = time.perf_counter()
     def done():
-        return sum(1 for p in results.rglob("manifest.json") if "_history" not in p.parts and "_state" not in p.parts)
+        found = results.rglob("manifest.json")
+        return sum(1 for p in found if "_history" not in p.parts and "_state" not in p.parts)
     while done() < out["files"] and out["runs"] < 40:
         run = dag.test(run_conf=conf)
         out["runs"] += 1
         out["task_instances"] += len(run.get_task_instances())
         if run.state != "success":
-            out["failed_run"] = {ti.task_id: ti.state for ti in run.get_task_instances() if ti.state != "success"}
+            tis = run.get_task_instances()
+            out["failed_run"] = {ti.task_id: ti.state for ti in tis if ti.state != "success"}
             break
     out["seconds"] = round(time.perf_counter() - started, 1)
     got = []
