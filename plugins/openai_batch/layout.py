@@ -14,6 +14,7 @@ __all__ = [
     "DAY_FORMAT",
     "MANIFEST_FILE",
     "ORDER_FILE",
+    "ORDER_LINES_FILE",
     "PLAN_FILE",
     "REJECTS_FILE",
     "RESULTS_FILE",
@@ -34,9 +35,11 @@ MANIFEST_FILE = "manifest.json"
 #: The files of a result folder the results view serves for download.
 SERVED_FILES = (RESULTS_FILE, REJECTS_FILE, MANIFEST_FILE)
 #: Names inside a state folder: the plan (written last: its presence means the folder is complete)
-#: and the custom_ids of the valid requests in input order.
+#: and the custom_ids of the valid requests in input order, with their input line numbers (int64,
+#: little-endian, one per id of ``order.txt``; absent from state folders of older versions).
 PLAN_FILE = "plan.json"
 ORDER_FILE = "order.txt"
+ORDER_LINES_FILE = "order.lines"
 
 
 #: Name of a shard's request file (round 0) in a state folder, by its index.

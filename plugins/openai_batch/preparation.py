@@ -17,7 +17,14 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from openai_batch.budget import plan_cost, shard_estimates
-from openai_batch.layout import MANIFEST_FILE, ORDER_FILE, PLAN_FILE, REJECTS_FILE, RESULTS_FILE
+from openai_batch.layout import (
+    MANIFEST_FILE,
+    ORDER_FILE,
+    ORDER_LINES_FILE,
+    PLAN_FILE,
+    REJECTS_FILE,
+    RESULTS_FILE,
+)
 from openai_batch.plans import error_plan, shard_ref, state_dir_name, state_plan
 from openai_batch.pricing import is_unpriced
 from openai_batch.storage import (
@@ -241,6 +248,7 @@ class ContentPreparer:
         claimed = self._claim(result.shards, work, state_dir, salt)
         names = [Path(s.path).name for s in result.shards] + [
             ORDER_FILE,
+            ORDER_LINES_FILE,
             REJECTS_FILE,
             INDEX_FILE,
             REUSED_FILE,

@@ -48,7 +48,7 @@ from typing import IO, TYPE_CHECKING, Any, BinaryIO
 
 import msgspec
 
-from openai_batch.layout import ORDER_FILE, REJECTS_FILE, SHARD_PATTERN
+from openai_batch.layout import ORDER_FILE, ORDER_LINES_FILE, REJECTS_FILE, SHARD_PATTERN
 from openai_batch.limits import DEFAULT_LIMITS, SUPPORTED_ENDPOINTS, BatchLimits
 from openai_batch.pricing import FREE_ENDPOINTS, estimate_cost_usd, tokens_for_bytes
 from openai_batch.reuse import INDEX_FILE, REUSED_FILE
@@ -602,6 +602,8 @@ class _Preparer:
         self.order = open(work_dir / ORDER_FILE, "w", encoding="utf-8", buffering=_WRITE_BUFFER)  # noqa: SIM115
         self.rejects = open(work_dir / REJECTS_FILE, "w", encoding="utf-8", buffering=_WRITE_BUFFER)  # noqa: SIM115
         self.order_buffer: list[str] = []  # custom_ids kept, in input order
+        self.order_lines = array("q")  # their input line numbers
+        self.order_lines_file = open(work_dir / ORDER_LINES_FILE, "wb", buffering=_WRITE_BUFFER)  # noqa: SIM115
         self.index = open(work_dir / INDEX_FILE, "w", encoding="ascii", buffering=_WRITE_BUFFER)  # noqa: SIM115
         self.reused_file = open(work_dir / REUSED_FILE, "wb", buffering=_WRITE_BUFFER)  # noqa: SIM115
         self.seen = _SeenIds(work_dir, self.order)
@@ -849,6 +851,7 @@ class _Preparer:
             self.seen.remember(self.chunk_ids, earlier)
         open_shards = self.open
         order_append = self.order_buffer.append
+        line_append = self.order_lines.append
         limits = self.limits
         max_requests, max_bytes = limits.max_requests, limits.max_bytes
         max_inputs = limits.max_embedding_inputs
@@ -875,6 +878,7 @@ class _Preparer:
             if reusable and custom_id in reusable:
                 self.reused += 1
                 order_append(custom_id)
+                line_append(line_no)
                 self.reused_file.write(reusable.pop(custom_id))
                 continue
             shard = open_shards.get((endpoint, model))
@@ -887,12 +891,14 @@ class _Preparer:
                     and s.embedding_inputs + inputs <= max_inputs
                 ):  # inlined _OpenShard.fits/add and _write_request
                     order_append(custom_id)
+                    line_append(line_no)
                     shard.buffer.append(out)
                     s.requests += 1
                     s.bytes += size
                     s.embedding_inputs += inputs
                     s.estimated_input_tokens += tokens
                     continue
+            line_append(line_no)
             self._write_request(custom_id, endpoint, model, out, inputs, tokens)
         for shard in self.open.values():
             shard.drain()
@@ -900,6 +906,10 @@ class _Preparer:
             self.valid += len(self.order_buffer)
             self.order.write("\n".join(map(encode_basestring_ascii, self.order_buffer)) + "\n")
             self.order_buffer = []
+            if sys.byteorder != "little":
+                self.order_lines.byteswap()
+            self.order_lines.tofile(self.order_lines_file)
+            self.order_lines = array("q")
         if digests_out:
             # One hex string for the chunk, a line break after every 32 bytes (64 digits).
             self.index.write(b"".join(digests_out).hex("\n", 32) + "\n")
@@ -944,6 +954,7 @@ class _Preparer:
         for shard in self.open.values():
             shard.file.close()
         self.order.close()
+        self.order_lines_file.close()
         self.rejects.close()
         self.index.close()
         self.reused_file.close()

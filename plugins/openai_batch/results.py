@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import sys
+from array import array
 from dataclasses import asdict, dataclass, field
 from json.encoder import encode_basestring_ascii
 from json.scanner import make_scanner
@@ -39,6 +41,7 @@ __all__ = [
     "is_retryable",
     "is_final_line",
     "read_order",
+    "read_order_lines",
     "request_id",
     "request_ids",
 ]
@@ -715,13 +718,17 @@ class ResultStore:
             " LEFT JOIN results r ON r.custom_id = o.custom_id ORDER BY o.pos"
         )
 
-    def write_results(self, order: Iterable[str], out: BinaryIO) -> ResultCounts:
+    def write_results(
+        self, order: Iterable[str], out: BinaryIO, lines: Iterable[int] | None = None
+    ) -> ResultCounts:
         """Write ``results.jsonl`` lines for ``order`` (custom_ids in input order) to ``out``.
 
-        Each line is ``{"custom_id", "status", "response", "error", "batch_id"}``; an id with
-        no stored outcome is written as failed with error code ``missing_result``. Bodies are
-        copied as stored; about ``_BODY_BYTES`` of them are held at a time. ``order`` lists each
-        id once (``prepare_requests`` rejects repeated ids).
+        Each line is ``{"custom_id", "line", "status", "response", "error", "batch_id"}``, ``line``
+        the input line number from ``lines`` (one per id of ``order``; None: ``null``, for state
+        folders written before line numbers were kept); an id with no stored outcome is written as
+        failed with error code ``missing_result``. Bodies are copied as stored; about ``_BODY_BYTES``
+        of them are held at a time. ``order`` lists each id once (``prepare_requests`` rejects
+        repeated ids).
         """
         self._bodies.flush()
         tally = dict.fromkeys(RESULT_STATUSES, 0)
@@ -732,6 +739,7 @@ class ResultStore:
         heads = _STATUS_HEADS
         rows = self._joined(order, "r.status, r.body_at, r.body_len, r.error, r.batch_id")
         pread, fd, read = os.pread, self._reader, self._body
+        numbers = iter(lines) if lines is not None else None
         for custom_id, status, at, length, error, batch_id in rows:
             if status == "succeeded":
                 tail = tails.get(batch_id)
@@ -746,8 +754,11 @@ class ResultStore:
             body = pread(fd, length, at)
             if len(body) != length:  # a short read: read the rest
                 body = read(at, length)
+            line = "null" if numbers is None else str(next(numbers))
             parts += (
-                ('{"custom_id":' + encode_basestring_ascii(custom_id) + heads[status]).encode(),
+                (
+                    '{"custom_id":' + encode_basestring_ascii(custom_id) + ',"line":' + line + heads[status]
+                ).encode(),
                 body,
                 tail,
             )
@@ -815,6 +826,22 @@ def _general(
     data = None if body is None else _dumps(body).encode("utf-8")
     usage = _usage_of(body) if status == "succeeded" else _NO_USAGE
     return obj["custom_id"], status, data, (_dumps(error), int(is_retryable(status, error))), usage
+
+
+def read_order_lines(path: str | Path) -> Iterator[int]:
+    """Yield the input line numbers of an ``order.lines`` written by ``prepare_requests``, in order."""
+    with open(path, "rb") as raw:
+        while True:
+            numbers = array("q")
+            try:
+                numbers.fromfile(raw, 65_536)
+            except EOFError:  # the last, shorter run is read all the same
+                pass
+            if not numbers:
+                return
+            if sys.byteorder != "little":
+                numbers.byteswap()
+            yield from numbers
 
 
 def read_order(path: str | Path) -> Iterator[str]:

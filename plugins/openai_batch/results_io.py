@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
+from openai_batch.layout import ORDER_FILE, ORDER_LINES_FILE
 from openai_batch.results import ResultCounts
 from openai_batch.reuse import REUSED_FILE
 from openai_batch.storage import check_batch_id, copy_file, iter_lines, local_dir, to_path
@@ -126,7 +127,7 @@ def merge_shards(
     Each round's files are checked against the ids sent in it (:class:`~openai_batch.results.RoundCheck`):
     what does not match is skipped, logged and returned in ``service_anomalies``, never fatal.
     """
-    from openai_batch.results import ResultStore, read_order
+    from openai_batch.results import ResultStore, read_order, read_order_lines
 
     anomalies: dict[str, dict[str, int]] = {}
 
@@ -147,13 +148,18 @@ def merge_shards(
                         check = _apply_round(store, state_dir, rnd, seq + offset)
                         if check is not None and check.total:
                             anomalies[rnd.batch_id] = _log_anomalies(state.index, rnd, check)
-            order = local_dir(state_dir / "order.txt")
-            if order is None:  # object storage: a local copy to read
-                order = Path(tmp) / "order.txt"
-                copy_file(state_dir / "order.txt", to_path(str(order)))
+            order = _local_copy(state_dir / ORDER_FILE, Path(tmp))
+            # Line numbers: absent from state folders written before they were kept.
+            lines = (
+                _local_copy(state_dir / ORDER_LINES_FILE, Path(tmp))
+                if (state_dir / ORDER_LINES_FILE).exists()
+                else None
+            )
             answered = _still_borrowed(store, borrowed_ids)
             from_cache = sorted(_still_borrowed_ids(store, cached_ids))
-            counts = store.write_results(read_order(order), dest)
+            counts = store.write_results(
+                read_order(order), dest, read_order_lines(lines) if lines is not None else None
+            )
             counts.service_anomalies = anomalies
             # Borrowed and cached answers are stored like carried-over ones (not paid here, no usage).
             counts.reused -= answered + len(from_cache)
@@ -340,6 +346,16 @@ def _apply_round(store: ResultStore, state_dir: ObjectStoragePath, rnd: Round, s
             message=f"batch {rnd.batch_id} ended {rnd.status} without a result for this request",
         )
     return check
+
+
+def _local_copy(src: ObjectStoragePath, tmp: Path) -> Path:
+    """Return a local path of ``src``: itself on the local file system, else a copy in ``tmp``."""
+    found = local_dir(src)
+    if found is not None:
+        return found
+    dest = tmp / src.name
+    copy_file(src, to_path(str(dest)))
+    return dest
 
 
 def build_manifest(plan: dict[str, Any], states: list[ShardState], counts: ResultCounts) -> dict[str, Any]:

@@ -95,6 +95,8 @@ def test_mixed_file_end_to_end(pipeline: dict[str, Any]) -> None:
     assert ids[1] == "full-1"
     assert ids[3] == "full-2"
     assert len(ids) == len(set(ids)) == 5
+    # Each result names its input line (1-based), so a bare body's answer is found without its id.
+    assert [r["line"] for r in results] == [1, 2, 4, 5, 7]
     assert all(r["status"] == "succeeded" for r in results), results
     assert all(r["response"]["object"] == "chat.completion" for r in results)
     assert all(r["batch_id"].startswith("batch_") for r in results)

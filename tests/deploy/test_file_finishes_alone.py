@@ -27,9 +27,8 @@ SLOW_MODEL, FAST_MODEL = "gpt-4.1", "gpt-4o-mini"
 def _write(path: Path, tag: str, model: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     body = {"model": model, "messages": [{"role": "user", "content": "hi"}]}
-    lines = [
-        {"custom_id": f"{tag}-{n}", "method": "POST", "url": "/v1/chat/completions", "body": body} for n in range(3)
-    ]
+    url = "/v1/chat/completions"
+    lines = [{"custom_id": f"{tag}-{n}", "method": "POST", "url": url, "body": body} for n in range(3)]
     path.write_text("".join(json.dumps(line) + "\n" for line in lines))
 
 
@@ -45,6 +44,11 @@ def _events(stack: StandaloneStack, run_id: str) -> list[dict[str, Any]]:
     query = urllib.parse.urlencode({"source_dag_id": DAG_ID, "source_run_id": run_id, "limit": 100})
     events: list[dict[str, Any]] = http_json(f"{stack.api}/assets/events?{query}")["asset_events"]
     return events
+
+
+def _event_files(stack: StandaloneStack, run_id: str) -> list[str]:
+    """Return the input file names of the run's results events, sorted."""
+    return sorted(str(e["extra"].get("input", "")).rsplit("/", 1)[-1] for e in _events(stack, run_id))
 
 
 def _batch_statuses(stack: StandaloneStack) -> dict[str, str]:
@@ -80,7 +84,7 @@ def test_a_small_files_results_and_event_do_not_wait_for_a_slow_batch(standalone
             )
             wait_until(
                 "the small file's asset event",
-                lambda: any(e["extra"].get("input", "").endswith("small.jsonl") for e in _events(stack, run_id)),
+                lambda: "small.jsonl" in _event_files(stack, run_id),
                 60,
                 interval=1,
             )
@@ -93,12 +97,13 @@ def test_a_small_files_results_and_event_do_not_wait_for_a_slow_batch(standalone
         slow = [s for k, s in statuses.items() if k.startswith(f"{SLOW_MODEL}:")]
         assert slow == ["in_progress"], statuses
         assert _manifest(stack.results, folder, "slow") is None
-        assert not any(e["extra"].get("input", "").endswith("slow.jsonl") for e in _events(stack, run_id))
+        assert "slow.jsonl" not in _event_files(stack, run_id)
         states = stack.task_states(run_id)
         writes = sorted(v for k, v in states.items() if k.startswith("write_results"))
         assert len(writes) == 2, states
         assert "success" in writes, states  # the small file's
-        assert {w for w in writes if w != "success"} <= {"deferred", "up_for_reschedule", "scheduled", "queued"}
+        waiting = {"deferred", "up_for_reschedule", "scheduled", "queued"}
+        assert {w for w in writes if w != "success"} <= waiting, states
         small = _manifest(stack.results, folder, "small")
         assert small is not None
         assert small["counts"]["succeeded"] == 3, small
@@ -109,5 +114,5 @@ def test_a_small_files_results_and_event_do_not_wait_for_a_slow_batch(standalone
     slow_manifest = _manifest(stack.results, folder, "slow")
     assert slow_manifest is not None
     assert slow_manifest["counts"]["succeeded"] == 3, slow_manifest
-    inputs = sorted(e["extra"]["input"].rsplit("/", 1)[-1] for e in _events(stack, run_id))
+    inputs = _event_files(stack, run_id)
     assert inputs == ["slow.jsonl", "small.jsonl"], inputs  # one event per file

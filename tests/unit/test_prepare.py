@@ -8,6 +8,8 @@ from typing import Any
 import pytest
 
 from openai_batch import prepare as prepare_module
+from openai_batch.layout import ORDER_LINES_FILE
+from openai_batch.results import read_order_lines
 from openai_batch.limits import DEFAULT_LIMITS, BatchLimits
 from openai_batch.prepare import (
     NoValidRequestsError,
@@ -137,6 +139,30 @@ def test_duplicate_across_flush_chunks(tmp_path: Path, monkeypatch: pytest.Monke
         (10, "duplicate custom_id 'g' (first seen on line 9)"),
     ]
     assert not (tmp_path / "work" / ".seen.sqlite").exists()
+    # Each kept id's input line, across chunks, for results.jsonl's "line".
+    lines_path = Path(result.order_path).with_name(ORDER_LINES_FILE)
+    assert list(read_order_lines(lines_path)) == [1, 2, 3, 4, 6, 7, 9]
+
+
+def test_every_kept_request_keeps_its_input_line_number(tmp_path: Path) -> None:
+    """Blank lines, rejects, bare bodies and a second shard: the line numbers follow the input."""
+    data = b"\n".join(
+        [
+            json.dumps(full("a")).encode(),
+            b"",
+            b"not json",
+            json.dumps(chat_body("bare")).encode(),
+            json.dumps(full("e", chat_body(model="gpt-4.1"))).encode(),
+            b"   ",
+            json.dumps(full("g")).encode(),
+        ]
+    )
+    result = run(data + b"\n", tmp_path)
+    ids = list(map(json.loads, Path(result.order_path).read_text().splitlines()))
+    lines = list(read_order_lines(Path(result.order_path).with_name(ORDER_LINES_FILE)))
+    assert len(ids) == len(lines) == 4
+    assert dict(zip(ids, lines, strict=True))["a"] == 1
+    assert lines == [1, 4, 5, 7]
 
 
 def test_generated_id_clash_with_explicit_id_is_rejected(tmp_path: Path) -> None:

@@ -184,10 +184,11 @@ def test_merge_rounds_order_statuses_and_usage(tmp_path: Path) -> None:
         assert (record.status, record.batch_id, record.round) == ("succeeded", "b3", 1)
         assert store.get("nope") is None
         out = io.BytesIO()
-        counts = store.write_results(order, out)
+        counts = store.write_results(order, out, iter(range(3, 3 + len(order))))
     rows = [json.loads(line) for line in out.getvalue().splitlines()]
     assert [r["custom_id"] for r in rows] == order
-    assert all(list(r) == ["custom_id", "status", "response", "error", "batch_id"] for r in rows)
+    assert [r["line"] for r in rows] == list(range(3, 3 + len(order)))  # each id's input line
+    assert all(list(r) == ["custom_id", "line", "status", "response", "error", "batch_id"] for r in rows)
     assert [(r["status"], r["batch_id"], (r["error"] or {}).get("code")) for r in rows] == [
         ("succeeded", "b1", None),
         ("succeeded", "b3", None),
@@ -296,7 +297,7 @@ def test_bodies_are_written_as_sent_and_a_reopened_store_keeps_them(tmp_path: Pa
         counts = store.write_results(["a", "b"], out)
     rows = out.getvalue().splitlines()
     assert rows[0] == (
-        b'{"custom_id":"a","status":"succeeded","response":{"x" : [1, 2],  "t": "\\u00e9"},'
+        b'{"custom_id":"a","line":null,"status":"succeeded","response":{"x" : [1, 2],  "t": "\\u00e9"},'
         b'"error":null,"batch_id":"b1"}'
     )
     assert json.loads(rows[1])["response"] == {"usage": {}, "text": "\u2603"}
@@ -336,7 +337,8 @@ def test_reused_results_are_counted_apart_and_written_as_they_were(tmp_path: Pat
         counts = store.write_results(["a", "b"], out)
     first = out.getvalue().splitlines()[0]
     assert (
-        first == b'{"custom_id":"a","status":"succeeded","response":{"k": 1},"error":null,"batch_id":"old"}'
+        first
+        == b'{"custom_id":"a","line":null,"status":"succeeded","response":{"k": 1},"error":null,"batch_id":"old"}'
     )
     assert (counts.succeeded, counts.reused, counts.usage.input_tokens) == (2, 1, 3)
 
