@@ -9,7 +9,6 @@ import pytest
 
 from openai_batch import prepare as prepare_module
 from openai_batch.layout import ORDER_LINES_FILE
-from openai_batch.results import read_order_lines
 from openai_batch.limits import DEFAULT_LIMITS, BatchLimits
 from openai_batch.prepare import (
     NoValidRequestsError,
@@ -17,6 +16,7 @@ from openai_batch.prepare import (
     default_id_prefix,
     prepare_requests,
 )
+from openai_batch.results import read_order_lines
 
 CHAT = "/v1/chat/completions"
 EMB = "/v1/embeddings"

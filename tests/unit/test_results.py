@@ -336,9 +336,9 @@ def test_reused_results_are_counted_apart_and_written_as_they_were(tmp_path: Pat
         out = io.BytesIO()
         counts = store.write_results(["a", "b"], out)
     first = out.getvalue().splitlines()[0]
-    assert (
-        first
-        == b'{"custom_id":"a","line":null,"status":"succeeded","response":{"k": 1},"error":null,"batch_id":"old"}'
+    assert first == (
+        b'{"custom_id":"a","line":null,"status":"succeeded","response":{"k": 1},'
+        b'"error":null,"batch_id":"old"}'
     )
     assert (counts.succeeded, counts.reused, counts.usage.input_tokens) == (2, 1, 3)
 
