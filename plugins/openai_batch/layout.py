@@ -22,6 +22,7 @@ __all__ = [
     "SHARD_PATTERN",
     "round_file",
     "day_of",
+    "dated_folder",
     "progress_file_name",
     "shard_state_file",
     "take_file",
@@ -86,3 +87,17 @@ def utc_day(epoch: float | None = None) -> str:
 def day_of(moment: _HasStrftime) -> str:
     """Return the day of a date or datetime (a run's logical date, in its own zone) as ``YYYY-MM-DD``."""
     return str(moment.strftime(DAY_FORMAT))
+
+
+def dated_folder(key: str) -> str | None:
+    """Return ``D`` when ``key`` (a path relative to the inbox) lies directly in a day folder ``D/``."""
+    import datetime as dt
+
+    parts = key.split("/")
+    if len(parts) != 2:
+        return None
+    try:
+        dt.datetime.strptime(parts[0], DAY_FORMAT)
+    except ValueError:
+        return None
+    return parts[0] if len(parts[0]) == 10 else None

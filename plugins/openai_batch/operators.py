@@ -21,12 +21,13 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 from openai_batch.apierrors import maps_api_errors
 from openai_batch.budget import NoCapacityError
 from openai_batch.deferral import too_big_message, wait_for_capacity
-from openai_batch.layout import MANIFEST_FILE, ORDER_FILE, PLAN_FILE, REJECTS_FILE, RESULTS_FILE, day_of
+from openai_batch.layout import MANIFEST_FILE, ORDER_FILE, PLAN_FILE, REJECTS_FILE, RESULTS_FILE
 from openai_batch.limits import MAX_REQUESTS_PER_BATCH
 from openai_batch.plans import error_plan, state_dir_name
 from openai_batch.plans import variant as split_variant
 from openai_batch.preparation import BadSettingError, ContentPreparer, results_complete
 from openai_batch.pricing import format_usd
+from openai_batch.runinfo import file_partition, run_type
 from openai_batch.service import (
     capacity_key,
     load_state,
@@ -82,14 +83,6 @@ _LOG = logging.getLogger(__name__)
 MAX_WRITE_CHECK = 10.0
 
 
-def run_partition(context: Context) -> str:
-    """Return the run's date: its logical date, or the date it ran when it has none (for the manifest)."""
-    logical_date = context.get("logical_date")
-    if logical_date is not None:
-        return day_of(logical_date)
-    return day_of(context["dag_run"].run_after)
-
-
 class OpenAIBatchPrepareOperator(BaseOperator):
     """
     Validate, normalize and split one JSONL request file into shards ready to upload.
@@ -109,7 +102,8 @@ class OpenAIBatchPrepareOperator(BaseOperator):
     :param max_requests_per_batch: At most this many requests per batch (ceiling 50,000). (templated)
     :param plan_only: Write the plan and the rejects only; upload nothing (the ``dry_run`` param). (templated)
     :param force: Process the file again even if its results exist for the same content. (templated)
-    :param partition: The run date for the manifest; default: the logical or run date. (templated)
+    :param partition: The day for the manifest; default: the date of a scheduled or backfill run,
+        else the file's day folder (``<inbox>/D/``), else none. (templated)
     :param max_input_bytes: Cap on the decompressed size of a ``*.jsonl.gz`` input; one above it
         gets an error plan. Empty: 100 GiB. (templated)
     :param ledger_dir: The deployment's ledger folder: every request is claimed in its request record,
@@ -200,7 +194,6 @@ class OpenAIBatchPrepareOperator(BaseOperator):
 
         from openai_batch.storage import InputFile, is_url
 
-        partition = self.partition or run_partition(context)
         try:
             ref = self.input_ref()
         except AirflowFailException as err:
@@ -209,7 +202,10 @@ class OpenAIBatchPrepareOperator(BaseOperator):
             listed = self.listed_ref()
             if listed is None:
                 raise
+            partition = self.partition or file_partition(context, listed.display)
             return self._unreadable(listed, partition, f"{listed.display}: refused: {err}")
+        # The run's day (scheduled, backfill), else the file's day folder, else none.
+        partition = self.partition or file_partition(context, ref.display)
         folder = to_path(self.results_root) / ref.folder
         # ref.source is the checked real path: to_path would resolve it again, following a swapped link.
         src = to_path(ref.source) if is_url(ref.source) else ObjectStoragePath(ref.source)
@@ -225,7 +221,12 @@ class OpenAIBatchPrepareOperator(BaseOperator):
             return self._execute_opened(context, ref, folder, opened, partition)
 
     def _execute_opened(
-        self, context: Context, ref: InputRef, folder: ObjectStoragePath, src: InputFile, partition: str
+        self,
+        context: Context,
+        ref: InputRef,
+        folder: ObjectStoragePath,
+        src: InputFile,
+        partition: str | None,
     ) -> dict[str, Any]:
         base: dict[str, Any] = {
             "source": ref.source,
@@ -329,7 +330,7 @@ class OpenAIBatchPrepareOperator(BaseOperator):
         except (EOFError, zlib.error, gzip.BadGzipFile, InputTooLargeError):
             return None  # a corrupt or too large archive: the prepare pass words the error
 
-    def _unreadable(self, ref: InputRef, partition: str, error: str) -> dict[str, Any]:
+    def _unreadable(self, ref: InputRef, partition: str | None, error: str) -> dict[str, Any]:
         """Return the error plan of an input that cannot be opened (gone, not a file, a link, no access)."""
         folder = to_path(self.results_root) / ref.folder
         # Nothing was read: the plan is for "no content", so the file is taken again once readable.
@@ -633,6 +634,7 @@ class OpenAIBatchWriteResultsOperator(BaseOperator):
             "output_tokens": manifest["usage"]["output_tokens"],
             "cost_usd": manifest["estimated_cost_usd"],
         }
+        manifest["run_id"], manifest["run_type"] = str(context.get("run_id")), run_type(context)
         write_json(out / MANIFEST_FILE, manifest)
         self._mark_done(context, plan)
         from openai_batch.metrics import emit_file_metrics

@@ -128,13 +128,17 @@ class Counts(TypedDict):
 class Manifest(TypedDict):
     """``manifest.json`` in each input file's result folder."""
 
+    manifest_version: int  # 2 (see results_io.MANIFEST_VERSION); absent: 1
+    run_id: str
+    run_type: str  # manual, scheduled, backfill, asset_triggered
+    cost_unknown_reason: str | None
     input: str
     input_key: str
     input_sha256: str
     input_raw_sha256: str | None
     input_stat: dict[str, int] | None
     input_changed_after_taken: bool
-    partition: str | None
+    partition: str | None  # the run's day (scheduled, backfill) or the file's day folder, else null
     state_dir: str
     counts: Counts
     estimate: TokenCost

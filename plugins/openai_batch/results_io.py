@@ -358,6 +358,11 @@ def _local_copy(src: ObjectStoragePath, tmp: Path) -> Path:
     return dest
 
 
+#: 2: ``batches[].shard`` counts from 1; ``run_id``, ``run_type``, ``cost_unknown_reason``; ``partition``
+#: is null unless the run or the file's folder has a day. 1 (no key): shards from 0.
+MANIFEST_VERSION = 2
+
+
 def build_manifest(plan: dict[str, Any], states: list[ShardState], counts: ResultCounts) -> dict[str, Any]:
     """Return the manifest: input, hash, counts, batches with their rounds, usage and estimated cost."""
     from openai_batch.pricing import is_unpriced, usage_cost_usd
@@ -376,7 +381,7 @@ def build_manifest(plan: dict[str, Any], states: list[ShardState], counts: Resul
         for rnd in state.rounds:
             batches.append(
                 {
-                    "shard": state.index,
+                    "shard": state.index + 1,  # numbered from 1, as the UI and the task labels do
                     "round": rnd.round,
                     "attempt": rnd.attempt,
                     "batch_id": rnd.batch_id,
@@ -395,6 +400,7 @@ def build_manifest(plan: dict[str, Any], states: list[ShardState], counts: Resul
             cost = None if cost is None or part is None else cost + part
     unpriced = sorted({s.model for s in states if is_unpriced(s.model, s.endpoint)})
     return {
+        "manifest_version": MANIFEST_VERSION,
         "input": plan["source"],
         "input_key": plan["key"],
         "input_sha256": plan["input_sha256"],
@@ -427,6 +433,14 @@ def build_manifest(plan: dict[str, Any], states: list[ShardState], counts: Resul
             "cached_tokens": usage.get("cached_tokens", 0),
             "reasoning_tokens": usage.get("reasoning_tokens", 0),
         },
+        # The cost of the tokens the API reported, at the batch prices of openai_batch.pricing:
+        # the same number as actual.cost_usd (the contract's name; estimate.cost_usd is the one
+        # made before sending). None, with cost_unknown_reason, when a model has no price.
         "estimated_cost_usd": round(cost, 6) if cost is not None else None,
+        "cost_unknown_reason": (
+            f"no batch price for model(s) {', '.join(unpriced)} in openai_batch.pricing.PRICES"
+            if cost is None and unpriced
+            else None
+        ),
         "service_anomalies": total_anomalies,
     }

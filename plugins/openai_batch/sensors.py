@@ -12,9 +12,10 @@ from airflow.sdk.exceptions import AirflowException
 from openai_batch.apierrors import maps_api_errors
 from openai_batch.budget import NoCapacityError, ledger_for, limit_for, parse_limits, shard_estimates
 from openai_batch.deferral import wait_for_capacity
-from openai_batch.layout import BORROWED, day_of, round_file, utc_day
+from openai_batch.layout import BORROWED, round_file, utc_day
 from openai_batch.retry import DEFAULT_RETRY_ROUNDS
 from openai_batch.rounds import after_collect, hit_token_limit, on_wait_end, token_limit_delay
+from openai_batch.runinfo import run_date
 from openai_batch.service import capacity_key, load_state, save_state, submit_round
 from openai_batch.storage import allowed_roots, join_pattern, to_path
 from openai_batch.ui.links import OpenAIBatchResultsLink
@@ -57,20 +58,6 @@ def claim_stale_after() -> float:
     from openai_batch.records import STALE_AFTER
 
     return float(conf.getfloat("openai_batch", "claim_stale_after", fallback=STALE_AFTER))
-
-
-#: Run types that take their date's partition; every other run (a person's, an asset's) takes ``input``.
-PARTITIONED_RUN_TYPES = frozenset({"scheduled", "backfill"})
-
-
-def run_date(context: Context) -> str | None:
-    """Return the partition date (``YYYY-MM-DD``) of a scheduled or backfill run, else None."""
-    dag_run = context.get("dag_run")
-    run_type = str(getattr(getattr(dag_run, "run_type", None), "value", getattr(dag_run, "run_type", "")))
-    logical_date = context.get("logical_date")
-    if run_type not in PARTITIONED_RUN_TYPES or logical_date is None:
-        return None
-    return day_of(logical_date)
 
 
 def input_pattern(input_param: str | None, inbox: str, context: Context) -> str:

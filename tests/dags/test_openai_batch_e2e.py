@@ -127,6 +127,13 @@ def test_mixed_file_end_to_end(pipeline: dict[str, Any]) -> None:
     assert manifest["estimated_cost_usd"] is not None
     assert manifest["estimated_cost_usd"] > 0
     assert len(manifest["input_sha256"]) == 64
+    # Version 2: the run that wrote it, shards numbered as the UI does, no day for a manual run
+    # over the inbox root, and no reason for an unknown cost when every model has a price.
+    assert manifest["manifest_version"] == 2
+    assert (manifest["run_id"], manifest["run_type"]) == (dag_run.run_id, "manual")
+    assert manifest["partition"] is None
+    assert sorted(b["shard"] for b in manifest["batches"]) == [1, 2, 3]
+    assert manifest["cost_unknown_reason"] is None
 
 
 def test_same_content_is_not_submitted_twice(pipeline: dict[str, Any]) -> None:

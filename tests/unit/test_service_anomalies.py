@@ -110,6 +110,10 @@ def test_every_kind_of_stray_line_is_counted_and_none_is_fatal(
 
     manifest = build_manifest(_plan(4), [state], counts)
     assert manifest["service_anomalies"] == expected
+    # Model "m" has no price: the cost is unknown, and the manifest says why.
+    assert manifest["estimated_cost_usd"] is None
+    assert manifest["cost_unknown_reason"] == "no batch price for model(s) m in openai_batch.pricing.PRICES"
+    assert manifest["batches"][0]["shard"] == 1  # numbered from 1, as the UI does
     assert manifest["batches"][0]["service_anomalies"] == expected
 
     (record,) = [r for r in caplog.records if r.levelno == logging.WARNING]

@@ -256,9 +256,10 @@ def file_view(index: int, plan: dict[str, Any], results_root: Path) -> FileView:
         view.usage = dict(manifest.get("usage") or {})
         view.cost_usd = manifest.get("estimated_cost_usd")
         view.error = manifest.get("error")
+        first_shard = 1 if manifest.get("manifest_version", 1) >= 2 else 0  # BatchRow counts from 0
         view.batches = [
             BatchRow(
-                int(b.get("shard", 0)),
+                int(b.get("shard", 0)) - first_shard,
                 int(b.get("round", 0)),
                 b.get("batch_id"),
                 b.get("status"),
