@@ -156,3 +156,24 @@ def test_pages_show_the_capacity_in_use_and_the_waiting_shards(
     html = client.get(f"/openai-batch/dags/{DAG_ID}", headers=headers).text
     assert '<td data-cap="tokens">0</td><td data-cap="limit">2,000</td><td data-cap="batches">0</td>' in html
     assert "Waiting for capacity" not in html
+
+
+def test_a_skipped_file_says_so_and_names_the_run_that_wrote_its_results(
+    finished_run: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    again = run_dag({"input": "alpha.jsonl"})
+    assert again.state == "success", task_states(again)
+    client = api_client(monkeypatch, all_admins=True)
+    html = client.get(f"/openai-batch/runs/{DAG_ID}/{again.run_id}").text
+    assert f"skipped: results complete since run {finished_run['run_id']}" in html
+    assert ">written<" not in html  # this run wrote nothing
+
+
+def test_an_unknown_cost_says_why(pipeline: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    write_input(pipeline["inbox"] / "local.jsonl", [full_line("l0", "hi", model="my-local-llama")])
+    dag_run = run_dag({"input": "local.jsonl"})
+    assert dag_run.state == "success", task_states(dag_run)
+    client = api_client(monkeypatch, all_admins=True)
+    html = client.get(f"/openai-batch/runs/{DAG_ID}/{dag_run.run_id}").text
+    assert 'Estimated cost: <b class="cost">unknown</b>' in html
+    assert "no batch price for model(s) my-local-llama in openai_batch.pricing.PRICES" in html

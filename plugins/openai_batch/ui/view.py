@@ -54,6 +54,7 @@ class FileView:
     counts: dict[str, Any] = field(default_factory=dict)
     usage: dict[str, Any] = field(default_factory=dict)
     cost_usd: float | None = None
+    cost_unknown_reason: str | None = None
     batches: list[BatchRow] = field(default_factory=list)
     rejects: list[str] = field(default_factory=list)
     files: list[str] = field(default_factory=list)
@@ -246,15 +247,20 @@ def file_view(index: int, plan: dict[str, Any], results_root: Path) -> FileView:
     manifest = _read_json(out / MANIFEST_FILE)
     state_dir = local_folder(str(plan.get("state_dir") or ""))
     view = FileView(index, key, "running", error=plan.get("error"))
+    view_skipped = "skipped (results exist for this content)"
     if plan.get("skipped"):
-        view.state = "skipped (results exist for this content)"
+        view.state = view_skipped
     elif plan.get("dry_run"):
         view.state = "dry run"
     if isinstance(manifest, dict) and manifest.get("input_sha256") == plan.get("input_sha256"):
         view.state = "failed" if manifest.get("error") else "written"
+        if plan.get("skipped"):  # the results shown are an earlier run's: say so
+            since = manifest.get("run_id")
+            view.state = f"skipped: results complete since run {since}" if since else view_skipped
         view.counts = dict(manifest.get("counts") or {})
         view.usage = dict(manifest.get("usage") or {})
         view.cost_usd = manifest.get("estimated_cost_usd")
+        view.cost_unknown_reason = manifest.get("cost_unknown_reason")
         view.error = manifest.get("error")
         first_shard = 1 if manifest.get("manifest_version", 1) >= 2 else 0  # BatchRow counts from 0
         view.batches = [
@@ -343,7 +349,13 @@ def render_file(view: FileView, file_href: str) -> str:
             f"<p>Tokens: {_e(view.usage.get('input_tokens', 0))} input, "
             f"{_e(view.usage.get('output_tokens', 0))} output, "
             f"{_e(view.usage.get('cached_tokens', 0))} cached."
-            f' Estimated cost: <b class="cost">{_e(format_usd(view.cost_usd))}</b></p>'
+            f' Estimated cost: <b class="cost">{_e(format_usd(view.cost_usd))}</b>'
+            + (
+                f' <span class="why">({_e(view.cost_unknown_reason)})</span>'
+                if view.cost_unknown_reason
+                else ""
+            )
+            + "</p>"
         )
     if view.batches:
         parts.append(
