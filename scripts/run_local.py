@@ -36,8 +36,12 @@ def http(method: str, url: str, body: Any = None, timeout: float = 10.0) -> Any:
 
 
 def wait_until(check: Any, what: str, timeout: float, procs: list[subprocess.Popen[bytes]]) -> Any:
-    deadline = time.monotonic() + timeout
+    started = time.monotonic()
+    deadline, said = started + timeout, started
     while time.monotonic() < deadline:
+        if time.monotonic() - said >= 15:  # a word now and then: a cold start takes a minute or two
+            said = time.monotonic()
+            log(f"still waiting for {what} ({said - started:.0f}s)")
         for proc in procs:
             if proc.poll() is not None:
                 raise SystemExit(f"{what}: a process exited early with code {proc.returncode}: {proc.args}")
@@ -138,6 +142,9 @@ def airflow_env(
     worker_logs, trigger_logs = log_server_ports(ui_port)
     env.setdefault("AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT", str(worker_logs))
     env.setdefault("AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT", str(trigger_logs))
+    # LocalExecutor runs this many task processes (Airflow's default, 32, is about 1.7 GiB of idle
+    # workers): waits are deferred and hold none, so four per core keeps a laptop responsive.
+    env.setdefault("AIRFLOW__CORE__PARALLELISM", str(local_parallelism()))
     env.update(
         {
             "AIRFLOW_HOME": str(home),
@@ -161,6 +168,11 @@ def airflow_env(
         env["AIRFLOW_VAR_OPENAI_BATCH_INBOX"] = str(inbox)
         env["AIRFLOW_VAR_OPENAI_BATCH_RESULTS"] = str(results)
     return env
+
+
+def local_parallelism(cpus: int | None = None) -> int:
+    """Return how many task processes a local stack runs at once: four per core, 4 to 32."""
+    return max(4, min(32, 4 * (cpus or os.cpu_count() or 1)))
 
 
 def log_server_ports(ui_port: int) -> tuple[int, int]:

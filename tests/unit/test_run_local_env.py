@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import psutil
 import pytest
 
-from scripts.run_local import ROOT, airflow_env, log_server_ports, write_airflow_command
+from scripts.run_local import ROOT, airflow_env, local_parallelism, log_server_ports, write_airflow_command
 from tests.deploy.processes import free_port
 
 if TYPE_CHECKING:
@@ -31,6 +31,13 @@ def test_log_server_ports_follow_the_ui_port(tmp_path: Path) -> None:
     assert env["AIRFLOW__API__PORT"] == "9120"
     # The airflow command standalone finds first on PATH is the one that binds to 127.0.0.1.
     assert env["PATH"].split(":")[0] == str(tmp_path / "bin")
+
+
+def test_a_local_stack_runs_a_few_task_processes_per_core_not_airflows_32(tmp_path: Path) -> None:
+    assert [local_parallelism(n) for n in (1, 2, 4, 16)] == [4, 8, 16, 32]
+    assert _env(tmp_path, 9120)["AIRFLOW__CORE__PARALLELISM"] == str(local_parallelism())
+    chosen = _env(tmp_path, 9120, {"AIRFLOW__CORE__PARALLELISM": "3"})
+    assert chosen["AIRFLOW__CORE__PARALLELISM"] == "3"  # a deployer's own setting wins
 
 
 def test_ports_set_explicitly_win(tmp_path: Path) -> None:
