@@ -658,7 +658,10 @@ class OpenAIBatchWriteResultsOperator(BaseOperator):
             format_usd(manifest["estimated_cost_usd"]),
             out,
         )
-        summary = {k: manifest[k] for k in ("input", "input_sha256", "counts", "usage", "estimated_cost_usd")}
+        summary = {
+            k: manifest[k]
+            for k in ("input", "input_sha256", "counts", "usage", "estimated_cost_usd", "by_model")
+        }
         summary["results"] = url_of(out / RESULTS_FILE)
         self._emit_asset_event(context, summary)
         return summary

@@ -149,6 +149,7 @@ class Manifest(TypedDict):
     rounds: int
     batches: list[dict[str, Any]]
     service_anomalies: dict[str, int]
+    by_model: dict[str, dict[str, Any]]  # {model: {input_tokens, output_tokens, cost_usd}} of its batches
     from_cache: list[str]
     results_sha256: str
     results_bytes: int

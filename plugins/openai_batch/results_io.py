@@ -358,8 +358,9 @@ def _local_copy(src: ObjectStoragePath, tmp: Path) -> Path:
     return dest
 
 
-#: 2: ``batches[].shard`` counts from 1; ``run_id``, ``run_type``, ``cost_unknown_reason``; ``partition``
-#: is null unless the run or the file's folder has a day. 1 (no key): shards from 0.
+#: 2: ``batches[].shard`` counts from 1; ``run_id``, ``run_type``, ``cost_unknown_reason``,
+#: ``by_model``; ``partition`` is null unless the run or the file's folder has a day.
+#: 1 (no key): shards from 0.
 MANIFEST_VERSION = 2
 
 
@@ -371,6 +372,7 @@ def build_manifest(plan: dict[str, Any], states: list[ShardState], counts: Resul
     counts_dict = counts.to_dict()
     usage = counts_dict.pop("usage", None) or {}
     cost: float | None = 0.0
+    by_model: dict[str, dict[str, Any]] = {}  # tokens and cost of this content's batches, per model
     batches = []
     found = counts.service_anomalies
     total_anomalies = dict.fromkeys(ANOMALY_KINDS, 0)
@@ -398,6 +400,10 @@ def build_manifest(plan: dict[str, Any], states: list[ShardState], counts: Resul
             )
             part = usage_cost_usd(state.endpoint, state.model, rnd.usage)
             cost = None if cost is None or part is None else cost + part
+            used = by_model.setdefault(state.model, {"input_tokens": 0, "output_tokens": 0, "cost_usd": 0.0})
+            used["input_tokens"] += int((rnd.usage or {}).get("input_tokens") or 0)
+            used["output_tokens"] += int((rnd.usage or {}).get("output_tokens") or 0)
+            used["cost_usd"] = None if used["cost_usd"] is None or part is None else used["cost_usd"] + part
     unpriced = sorted({s.model for s in states if is_unpriced(s.model, s.endpoint)})
     return {
         "manifest_version": MANIFEST_VERSION,
@@ -443,4 +449,8 @@ def build_manifest(plan: dict[str, Any], states: list[ShardState], counts: Resul
             else None
         ),
         "service_anomalies": total_anomalies,
+        "by_model": {
+            model: {**used, "cost_usd": None if used["cost_usd"] is None else round(used["cost_usd"], 6)}
+            for model, used in sorted(by_model.items())
+        },
     }

@@ -177,3 +177,20 @@ def test_an_unknown_cost_says_why(pipeline: dict[str, Any], monkeypatch: pytest.
     html = client.get(f"/openai-batch/runs/{DAG_ID}/{dag_run.run_id}").text
     assert 'Estimated cost: <b class="cost">unknown</b>' in html
     assert "no batch price for model(s) my-local-llama in openai_batch.pricing.PRICES" in html
+
+
+def test_the_dag_tab_sums_up_each_run_and_charts_cost_and_tokens_by_model(
+    finished_run: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client = api_client(monkeypatch, all_admins=True)
+    html = client.get(f"/openai-batch/dags/{DAG_ID}").text
+    run_id = finished_run["run_id"]
+    row = html[html.index(f"<tr data-run='{run_id}'>") :]
+    row = row[: row.index("</tr>")]
+    assert "<td data-count='succeeded'>4</td>" in row  # alpha's 3 and beta's 1
+    assert "<td data-count='rejected'>1</td>" in row
+    assert "<td class='cost'>$" in row
+    assert f"target='_top' href='../../dags/{DAG_ID}/runs/" in row  # Airflow's own run page
+    assert html.count("<svg class='chart'") == 2
+    for model in ("gpt-4o-mini", "gpt-4o"):
+        assert f"data-model='{model}'" in html

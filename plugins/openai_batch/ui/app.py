@@ -43,6 +43,7 @@ if TYPE_CHECKING:
 
 PREFIX = "/openai-batch"
 PREPARE_TASK = "prepare"
+WRITE_TASK = "write_results"
 REFRESH_SECONDS = 10
 
 READ_RUNS = [Depends(requires_access_dag(method="GET", access_entity=DagAccessEntity.RUN))]
@@ -219,22 +220,67 @@ def _chunks(fd: int) -> Iterator[bytes]:
 
 @app.get("/dags/{dag_id}", response_class=HTMLResponse, dependencies=READ_RUNS)
 def dag_page(dag_id: str, session: SessionDep, user: GetUserDep) -> HTMLResponse:
-    """List the DAG's recent runs with a link to each run's results."""
+    """List the DAG's recent runs (files, outcomes, cost) and chart cost and tokens per day and model."""
+    import datetime as dt
+
     from airflow.models.dagrun import DagRun
     from sqlalchemy import select
 
+    from openai_batch.ui.history import DAYS, daily_by_model, render_charts, render_runs, summarize_run
+
     runs = session.execute(
-        select(DagRun.run_id, DagRun.state, DagRun.run_after)
+        select(DagRun.run_id, DagRun.state, DagRun.run_type, DagRun.run_after)
         .where(DagRun.dag_id == dag_id)
         .order_by(DagRun.run_after.desc())
         .limit(25)
     ).all()
-    rows = "".join(
-        f"<tr><td class='l'><a href='../runs/{quote(dag_id, safe='')}/{quote(r.run_id, safe='')}'>"
-        f"{_esc(r.run_id)}</a></td><td class='l'>{_esc(str(r.state))}</td>"
-        f"<td class='l'>{r.run_after}</td></tr>"
+    today = dt.datetime.now(dt.UTC).date()
+    since = dt.datetime.combine(today - dt.timedelta(days=DAYS - 1), dt.time(), tzinfo=dt.UTC)
+    written = _task_returns(session, dag_id, WRITE_TASK, since, [r.run_id for r in runs])
+    planned = _task_returns(session, dag_id, PREPARE_TASK, None, [r.run_id for r in runs])
+    summaries = [
+        summarize_run(
+            r.run_id,
+            str(r.state),
+            str(getattr(r.run_type, "value", r.run_type)),
+            str(r.run_after)[:19],
+            len(planned.get(r.run_id, [])),
+            [v for _, v in written.get(r.run_id, [])],
+        )
         for r in runs
-    )
-    head = "<tr><th class='l'>run</th><th class='l'>state</th><th class='l'>run after</th></tr>"
-    table = f"<table>{head}{rows}</table>"
-    return html_page(render_page(f"{dag_id}: recent runs", table + capacity_section(user)))
+    ]
+    rows = [(day, value) for returns in written.values() for day, value in returns if day]
+    body = render_runs(dag_id, summaries) + render_charts(daily_by_model(rows, today))
+    return html_page(render_page(f"{dag_id}: recent runs", body + capacity_section(user)))
+
+
+def _task_returns(
+    session: Session, dag_id: str, task_id: str, since: Any, run_ids: list[str]
+) -> dict[str, list[tuple[str, dict[str, Any]]]]:
+    """
+    Return ``{run_id: [(day, value)]}``: what ``task_id`` returned (dicts), with the day of its run.
+
+    Of the runs ``run_ids`` and, with ``since``, of every run after it too.
+    """
+    from airflow.models.dagrun import DagRun
+    from airflow.models.xcom import XComModel
+    from sqlalchemy import or_, select
+
+    wanted = XComModel.run_id.in_(run_ids)
+    rows = session.execute(
+        select(XComModel, DagRun.run_after)
+        .join(DagRun, (DagRun.dag_id == XComModel.dag_id) & (DagRun.run_id == XComModel.run_id))
+        .where(
+            XComModel.dag_id == dag_id,
+            XComModel.task_id == task_id,
+            XComModel.key == "return_value",
+            wanted if since is None else or_(wanted, DagRun.run_after >= since),
+        )
+        .order_by(XComModel.run_id, XComModel.map_index)
+    ).all()
+    out: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+    for xcom, run_after in rows:
+        value = XComModel.deserialize_value(xcom)
+        if isinstance(value, dict):
+            out.setdefault(xcom.run_id, []).append((run_after.date().isoformat() if run_after else "", value))
+    return out
