@@ -83,6 +83,29 @@ def test_finished_run_tab_shows_each_files_counts_and_cost(standalone: Standalon
         )
         assert links["extra_links"] == {"Batch results": f"/openai-batch/runs/{DAG_ID}/{quoted(run_id)}"}
 
+    # The DAG's Batch runs tab: the run's line (files, outcomes, cost), the charts by model, and a
+    # link to Airflow's own page of the run. Airflow frames plugin pages in a sandbox without top
+    # navigation, so inside the tab the link (target _top) cannot leave the frame; it opens the run
+    # page when the tab's page is opened on its own.
+    page.goto(f"{stack.url}/dags/{DAG_ID}/plugin/openai-batch-runs")
+    runs = page.frame_locator("iframe")
+    line = runs.locator(f"tr[data-run='{run_id}']")
+    assert line.locator("td[data-count='succeeded']").inner_text() == "5"
+    assert line.locator("td[data-count='rejected']").inner_text() == "1"
+    assert re.fullmatch(r"\$\d+\.\d+", line.locator(".cost").inner_text())
+    assert runs.locator("svg.chart").count() == 2
+    assert runs.locator("svg.chart rect[data-model='gpt-4o-mini']").count() >= 1
+    shot(page, "runs-view.png")
+    href = line.get_by_role("link", name=run_id).get_attribute("href")
+    assert href is not None
+    target = urllib.parse.urljoin(f"{stack.url}/openai-batch/dags/{DAG_ID}", href)
+    assert target == f"{stack.url}/dags/{DAG_ID}/runs/{quoted(run_id)}"
+    page.goto(f"{stack.url}/openai-batch/dags/{DAG_ID}")
+    page.locator(f"tr[data-run='{run_id}']").get_by_role("link", name=run_id).click()
+    page.wait_for_url(lambda url: f"/dags/{DAG_ID}/runs/" in url and "/openai-batch/" not in url)
+    page.get_by_text(run_id).first.wait_for()  # Airflow's run page
+    shot(page, "runs-link.png")
+
     # The grid's mapped tasks carry the file and shard labels.
     page.goto(f"{stack.url}/dags/{DAG_ID}/runs/{quoted(run_id)}/tasks/wait_for_batch/mapped")
     page.get_by_text("viewed/reviews.jsonl #1/1").first.wait_for()

@@ -137,7 +137,7 @@ def _bars(daily: dict[str, dict[str, dict[str, float]]], metric: str, title: str
                 f"data-day='{day}' data-model='{_e(model)}' data-value='{value:g}'>"
                 f"<title>{_e(day)} {_e(model)}: {_e(fmt(value))}</title></rect>"
             )
-        if i % 7 == 0 or i == len(daily) - 1:
+        if (i % 7 == 0 and len(daily) - 1 - i >= 4) or i == len(daily) - 1:  # no two labels overlap
             parts.append(f"<text x='{x - 6}' y='{height + 12}' font-size='8'>{_e(day[5:])}</text>")
     legend_x = 32
     for model in models:
