@@ -63,6 +63,19 @@ def free_port() -> int:
         return port
 
 
+def fernet_key_file(home: Path) -> Path:
+    """Return the deployment's Fernet key file, made as compose's airflow-init makes it (once)."""
+    import base64
+    import secrets
+
+    path = home / "fernet.key"
+    if not path.exists():
+        home.mkdir(parents=True, exist_ok=True)
+        path.write_text(base64.urlsafe_b64encode(secrets.token_bytes(32)).decode() + "\n")
+        path.chmod(0o600)
+    return path
+
+
 def distributed_env(
     *,
     home: Path,
@@ -99,7 +112,7 @@ def distributed_env(
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"postgresql+psycopg2://{pg}",
         "AIRFLOW__CELERY__RESULT_BACKEND": f"db+postgresql://{pg}",
         "AIRFLOW__CELERY__BROKER_URL": broker_url,
-        "AIRFLOW__CORE__FERNET_KEY": "",
+        "AIRFLOW__CORE__FERNET_KEY_CMD": f"cat {fernet_key_file(home)}",
         "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),

@@ -182,6 +182,7 @@ _KINDS: dict[str, str] = {
     "AIRFLOW_VAR_OPENAI_BATCH_INBOX": "path",
     "AIRFLOW_VAR_OPENAI_BATCH_RESULTS": "path",
     "AIRFLOW_CONN_OPENAI_DEFAULT": "connection",
+    "AIRFLOW__CORE__FERNET_KEY_CMD": "command",
 }
 
 
@@ -195,6 +196,9 @@ def _same_kind(kind: str, compose_value: str, local_value: str) -> bool:
         return bool(compose_value) and bool(local_value)
     if kind == "path":
         return compose_value.startswith("/") and local_value.startswith("/")
+    if kind == "command":  # the same program on a file of each deployment
+        ours, theirs = shlex.split(local_value), shlex.split(compose_value)
+        return ours[0] == theirs[0] and ours[-1].startswith("/") and theirs[-1].startswith("/")
     if kind == "connection":
         ours, theirs = json.loads(local_value), json.loads(compose_value)
         return set(ours) == set(theirs) and ours["conn_type"] == theirs["conn_type"]
@@ -209,3 +213,51 @@ def test_local_env_values_match_compose(common_env: dict[str, str], local_env: d
     assert json.loads(local_env["AIRFLOW_CONN_OPENAI_DEFAULT"])["host"] == EMULATOR_URL
     apiserver = airflow_commands(API_PORT)["airflow-apiserver"]
     assert int(flag(apiserver, "--port")) == API_PORT
+
+
+@pytest.mark.parametrize(
+    ("key", "url", "refused"),
+    [("sk-real", "", True), ("sk-real", "https://api.openai.com/v1", False), ("", "", False)],
+)
+def test_init_refuses_a_real_key_aimed_at_the_emulator(
+    compose: dict[str, Any], tmp_path: Path, key: str, url: str, refused: bool
+) -> None:
+    """airflow-init stops the stack when OPENAI_API_KEY is set without OPENAI_BASE_URL."""
+    import subprocess
+
+    init = compose["services"]["airflow-init"]
+    script = words(init["command"])[-1].replace("$$", "$")
+    check = script[: script.index("\nfi\n") + 4]  # the first block of the script: the key check
+    env = dict(init["environment"])
+    assert env["OPENAI_BATCH_KEY_GIVEN"] == "${OPENAI_API_KEY:-}"
+    assert env["OPENAI_BATCH_URL_GIVEN"] == "${OPENAI_BASE_URL:-}"
+    done = subprocess.run(
+        ["bash", "-c", check],
+        env={"PATH": "/usr/bin:/bin", "OPENAI_BATCH_KEY_GIVEN": key, "OPENAI_BATCH_URL_GIVEN": url},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert (done.returncode != 0) == refused, done
+    assert ("OPENAI_BASE_URL is not" in done.stderr) == refused
+    assert "sk-real" not in done.stderr  # the message never shows the key
+
+
+def test_the_fernet_key_is_generated_once_and_is_a_valid_key(compose: dict[str, Any], tmp_path: Path) -> None:
+    import subprocess
+
+    from cryptography.fernet import Fernet
+
+    script = words(compose["services"]["airflow-init"]["command"])[-1].replace("$$", "$")
+    (line,) = [x for x in script.splitlines() if "urandom" in x]
+    assert "fernet=/opt/airflow/data/fernet.key" in script
+    generate = f"fernet={tmp_path / 'fernet.key'}\n{line}"
+    subprocess.run(["bash", "-c", generate], check=True)
+    first = (tmp_path / "fernet.key").read_text().strip()
+    Fernet(first.encode())  # raises when it is not a key
+    assert (tmp_path / "fernet.key").stat().st_mode & 0o077 == 0  # readable by its owner only
+    subprocess.run(["bash", "-c", generate], check=True)
+    assert (tmp_path / "fernet.key").read_text().strip() == first  # kept: the database stays readable
+    assert compose["x-airflow-common"]["environment"]["AIRFLOW__CORE__FERNET_KEY_CMD"] == (
+        "cat /opt/airflow/data/fernet.key"
+    )

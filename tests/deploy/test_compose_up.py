@@ -28,6 +28,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 import uuid
@@ -340,7 +341,12 @@ def test_every_image_is_official_by_default_and_overridable() -> None:
 def test_compose_up_survives_worker_kill_and_triggerer_restart(docker_engine: None, tmp_path: Path) -> None:
     started = time.monotonic()
     images = _images()
-    data, logs = tmp_path / "data", tmp_path / "logs"
+    # As the README has a user do it: the containers run as that user's uid (AIRFLOW_UID), who then
+    # copies a file into the inbox and deletes results, without root. The folders' parent must be
+    # reachable by that uid (pytest's tmp_path is not).
+    base = Path(tempfile.mkdtemp(prefix="openai-batch-compose-"))
+    base.chmod(0o755)
+    data, logs = base / "data", base / "logs"
     data.mkdir()
     logs.mkdir()
     api_port, emulator_port = free_port(), free_port()
@@ -356,6 +362,7 @@ def test_compose_up_survives_worker_kill_and_triggerer_restart(docker_engine: No
         OPENAI_BATCH_UI_PORT=str(api_port),
         OPENAI_BATCH_EMULATOR_PORT=str(emulator_port),
         AIRFLOW_JWT_SECRET=uuid.uuid4().hex,
+        AIRFLOW_UID=str(USER_UID),
     )
     compose = Compose(f"openaibatch{uuid.uuid4().hex[:8]}", env, _override(tmp_path / "compose.test.yaml"))
     emulator = f"http://127.0.0.1:{emulator_port}"
@@ -376,8 +383,10 @@ def test_compose_up_survives_worker_kill_and_triggerer_restart(docker_engine: No
         # a second run started by the inbox watcher for the same file would blur those points.
         api("/variables", "POST", {"key": "openai_batch_watch_inbox", "value": "false"})
         assert api(f"/dags/{DAG_ID}", "PATCH", {"is_paused": False})["is_paused"] is False
-        (data / "inbox").mkdir(exist_ok=True)
-        (data / "inbox" / "compose.jsonl").write_text("".join(json.dumps(line) + "\n" for line in INPUT))
+        mine = base / "compose.jsonl"
+        mine.write_text("".join(json.dumps(line) + "\n" for line in INPUT))
+        mine.chmod(0o644)
+        as_user(USER_UID, "cp", str(mine), str(data / "inbox" / "compose.jsonl"))  # cp as the README says
         # Listing batches (before and right after a create) takes 20 s: the submit tasks are mid-call then.
         http_json(
             f"{emulator}/_emulator/faults",
@@ -415,6 +424,9 @@ def test_compose_up_survives_worker_kill_and_triggerer_restart(docker_engine: No
         assert finished["state"] == "success", states
         _assert_recovered(api, run_id, kill, restart)
         _assert_one_batch_per_shard(emulator, _assert_results(data / "results"))
+        # The user owns what the stack wrote: the results can be deleted without root.
+        as_user(USER_UID, "rm", "-r", str(data / "results" / "compose"))
+        assert not (data / "results" / "compose").exists()
         print(
             f"\ntimings: images+build {built - started:.0f}s, up to healthy {healthy - built:.0f}s, "
             f"run {ran - healthy:.0f}s"
@@ -426,10 +438,25 @@ def test_compose_up_survives_worker_kill_and_triggerer_restart(docker_engine: No
     finally:
         volumes = compose.volumes()
         compose.run("down", "--volumes", "--remove-orphans", "--timeout", "20", check=False, timeout=300)
+        shutil.rmtree(base, ignore_errors=True)
     assert volumes, "no volume was mounted: the project did not run"
     leftovers = compose.leftovers(volumes)
     assert leftovers == {"container": [], "network": [], "volume": []}, leftovers
     print(f"total {time.monotonic() - started:.0f}s")
+
+
+#: The uid the stack runs as and the user acts as: neither root nor the image's own 50000.
+USER_UID = 4242
+
+
+def as_user(uid: int, *argv: str) -> None:
+    """Run ``argv`` as ``uid`` (and gid ``uid``, no other group), as a user without root would."""
+    subprocess.run(
+        ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--", *argv],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
 
 
 def _kill_worker_after_first_create(compose: Compose, api: Api, run_id: str, emulator: str) -> dict[str, Any]:
