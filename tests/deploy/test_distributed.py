@@ -66,15 +66,17 @@ def test_dag_runs_on_celery_with_separate_components(
     group = ProcessGroup(tmp_path / "logs")
     started = time.monotonic()
     try:
-        # Batches stay `validating` for 10 s, so the batch sensor finds them unfinished and defers
-        # to the triggerer (a batch already done when the sensor first looks needs no trigger).
+        # Batches stay `validating` for 10 s and then in progress until both waits are deferred (the
+        # emulator's hold_in_progress), so the batch sensors find them unfinished and defer to the
+        # triggerer however slow the machine (a batch already done when a sensor first looks needs
+        # no trigger).
         emulator = emulator_command(emulator_port, tmp_path / "emulator", validating_seconds=10)
         group.start("openai-emulator", emulator, env)
         group.run("airflow-init", INIT_COMMAND, env, timeout=300)
         migrated = time.monotonic()
         for name, argv in airflow_commands(api_port).items():
             group.start(name, argv, env)
-        run = _trigger_and_wait(api, group, inbox)
+        run = _trigger_and_wait(api, group, inbox, f"http://127.0.0.1:{emulator_port}")
         finished = time.monotonic()
         ran_for = {"migrate": migrated - started, "run": finished - migrated}
         print(f"\ndistributed run: migrate {ran_for['migrate']:.0f}s, start+run {ran_for['run']:.0f}s")
@@ -91,7 +93,7 @@ def test_dag_runs_on_celery_with_separate_components(
     assert not survivors, f"process groups still alive after SIGKILL: {survivors}"
 
 
-def _trigger_and_wait(api: str, group: ProcessGroup, inbox: Path) -> dict[str, Any]:
+def _trigger_and_wait(api: str, group: ProcessGroup, inbox: Path, emulator: str) -> dict[str, Any]:
     health = wait_until(
         "api-server, scheduler, triggerer and dag-processor health",
         lambda: _all_healthy(http_json(f"{api}/monitor/health")),
@@ -104,12 +106,22 @@ def _trigger_and_wait(api: str, group: ProcessGroup, inbox: Path) -> dict[str, A
     assert dag["is_paused"] is False
 
     (inbox / "requests.jsonl").write_text("".join(json.dumps(line) + "\n" for line in INPUT_LINES))
+    http_json(f"{emulator}/_emulator/faults", "PUT", {"hold_in_progress": True})
     run = http_json(
         f"{api}/dags/{DAG_ID}/dagRuns",
         "POST",
         {"logical_date": None, "conf": {"input": "requests.jsonl", "poll_interval": 1, "settle_seconds": 0}},
     )
     run_url = f"{api}/dags/{DAG_ID}/dagRuns/{run['dag_run_id']}"
+
+    def both_waits_deferred() -> bool:
+        states = _states(api, run["dag_run_id"])
+        return [v for k, v in states.items() if k.startswith("wait_for_batch[")] == ["deferred"] * 2
+
+    try:
+        wait_until("both batch waits to be deferred", both_waits_deferred, timeout=RUN_TIMEOUT, alive=group)
+    finally:
+        http_json(f"{emulator}/_emulator/faults", "PUT", {"hold_in_progress": False})
     finished: dict[str, Any] = wait_until(
         f"run {run['dag_run_id']} to finish",
         lambda: (lambda r: r if r["state"] in TERMINAL else None)(http_json(run_url)),
