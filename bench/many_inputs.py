@@ -95,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--files", type=int, default=0, help="3-line files in the inbox")
     parser.add_argument("--shards", type=int, default=0, help="shards of one more file (one request each)")
     parser.add_argument("--max-map-length", type=int, default=1024)
+    parser.add_argument("--log", help="write the child's output (the task logs) to this file")
     args = parser.parse_args(argv)
     if not args.files and not args.shards:
         parser.error("give --files or --shards")
@@ -122,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
             text=True,
             check=False,
         )
+        if args.log:
+            Path(args.log).write_text(done.stdout + done.stderr)
         if done.returncode != 0 or not done.stdout.strip():
             print(done.stderr[-5000:], file=sys.stderr)
             return done.returncode or 1
