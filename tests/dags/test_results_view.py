@@ -194,3 +194,15 @@ def test_the_dag_tab_sums_up_each_run_and_charts_cost_and_tokens_by_model(
     assert html.count("<svg class='chart'") == 2
     for model in ("gpt-4o-mini", "gpt-4o"):
         assert f"data-model='{model}'" in html
+
+
+def test_each_shard_shows_its_model_and_each_file_where_its_results_are(
+    finished_run: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client = api_client(monkeypatch, all_admins=True)
+    html = client.get(f"/openai-batch/runs/{DAG_ID}/{finished_run['run_id']}").text
+    beta = html[html.index('data-key="beta.jsonl"') :]
+    alpha = html[html.index('data-key="alpha.jsonl"') :]
+    assert "<td class='l batch-model'>gpt-4o</td>" in beta[: beta.index("</section>")]
+    assert "<td class='l batch-model'>gpt-4o-mini</td>" in alpha[: alpha.index("</section>")]
+    assert f"Folder: <code>{finished_run['results'] / 'alpha'}</code>" in html

@@ -42,6 +42,7 @@ class BatchRow:
     status: str | None
     request_counts: dict[str, Any] | None
     live: bool = False
+    model: str | None = None  # the model (or deployment) of the shard
 
 
 @dataclass
@@ -59,6 +60,7 @@ class FileView:
     rejects: list[str] = field(default_factory=list)
     files: list[str] = field(default_factory=list)
     error: str | None = None
+    folder: str | None = None  # where the file's results are written
 
 
 @dataclass
@@ -212,7 +214,7 @@ def _live_rows(state_dir: Path, shards: list[dict[str, Any]]) -> list[BatchRow]:
         index = int(shard["index"])
         record = _read_json(state_dir / shard_state_file(index)) or {}
         if record.get("identity") != shard.get("identity"):
-            rows.append(BatchRow(index, 0, None, "not submitted", None))
+            rows.append(BatchRow(index, 0, None, "not submitted", None, model=shard.get("model")))
             continue
         progress = _read_json(state_dir / progress_file_name(index)) or {}
         for rnd in record.get("rounds") or []:
@@ -222,6 +224,7 @@ def _live_rows(state_dir: Path, shards: list[dict[str, Any]]) -> list[BatchRow]:
                 rnd.get("batch_id"),
                 rnd.get("status"),
                 rnd.get("request_counts"),
+                model=record.get("model") or shard.get("model"),
             )
             ended = row.status in ENDED
             if not ended and row.batch_id and progress.get("batch_id") == row.batch_id:
@@ -246,7 +249,7 @@ def file_view(index: int, plan: dict[str, Any], results_root: Path) -> FileView:
         return FileView(index, key, "unavailable", error="results are not under the results root")
     manifest = _read_json(out / MANIFEST_FILE)
     state_dir = local_folder(str(plan.get("state_dir") or ""))
-    view = FileView(index, key, "running", error=plan.get("error"))
+    view = FileView(index, key, "running", error=plan.get("error"), folder=str(out))
     view_skipped = "skipped (results exist for this content)"
     if plan.get("skipped"):
         view.state = view_skipped
@@ -270,6 +273,7 @@ def file_view(index: int, plan: dict[str, Any], results_root: Path) -> FileView:
                 b.get("batch_id"),
                 b.get("status"),
                 b.get("request_counts"),
+                model=b.get("model"),
             )
             for b in manifest.get("batches") or []
         ]
@@ -359,12 +363,13 @@ def render_file(view: FileView, file_href: str) -> str:
         )
     if view.batches:
         parts.append(
-            "<table class='batches'><tr><th>shard</th><th>round</th><th class='l'>batch</th>"
-            "<th class='l'>status</th><th class='l'>requests</th></tr>"
+            "<table class='batches'><tr><th>shard</th><th class='l'>model</th><th>round</th>"
+            "<th class='l'>batch</th><th class='l'>status</th><th class='l'>requests</th></tr>"
         )
         for b in view.batches:
             parts.append(
-                f"<tr><td>{b.shard + 1}</td><td>{b.round}</td><td class='l'>{_e(b.batch_id)}</td>"
+                f"<tr><td>{b.shard + 1}</td><td class='l batch-model'>{_e(b.model)}</td><td>{b.round}</td>"
+                f"<td class='l'>{_e(b.batch_id)}</td>"
                 f"<td class='l batch-status'>{_e(b.status)}{' (live)' if b.live else ''}</td>"
                 f"<td class='l'>{_progress(b.request_counts)}</td></tr>"
             )
@@ -375,6 +380,8 @@ def render_file(view: FileView, file_href: str) -> str:
             + "".join(f"<li>{_e(r)}</li>" for r in view.rejects)
             + "</ul>"
         )
+    if view.folder and view.files:
+        parts.append(f"<p class='folder'>Folder: <code>{_e(view.folder)}</code></p>")
     if view.files:
         parts.append(
             "<p>"
