@@ -67,6 +67,8 @@ def test_finished_run_tab_shows_each_files_counts_and_cost(standalone: Standalon
         assert re.fullmatch(r"\$\d+\.\d+", section.locator(".cost").inner_text()), section.inner_html()
         assert section.locator(".batch-status").first.inner_text() == "completed"
     assert "line 2:" in tickets.locator(".rejects").inner_text()
+    assert reviews.locator(".batch-model").first.inner_text() == "gpt-4o-mini"  # the model of each shard
+    assert str(stack.results / "viewed" / "reviews") in reviews.locator(".folder").inner_text()
     shot(page, "results-view.png")
 
     # The link to a file opens it from the API server, read only.
@@ -105,6 +107,14 @@ def test_finished_run_tab_shows_each_files_counts_and_cost(standalone: Standalon
     page.wait_for_url(lambda url: f"/dags/{DAG_ID}/runs/" in url and "/openai-batch/" not in url)
     page.get_by_text(run_id).first.wait_for()  # Airflow's run page
     shot(page, "runs-link.png")
+
+    # The same files again: this run sends nothing, and its tab says so and names the run that wrote.
+    again = trigger(stack, "viewed/*.jsonl")
+    assert stack.wait_for_run(again, timeout=240)["state"] == "success", stack.task_states(again)
+    page.goto(f"{stack.url}/dags/{DAG_ID}/runs/{quoted(again)}/plugin/openai-batch-results")
+    skipped = page.frame_locator("iframe").locator('section[data-key="viewed/reviews.jsonl"] .state')
+    assert skipped.inner_text() == f"skipped: results complete since run {run_id}"
+    shot(page, "results-skipped.png")
 
     # The grid's mapped tasks carry the file and shard labels.
     page.goto(f"{stack.url}/dags/{DAG_ID}/runs/{quoted(run_id)}/tasks/wait_for_batch/mapped")
