@@ -24,7 +24,7 @@ $(RUN_STAMP): requirements.txt constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	set -o pipefail; $(BIN)/python -m pip install --progress-bar off -r requirements.txt -c constraints.txt \
-	  | grep --line-buffered -E '^(Collecting|Installing collected|Successfully installed)' | cut -c1-100
+	  | { grep --line-buffered -E '^(Collecting|Installing collected|Successfully installed)' || true; } | cut -c1-100
 	touch $(RUN_STAMP)
 
 # make run: the emulator; make run API=openai: the real, paid API (OPENAI_API_KEY must be set).
