@@ -509,7 +509,7 @@ class OpenAIBatchBorrowTrigger(BaseTrigger):
 MIN_WRITE_WAIT = 10.0
 # One reading of a run's task states per (dag, run, task) and interval, shared by every write
 # trigger of this triggerer that waits in that run: N files cost one call per interval, not N.
-_STATE_READS: dict[tuple[str, str, str], tuple[float, asyncio.Task[dict[str, Any]]]] = {}
+_STATE_READS: dict[tuple[int, str, str, str], tuple[float, asyncio.Future[dict[str, Any]]]] = {}
 
 
 async def _run_task_states(dag_id: str, run_id: str, task_id: str, max_age: float) -> dict[str, Any]:
@@ -517,7 +517,7 @@ async def _run_task_states(dag_id: str, run_id: str, task_id: str, max_age: floa
     from airflow.sdk.execution_time.task_runner import RuntimeTaskInstance
     from asgiref.sync import sync_to_async
 
-    key = (dag_id, run_id, task_id)
+    key = (id(asyncio.get_running_loop()), dag_id, run_id, task_id)  # a reading belongs to its loop
     now = time.monotonic()
     cached = _STATE_READS.get(key)
     if cached is None or now - cached[0] > max_age or (cached[1].done() and cached[1].exception()):
