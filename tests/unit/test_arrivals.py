@@ -243,3 +243,30 @@ def test_one_listing_announces_at_most_max_per_look(
     watcher = _watcher(dirs)
     sizes = [len(watcher.look({})) for _ in range(4)]
     assert sizes == [3, 3, 1, 0]  # every file once, over three listings
+
+
+def test_a_postponed_file_is_announced_again_at_the_next_listing(dirs: dict[str, Path]) -> None:
+    """A file whose shards did not all fit in its run (max_map_length) goes back to the watcher at once."""
+    from openai_batch.operators import OpenAIBatchWriteResultsOperator
+
+    path = _write(dirs["inbox"] / "big.jsonl")
+    watcher = _watcher(dirs)
+    now = time.time()
+    (taken,) = watcher.look({}, now)
+    st = path.stat()
+    stat = FileStat(str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ino)
+    ArrivalRecord(dirs["ledger"] / "arrivals.sqlite").mark([stat], "taken", now, "r1")  # its run took it
+    assert watcher.look({}, now + 1) == []
+    plan = {
+        "key": taken["key"],
+        "source": stat.source,
+        "input_stat": {"size": stat.size, "mtime_ns": stat.mtime_ns, "ino": stat.ino},
+        "postponed": 3,
+        "shards": [],
+    }
+    write = OpenAIBatchWriteResultsOperator(
+        task_id="write_results", plan=plan, ledger_dir=str(dirs["ledger"])
+    )
+    with pytest.raises(AirflowSkipException, match="3 shard\\(s\\) did not fit in this run"):
+        write.execute({"run_id": "r1"})  # type: ignore[arg-type]
+    assert [f["key"] for f in watcher.look({}, now + 2)] == ["big.jsonl"]  # not 26 h later: now
