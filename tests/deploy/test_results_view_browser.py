@@ -116,6 +116,20 @@ def test_finished_run_tab_shows_each_files_counts_and_cost(standalone: Standalon
     assert skipped.inner_text() == f"skipped: results complete since run {run_id}"
     shot(page, "results-skipped.png")
 
+    # A model with no batch price: its cost is unknown, and the tab says why.
+    local = stack.inbox / "viewed-local"
+    local.mkdir()
+    line = request_line("l1", "local").replace('"gpt-4o-mini"', '"my-local-llama"')
+    (local / "local.jsonl").write_text(line + "\n")
+    unpriced = trigger(stack, "viewed-local/*.jsonl")
+    assert stack.wait_for_run(unpriced, timeout=240)["state"] == "success", stack.task_states(unpriced)
+    page.goto(f"{stack.url}/dags/{DAG_ID}/runs/{quoted(unpriced)}/plugin/openai-batch-results")
+    section = page.frame_locator("iframe").locator('section[data-key="viewed-local/local.jsonl"]')
+    assert section.locator(".cost").inner_text() == "unknown"
+    assert section.locator(".why").inner_text() == (
+        "(no batch price for model(s) my-local-llama in openai_batch.pricing.PRICES)"
+    )
+
     # The grid's mapped tasks carry the file and shard labels.
     page.goto(f"{stack.url}/dags/{DAG_ID}/runs/{quoted(run_id)}/tasks/wait_for_batch/mapped")
     page.get_by_text("viewed/reviews.jsonl #1/1").first.wait_for()
