@@ -17,6 +17,7 @@ __all__ = [
     "capacity_summary",
     "drop_stale",
     "drop_stale_waiting",
+    "round_key",
     "usage",
     "waiting_count",
     "waiting_stale_after",
@@ -31,6 +32,11 @@ WAITING_STALE_POLLS = 3
 
 #: ``admit``: take the tokens now; ``wait``: fits once others end; ``never``: larger than the limit.
 Admission = Literal["admit", "wait", "never"]
+
+
+def round_key(identity: str, round_no: int, attempt: int) -> str:
+    """Return the ledger key of one round of a shard: one per batch the shard may create."""
+    return f"{identity}-r{round_no}a{attempt}"
 
 
 def usage(inflight: dict[str, Any], model: str) -> tuple[int, int]:

@@ -167,4 +167,6 @@ def reconcile_capacity(hook: BatchProvider, ledger: Ledger, model: str) -> bool:
 
 def capacity_key(state: ShardState) -> str:
     """Return the ledger key of the state's current round: one per batch the shard may create."""
-    return f"{state.identity}-r{state.current.round}a{state.current.attempt}"
+    from openai_batch.capacity import round_key
+
+    return round_key(state.identity, state.current.round, state.current.attempt)

@@ -203,3 +203,22 @@ def test_capacity_shows_tokens_in_use_per_model_and_the_waiting_shards(tmp_path:
     assert capacity_view(data, limits, since + 80).waiting == []
     assert "no limit" in render_capacity(capacity_view(data, {}, since))
     assert "No batch in flight" in render_capacity(capacity_view({}, {}, since))
+
+
+def test_a_shard_held_back_by_capacity_says_so_and_so_does_its_file(tmp_path: Path) -> None:
+    from openai_batch.budget import Ledger, NoCapacityError, read_ledger
+    from openai_batch.capacity import round_key
+    from openai_batch.ui.view import capacity_view
+
+    plan = plan_for(tmp_path)
+    state_dir = tmp_path / "_state" / "abcd-v1"
+    write_state(state_dir, 0, "id-0", "batch_a", "in_progress")  # shard 1 was admitted and sent
+    ledger = Ledger(tmp_path / "ledger")
+    ledger.admit("other", "gpt-4o-mini", 900, 1000, label="shard 1 of other.jsonl (round 0)")
+    with pytest.raises(NoCapacityError):  # shard 2 (no state record yet) waits for room
+        ledger.admit(round_key("id-1", 0, 0), "gpt-4o-mini", 500, 1000, label="shard 2 of reviews.jsonl")
+    held = capacity_view(read_ledger(tmp_path / "ledger"), {"gpt-4o-mini": 1000}, 0)
+    view = file_view(0, plan, tmp_path, frozenset(w.key for w in held.waiting))
+    assert [b.status for b in view.batches] == ["in_progress", "waiting for capacity"]
+    assert view.state == "waiting for capacity"
+    assert [b.status for b in file_view(0, plan, tmp_path).batches] == ["in_progress", "not submitted"]

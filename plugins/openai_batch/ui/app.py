@@ -89,9 +89,9 @@ def may_see_capacity(user: BaseUser, auth_manager: BaseAuthManager[Any] | None =
     )
 
 
-def capacity_section(user: BaseUser) -> str:
-    """Return the capacity section for a user who may see it, else nothing."""
-    return render_capacity(capacity()) if may_see_capacity(user) else ""
+def capacity_section(user: BaseUser, view: CapacityView | None = None) -> str:
+    """Return the capacity section (``view``, else read now) for a user who may see it, else nothing."""
+    return render_capacity(view or capacity()) if may_see_capacity(user) else ""
 
 
 def _variable(key: str) -> str | None:
@@ -163,15 +163,17 @@ def run_page(dag_id: str, run_id: str, session: SessionDep, user: GetUserDep) ->
         raise HTTPException(404, "no such run")
     root = results_root()
     plans = run_plans(session, dag_id, run_id)
+    held = capacity()  # which shard rounds wait for capacity: each file's rows say so
+    waiting = frozenset(w.key for w in held.waiting)
     sections = [
-        render_file(file_view(i, plan, root), f"{quote(run_id, safe='')}/files/{i}")
+        render_file(file_view(i, plan, root, waiting), f"{quote(run_id, safe='')}/files/{i}")
         for i, plan in enumerate(plans)
     ]
     what = f"{len(plans)} file(s)." if plans else "No file prepared yet."
     body = (
         f"<p>Run <b>{_esc(run_id)}</b>: {_esc(state)}. {what}</p>"
         + "".join(sections)
-        + capacity_section(user)
+        + capacity_section(user, held)
     )
     running = state in ("queued", "running")
     return html_page(render_page(f"{dag_id} results", body, refresh=REFRESH_SECONDS if running else None))

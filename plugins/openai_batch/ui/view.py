@@ -82,6 +82,7 @@ class WaitingShard:
     model: str
     tokens: int
     waited_seconds: float
+    key: str = ""  # the ledger key of the shard round (capacity.round_key)
 
 
 @dataclass
@@ -117,6 +118,7 @@ def capacity_view(ledger: dict[str, Any], limits: dict[str, int], now: float) ->
             str(e["model"]),
             int(e["tokens"]),
             max(0.0, now - float(e["since"])),
+            str(e["key"]),
         )
         for e in summary["waiting"]
     ]
@@ -208,13 +210,21 @@ def first_rejects(path: Path, limit: int = MAX_REJECTS) -> list[str]:
     return out
 
 
-def _live_rows(state_dir: Path, shards: list[dict[str, Any]]) -> list[BatchRow]:
+WAITING_FOR_CAPACITY = "waiting for capacity"
+
+
+def _live_rows(state_dir: Path, shards: list[dict[str, Any]], waiting: frozenset[str]) -> list[BatchRow]:
+    """Return a row per round of each shard from its state record; ``waiting``: ledger keys that wait."""
+    from openai_batch.capacity import round_key
+
     rows: list[BatchRow] = []
     for shard in shards:
         index = int(shard["index"])
         record = _read_json(state_dir / shard_state_file(index)) or {}
         if record.get("identity") != shard.get("identity"):
-            rows.append(BatchRow(index, 0, None, "not submitted", None, model=shard.get("model")))
+            waits = round_key(str(shard.get("identity")), 0, 0) in waiting
+            status = WAITING_FOR_CAPACITY if waits else "not submitted"
+            rows.append(BatchRow(index, 0, None, status, None, model=shard.get("model")))
             continue
         progress = _read_json(state_dir / progress_file_name(index)) or {}
         for rnd in record.get("rounds") or []:
@@ -233,14 +243,23 @@ def _live_rows(state_dir: Path, shards: list[dict[str, Any]]) -> list[BatchRow]:
                     progress.get("request_counts"),
                     True,
                 )
+            elif row.status is None and not row.batch_id:
+                key = round_key(str(record.get("identity")), row.round, int(rnd.get("attempt") or 0))
+                row.status = WAITING_FOR_CAPACITY if key in waiting else "not submitted"
             elif row.status is None:
-                row.status = "submitted" if row.batch_id else "not submitted"
+                row.status = "submitted"
             rows.append(row)
     return rows
 
 
-def file_view(index: int, plan: dict[str, Any], results_root: Path) -> FileView:
-    """Return the view of one file from its plan (the ``prepare`` task's XCom)."""
+def file_view(
+    index: int, plan: dict[str, Any], results_root: Path, waiting: frozenset[str] = frozenset()
+) -> FileView:
+    """
+    Return the view of one file from its plan (the ``prepare`` task's XCom).
+
+    ``waiting``: the ledger keys of the shard rounds waiting for capacity (:class:`CapacityView`).
+    """
     key = str(plan.get("key") or plan.get("source") or f"file {index}")
     out = local_folder(str(plan.get("out_dir") or ""))
     if out is None:
@@ -286,7 +305,9 @@ def file_view(index: int, plan: dict[str, Any], results_root: Path) -> FileView:
             "reused": plan.get("reused"),
         }
         view.cost_usd = None
-        view.batches = _live_rows(state_dir, list(plan.get("shards") or []))
+        view.batches = _live_rows(state_dir, list(plan.get("shards") or []), waiting)
+        if view.state == "running" and any(b.status == WAITING_FOR_CAPACITY for b in view.batches):
+            view.state = WAITING_FOR_CAPACITY
         view.rejects = first_rejects(state_dir / REJECTS_FILE)
     return view
 
