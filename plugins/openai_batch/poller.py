@@ -14,6 +14,7 @@ is sent in a header only and never appears in a message or a log line.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import hashlib
 import json
@@ -36,6 +37,12 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
+
+#: Batches per ``GET /batches`` page (the API's largest page).
+LIST_PAGE_SIZE = 100
+#: Pages a shared round reads beyond one per 100 waits before it reads the rest one by one: newer
+#: batches of other users or runs push a wait's batch further down the listing.
+LIST_EXTRA_PAGES = 1
 
 #: Client keyword arguments the poller understands; anything else (workload identity, a custom
 #: http client, default query parameters) means the caller keeps the SDK's client.
@@ -182,6 +189,8 @@ class BatchStatusPoller:
             raise_for_status=False,
         )
         self.calls = 0
+        self.listings = 0
+        self._rounds = _Rounds(self)
 
     @property
     def closed(self) -> bool:
@@ -190,6 +199,7 @@ class BatchStatusPoller:
 
     async def close(self) -> None:
         """Close the session and its connections."""
+        await self._rounds.close()
         await self._session.close()
 
     async def get_batch(self, batch_id: str) -> dict[str, Any]:
@@ -213,6 +223,49 @@ class BatchStatusPoller:
                 delay = POLL_BACKOFF.delay(attempt)
                 log.debug("Polling batch %s failed (%s); retry %s in %.2fs", batch_id, err, attempt, delay)
                 await asyncio.sleep(delay)
+
+    async def list_page(self, after: str | None = None, limit: int | None = None) -> tuple[list[Any], bool]:
+        """
+        Return one page of ``GET /batches`` (newest first) and whether more pages follow.
+
+        :raises BatchPollError: the page could not be read (no retries: callers fall back to GETs).
+        """
+        query = f"?limit={limit or LIST_PAGE_SIZE}" + (f"&after={after}" if after else "")
+        self.calls += 1
+        self.listings += 1
+        try:
+            url = f"{self.settings.base_url}/batches{query}"
+            async with self._session.get(url, proxy=self.proxy) as response:
+                body = await response.read()
+                status = response.status
+        except (TimeoutError, aiohttp.ClientError) as err:
+            raise BatchPollError(f"listing batches failed: {type(err).__name__}") from None
+        if status != 200:
+            message = self._redact(f"listing batches: HTTP {status}: {_api_message(body)}")
+            raise BatchPollError(message, status)
+        try:
+            page = json.loads(body)
+            data, has_more = page["data"], bool(page.get("has_more"))
+        except (ValueError, KeyError, TypeError):
+            raise BatchPollError("listing batches: the response is not a list", status) from None
+        if not isinstance(data, list):
+            raise BatchPollError("listing batches: the response is not a list", status)
+        return data, has_more
+
+    async def status_after(self, batch_id: str, delay: float) -> dict[str, Any]:
+        """
+        Return the batch's status as read by a shared round between ``delay / 2`` and ``delay`` from now.
+
+        Every wait on the loop that asks with the same settings is answered by the same rounds: a
+        round lists recent batches (``GET /batches``, 100 per call) and answers every wait it
+        finds there, then reads the others one by one. Waits that ask at different moments fall
+        into step after their first round, so N waits cost about ``N / 100`` calls per interval
+        instead of N.
+
+        :raises BatchNotFoundError: the API answered 404 for this batch.
+        :raises BatchPollError: it could not be read in this round.
+        """
+        return await self._rounds.ask(batch_id, delay)
 
     async def _get_once(self, url: str, batch_id: str) -> dict[str, Any]:
         self.calls += 1
@@ -246,6 +299,108 @@ class BatchStatusPoller:
     def _redact(self, text: str) -> str:
         text = redact(text)
         return text.replace(self.settings.api_key, "***") if self.settings.api_key else text
+
+
+@dataclass(eq=False)
+class _Ask:
+    batch_id: str
+    earliest: float
+    deadline: float
+    answer: asyncio.Future[dict[str, Any]]
+
+
+class _Rounds:
+    """
+    The shared status rounds of one poller: one task runs a round when the first wait's deadline
+    comes and answers every wait whose window has opened by then.
+    """
+
+    def __init__(self, poller: BatchStatusPoller) -> None:
+        self.poller = poller
+        self.asks: list[_Ask] = []
+        self.changed = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+        self.rounds = 0
+
+    async def ask(self, batch_id: str, delay: float) -> dict[str, Any]:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        ask = _Ask(batch_id, now + delay / 2, now + delay, loop.create_future())
+        self.asks.append(ask)
+        self.changed.set()
+        if self.task is None or self.task.done():
+            self.task = asyncio.create_task(self._run())
+        return await ask.answer
+
+    async def close(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.task
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            self.asks = [a for a in self.asks if not a.answer.done()]  # cancelled ones (woken by an event)
+            if not self.asks:
+                return
+            self.changed.clear()
+            wait = min(a.deadline for a in self.asks) - loop.time()
+            if wait > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.changed.wait(), wait)
+                continue
+            now = loop.time()
+            due = [a for a in self.asks if a.earliest <= now]
+            self.asks = [a for a in self.asks if a.earliest > now]
+            self.rounds += 1
+            await self._answer(due)
+
+    async def _answer(self, due: list[_Ask]) -> None:
+        wanted = {a.batch_id for a in due}
+        found: dict[str, dict[str, Any]] = {}
+        if len(wanted) > 1:
+            found = await self._from_listing(wanted)
+        missing = sorted(wanted - set(found))
+        results = await asyncio.gather(*(self.poller.get_batch(b) for b in missing), return_exceptions=True)
+        outcome: dict[str, dict[str, Any] | BaseException] = dict(found)
+        outcome.update(zip(missing, results, strict=True))
+        for ask in due:
+            if ask.answer.done():
+                continue
+            value = outcome[ask.batch_id]
+            if isinstance(value, BaseException):
+                error = value if isinstance(value, Exception) else BatchPollError(str(value))
+                ask.answer.set_exception(error)
+            else:
+                ask.answer.set_result(value)
+
+    async def _from_listing(self, wanted: set[str]) -> dict[str, dict[str, Any]]:
+        """Page through recent batches until every wanted one is found or the pages are used up."""
+        found: dict[str, dict[str, Any]] = {}
+        after: str | None = None
+        pages = -(-len(wanted) // LIST_PAGE_SIZE) + LIST_EXTRA_PAGES
+        for _ in range(pages):
+            try:
+                data, has_more = await self.poller.list_page(after)
+            except BatchPollError as err:
+                log.debug("Listing batches failed (%s); reading each batch instead", err)
+                return found
+            for item in data:
+                # Only what was asked for, and only what looks like a batch: the rest reads one by one.
+                if (
+                    isinstance(item, dict)
+                    and item.get("id") in wanted
+                    and isinstance(item.get("status"), str)
+                ):
+                    found[item["id"]] = item
+            if len(found) == len(wanted) or not has_more or not data:
+                break
+            last = data[-1]
+            after = last.get("id") if isinstance(last, dict) else None
+            if not isinstance(after, str):
+                break
+        return found
 
 
 def _api_code(body: bytes) -> str:

@@ -402,9 +402,17 @@ class OpenAIBatchSensor(BaseSensorOperator):
                 poll_interval=float(self.poll_interval),
                 end_time=time.time() + float(self.wait_timeout),
                 cancel_on_kill=self.cancel_on_kill,
+                events_dir=self._events_dir(),
             ),
             method_name="execute_complete",
         )
+
+    def _events_dir(self) -> str | None:
+        """Where the webhook receiver records batch ends (in the local ledger folder), or None."""
+        from openai_batch.webhooks import webhooks_folder
+
+        folder = webhooks_folder(self.ledger_dir)
+        return None if folder is None else str(folder)
 
     @maps_api_errors
     def execute_complete(self, context: Context, event: dict[str, Any]) -> dict[str, Any]:

@@ -62,6 +62,11 @@ WATCH_INBOX = Setting(
     "true",
     "false: a file that lands starts no run (schedule and manual runs still do)",
 )
+WEBHOOK_CONN = Setting(
+    "openai_batch_webhook_conn_id",
+    "openai_default",
+    "connection whose extra `webhook_secret` verifies OpenAI's webhooks (else OPENAI_WEBHOOK_SECRET)",
+)
 
 #: Every Variable the pipeline reads.
 ALL: tuple[Setting, ...] = (
@@ -75,6 +80,7 @@ ALL: tuple[Setting, ...] = (
     REUSE_IDENTICAL,
     MAX_INPUT_BYTES,
     WATCH_INBOX,
+    WEBHOOK_CONN,
 )
 
 

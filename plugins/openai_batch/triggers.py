@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
-import random
 import time
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
     from openai_batch.budget import Ledger
     from openai_batch.payloads import BatchEndEvent
+    from openai_batch.webhooks import EndedBatches
 
 
 def batch_summary(batch: dict[str, Any]) -> BatchEndEvent:
@@ -63,14 +64,69 @@ async def _sdk_get_batch(client: AsyncOpenAI, batch_id: str) -> dict[str, Any]:
     return batch
 
 
+#: Seconds before a batch whose end was announced by its webhook, but not yet shown by the API, is read again.
+RECHECK_AFTER_EVENT = 5.0
+
+
+class _Waiter:
+    """
+    One wait's next status: from the shared net after ``delay``, or at once when its webhook comes.
+
+    :param get_now: Reads the batch at once (one call).
+    :param poll: Reads the batch after a delay (a shared round, or a sleep and one call).
+    :param ended: The triggerer's reader of recorded batch ends, or None without webhooks.
+    :param batch_id: The batch.
+    """
+
+    def __init__(
+        self,
+        get_now: Callable[[], Awaitable[dict[str, Any]]],
+        poll: Callable[[float], Awaitable[dict[str, Any]]],
+        ended: EndedBatches | None,
+        batch_id: str,
+    ) -> None:
+        self.get_now = get_now
+        self.poll = poll
+        self.ended = ended
+        self.batch_id = batch_id
+        self.signal = ended.watch(batch_id) if ended is not None else None
+        self.woken = False
+
+    async def next(self, delay: float) -> dict[str, Any]:
+        """Return the batch's next status."""
+        if self.signal is None or self.woken:
+            return await self.poll(delay)
+        polled = asyncio.ensure_future(self.poll(delay))
+        signalled = asyncio.ensure_future(self.signal.wait())
+        try:
+            await asyncio.wait({polled, signalled}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            signalled.cancel()
+            if not polled.done():
+                polled.cancel()
+        if polled.done() and not polled.cancelled():
+            return polled.result()
+        # Its end was recorded: read it once (the event says only that it ended, not how).
+        self.woken = True
+        return await self.get_now()
+
+    def close(self) -> None:
+        """Stop watching for the batch's end."""
+        if self.ended is not None:
+            self.ended.unwatch(self.batch_id)
+
+
 class OpenAIBatchTrigger(BaseTrigger):
     """
-    Poll a batch with the async client until it ends, then yield one event.
+    Wait until a batch ends, then yield one event: woken by its webhook, with status polling as the net.
 
     Every call is awaited on the event loop (no sync HTTP, no threads), so one triggerer can watch
-    thousands of batches. Status polls go through ``BatchStatusPoller`` (one small connection pool
-    per event loop, see ``openai_batch.poller``); cancelling uses the SDK's client. A few
-    consecutive polling errors are tolerated. When ``end_time`` passes,
+    thousands of batches. With ``events_dir``, the wait learns of its batch's end from the webhook
+    receiver's record within seconds (one shared reading of that folder per triggerer) and reads
+    the batch once. Status polls go through ``BatchStatusPoller``: the waits of one triggerer share
+    rounds (one listing of recent batches answers every wait found in it, see
+    ``openai_batch.poller``), so ``poll_interval`` can be long when webhooks are on; cancelling uses
+    the SDK's client. A few consecutive polling errors are tolerated. When ``end_time`` passes,
     the batch is cancelled (if ``cancel_on_timeout``) and a ``timeout`` event is yielded. When a
     user kills, fails or clears the deferred task, ``on_kill`` cancels the batch (if ``cancel_on_kill``).
 
@@ -81,6 +137,8 @@ class OpenAIBatchTrigger(BaseTrigger):
     :param max_poll_errors: Consecutive polling errors tolerated before an ``error`` event.
     :param cancel_on_kill: Cancel the batch when the deferred task is killed by a user.
     :param cancel_on_timeout: Cancel the batch when ``end_time`` passes.
+    :param events_dir: The folder where the webhook receiver records batch ends
+        (``<ledger>/webhooks``, see :mod:`openai_batch.webhooks`), or None to rely on polling alone.
     """
 
     def __init__(
@@ -92,10 +150,12 @@ class OpenAIBatchTrigger(BaseTrigger):
         max_poll_errors: int = MAX_POLL_ERRORS,
         cancel_on_kill: bool = True,
         cancel_on_timeout: bool = True,
+        events_dir: str | None = None,
     ) -> None:
         super().__init__()
         self.conn_id = conn_id
         self.batch_id = batch_id
+        self.events_dir = events_dir
         self.poll_interval = poll_interval
         self.end_time = end_time
         self.max_poll_errors = max_poll_errors
@@ -114,6 +174,7 @@ class OpenAIBatchTrigger(BaseTrigger):
                 "max_poll_errors": self.max_poll_errors,
                 "cancel_on_kill": self.cancel_on_kill,
                 "cancel_on_timeout": self.cancel_on_timeout,
+                "events_dir": self.events_dir,
             },
         )
 
@@ -122,35 +183,51 @@ class OpenAIBatchTrigger(BaseTrigger):
         return OpenAIBatchHook(conn_id=self.conn_id, max_retries=1, timeout=60.0)
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
-        """Poll until the batch ends, the wait times out, or polling keeps failing."""
-        hook = self._hook()
-        settings = PollSettings.from_client_kwargs(await hook.async_client_kwargs())
-        if settings is None:
-            # A connection the lean poller cannot honour (workload identity, a custom HTTP client).
-            client = await hook.shared_async_client()
+        """Wait until the batch ends (woken by its webhook, or by the shared status net), then yield."""
+        async with contextlib.AsyncExitStack() as stack:
+            ended = None
+            if self.events_dir:
+                from openai_batch.webhooks import shared_ended_batches
 
-            async def fetch_with_sdk() -> dict[str, Any]:
-                return await _sdk_get_batch(client, self.batch_id)
+                ended = await stack.enter_async_context(shared_ended_batches(self.events_dir))
+            hook = self._hook()
+            settings = PollSettings.from_client_kwargs(await hook.async_client_kwargs())
+            if settings is None:
+                # A connection the lean poller cannot honour (workload identity, a custom HTTP client).
+                client = await hook.shared_async_client()
 
-            async for event in self._poll(fetch_with_sdk):
-                yield event
-            return
-        async with shared_poller(settings) as poller:
+                async def get_with_sdk() -> dict[str, Any]:
+                    return await _sdk_get_batch(client, self.batch_id)
 
-            async def fetch() -> dict[str, Any]:
-                return await poller.get_batch(self.batch_id)
+                async def poll_with_sdk(delay: float) -> dict[str, Any]:
+                    await asyncio.sleep(delay)
+                    return await get_with_sdk()
 
-            async for event in self._poll(fetch):
-                yield event
+                waiter = _Waiter(get_with_sdk, poll_with_sdk, ended, self.batch_id)
+            else:
+                poller = await stack.enter_async_context(shared_poller(settings))
 
-    async def _poll(self, fetch: Callable[[], Awaitable[dict[str, Any]]]) -> AsyncIterator[TriggerEvent]:
+                async def get_now() -> dict[str, Any]:
+                    return await poller.get_batch(self.batch_id)
+
+                async def poll_shared(delay: float) -> dict[str, Any]:
+                    return await poller.status_after(self.batch_id, delay)
+
+                waiter = _Waiter(get_now, poll_shared, ended, self.batch_id)
+            try:
+                async for event in self._poll(waiter):
+                    yield event
+            finally:
+                waiter.close()
+
+    async def _poll(self, waiter: _Waiter) -> AsyncIterator[TriggerEvent]:
         errors = 0
-        # The task checked the batch right before deferring, so the first poll waits about one
-        # interval; spread over 0.5-1.5 intervals, waits deferred together do not poll together.
-        await asyncio.sleep(self.poll_interval * random.uniform(0.5, 1.5))
+        # The task checked the batch right before deferring, so the first poll comes about one
+        # interval later (between a half and one: shared rounds answer every wait whose window is open).
+        delay = self.poll_interval
         while True:
             try:
-                batch = await fetch()
+                batch = await waiter.next(delay)
                 errors = 0
             except BatchNotFoundError as err:
                 yield TriggerEvent(self._error_event(f"batch {self.batch_id} not found: {err}"))
@@ -168,11 +245,15 @@ class OpenAIBatchTrigger(BaseTrigger):
                     yield TriggerEvent(self._error_event(f"polling failed {errors} times in a row: {err}"))
                     return
             else:
+                if str(batch.get("id")) != self.batch_id:  # trust nothing: the answer must be this batch
+                    wrong = f"asked for batch {self.batch_id}, got {batch.get('id')!r}"
+                    yield TriggerEvent(self._error_event(wrong))
+                    return
                 await self._on_poll(batch)
                 if is_terminal(batch["status"]):
                     yield TriggerEvent(batch_summary(batch))
                     return
-                # Not kept through the sleep: a thousand waits holding their last answer for an
+                # Not kept through the wait: a thousand waits holding their last answer for an
                 # interval push those objects into the oldest GC generation, and the triggerer's
                 # loop stops for every full collection they bring on.
                 del batch
@@ -180,9 +261,10 @@ class OpenAIBatchTrigger(BaseTrigger):
                 client = await self._hook().shared_async_client()
                 yield TriggerEvent(await self._timeout_event(client))
                 return
-            # +-20% jitter: waits started together (a mapped task, a backfill) drift apart instead
-            # of hitting the API and the triggerer's loop in bursts.
-            await asyncio.sleep(self.poll_interval * random.uniform(0.8, 1.2))
+            # After its webhook (the API did not show the end yet) look again soon, not an interval later.
+            delay = min(self.poll_interval, RECHECK_AFTER_EVENT) if waiter.woken else self.poll_interval
+            if self.end_time is not None:
+                delay = max(0.0, min(delay, self.end_time - time.time()))
 
     async def _on_poll(self, batch: dict[str, Any]) -> None:
         """Do what each poll's answer calls for besides the decision: here, log the progress."""

@@ -292,3 +292,63 @@ async def test_gc_freeze_setting_freezes_once_when_the_first_poller_starts(
         assert module.freeze_startup_objects() is False  # once per process
     finally:
         gc.unfreeze()
+
+
+def _batches_created(server: Any, count: int) -> list[str]:
+    return [create_batch(server, 1) for _ in range(count)]
+
+
+async def test_shared_rounds_answer_many_waits_with_one_listing_per_hundred(emulator: Any) -> None:
+    """150 waits asking together cost two listing pages, not 150 GETs, and each gets its own batch."""
+    emulator.set_faults(hold_in_progress=True)
+    ids = _batches_created(emulator, 150)
+    settings = PollSettings(base_url=emulator.base_url, api_key=KEY)
+    async with shared_poller(settings) as poller:
+        answers = await asyncio.gather(*(poller.status_after(b, 0.2) for b in ids))
+        assert [a["id"] for a in answers] == ids
+        assert poller.listings == 2
+        assert poller.calls == 2
+
+
+async def test_shared_rounds_read_batches_beyond_the_listed_pages_one_by_one(
+    emulator: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A wait whose batch is older than the pages a round reads is answered by its own GET."""
+    import openai_batch.poller as poller_module
+
+    monkeypatch.setattr(poller_module, "LIST_PAGE_SIZE", 10)
+    emulator.set_faults(hold_in_progress=True)
+    ids = _batches_created(emulator, 40)  # newest last; the listing is newest first
+    asked = ids[:3] + ids[-12:]  # 15 waits: 2 pages + 1 extra = the 30 newest batches
+    settings = PollSettings(base_url=emulator.base_url, api_key=KEY)
+    async with shared_poller(settings) as poller:
+        answers = await asyncio.gather(*(poller.status_after(b, 0.2) for b in asked))
+        assert [a["id"] for a in answers] == asked
+        assert poller.listings == 3
+        assert poller.calls == 3 + 3  # the three oldest, one GET each
+
+
+async def test_waits_that_ask_at_different_moments_share_one_round(emulator: Any) -> None:
+    """A wait asking 0.3 s after another, with the same interval, is answered by the same round."""
+    emulator.set_faults(hold_in_progress=True)
+    first, second = _batches_created(emulator, 2)
+    settings = PollSettings(base_url=emulator.base_url, api_key=KEY)
+    async with shared_poller(settings) as poller:
+        one = asyncio.ensure_future(poller.status_after(first, 1.0))
+        await asyncio.sleep(0.3)
+        two = asyncio.ensure_future(poller.status_after(second, 1.0))
+        assert [a["id"] for a in await asyncio.gather(one, two)] == [first, second]
+        assert poller._rounds.rounds == 1
+        assert poller.calls == 1
+
+
+async def test_a_listing_that_fails_falls_back_to_one_get_per_wait(emulator: Any) -> None:
+    """A round whose listing fails still answers every wait (each by its own GET)."""
+    emulator.set_faults(hold_in_progress=True)
+    ids = _batches_created(emulator, 3)
+    emulator.set_faults(error_rate=1.0, error_codes=[500], error_routes=["GET /v1/batches"])
+    settings = PollSettings(base_url=emulator.base_url, api_key=KEY)
+    async with shared_poller(settings) as poller:
+        answers = await asyncio.gather(*(poller.status_after(b, 0.2) for b in ids))
+        assert [a["id"] for a in answers] == ids
+        assert poller.listings == 1

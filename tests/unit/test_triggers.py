@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import openai
 import pytest
 
-from openai_batch.triggers import InputFilesTrigger, OpenAIBatchTrigger
+from openai_batch.triggers import InputFilesTrigger, OpenAIBatchTrigger, _Waiter
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -101,6 +101,41 @@ async def test_completed_batch_gives_one_event(emulator: Any) -> None:
     assert events[0]["batch_id"] == batch_id
     assert events[0]["output_file_id"]
     assert events[0]["request_counts"]["completed"] == 2
+
+
+def _batch_reads(server: Any) -> int:
+    routes = server.stats()["requests_by_route"]
+    return sum(n for route, n in routes.items() if route.startswith("GET /v1/batches"))
+
+
+async def test_a_recorded_webhook_wakes_a_wait_with_an_hour_between_polls(
+    start_emulator: Any, tmp_path: Path
+) -> None:
+    """With an hour's poll interval, the wait ends within seconds of its batch's recorded end, in one read."""
+    from openai_batch.webhooks import EventStore
+
+    server = start_emulator(hold_in_progress=True, finalizing_seconds=0.1)
+    batch_id = create_batch(server, [chat("a")])
+    store = EventStore(tmp_path / "webhooks")
+    trigger = OpenAIBatchTrigger(
+        conn_id="openai_default", batch_id=batch_id, poll_interval=3600, events_dir=str(store.folder)
+    )
+    waiting = asyncio.ensure_future(collect(trigger))
+    await asyncio.sleep(3)
+    assert not waiting.done()
+    reads = _batch_reads(server)
+    assert reads == 0  # the wait has read nothing while it waited
+    server.set_faults(hold_in_progress=False)
+    client, own = openai.OpenAI(base_url=server.base_url, api_key="k"), 0
+    while client.batches.retrieve(batch_id).status != "completed":
+        own += 1
+        await asyncio.sleep(0.1)
+    store.record_end(batch_id, "batch.completed", "evt_1")
+    started = time.monotonic()
+    events = await asyncio.wait_for(waiting, 10)
+    assert time.monotonic() - started < 5
+    assert [e["status"] for e in events] == ["completed"]
+    assert _batch_reads(server) - reads - (own + 1) == 1  # the wait read its batch once
 
 
 async def test_failed_batch_gives_one_event_with_errors(emulator: Any) -> None:
@@ -214,9 +249,14 @@ async def test_a_wait_keeps_no_answer_alive_between_polls() -> None:
         earlier.append(weakref.ref(answer))
         return answer
 
+    async def poll(delay: float) -> dict[str, Any]:
+        await asyncio.sleep(delay)
+        return await fetch()
+
     trigger = OpenAIBatchTrigger(conn_id="openai_default", batch_id="batch_1", poll_interval=0.02)
     trigger._log_progress = lambda batch: None  # type: ignore[method-assign]
-    event = await asyncio.wait_for(anext(trigger._poll(fetch)), timeout=10)
+    waiter = _Waiter(fetch, poll, None, "batch_1")
+    event = await asyncio.wait_for(anext(trigger._poll(waiter)), timeout=10)
     assert event.payload["status"] == "completed"
     assert alive_at_next_poll == [False, False, False]
 

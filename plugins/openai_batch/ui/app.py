@@ -2,10 +2,13 @@
 
 Every route requires what the Airflow UI requires to see a DAG's runs: a signed-in user (the UI's
 session cookie or a bearer token) whom the configured auth manager allows to read that DAG's runs.
+One route is the exception: ``POST /webhooks/openai``, OpenAI's webhook deliveries, whose signature
+is their authentication and which can only record that a batch ended.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,7 +21,7 @@ from airflow.api_fastapi.core_api.security import (  # noqa: TC002 - FastAPI rea
     requires_access_dag,
 )
 from fastapi import Depends, FastAPI, HTTPException, Request, Response
-from fastapi.responses import HTMLResponse, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 
 from openai_batch import settings
 from openai_batch.layout import SERVED_FILES
@@ -33,6 +36,7 @@ from openai_batch.ui.view import (
     render_file,
     render_page,
 )
+from openai_batch.webhooks import MAX_BODY_BYTES, EventStore, receive, webhooks_folder
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Iterator
@@ -40,6 +44,8 @@ if TYPE_CHECKING:
     from airflow.api_fastapi.auth.managers.base_auth_manager import BaseAuthManager
     from airflow.api_fastapi.auth.managers.models.base_user import BaseUser
     from sqlalchemy.orm import Session
+
+log = logging.getLogger(__name__)
 
 PREFIX = "/openai-batch"
 PREPARE_TASK = "prepare"
@@ -125,6 +131,99 @@ def capacity() -> CapacityView:
     view = capacity_view(read_ledger(ledger.folder), limits, time.time())
     view.note = note
     return view
+
+
+#: Seconds a webhook secret read from the connection is reused before it is read again.
+SECRET_CACHE_SECONDS = 30.0
+_secret_cache: tuple[float, str | None] = (0.0, None)
+
+
+def webhook_secret() -> str | None:
+    """
+    Return the secret that verifies OpenAI's webhooks, or None when none is configured.
+
+    From the extra ``webhook_secret`` of the connection the Variable ``openai_batch_webhook_conn_id``
+    names (``openai_default``), else the ``OPENAI_WEBHOOK_SECRET`` environment variable (the SDK's
+    own name); surrounding whitespace (a pasted newline) is dropped. Read at most every 30 s.
+    """
+    import time
+
+    global _secret_cache
+    read_at, secret = _secret_cache
+    if time.monotonic() - read_at < SECRET_CACHE_SECONDS and read_at:
+        return secret
+    secret = None
+    conn_id = settings.value(settings.WEBHOOK_CONN, _variable)
+    try:
+        from airflow.models.connection import Connection
+
+        extra = Connection.get_connection_from_secrets(conn_id).extra_dejson
+        found = extra.get("webhook_secret") if isinstance(extra, dict) else None
+        secret = str(found).strip() if found else None
+    except Exception:  # noqa: BLE001 - no such connection: the environment may still have one
+        secret = None
+    secret = secret or os.environ.get("OPENAI_WEBHOOK_SECRET", "").strip() or None
+    _secret_cache = (time.monotonic(), secret)
+    return secret
+
+
+def event_store() -> EventStore | None:
+    """Return where batch ends are recorded (the ledger folder the DAG uses), or None if it is not local."""
+    folder = webhooks_folder(settings.ledger_folder(_variable))
+    return None if folder is None else EventStore(folder)
+
+
+async def _body_up_to(request: Request, limit: int) -> bytes:
+    """Return the request body, or its first ``limit + 1`` bytes when it is longer (never more)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        return b"\0" * (limit + 1)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > limit:
+            break
+    return b"".join(chunks)[: limit + 1]
+
+
+@app.post("/webhooks/openai", include_in_schema=False)
+async def openai_webhook(request: Request) -> JSONResponse:
+    """
+    Receive one of OpenAI's batch webhooks: no Airflow login, the signature is the authentication.
+
+    Verified by the SDK (:func:`openai_batch.webhooks.receive`); a batch's end is recorded for the
+    waiting triggers and answered 200 at once. Anything else is refused, counted and logged
+    without its content. This route reads nothing and changes nothing else.
+    """
+    from starlette.concurrency import run_in_threadpool
+
+    body = await _body_up_to(request, MAX_BODY_BYTES)
+    headers = {k.lower(): v for k, v in request.headers.items()}
+    secret = await run_in_threadpool(webhook_secret)
+    store = await run_in_threadpool(event_store)
+    verdict = await run_in_threadpool(receive, store, body, headers, secret)
+    if store is not None:
+        try:
+            await run_in_threadpool(store.count, verdict.outcome)
+        except OSError as err:
+            log.warning("Could not count a webhook delivery (%s): %s", verdict.outcome, err)
+    if verdict.status >= 300:
+        log.warning("Refused a webhook delivery: %s (HTTP %s)", verdict.outcome, verdict.status)
+    else:
+        log.info("Webhook delivery %s: %s", verdict.outcome, verdict.batch_id or "not a batch's end")
+    return JSONResponse(verdict.body, status_code=verdict.status)
+
+
+@app.get("/webhooks/openai/counts")
+def webhook_counts(user: GetUserDep) -> JSONResponse:
+    """Return the deliveries counted by outcome (signed-in readers of the pipeline's runs only)."""
+    if not may_see_capacity(user):
+        raise HTTPException(status_code=403, detail="Not allowed to read the openai_batch DAG's runs")
+    store = event_store()
+    counts = store.counts() if store is not None else {}
+    return JSONResponse({"counts": counts, "configured": store is not None})
 
 
 def run_plans(session: Session, dag_id: str, run_id: str) -> list[dict[str, Any]]:
