@@ -476,6 +476,29 @@ async def delete_faults(request: Request) -> JSONResponse:
     return JSONResponse(_state(request).clear_faults().to_dict())
 
 
+@control.get("/webhooks")
+async def get_webhooks(request: Request) -> JSONResponse:
+    """Return the webhook URLs, retry settings and delivery counts (never the secret)."""
+    return JSONResponse(_state(request).webhooks.describe())
+
+
+@control.put("/webhooks")
+async def put_webhooks(request: Request) -> JSONResponse:
+    """Change the webhook URLs and/or secret: ``{"urls": [...], "secret": "whsec_..."}``, both optional."""
+    state = _state(request)
+    try:
+        body = await request.json()
+        if not isinstance(body, dict):
+            raise ValueError("The body must be a JSON object with 'urls' and/or 'secret'.")
+        unknown = sorted(set(body) - {"urls", "secret"})
+        if unknown:
+            raise ValueError(f"Unknown webhook fields: {', '.join(unknown)}")
+        state.webhooks.configure(body.get("urls"), body.get("secret"))
+    except ValueError as exc:
+        raise bad_request(str(exc), None, "invalid_webhooks") from exc
+    return JSONResponse(state.webhooks.describe())
+
+
 @control.get("/stats")
 async def get_stats(request: Request) -> JSONResponse:
     """Return counters: batches created, files uploaded, API calls per route and more."""

@@ -1,4 +1,4 @@
-"""The ASGI app: routes, authentication, fault injection and the batch worker."""
+"""The ASGI app: routes, authentication, fault injection, the batch worker and webhook deliveries."""
 
 from __future__ import annotations
 
@@ -69,12 +69,14 @@ class _CutResponse(Response):
 
 def create_app(settings: EmulatorSettings) -> FastAPI:
     """Build the emulator app for the given settings."""
+    settings.check()
     state = EmulatorState(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         backend = make_backend(settings)
         worker = BatchWorker(state, backend)
+        await state.webhooks.start()
         task = asyncio.create_task(worker.run())
         try:
             yield
@@ -82,6 +84,8 @@ def create_app(settings: EmulatorSettings) -> FastAPI:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+            # Pending webhook deliveries are cancelled, not finished: they live in memory only.
+            await state.webhooks.aclose()
             await backend.aclose()
             state.store.close()
 

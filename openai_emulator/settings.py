@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from openai_emulator.corruption import CORRUPTIONS
+from openai_emulator.webhooks import SECRET_ENV, check_secret, check_urls, resolve_secret
 
 # Every model of the plugin's price table (plugins/openai_batch/pricing.py) and of samples/, plus
 # image and video models that have no per-token price. The emulator runs without the plugin (its image
@@ -53,6 +54,9 @@ def _opt(help_text: str, parse: Any = None, **kwargs: Any) -> Any:
     """Declare a dataclass field together with its command-line help text and parser."""
     metadata = {"help": help_text, "parse": parse}
     return field(metadata=metadata, **kwargs)
+
+
+WEBHOOK_RATES = ("webhook_drop_rate", "webhook_duplicate_rate", "webhook_bad_signature_rate")
 
 
 @dataclass
@@ -147,6 +151,26 @@ class FaultConfig:
     output_corruption_batches: int = _opt(
         "How many batches get output_corruption; each corrupted batch lowers it by one.", int, default=1
     )
+    webhook_drop_rate: float = _opt(
+        "Fraction (0..1) of webhook deliveries never sent (no attempt at all).", float, default=0.0
+    )
+    webhook_delay_ms: float = _opt(
+        "Milliseconds a webhook delivery waits before its first attempt.", float, default=0.0
+    )
+    webhook_duplicate_rate: float = _opt(
+        "Fraction (0..1) of webhook deliveries sent twice, with the same webhook-id and body.",
+        float,
+        default=0.0,
+    )
+    webhook_bad_signature_rate: float = _opt(
+        "Fraction (0..1) of webhook deliveries signed with a wrong key.", float, default=0.0
+    )
+    webhook_reorder: bool = _opt(
+        "Hold webhook deliveries for webhook_delay_ms, then send them newest first, so a later batch's "
+        "event arrives before an earlier one's.",
+        None,
+        default=False,
+    )
     seed: int = _opt("Seed of the random generator that decides injected faults.", int, default=0)
 
     def to_dict(self) -> dict[str, Any]:
@@ -166,7 +190,8 @@ class FaultConfig:
 
     def check(self) -> None:
         """Raise ``ValueError`` when a field is out of range."""
-        for name in ("error_rate", "request_failure_rate", "lost_response_rate"):
+        rates = ("error_rate", "request_failure_rate", "lost_response_rate", *WEBHOOK_RATES)
+        for name in rates:
             value = getattr(self, name)
             if not isinstance(value, int | float) or not 0.0 <= float(value) <= 1.0:
                 raise ValueError(f"{name} must be a number between 0 and 1")
@@ -185,6 +210,11 @@ class FaultConfig:
             routes = getattr(self, name)
             if not isinstance(routes, list) or not all(isinstance(r, str) for r in routes):
                 raise ValueError(f"{name} must be a list of strings")
+        delay = self.webhook_delay_ms
+        if isinstance(delay, bool) or not isinstance(delay, int | float) or delay < 0:
+            raise ValueError("webhook_delay_ms must be a number >= 0")
+        if not isinstance(self.webhook_reorder, bool):
+            raise ValueError("webhook_reorder must be true or false")
 
 
 @dataclass
@@ -253,6 +283,27 @@ class EmulatorSettings:
     )
     embedding_dimensions: int = _opt("Echo backend: length of embedding vectors.", int, default=8)
     log_level: str = _opt("Log level.", str, default="info")
+    webhook_urls: list[str] = _opt(
+        "URLs that get a signed event (batch.completed, batch.failed, batch.expired, batch.cancelled) "
+        "when a batch ends, comma separated; empty means no webhooks.",
+        _str_list,
+        default_factory=list,
+    )
+    webhook_secret: str | None = _opt(
+        f"Secret (whsec_<base64>) that signs webhook deliveries; with --webhook-urls and no secret, "
+        f"{SECRET_ENV} is read, and without either the emulator refuses to start.",
+        str,
+        default=None,
+    )
+    webhook_timeout: float = _opt("Seconds each webhook delivery attempt may take.", float, default=10.0)
+    webhook_max_attempts: int = _opt(
+        "Attempts per webhook delivery (non-2xx answers and connection errors are retried).", int, default=6
+    )
+    webhook_retry_seconds: float = _opt(
+        "Wait before the first webhook retry; it doubles after each further failed attempt.",
+        float,
+        default=1.0,
+    )
     faults: FaultConfig = field(default_factory=FaultConfig)
 
     @classmethod
@@ -265,7 +316,25 @@ class EmulatorSettings:
             own["data_dir"] = Path(own["data_dir"])
         faults = FaultConfig(**fault_kwargs)
         faults.check()
-        return cls(**own, faults=faults)
+        settings = cls(**own, faults=faults)
+        settings.check()
+        return settings
+
+    def check(self) -> None:
+        """Raise ``ValueError`` when the webhook settings cannot work (the message never shows the secret)."""
+        self.webhook_urls = check_urls(self.webhook_urls)
+        if self.webhook_secret:  # an empty value counts as not given
+            check_secret(self.webhook_secret)
+        if self.webhook_urls and resolve_secret(self.webhook_secret) is None:
+            raise ValueError(
+                f"--webhook-urls needs a signing secret: pass --webhook-secret whsec_... or set {SECRET_ENV}."
+            )
+        if not self.webhook_timeout > 0:
+            raise ValueError("--webhook-timeout must be > 0")
+        if self.webhook_max_attempts < 1:
+            raise ValueError("--webhook-max-attempts must be >= 1")
+        if self.webhook_retry_seconds < 0:
+            raise ValueError("--webhook-retry-seconds must be >= 0")
 
 
 def _add_fields(parser: argparse._ArgumentGroup, cls: type[Any]) -> None:
@@ -296,6 +365,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def settings_from_args(argv: list[str] | None = None) -> EmulatorSettings:
     """Parse command-line arguments into settings."""
-    args = vars(build_parser().parse_args(argv))
+    parser = build_parser()
+    args = vars(parser.parse_args(argv))
     given = {k: v for k, v in args.items() if v is not None and v is not False}
-    return EmulatorSettings.from_kwargs(**given)
+    try:
+        return EmulatorSettings.from_kwargs(**given)
+    except ValueError as exc:
+        parser.error(str(exc))  # exits with status 2 and the message, not a traceback

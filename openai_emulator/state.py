@@ -1,4 +1,4 @@
-"""Process-wide state of one emulator: settings, store, faults and counters."""
+"""Process-wide state of one emulator: settings, store, faults, counters and webhook deliveries."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from openai_emulator.settings import FaultConfig
 from openai_emulator.store import Store
+from openai_emulator.webhook_delivery import WebhookDispatcher
 
 if TYPE_CHECKING:
     from openai_emulator.settings import EmulatorSettings
@@ -63,6 +64,7 @@ class EmulatorState:
         self.faults: FaultConfig = FaultConfig(**settings.faults.to_dict())
         self.stats = Stats()
         self.rng = random.Random(self.faults.seed)
+        self.webhooks = WebhookDispatcher(self)
 
     def set_faults(self, changes: dict[str, Any]) -> FaultConfig:
         """Apply fault changes and return the new configuration."""

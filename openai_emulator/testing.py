@@ -70,6 +70,21 @@ class _ControlPlane:
         result: dict[str, Any] = _call(f"{self.url}/_emulator/stats")
         return result
 
+    def webhooks(self) -> dict[str, Any]:
+        """Return the webhook URLs and delivery counts (``GET /_emulator/webhooks``)."""
+        result: dict[str, Any] = _call(f"{self.url}/_emulator/webhooks")
+        return result
+
+    def set_webhooks(self, urls: list[str] | None = None, secret: str | None = None) -> dict[str, Any]:
+        """Change the webhook URLs and/or secret (``PUT /_emulator/webhooks``); None keeps one."""
+        payload: dict[str, Any] = {}
+        if urls is not None:
+            payload["urls"] = urls
+        if secret is not None:
+            payload["secret"] = secret
+        result: dict[str, Any] = _call(f"{self.url}/_emulator/webhooks", "PUT", payload)
+        return result
+
     @property
     def base_url(self) -> str:
         """Base URL for the ``openai`` client, ending in ``/v1``."""

@@ -144,17 +144,25 @@ class BatchWorker:
         return record
 
     def _save(self, batch_id: str, status: str | None = None, **changes: Any) -> BatchRecord:
-        """Apply worker changes to the latest record; a pending cancel wins over ordinary progress."""
+        """Apply worker changes to the latest record; a pending cancel wins over ordinary progress.
+
+        Every final status is reached here, so this is where a batch's webhook event is queued: once,
+        when the stored status first becomes final.
+        """
         record = self._get(batch_id)
         for name, value in changes.items():
             setattr(record, name, value)
+        ended = False
         if status is not None and status != record.status:
             if record.status == "cancelling" and status in ("in_progress", "finalizing"):
                 pass
             else:
                 logger.info("Batch %s: %s -> %s", batch_id, record.status, status)
+                ended = status in TERMINAL_STATUSES and record.status not in TERMINAL_STATUSES
                 record.status = status
         self.store.put_batch(record)
+        if ended:
+            self.state.webhooks.batch_ended(record)
         return record
 
     async def _wait(self, batch_id: str, until: float, status: str) -> None:
