@@ -118,7 +118,11 @@ BUDGET_TIMEOUT = timedelta(minutes=30)
             minimum=1,
             maximum=3600,
             title="Poll interval (s)",
-            description="Seconds between two status checks of a batch or of the inbox.",
+            description=(
+                "Seconds between two status checks of a waiting batch. With webhooks on, a batch's "
+                "end wakes its wait within seconds and this is the net for a lost delivery (600 is "
+                "plenty). The inbox is listed at least every 10 s."
+            ),
         ),
         "max_retry_rounds": Param(
             2,

@@ -199,14 +199,20 @@ def write_airflow_command(home: Path, root: Path = ROOT) -> Path:
     return command
 
 
-def emulator_command(port: int, data_dir: Path) -> list[str]:
+#: Where the emulator delivers its webhooks: the receiver of the plugin's app on the API server.
+WEBHOOK_ROUTE = "/openai-batch/webhooks/openai"
+
+
+def emulator_command(port: int, data_dir: Path, webhook_url: str | None = None) -> list[str]:
     """
     Return the command line of ``make run``'s emulator, on 127.0.0.1.
 
     ``--strict-models`` fails a batch whose model the service does not know (a misspelt
     ``gpt-4o-mnii``) with ``model_not_found``, as the real API does, instead of echoing answers.
+    With ``webhook_url`` it posts a signed event there when a batch ends, signed with the
+    ``OPENAI_WEBHOOK_SECRET`` of its environment (see :func:`webhook_secret`).
     """
-    return [
+    command = [
         sys.executable,
         "-m",
         "openai_emulator",
@@ -218,6 +224,31 @@ def emulator_command(port: int, data_dir: Path) -> list[str]:
         str(data_dir),
         "--strict-models",
     ]
+    return command + (["--webhook-urls", webhook_url] if webhook_url else [])
+
+
+def webhook_secret(path: Path) -> str:
+    """
+    Return the local stack's webhook signing secret, made once (``whsec_`` and 32 random bytes).
+
+    Kept in ``path`` (readable by its owner only) so a restarted stack and a running emulator agree;
+    it signs the emulator's deliveries only and is never a key of the real service.
+    """
+    import base64
+    import secrets
+
+    try:
+        found = path.read_text().strip()
+    except FileNotFoundError:
+        found = ""
+    if found.startswith("whsec_"):
+        return found
+    secret = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(secret + "\n")
+    return secret
 
 
 def emulator_connection(base_url: str) -> str:
@@ -317,6 +348,11 @@ def main() -> int:
             "(make run API=openai for the real API)"
         )
     base.pop("OPENAI_BASE_URL", None)
+    if args.api != "openai":
+        # Webhooks first: the emulator signs each batch's end with this secret and posts it to the
+        # stack's receiver, which verifies it with the same secret (OPENAI_WEBHOOK_SECRET, the SDK's
+        # own variable, read when the connection's extra has no webhook_secret).
+        base["OPENAI_WEBHOOK_SECRET"] = webhook_secret(data / "webhook-secret")
     env = airflow_env(base, home=home, ui_port=ui_port, inbox=inbox, results=results, variables_in_env=False)
     write_airflow_command(home)
     procs: list[subprocess.Popen[bytes]] = []
@@ -341,7 +377,8 @@ def main() -> int:
         else:
             emulator_url = f"http://127.0.0.1:{emu_port}"
             log(f"starting the Batch API emulator on {emulator_url} (data in data/emulator)")
-            spawn(emulator_command(emu_port, data / "emulator"), "emulator")
+            receiver = f"http://127.0.0.1:{ui_port}{WEBHOOK_ROUTE}"
+            spawn(emulator_command(emu_port, data / "emulator", receiver), "emulator")
             wait_until(lambda: http("GET", f"{emulator_url}/_emulator/health"), "the emulator", 60, procs)
             connection = json.loads(emulator_connection(emulator_url))
 
@@ -356,9 +393,9 @@ def main() -> int:
         inbox = Path(http("GET", f"{api}/variables/openai_batch_inbox")["value"])
         results = Path(http("GET", f"{api}/variables/openai_batch_results")["value"])
         http("PATCH", f"{api}/dags/openai_batch", {"is_paused": False})
-        # The emulator ends a batch in seconds: poll it every 2 s. The real API polls at the DAG's
-        # default interval. The samples are placed with one rename each, so they need no settle time.
-        conf: dict[str, Any] = {"settle_seconds": 1, **({} if args.api == "openai" else {"poll_interval": 2})}
+        # A batch's end reaches its wait by the emulator's webhook; polling, at the DAG's default
+        # interval, is the net. The samples are placed with one rename each: no settle time needed.
+        conf: dict[str, Any] = {"settle_seconds": 1}
         run = http("POST", f"{api}/dags/openai_batch/dagRuns", {"logical_date": None, "conf": conf})
         run_id = run["dag_run_id"]
         log(f"triggered run {run_id}")

@@ -81,6 +81,9 @@ if TYPE_CHECKING:
 _LOG = logging.getLogger(__name__)
 #: Seconds between two checks of a file's waits while they wait in the triggerer (at most).
 MAX_WRITE_CHECK = 10.0
+#: Seconds at most before a write looks again at waits that still need a worker (queued, retrying):
+#: ``poll_interval`` is the batch status net, and can be an hour when webhooks are on.
+MAX_WRITE_RECHECK = 30.0
 
 
 class OpenAIBatchPrepareOperator(BaseOperator):
@@ -512,7 +515,7 @@ class OpenAIBatchWriteResultsOperator(BaseOperator):
     :param wait_task_id: The task mapped over the run's shards whose instances this file waits for.
         None: write at once (the caller ordered the tasks).
     :param poll_interval: Seconds between two checks of those waits (at most ``MAX_WRITE_CHECK`` while
-        they wait in the triggerer). (templated)
+        they wait in the triggerer, ``MAX_WRITE_RECHECK`` while they need a worker). (templated)
     """
 
     template_fields = ("plan", "ledger_dir", "poll_interval")
@@ -586,7 +589,7 @@ class OpenAIBatchWriteResultsOperator(BaseOperator):
     def _recheck(self, reason: str) -> dict[str, Any]:
         from airflow.sdk.exceptions import AirflowRescheduleException
 
-        delay = max(1.0, float(self.poll_interval))
+        delay = max(1.0, min(float(self.poll_interval), MAX_WRITE_RECHECK))
         self.log.info("%s: %s; checking again in %.0f s", self.plan["key"], reason, delay)
         raise AirflowRescheduleException(reschedule_date=datetime.now(UTC) + timedelta(seconds=delay))
 

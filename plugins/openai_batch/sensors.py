@@ -31,6 +31,11 @@ if TYPE_CHECKING:
 DEFAULT_TOKEN_LIMIT_WAIT = 600.0
 
 
+#: Seconds at most between two listings of the input: ``poll_interval`` is the batch status net,
+#: and can be an hour when webhooks are on, while a listing is one cheap call per waiting run.
+MAX_INPUT_LISTING = 10.0
+
+
 def token_limit_wait(value: float | None) -> float:
     """
     Return the base wait (seconds) before resubmitting after ``token_limit_exceeded``.
@@ -211,7 +216,7 @@ class OpenAIBatchInputSensor(BaseSensorOperator):
         self.defer(
             trigger=InputFilesTrigger(
                 pattern=pattern,
-                poll_interval=float(self.poll_interval),
+                poll_interval=min(float(self.poll_interval), MAX_INPUT_LISTING),
                 inbox=inbox,
                 allowed_roots=roots,
                 settle_seconds=float(self.settle_seconds),

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from scripts.run_local import airflow_env, emulator_connection
+from scripts.run_local import WEBHOOK_ROUTE, airflow_env, emulator_connection, webhook_secret
 from tests.deploy.processes import ProcessGroup, free_port, http_json, wait_until
 
 DAG_ID = "openai_batch"
@@ -39,7 +39,18 @@ class StandaloneStack:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.api = f"{self.url}/api/v2"
-        self.emulator = EmulatorServer(base / "emulator", validating_seconds=0.1, finalizing_seconds=0.1)
+        # Webhooks first, as make run wires them: the emulator signs each batch's end and posts it to
+        # the stack's receiver, which verifies it with OPENAI_WEBHOOK_SECRET.
+        self.webhook_secret = webhook_secret(base / "webhook-secret")
+        self.webhook_url = f"{self.url}{WEBHOOK_ROUTE}"
+        self.emulator = EmulatorServer(
+            base / "emulator",
+            validating_seconds=0.1,
+            finalizing_seconds=0.1,
+            webhook_urls=[self.webhook_url],
+            webhook_secret=self.webhook_secret,
+            webhook_retry_seconds=0.5,
+        )
         self.group = ProcessGroup(base / "logs")
         clean = {
             key: value
@@ -56,6 +67,7 @@ class StandaloneStack:
                 "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "1",
                 "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
                 "PYTHONUNBUFFERED": "1",
+                "OPENAI_WEBHOOK_SECRET": self.webhook_secret,
             }
         )
 

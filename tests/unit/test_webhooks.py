@@ -36,7 +36,13 @@ def delivery(
 ) -> tuple[bytes, dict[str, str]]:
     """Return a body and headers as OpenAI sends them (signed as Standard Webhooks specifies)."""
     if body is None:
-        event = {"id": "evt_1", "object": "event", "created_at": 1, "type": event_type, "data": {"id": batch_id}}
+        event = {
+            "id": "evt_1",
+            "object": "event",
+            "created_at": 1,
+            "type": event_type,
+            "data": {"id": batch_id},
+        }
         body = json.dumps(event).encode()
     stamp = str(int(time.time() if sent_at is None else sent_at))
     headers = {
@@ -66,7 +72,13 @@ def test_a_signed_batch_end_is_recorded_and_answered_200(store: EventStore) -> N
         ("oversized", lambda: delivery(body=b"x" * (MAX_BODY_BYTES + 1)), SECRET, 413, "oversized"),
         ("signed with another secret", lambda: delivery(secret=OTHER), SECRET, 401, "forged"),
         ("too old", lambda: delivery(sent_at=time.time() - TOLERANCE_SECONDS - 5), SECRET, 401, "stale"),
-        ("from the future", lambda: delivery(sent_at=time.time() + TOLERANCE_SECONDS + 5), SECRET, 401, "stale"),
+        (
+            "from the future",
+            lambda: delivery(sent_at=time.time() + TOLERANCE_SECONDS + 5),
+            SECRET,
+            401,
+            "stale",
+        ),
         ("a batch id that is a path", lambda: delivery(batch_id="../../x"), SECRET, 400, "malformed"),
         ("signed, but not an event", lambda: delivery(body=b"[1, 2]"), SECRET, 400, "malformed"),
         ("another event type", lambda: delivery(event_type="response.completed"), SECRET, 200, "ignored"),
@@ -129,7 +141,8 @@ async def test_waits_share_one_reading_and_wake_on_their_own_batch_only(store: E
     ):
         mine, other = one.watch("batch_mine"), two.watch("batch_other")
         await asyncio.sleep(0.2)
-        assert not mine.is_set() and not other.is_set()
+        assert not mine.is_set()
+        assert not other.is_set()
         store.record_end("batch_mine", "batch.completed", "evt")
         await asyncio.wait_for(mine.wait(), 2)
         assert not other.is_set()
