@@ -40,11 +40,34 @@ def _route_count(stats: dict[str, Any], needle: str) -> int:
 
 # -- trigger lag -------------------------------------------------------------------------------
 
-TRIGGER_KINDS = tuple(os.environ.get("BENCH_TRIGGER_KINDS", "ours,ours_gc_freeze,provider").split(","))
+TRIGGER_KINDS = tuple(
+    os.environ.get("BENCH_TRIGGER_KINDS", "ours,ours_gc_freeze,provider,ours_many").split(",")
+)
+
+#: A 10 ms ticker alone on an event loop in its own process, for ``window`` seconds after ``delay``:
+#: the lag a loaded machine gives any loop, measured at the same moment as the triggers' loop.
+IDLE_PROBE = """
+import asyncio, json, sys, time
+delay, window, tick, lags = float(sys.argv[1]), float(sys.argv[2]), 0.010, []
+async def main():
+    await asyncio.sleep(delay)
+    end = time.monotonic() + window
+    while time.monotonic() < end:
+        expected = time.monotonic() + tick
+        await asyncio.sleep(tick)
+        lag = time.monotonic() - expected
+        lags.extend(lag - k * tick for k in range(int(lag / tick) + 1))
+asyncio.run(main())
+lags.sort()
+print(json.dumps({"p99_ms": lags[min(len(lags) - 1, int(0.99 * len(lags)))] * 1000 if lags else 0.0}))
+"""
 
 
 def run_trigger_bench(sizes: dict[str, Any], results: dict[str, Any]) -> None:
-    """1,000 waits on 1,000 distinct batches against a 200 ms server; ticker lag, CPU per poll, load."""
+    """
+    1,000 waits on 1,000 distinct batches against a 200 ms server (and ``ours_many``: 10,000 waits);
+    ticker lag minus an idle loop's at the same moment, CPU per waiting batch-hour, load.
+    """
     import openai
 
     # Batches stay `validating` for an hour: every poll answers "not done", and the emulator spends
@@ -68,12 +91,15 @@ def run_trigger_bench(sizes: dict[str, Any], results: dict[str, Any]) -> None:
                 input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
             ).id
 
+        most = max(sizes["triggers"], sizes["triggers_many"] if "ours_many" in TRIGGER_KINDS else 0)
         with ThreadPoolExecutor(8) as pool:
-            batch_ids = list(pool.map(create, range(sizes["triggers"])))
+            all_ids = list(pool.map(create, range(most)))
         create_s = time.perf_counter() - started
-        if len(set(batch_ids)) != sizes["triggers"]:
-            raise RuntimeError(f"expected {sizes['triggers']} distinct batches, got {len(set(batch_ids))}")
-        emu.set_faults(latency_ms=200, latency_routes=["GET /v1/batches/*"])
+        if len(set(all_ids)) != most:
+            raise RuntimeError(f"expected {most} distinct batches, got {len(set(all_ids))}")
+        batch_ids = all_ids[: sizes["triggers"]]
+        # Every status read is slow: a GET of one batch and a page of the listing alike.
+        emu.set_faults(latency_ms=200, latency_routes=["GET /v1/batches*"])
         home = WORK / "airflow-trigger"
         home.mkdir(parents=True, exist_ok=True)
         env = airflow_env(home, {"AIRFLOW_CONN_OPENAI_DEFAULT": openai_conn(emu.base_url)})
@@ -86,20 +112,28 @@ def run_trigger_bench(sizes: dict[str, Any], results: dict[str, Any]) -> None:
         }
         out: dict[str, Any] = {}
         for kind in TRIGGER_KINDS:
+            ids = all_ids[: sizes["triggers_many"]] if kind == "ours_many" else batch_ids
             res = run_worker(
-                "trigger", {**args, "kind": kind}, env=env, log=WORK / "logs" / f"trigger-{kind}.log"
+                "trigger",
+                {**args, "batch_ids": ids, "kind": kind},
+                env=env,
+                log=WORK / "logs" / f"trigger-{kind}.log",
             )
             # A lag figure means something only if the triggers really polled, each its own batch.
-            if kind != "provider" and res["distinct_batches_polled"] < 0.9 * len(batch_ids):
+            if kind != "provider" and res["distinct_batches_polled"] < 0.9 * len(ids):
                 raise RuntimeError(
-                    f"trigger bench ({kind}): only {res['distinct_batches_polled']} of {len(batch_ids)} "
+                    f"trigger bench ({kind}): only {res['distinct_batches_polled']} of {len(ids)} "
                     "batches were polled in the window"
                 )
             out[kind] = res
             results[f"trigger_lag_p99_ms_{kind}"] = round(res["p99_ms"], 1)
+            results[f"trigger_lag_p99_ms_{kind}_net"] = round(res["p99_ms"] - res["idle_loop_p99_ms"], 1)
+            results[f"trigger_idle_loop_p99_ms_{kind}"] = round(res["idle_loop_p99_ms"], 1)
             results[f"trigger_loadavg_{kind}"] = res["loadavg_1m"]
-            if res["cpu_ms_per_poll"] is not None:
-                results[f"trigger_cpu_ms_per_poll_{kind}"] = round(res["cpu_ms_per_poll"], 3)
+            results[f"trigger_cpu_ms_per_batch_hour_{kind}"] = round(res["cpu_ms_per_batch_hour"], 1)
+            intervals = float(args["window_s"]) / float(args["poll_interval"])
+            calls = res["emulator_batch_gets_in_window"] / len(ids) / intervals
+            results[f"trigger_status_calls_per_batch_per_interval_{kind}"] = round(calls, 3)
         statuses = {client.batches.retrieve(b).status for b in batch_ids[:20]}
         results["trigger_context"] = {
             **{k: v for k, v in args.items() if k not in ("batch_ids", "stats_url")},
@@ -109,9 +143,12 @@ def run_trigger_bench(sizes: dict[str, Any], results: dict[str, Any]) -> None:
             "batch_statuses_after (first 20)": sorted(statuses),
             **out,
             "note": "lag of a 10 ms ticker on the triggers' loop; a late tick also counts every tick it "
-            "swallowed (lag, lag-10ms, ...), so a stall weighs what it blocked; cpu_ms_per_poll is the "
-            "worker's CPU time in the window over the emulator's batch GETs in the window; loadavg_1m is "
-            "the machine's 1-minute load average at the end of the window (2 cores)",
+            "swallowed (lag, lag-10ms, ...), so a stall weighs what it blocked; _net subtracts the p99 "
+            "of the same ticker alone in another process over the same window (the machine's load); "
+            "cpu_ms_per_batch_hour is the worker's CPU time in the window per waiting batch, scaled to "
+            "an hour, at the bench's poll interval; status calls count the emulator's GET /v1/batches "
+            "(one batch or a page of the listing) in the window; loadavg_1m is the machine's 1-minute "
+            "load average at the end of the window (2 cores)",
         }
     finally:
         emu.stop()
@@ -152,15 +189,17 @@ def trigger(args: dict[str, Any]) -> dict[str, Any]:  # noqa: C901 - one closure
     if kind.startswith("ours"):
         from openai_batch import poller as poller_module
 
-        original = poller_module.BatchStatusPoller.get_batch
+        original = poller_module.BatchStatusPoller.status_after
 
-        async def counting(self: Any, batch_id: str) -> Any:
-            polled.add(batch_id)
-            return await original(self, batch_id)
+        async def counting(self: Any, batch_id: str, delay: float) -> Any:
+            answer = await original(self, batch_id, delay)
+            if answer.get("id") == batch_id:  # answered with its own batch (a shared round or a GET)
+                polled.add(batch_id)
+            return answer
 
-        poller_module.BatchStatusPoller.get_batch = counting  # type: ignore[method-assign]
-    # ours_gc_freeze: the triggerer setting OPENAI_BATCH_GC_FREEZE=1 (the first poller freezes).
-    os.environ["OPENAI_BATCH_GC_FREEZE"] = "1" if kind == "ours_gc_freeze" else "0"
+        poller_module.BatchStatusPoller.status_after = counting  # type: ignore[method-assign]
+    # ours_gc_freeze, ours_many: the triggerer setting OPENAI_BATCH_GC_FREEZE=1 (the first poller freezes).
+    os.environ["OPENAI_BATCH_GC_FREEZE"] = "1" if kind in ("ours_gc_freeze", "ours_many") else "0"
     tick = 0.010
     warmup, window = float(args["warmup_s"]), float(args["window_s"])
     samples: list[float] = []
@@ -210,6 +249,8 @@ def trigger(args: dict[str, Any]) -> dict[str, Any]:  # noqa: C901 - one closure
             "polls_per_s": round(gets / window, 1),
             "cpu_seconds_in_window": round(cpu, 3),
             "cpu_ms_per_poll": (cpu / gets * 1000) if gets else None,
+            "cpu_ms_per_batch_hour": cpu / len(triggers) / window * 3600 * 1000,
+            "idle_loop_p99_ms": marks.get("idle_p99_ms", 0.0),
             "gc_collections_in_window": len(gc_pauses),
             "gc_full_collections_in_window": len(gen2),
             "gc_full_max_ms": round(max(gen2) * 1000, 1) if gen2 else 0.0,
@@ -245,6 +286,11 @@ def trigger(args: dict[str, Any]) -> dict[str, Any]:  # noqa: C901 - one closure
             loop.create_task(drive(t))
         await asyncio.sleep(warmup)
         marks["load_start"] = round(os.getloadavg()[0], 2)
+        # Started before the window (a fork is not free), measuring over the window only.
+        probe = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", IDLE_PROBE, "0.5", str(window), stdout=asyncio.subprocess.PIPE
+        )
+        await asyncio.sleep(0.5)
         marks["gets_start"] = (await asyncio.to_thread(_emulator_gets, args["stats_url"]))["gets"]
         polled.clear()
         profile_to = os.environ.get("BENCH_PROFILE_DIR")
@@ -263,6 +309,8 @@ def trigger(args: dict[str, Any]) -> dict[str, Any]:  # noqa: C901 - one closure
             profiler.dump_stats(os.path.join(profile_to, f"trigger-{kind}.prof"))
         marks["cpu_end"] = time.process_time()
         marks["gets_end"] = (await asyncio.to_thread(_emulator_gets, args["stats_url"]))["gets"]
+        probed, _ = await probe.communicate()
+        marks["idle_p99_ms"] = float(json.loads(probed.decode().strip().splitlines()[-1])["p99_ms"])
         report(blocked=False)
 
     def watchdog() -> None:

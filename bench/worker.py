@@ -161,6 +161,10 @@ def main() -> None:
         from bench import live
 
         func = getattr(live, name)
+    elif name == "webhook_waits":
+        from bench import webhooks
+
+        func = webhooks.webhook_waits
     else:
         func = globals()[name]
     result = func(args)

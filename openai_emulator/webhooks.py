@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 __all__ = [
     "EVENT_TYPES",
     "SECRET_ENV",
+    "SECRET_FILE_ENV",
     "batch_event",
     "check_secret",
     "check_urls",
@@ -45,6 +46,8 @@ EVENT_TYPES = {
 }
 #: Environment variable read for the signing secret when none is given (the SDK reads the same one).
 SECRET_ENV = "OPENAI_WEBHOOK_SECRET"
+#: Environment variable naming a file that holds the secret, read when ``SECRET_ENV`` is unset or empty.
+SECRET_FILE_ENV = "OPENAI_WEBHOOK_SECRET_FILE"
 SECRET_PREFIX = "whsec_"
 
 
@@ -106,8 +109,18 @@ def event_body(event: dict[str, Any]) -> str:
 
 
 def resolve_secret(secret: str | None) -> str | None:
-    """Return ``secret``, else the ``OPENAI_WEBHOOK_SECRET`` environment variable, else None."""
-    return secret or os.environ.get(SECRET_ENV) or None
+    """
+    Return ``secret``, else ``OPENAI_WEBHOOK_SECRET``, else the content of the file that
+    ``OPENAI_WEBHOOK_SECRET_FILE`` names (a secret generated on a shared volume), else None.
+    """
+    found = secret or os.environ.get(SECRET_ENV, "").strip()
+    if not found and os.environ.get(SECRET_FILE_ENV):
+        try:
+            with open(os.environ[SECRET_FILE_ENV]) as handle:
+                found = handle.read().strip()
+        except OSError:
+            found = ""
+    return found or None
 
 
 def check_secret(secret: Any) -> str:

@@ -341,14 +341,18 @@ _READERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, _Reader
 
 
 @asynccontextmanager
-async def shared_ended_batches(
-    folder: str, interval: float = EVENT_CHECK_SECONDS
-) -> AsyncIterator[EndedBatches]:
-    """Yield the reader of ``folder``'s recorded events shared by every user on the running loop."""
+async def shared_ended_batches(folder: str, interval: float | None = None) -> AsyncIterator[EndedBatches]:
+    """
+    Yield the reader of ``folder``'s recorded events shared by every user on the running loop.
+
+    :param folder: ``<ledger>/webhooks``.
+    :param interval: Seconds between two readings (``EVENT_CHECK_SECONDS`` when None).
+    """
     readers = _READERS.setdefault(asyncio.get_running_loop(), {})
     reader = readers.get(folder)
     if reader is None or reader.task is None or reader.task.done():
-        reader = readers[folder] = _Reader(EventStore(Path(folder)), interval)
+        every = EVENT_CHECK_SECONDS if interval is None else interval
+        reader = readers[folder] = _Reader(EventStore(Path(folder)), every)
         reader.task = asyncio.create_task(_read_forever(reader))
     reader.users += 1
     try:

@@ -131,9 +131,12 @@ def distributed_env(
         "AIRFLOW_VAR_OPENAI_BATCH_INBOX": str(inbox),
         "AIRFLOW_VAR_OPENAI_BATCH_RESULTS": str(results),
     }
+    # As compose's common env: the webhook secret generated once into the deployment's data folder.
+    webhooks = {"OPENAI_WEBHOOK_SECRET_FILE": str(webhook_secret_file(home))}
     return {
         **base,
         **airflow,
+        **webhooks,
         "AIRFLOW_HOME": str(home),
         "PATH": f"{BIN}{os.pathsep}{base.get('PATH', '')}",
         "PYTHONPATH": str(ROOT),
@@ -153,8 +156,20 @@ def airflow_commands(api_port: int, worker_concurrency: int = 2) -> dict[str, li
     }
 
 
-def emulator_command(port: int, data_dir: Path, validating_seconds: float = 0.2) -> list[str]:
+def webhook_secret_file(home: Path) -> Path:
+    """Return the deployment's webhook secret file, made as compose's airflow-init makes it (once)."""
+    from scripts.run_local import webhook_secret
+
+    path = home / "webhook-secret"
+    webhook_secret(path)
+    return path
+
+
+def emulator_command(
+    port: int, data_dir: Path, validating_seconds: float = 0.2, webhook_url: str | None = None
+) -> list[str]:
     """Return the argv of the emulator, as the compose ``openai-emulator`` service runs it."""
+    webhooks = ["--webhook-urls", webhook_url] if webhook_url else []
     return [
         str(BIN / "python"),
         "-m",
@@ -171,6 +186,7 @@ def emulator_command(port: int, data_dir: Path, validating_seconds: float = 0.2)
         "0.1",
         "--log-level",
         "info",
+        *webhooks,
     ]
 
 

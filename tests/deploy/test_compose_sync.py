@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
+from scripts.run_local import WEBHOOK_ROUTE
 from tests.deploy.processes import (
     EMULATOR_MODULE,
     EMULATOR_SERVICE,
@@ -117,7 +118,14 @@ def test_local_processes_match_compose_commands(compose: dict[str, Any]) -> None
 def test_emulator_runs_the_same_module(compose: dict[str, Any], tmp_path: Path) -> None:
     service = compose["services"][EMULATOR_SERVICE]
     compose_argv = [*words(service["entrypoint"]), *words(service["command"])]
-    local_argv = emulator_command(18800, tmp_path)
+    local_argv = emulator_command(18800, tmp_path, webhook_url=f"http://127.0.0.1:{API_PORT}{WEBHOOK_ROUTE}")
+    # Both post their webhooks to the api-server's receiver, on its own port.
+    compose_hook, local_hook = (
+        urlsplit(flag(compose_argv, "--webhook-urls")),
+        urlsplit(flag(local_argv, "--webhook-urls")),
+    )
+    assert compose_hook.path == local_hook.path == WEBHOOK_ROUTE
+    assert (compose_hook.hostname, compose_hook.port) == ("airflow-apiserver", 8080)
     assert compose_argv[1:3] == local_argv[1:3] == ["-m", EMULATOR_MODULE]
     for name in ("--host", "--port", "--data-dir"):
         assert name in compose_argv, name
@@ -249,7 +257,7 @@ def test_the_fernet_key_is_generated_once_and_is_a_valid_key(compose: dict[str, 
     from cryptography.fernet import Fernet
 
     script = words(compose["services"]["airflow-init"]["command"])[-1].replace("$$", "$")
-    (line,) = [x for x in script.splitlines() if "urandom" in x]
+    (line,) = [x for x in script.splitlines() if "urandom" in x and "fernet" in x]
     assert "fernet=/opt/airflow/data/fernet.key" in script
     generate = f"fernet={tmp_path / 'fernet.key'}\n{line}"
     subprocess.run(["bash", "-c", generate], check=True)
@@ -261,3 +269,30 @@ def test_the_fernet_key_is_generated_once_and_is_a_valid_key(compose: dict[str, 
     assert compose["x-airflow-common"]["environment"]["AIRFLOW__CORE__FERNET_KEY_CMD"] == (
         "cat /opt/airflow/data/fernet.key"
     )
+
+
+def test_the_webhook_secret_is_generated_once_and_signs_what_the_sdk_verifies(
+    compose: dict[str, Any], tmp_path: Path, local_env: dict[str, str]
+) -> None:
+    import subprocess
+    import time
+
+    import openai
+
+    from openai_emulator.webhooks import delivery_headers
+
+    script = words(compose["services"]["airflow-init"]["command"])[-1].replace("$$", "$")
+    (line,) = [x for x in script.splitlines() if "urandom" in x and "webhook" in x]
+    assert "webhook=/opt/airflow/data/webhook-secret" in script
+    generate = f"webhook={tmp_path / 'webhook-secret'}\n{line}"
+    subprocess.run(["bash", "-c", generate], check=True)
+    first = (tmp_path / "webhook-secret").read_text().strip()
+    assert (tmp_path / "webhook-secret").stat().st_mode & 0o077 == 0  # readable by its owner only
+    subprocess.run(["bash", "-c", generate], check=True)
+    assert (tmp_path / "webhook-secret").read_text().strip() == first  # kept across restarts
+    body = '{"type": "batch.completed"}'
+    headers = delivery_headers(first, "wh_1", int(time.time()), body)
+    openai.OpenAI(api_key="x").webhooks.verify_signature(body, headers, secret=first)
+    common = compose["x-airflow-common"]["environment"]
+    assert common["OPENAI_WEBHOOK_SECRET_FILE"] == "/opt/airflow/data/webhook-secret"
+    assert local_env["OPENAI_WEBHOOK_SECRET_FILE"].endswith("/webhook-secret")

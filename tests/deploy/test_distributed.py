@@ -70,7 +70,10 @@ def test_dag_runs_on_celery_with_separate_components(
         # emulator's hold_in_progress), so the batch sensors find them unfinished and defer to the
         # triggerer however slow the machine (a batch already done when a sensor first looks needs
         # no trigger).
-        emulator = emulator_command(emulator_port, tmp_path / "emulator", validating_seconds=10)
+        receiver = f"http://127.0.0.1:{api_port}/openai-batch/webhooks/openai"
+        emulator = emulator_command(
+            emulator_port, tmp_path / "emulator", validating_seconds=10, webhook_url=receiver
+        )
         group.start("openai-emulator", emulator, env)
         group.run("airflow-init", INIT_COMMAND, env, timeout=300)
         migrated = time.monotonic()

@@ -120,3 +120,22 @@ def test_e2e_script_fails_loudly_when_a_batch_does_not_complete(tmp_path: Path, 
     write_requests(path, count=30, short_fraction=0, invalid_every=0, models=live.E2E_MODELS)
     with pytest.raises(RuntimeError, match="ended expired"):
         live.e2e_script({"input": str(path), "base_url": emulator.base_url, "out_dir": str(tmp_path / "out")})
+
+
+def test_webhook_bench_smoke_counts_calls_and_wakes(tmp_path: Path) -> None:
+    """The webhooks row at smoke size: a wait woken by its delivery costs a handful of status calls."""
+    output = tmp_path / "results.json"
+    command = [sys.executable, "-m", "bench", "--smoke", "--only", "webhooks", "--output", str(output)]
+    proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads(output.read_text())
+    assert results["context"]["failures"] == {}
+    context = results["webhook_context"]
+    assert context["one_wait_webhooks"]["woken_by_webhook"] == 1
+    assert context["one_wait_polling"]["woken_by_webhook"] == 0
+    # Polling alone at a tenth of the net's interval costs about ten times the calls.
+    assert (
+        results["webhook_status_calls_per_batch_1h_polling_60s"]
+        > 4 * results["webhook_status_calls_per_batch_1h_net_10min"]
+    )
+    assert results["webhook_status_calls_per_batch_1h_net_10min_many"] < 3

@@ -144,7 +144,8 @@ def webhook_secret() -> str | None:
 
     From the extra ``webhook_secret`` of the connection the Variable ``openai_batch_webhook_conn_id``
     names (``openai_default``), else the ``OPENAI_WEBHOOK_SECRET`` environment variable (the SDK's
-    own name); surrounding whitespace (a pasted newline) is dropped. Read at most every 30 s.
+    own name), else the file ``OPENAI_WEBHOOK_SECRET_FILE`` names; surrounding whitespace (a pasted
+    newline) is dropped. Read at most every 30 s.
     """
     import time
 
@@ -162,9 +163,21 @@ def webhook_secret() -> str | None:
         secret = str(found).strip() if found else None
     except Exception:  # noqa: BLE001 - no such connection: the environment may still have one
         secret = None
-    secret = secret or os.environ.get("OPENAI_WEBHOOK_SECRET", "").strip() or None
+    secret = secret or os.environ.get("OPENAI_WEBHOOK_SECRET", "").strip() or _secret_file() or None
     _secret_cache = (time.monotonic(), secret)
     return secret
+
+
+def _secret_file() -> str | None:
+    """Return the secret in the file ``OPENAI_WEBHOOK_SECRET_FILE`` names (compose generates one), or None."""
+    path = os.environ.get("OPENAI_WEBHOOK_SECRET_FILE", "").strip()
+    if not path:
+        return None
+    try:
+        return Path(path).read_text().strip() or None
+    except OSError as err:
+        log.warning("Cannot read the webhook secret file %s: %s", path, err)
+        return None
 
 
 def event_store() -> EventStore | None:
