@@ -78,6 +78,9 @@ def sizes_for(smoke: bool, scale: float) -> dict[str, Any]:
             "merge_lines": 20_000,
             "triggers": 50,
             "triggers_many": 200,
+            "trigger_many_poll_interval_s": 2.0,
+            "trigger_many_warmup_s": 1.5,
+            "trigger_many_window_s": 2.0,
             "webhook_batch_s": 6.0,
             "webhook_waits": 10,
             "trigger_window_s": 2.0,
@@ -95,6 +98,11 @@ def sizes_for(smoke: bool, scale: float) -> dict[str, Any]:
             "merge_lines": 1_000_000,
             "triggers": 1_000,
             "triggers_many": 10_000,
+            # 10,000 waits at the DAG's default poll interval: the first shared round comes 30-60 s
+            # after the start; the window holds it (100 listing pages at 200 ms each, and the answers).
+            "trigger_many_poll_interval_s": 60.0,
+            "trigger_many_warmup_s": 50.0,
+            "trigger_many_window_s": 40.0,
             # A "1-hour batch" at 1:100 (bench/webhooks.py), 100 waits at once.
             "webhook_batch_s": 36.0,
             "webhook_waits": 100,

@@ -29,11 +29,11 @@ def wait_for_capacity(
     Defer ``task`` until the round fits (no worker slot held), or fail if it can never fit.
 
     The capacity trigger checks the ledger every ``poll`` seconds and resumes ``method_name``
-    once the round fits, not sooner than ``MIN_CAPACITY_WAIT`` seconds from now.
+    once the round fits, not sooner than ``MIN_FIRE_AFTER_DEFERRAL`` seconds from now.
     """
     import time
 
-    from openai_batch.triggers import MIN_CAPACITY_WAIT, OpenAIBatchCapacityTrigger
+    from openai_batch.triggers import MIN_FIRE_AFTER_DEFERRAL, OpenAIBatchCapacityTrigger
 
     if not err.ever_fits:
         raise AirflowFailException(too_big_message(err))
@@ -48,7 +48,7 @@ def wait_for_capacity(
             limit=err.limit,
             label=err.label,
             poll_interval=poll,
-            not_before=time.time() + max(MIN_CAPACITY_WAIT, poll),
+            not_before=time.time() + max(MIN_FIRE_AFTER_DEFERRAL, poll),
         ),
         method_name=method_name,
     )

@@ -64,6 +64,12 @@ async def _sdk_get_batch(client: AsyncOpenAI, batch_id: str) -> dict[str, Any]:
     return batch
 
 
+#: A trigger that can fire at once (a recorded webhook, free capacity, a file's finished waits) never
+#: fires sooner than this after it starts. One that fires while the scheduler has not yet seen the
+#: deferring task's process exit makes Airflow fail the resumed try ("finished with state success,
+#: but the task instance's state attribute is queued") and retry it after its retry delay.
+MIN_FIRE_AFTER_DEFERRAL = 10.0
+
 #: Seconds before a batch whose end was announced by its webhook, but not yet shown by the API, is read again.
 RECHECK_AFTER_EVENT = 5.0
 
@@ -91,6 +97,7 @@ class _Waiter:
         self.batch_id = batch_id
         self.signal = ended.watch(batch_id) if ended is not None else None
         self.woken = False
+        self.started = time.monotonic()
 
     async def next(self, delay: float) -> dict[str, Any]:
         """Return the batch's next status."""
@@ -106,8 +113,10 @@ class _Waiter:
                 polled.cancel()
         if polled.done() and not polled.cancelled():
             return polled.result()
-        # Its end was recorded: read it once (the event says only that it ended, not how).
+        # Its end was recorded: read it once (the event says only that it ended, not how); an end
+        # recorded before the wait started is acted on once the deferral has surely settled.
         self.woken = True
+        await asyncio.sleep(max(0.0, self.started + MIN_FIRE_AFTER_DEFERRAL - time.monotonic()))
         return await self.get_now()
 
     def close(self) -> None:
@@ -379,12 +388,6 @@ class InputFilesTrigger(BaseTrigger):
             await asyncio.sleep(self.poll_interval)
 
 
-#: A capacity wait never ends sooner than this after the deferral. A trigger that fires while the
-#: scheduler has not yet seen the deferring task's process exit can make it fail the resumed task
-#: ("finished with state success, but the task instance's state attribute is queued").
-MIN_CAPACITY_WAIT = 10.0
-
-
 class OpenAIBatchCapacityTrigger(BaseTrigger):
     """
     Wait until a shard round fits under its model's enqueued-token limit, then yield one event.
@@ -587,8 +590,6 @@ class OpenAIBatchBorrowTrigger(BaseTrigger):
         yield TriggerEvent({"status": "ready", "file": self.file})
 
 
-#: A write's wait never ends sooner than this after the deferral (see ``MIN_CAPACITY_WAIT``).
-MIN_WRITE_WAIT = 10.0
 # One reading of a run's task states per (dag, run, task) and interval, shared by every write
 # trigger of this triggerer that waits in that run: N files cost one call per interval, not N.
 _STATE_READS: dict[tuple[int, str, str, str], tuple[float, asyncio.Future[dict[str, Any]]]] = {}
@@ -681,7 +682,7 @@ class FileWaitsTrigger(BaseTrigger):
             if states is not None:
                 verdict, reason = file_waits_verdict(states, self.wait_task_id, self.start, self.count)
                 if verdict != WAIT:
-                    await asyncio.sleep(max(0.0, deferred_at + MIN_WRITE_WAIT - time.monotonic()))
+                    await asyncio.sleep(max(0.0, deferred_at + MIN_FIRE_AFTER_DEFERRAL - time.monotonic()))
                     yield TriggerEvent({"verdict": verdict, "reason": reason})
                     return
             await asyncio.sleep(self.poll_interval)

@@ -26,7 +26,7 @@ def states(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
         return {kwargs["run_ids"][0]: dict(seen["now"])}
 
     monkeypatch.setattr(RuntimeTaskInstance, "get_task_states", staticmethod(get_task_states))
-    monkeypatch.setattr(triggers, "MIN_WRITE_WAIT", 0.0)
+    monkeypatch.setattr(triggers, "MIN_FIRE_AFTER_DEFERRAL", 0.0)
     triggers._STATE_READS.clear()
     return seen
 

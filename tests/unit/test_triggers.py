@@ -103,16 +103,46 @@ async def test_completed_batch_gives_one_event(emulator: Any) -> None:
     assert events[0]["request_counts"]["completed"] == 2
 
 
+async def test_an_end_recorded_before_the_wait_starts_fires_only_after_the_deferral_settles(
+    start_emulator: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An end already recorded wakes the wait at its first reading, but not before MIN_FIRE_AFTER_DEFERRAL."""
+    import openai_batch.triggers as triggers_module
+    from openai_batch.webhooks import EventStore
+
+    monkeypatch.setattr(triggers_module, "MIN_FIRE_AFTER_DEFERRAL", 3.0)
+    server = start_emulator(finalizing_seconds=0.1)
+    batch_id = create_batch(server, [chat("a")])
+    client = openai.OpenAI(base_url=server.base_url, api_key="k")
+    for _ in range(100):
+        if client.batches.retrieve(batch_id).status == "completed":
+            break
+        await asyncio.sleep(0.1)
+    store = EventStore(tmp_path / "webhooks")
+    store.record_end(batch_id, "batch.completed", "evt_1")
+    trigger = OpenAIBatchTrigger(
+        conn_id="openai_default", batch_id=batch_id, poll_interval=3600, events_dir=str(store.folder)
+    )
+    started = time.monotonic()
+    events = await asyncio.wait_for(collect(trigger), 20)
+    took = time.monotonic() - started
+    assert [e["status"] for e in events] == ["completed"]
+    assert 3.0 <= took < 8.0, took
+
+
 def _batch_reads(server: Any) -> int:
     routes = server.stats()["requests_by_route"]
     return sum(n for route, n in routes.items() if route.startswith("GET /v1/batches"))
 
 
 async def test_a_recorded_webhook_wakes_a_wait_with_an_hour_between_polls(
-    start_emulator: Any, tmp_path: Path
+    start_emulator: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """With an hour's poll interval, the wait ends within seconds of its batch's recorded end, in one read."""
+    import openai_batch.triggers as triggers_module
     from openai_batch.webhooks import EventStore
+
+    monkeypatch.setattr(triggers_module, "MIN_FIRE_AFTER_DEFERRAL", 2.0)
 
     server = start_emulator(hold_in_progress=True, finalizing_seconds=0.1)
     batch_id = create_batch(server, [chat("a")])
