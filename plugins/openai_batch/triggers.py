@@ -625,7 +625,8 @@ class FileWaitsTrigger(BaseTrigger):
     Reads the run's task states through the task SDK (no database connection of its own), shared by
     every such trigger of the triggerer in the same run, and decides with
     :func:`openai_batch.plans.file_waits_verdict`. Yields ``{"verdict", "reason"}`` once the verdict
-    is no longer ``wait``: the file can be written, a wait failed, or a wait needs a worker again.
+    is no longer ``wait``: the file can be written, a wait failed, or (without ``through_workers``)
+    a wait needs a worker again.
 
     :param dag_id: The DAG.
     :param run_id: The run.
@@ -633,10 +634,20 @@ class FileWaitsTrigger(BaseTrigger):
     :param start: The map index of the file's first shard.
     :param count: The file's shards.
     :param poll_interval: Seconds between two readings.
+    :param through_workers: Keep waiting while a wait needs a worker (queued, resumed from its own
+        deferral, up for retry): a deployment with a triggerer. False fires then (``dag.test()``,
+        which runs this trigger inline while the wait would need the same process).
     """
 
     def __init__(
-        self, dag_id: str, run_id: str, task_id: str, start: int, count: int, poll_interval: float = 10.0
+        self,
+        dag_id: str,
+        run_id: str,
+        task_id: str,
+        start: int,
+        count: int,
+        poll_interval: float = 10.0,
+        through_workers: bool = False,
     ) -> None:
         super().__init__()
         self.dag_id = dag_id
@@ -645,6 +656,7 @@ class FileWaitsTrigger(BaseTrigger):
         self.start = start
         self.count = count
         self.poll_interval = poll_interval
+        self.through_workers = through_workers
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         """Serialize the trigger's class path and arguments."""
@@ -657,12 +669,13 @@ class FileWaitsTrigger(BaseTrigger):
                 "start": self.start,
                 "count": self.count,
                 "poll_interval": self.poll_interval,
+                "through_workers": self.through_workers,
             },
         )
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         """Read the states every ``poll_interval`` until the verdict is no longer ``wait``."""
-        from openai_batch.plans import WAIT, file_waits_verdict
+        from openai_batch.plans import RECHECK, WAIT, file_waits_verdict
 
         deferred_at, errors = time.monotonic(), 0
         while True:
@@ -681,7 +694,7 @@ class FileWaitsTrigger(BaseTrigger):
                 states = None
             if states is not None:
                 verdict, reason = file_waits_verdict(states, self.wait_task_id, self.start, self.count)
-                if verdict != WAIT:
+                if verdict != WAIT and not (verdict == RECHECK and self.through_workers):
                     await asyncio.sleep(max(0.0, deferred_at + MIN_FIRE_AFTER_DEFERRAL - time.monotonic()))
                     yield TriggerEvent({"verdict": verdict, "reason": reason})
                     return

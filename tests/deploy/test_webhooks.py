@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 import openai
 import pytest
 
+from openai_batch.triggers import MIN_FIRE_AFTER_DEFERRAL
 from openai_emulator.webhooks import sign
 from tests.deploy.processes import http_json, wait_until
 from tests.deploy.standalone import DAG_ID, StandaloneStack, standalone  # noqa: F401 - fixture
@@ -57,7 +58,9 @@ def _run_held(stack: StandaloneStack, folder: str, poll_interval: int) -> tuple[
             return any(k.startswith("wait_for_batch") and v == "deferred" for k, v in states.items())
 
         wait_until("the batch's wait to defer", deferred, 240, interval=1, alive=stack.group)
-        time.sleep(3)  # the trigger is running in the triggerer, its first net round an interval away
+        # A real batch ends long after its wait deferred: past the wake's guard against firing
+        # before the deferral settled (MIN_FIRE_AFTER_DEFERRAL), the first net round an interval away.
+        time.sleep(MIN_FIRE_AFTER_DEFERRAL + 1)
     finally:
         stack.emulator.set_faults(hold_models=[])
     client = openai.OpenAI(api_key="any", base_url=stack.emulator.base_url)
@@ -77,6 +80,18 @@ def _run_end(stack: StandaloneStack, run_id: str, timeout: float) -> float:
     run = stack.wait_for_run(run_id, timeout=timeout)
     assert run["state"] == "success", stack.task_states(run_id)
     return dt.datetime.fromisoformat(run["end_date"]).timestamp()
+
+
+def _ended_after(stack: StandaloneStack, run_id: str, moment: float) -> dict[str, float]:
+    """Return how long after ``moment`` the run's wait and write tasks ended, in seconds."""
+    url = f"{stack.api}/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances?limit=100"
+    phases = {}
+    for ti in http_json(url)["task_instances"]:
+        if ti["task_id"] in ("wait_for_batch", "write_results") and ti["end_date"]:
+            for end in ("start", "end"):
+                at = dt.datetime.fromisoformat(ti[f"{end}_date"]).timestamp()
+                phases[f"{ti['task_id']} {end}"] = round(at - moment, 1)
+    return phases
 
 
 def _recorded(stack: StandaloneStack) -> set[str]:
@@ -107,7 +122,8 @@ def test_an_hour_between_polls_and_the_run_ends_within_a_minute_of_its_batch(
     assert finished - ended < 60, (finished - ended, stack.task_states(run_id))
     manifest = json.loads((stack.results / folder / "requests" / "manifest.json").read_text())
     assert manifest["counts"]["succeeded"] == 2, manifest
-    print(f"run ended {finished - ended:.1f}s after its batch (webhook)")
+    phases = _ended_after(stack, run_id, ended)
+    print(f"run ended {finished - ended:.1f}s after its batch (webhook); task ends after it: {phases}")
 
 
 def test_a_dropped_delivery_is_caught_by_the_net(standalone: StandaloneStack) -> None:  # noqa: F811

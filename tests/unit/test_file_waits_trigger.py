@@ -70,3 +70,22 @@ def test_it_serializes_to_what_it_was_built_from() -> None:
     path, kwargs = trigger.serialize()
     assert path == "openai_batch.triggers.FileWaitsTrigger"
     assert FileWaitsTrigger(**kwargs).serialize() == (path, kwargs)
+
+
+@pytest.mark.parametrize(("through_workers", "fires"), [(True, False), (False, True)])
+async def test_a_wait_back_on_a_worker_keeps_the_write_deferred_with_a_triggerer(
+    states: dict[str, Any], through_workers: bool, fires: bool
+) -> None:
+    """A wait resumed from its own deferral (queued) keeps a deployment's write waiting; dag.test's fires."""
+    trigger = FileWaitsTrigger(
+        "openai_batch", "r1", W, start=0, count=1, poll_interval=0.05, through_workers=through_workers
+    )
+    task = asyncio.ensure_future(_first_event(trigger))
+    states["now"] = {f"{W}_0": "queued", f"{W}_1": "deferred"}
+    await asyncio.sleep(0.3)
+    assert task.done() is fires
+    if fires:
+        assert task.result()["verdict"] == "recheck"
+        return
+    states["now"] = {f"{W}_0": "success", f"{W}_1": "deferred"}
+    assert (await asyncio.wait_for(task, 5))["verdict"] == "write"
