@@ -139,6 +139,16 @@ class Store:
             ).fetchone()
         return int(row[0])
 
+    def active_batch_ids(self) -> list[str]:
+        """Return the id of every batch that is not in a terminal status, oldest first (no record decoded)."""
+        marks = ",".join("?" for _ in TERMINAL_STATUSES)
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT id FROM batches WHERE status NOT IN ({marks}) ORDER BY seq",  # noqa: S608
+                tuple(TERMINAL_STATUSES),
+            ).fetchall()
+        return [str(r[0]) for r in rows]
+
     def active_batches(self) -> list[BatchRecord]:
         """Return every batch that is not in a terminal status, oldest first."""
         marks = ",".join("?" for _ in TERMINAL_STATUSES)

@@ -40,6 +40,8 @@ DEFAULT_BASE_URL = "https://api.openai.com/v1"
 
 #: Batches per ``GET /batches`` page (the API's largest page).
 LIST_PAGE_SIZE = 100
+#: Waits a shared round wakes per turn of the event loop.
+WAKE_CHUNK = 50
 #: Pages a shared round reads beyond one per 100 waits before it reads the rest one by one: newer
 #: batches of other users or runs push a wait's batch further down the listing.
 LIST_EXTRA_PAGES = 1
@@ -365,7 +367,7 @@ class _Rounds:
         results = await asyncio.gather(*(self.poller.get_batch(b) for b in missing), return_exceptions=True)
         outcome: dict[str, dict[str, Any] | BaseException] = dict(found)
         outcome.update(zip(missing, results, strict=True))
-        for ask in due:
+        for n, ask in enumerate(due, 1):
             if ask.answer.done():
                 continue
             value = outcome[ask.batch_id]
@@ -374,6 +376,10 @@ class _Rounds:
                 ask.answer.set_exception(error)
             else:
                 ask.answer.set_result(value)
+            if n % WAKE_CHUNK == 0:
+                # A thousand waits answered at once would all run in one turn of the loop and
+                # hold up every other trigger on it; let the loop turn between chunks.
+                await asyncio.sleep(0)
 
     async def _from_listing(self, wanted: set[str]) -> dict[str, dict[str, Any]]:
         """Page through recent batches until every wanted one is found or the pages are used up."""
