@@ -69,7 +69,7 @@ def write_requests(
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     written = 0
-    lines = 0
+    lines = invalid = 0
     short_every = round(1 / short_fraction) if short_fraction else 0
     with tmp.open("wb", buffering=4 * 1024 * 1024) as out:
         chunk: list[str] = []
@@ -82,6 +82,7 @@ def write_requests(
             body = _body(rng, texts, i, models)
             if invalid_every and i % invalid_every == invalid_every - 1:
                 line = body[: len(body) // 2]
+                invalid += 1
             elif short_every and i % short_every == 1:
                 line = body
             else:
@@ -100,7 +101,7 @@ def write_requests(
             out.write(data)
             written += len(data)
     tmp.replace(path)
-    return {"path": str(path), "bytes": written, "lines": lines}
+    return {"path": str(path), "bytes": written, "lines": lines, "invalid": invalid}
 
 
 def ensure_requests(path: Path, target_bytes: int, **kwargs: Any) -> dict[str, Any]:
@@ -110,7 +111,11 @@ def ensure_requests(path: Path, target_bytes: int, **kwargs: Any) -> dict[str, A
     if path.exists() and meta.exists():
         info = json.loads(meta.read_text())
         if info.get("params") == wanted:
-            return dict(info["sizes"])
+            sizes = dict(info["sizes"])
+            if "invalid" not in sizes:  # files written before the count was recorded
+                every = kwargs.get("invalid_every", 20000)
+                sizes["invalid"] = sizes["lines"] // every if every else 0
+            return sizes
     sizes = write_requests(path, target_bytes=target_bytes, **kwargs)
     meta.write_text(json.dumps({"params": wanted, "sizes": sizes}))
     return sizes

@@ -5,6 +5,7 @@ Each prints one JSON object as its last stdout line; the parent's memory never c
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import sys
@@ -89,6 +90,95 @@ def merge_baseline(args: dict[str, Any]) -> dict[str, Any]:
         "lines": lines,
         "peak_rss_mb": peak_rss_mb(),
     }
+
+
+def _floor_pass(sources: list[Path], work: Path, shard_lines: int, expected_errors: int) -> dict[str, Any]:
+    """Decode every line with msgspec, hash it and write it out: the work no prepare or merge can skip.
+
+    Lines go unchanged to ``shard-NNNNN.jsonl`` files in ``work``, a new one every ``shard_lines``
+    lines (0: one file); a line msgspec cannot decode goes to ``rejects.jsonl``. Each shard's
+    SHA-256 is fed every line it receives. Raises unless every line read was decoded (or counted
+    as one of ``expected_errors`` rejects) and every byte read was written.
+    """
+    import msgspec
+
+    decode, decode_error, sha256 = msgspec.json.decode, msgspec.DecodeError, hashlib.sha256
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    lines = decoded = errors = in_shard = 0
+    digests: list[str] = []
+    started, cpu_started = time.perf_counter(), time.process_time()
+    rejects = (work / "rejects.jsonl").open("wb", buffering=MB)
+    shard = (work / f"shard-{len(digests):05d}.jsonl").open("wb", buffering=MB)
+    digest = sha256()
+    write, update = shard.write, digest.update
+    for path in sources:
+        with path.open("rb") as fh:
+            for line in fh:
+                lines += 1
+                try:
+                    decode(line)
+                except decode_error:
+                    errors += 1
+                    rejects.write(line)
+                    continue
+                decoded += 1
+                update(line)
+                write(line)
+                in_shard += 1
+                if in_shard == shard_lines:
+                    shard.close()
+                    digests.append(digest.hexdigest())
+                    shard = (work / f"shard-{len(digests):05d}.jsonl").open("wb", buffering=MB)
+                    digest = sha256()
+                    write, update = shard.write, digest.update
+                    in_shard = 0
+    shard.close()
+    rejects.close()
+    digests.append(digest.hexdigest())
+    seconds, cpu = time.perf_counter() - started, time.process_time() - cpu_started
+    size = sum(p.stat().st_size for p in sources)
+    written = sum(p.stat().st_size for p in work.glob("*.jsonl"))
+    if decoded + errors != lines or errors != expected_errors:
+        raise RuntimeError(
+            f"floor loop decoded {decoded} of {lines} lines ({errors} rejects, {expected_errors} expected)"
+        )
+    if written != size:
+        raise RuntimeError(f"floor loop wrote {written} of {size} bytes read")
+    return {
+        "seconds": seconds,
+        "cpu_seconds": cpu,
+        "bytes": size,
+        "mb_per_s": size / MB / seconds,
+        "lines": lines,
+        "decoded": decoded,
+        "errors": errors,
+        "written_bytes": written,
+        "shards": len(digests),
+        "peak_rss_mb": peak_rss_mb(),
+    }
+
+
+def floor(args: dict[str, Any]) -> dict[str, Any]:
+    """prepare's floor: decode, hash and write every line of the input to shards of ``shard_lines``."""
+    setup_paths()
+    from openai_batch.limits import MAX_REQUESTS_PER_BATCH
+
+    work = Path(args["work_dir"])
+    shard_lines = int(args.get("shard_lines", MAX_REQUESTS_PER_BATCH))
+    out = _floor_pass([Path(args["input"])], work, shard_lines, int(args.get("expected_errors", 0)))
+    if not args.get("keep"):
+        shutil.rmtree(work, ignore_errors=True)
+    return out
+
+
+def merge_floor(args: dict[str, Any]) -> dict[str, Any]:
+    """The merge's floor: decode, hash and write every result line of every file to one results file."""
+    work = Path(args["work_dir"])
+    out = _floor_pass([Path(f) for f in args["files"]], work, 0, 0)
+    if not args.get("keep"):
+        shutil.rmtree(work, ignore_errors=True)
+    return out
 
 
 def merge(args: dict[str, Any]) -> dict[str, Any]:

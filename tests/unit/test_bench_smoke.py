@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from bench import live
+from bench import live, worker
+from bench.__main__ import TARGETS, table, verdict
 from bench.gen import write_requests
 from tests.conftest import ROOT
 
@@ -20,9 +21,19 @@ if TYPE_CHECKING:
 KEYS = (
     "prepare_mb_per_s",
     "prepare_ratio_vs_stdlib",
+    "prepare_ratio_vs_stdlib_min",
+    "prepare_ratio_vs_stdlib_max",
+    "prepare_ratio_vs_floor",
+    "prepare_ratio_vs_floor_min",
+    "prepare_ratio_vs_floor_max",
     "prepare_peak_rss_mb_1gb",
     "merge_mb_per_s",
     "merge_ratio_vs_stdlib",
+    "merge_ratio_vs_stdlib_min",
+    "merge_ratio_vs_stdlib_max",
+    "merge_ratio_vs_floor",
+    "merge_ratio_vs_floor_min",
+    "merge_ratio_vs_floor_max",
     "merge_peak_rss_mb_1m",
     "scale_prepare_seconds",
     "scale_merge_seconds",
@@ -61,8 +72,105 @@ def test_bench_smoke_writes_results(tmp_path: Path) -> None:
     assert set(results["context"]["loadavg_1m_before_after"]) == {"prepare", "merge", "parse", "scale"}
     assert results["merge_context"]["counts"]["total"] == results["merge_context"]["lines"]
     assert results["scale_context"]["full"]["requests"] == 10 * results["scale_context"]["tenth"]["requests"]
-    assert "| prepare_ratio_vs_stdlib |" in proc.stdout
-    assert "| merge_ratio_vs_stdlib |" in proc.stdout
+    for ratio in (
+        "prepare_ratio_vs_stdlib",
+        "prepare_ratio_vs_floor",
+        "merge_ratio_vs_stdlib",
+        "merge_ratio_vs_floor",
+    ):
+        assert results[f"{ratio}_min"] <= results[ratio] <= results[f"{ratio}_max"], ratio
+        assert f"| {ratio} |" in proc.stdout
+    assert (
+        len(results["prepare_context"]["ratio_vs_floor_per_round"]) == results["context"]["sizes"]["repeats"]
+    )
+    assert "1-minute load average:" in proc.stdout.splitlines()[0]
+
+
+def _request_file(path: Path, count: int, invalid_every: int) -> int:
+    return int(write_requests(path, count=count, invalid_every=invalid_every)["invalid"])
+
+
+def test_floor_does_the_work(tmp_path: Path) -> None:
+    path = tmp_path / "in.jsonl"
+    invalid = _request_file(path, 25, invalid_every=10)
+    work = tmp_path / "floor"
+    res = worker.floor(
+        {
+            "input": str(path),
+            "work_dir": str(work),
+            "shard_lines": 10,
+            "expected_errors": invalid,
+            "keep": True,
+        }
+    )
+    assert (res["lines"], res["decoded"], res["errors"], res["shards"]) == (25, 23, 2, 3)
+    assert res["written_bytes"] == path.stat().st_size
+    assert b"".join(p.read_bytes() for p in sorted(work.glob("shard-*.jsonl"))) == b"".join(
+        line for line in path.read_bytes().splitlines(keepends=True) if line.strip().endswith(b"}")
+    )
+
+
+@pytest.mark.parametrize(
+    ("invalid_every", "expected_errors"),
+    [
+        pytest.param(10, 0, id="undecodable-line"),
+        pytest.param(0, 1, id="missing-reject"),
+    ],
+)
+def test_floor_fails_loudly(tmp_path: Path, invalid_every: int, expected_errors: int) -> None:
+    path = tmp_path / "in.jsonl"
+    _request_file(path, 25, invalid_every)
+    args = {"input": str(path), "work_dir": str(tmp_path / "floor"), "expected_errors": expected_errors}
+    with pytest.raises(RuntimeError, match="floor loop decoded"):
+        worker.floor(args)
+
+
+def test_merge_floor_fails_loudly_on_an_undecodable_line(tmp_path: Path) -> None:
+    good, bad = tmp_path / "output-0.jsonl", tmp_path / "errors-0.jsonl"
+    good.write_text(_rows(["a", "b"]))
+    bad.write_text(_rows(["c"])[:-10] + "\n")
+    ok = worker.merge_floor({"files": [str(good)], "work_dir": str(tmp_path / "ok")})
+    assert (ok["decoded"], ok["written_bytes"]) == (2, good.stat().st_size)
+    with pytest.raises(RuntimeError, match="floor loop decoded 2 of 3 lines"):
+        worker.merge_floor({"files": [str(good), str(bad)], "work_dir": str(tmp_path / "bad")})
+
+
+@pytest.mark.parametrize(
+    ("name", "spread", "expected"),
+    [
+        pytest.param("prepare_ratio_vs_stdlib", (2.6, 2.7, 2.9), "yes", id="at-least-clear"),
+        pytest.param(
+            "prepare_ratio_vs_stdlib", (2.4, 2.7, 2.9), "unclear (spread 2.400-2.900)", id="at-least-crossing"
+        ),
+        pytest.param("prepare_ratio_vs_stdlib", (2.1, 2.4, 2.6), "NO", id="at-least-median-short"),
+        pytest.param("merge_ratio_vs_floor", (1.5, 1.8, 1.9), "yes", id="at-most-clear"),
+        pytest.param(
+            "merge_ratio_vs_floor", (1.5, 1.8, 2.2), "unclear (spread 1.500-2.200)", id="at-most-crossing"
+        ),
+        pytest.param("merge_ratio_vs_floor", (1.9, 2.1, 2.2), "NO", id="at-most-median-over"),
+    ],
+)
+def test_verdict_needs_the_whole_spread(name: str, spread: tuple[float, float, float], expected: str) -> None:
+    low, median, high = spread
+    results = {name: median, f"{name}_min": low, f"{name}_max": high}
+    assert verdict(name, TARGETS[name][1], results) == expected
+    assert f"| {name} | {median:.3f} | {TARGETS[name][0]} | {expected} |" in table(results)
+
+
+def test_verdict_without_a_spread() -> None:
+    assert (
+        verdict(
+            "prepare_peak_rss_mb_1gb", TARGETS["prepare_peak_rss_mb_1gb"][1], {"prepare_peak_rss_mb_1gb": 90}
+        )
+        == "yes"
+    )
+    assert (
+        verdict(
+            "prepare_peak_rss_mb_1gb", TARGETS["prepare_peak_rss_mb_1gb"][1], {"prepare_peak_rss_mb_1gb": 400}
+        )
+        == "NO"
+    )
+    assert verdict("prepare_mb_per_s", None, {"prepare_mb_per_s": 50.0}) == ""
 
 
 def _rows(ids: list[str], status: str = "succeeded") -> str:
