@@ -21,6 +21,8 @@ from scripts.run_local import WEBHOOK_ROUTE, airflow_env, emulator_connection, w
 from tests.deploy.processes import ProcessGroup, free_port, http_json, wait_until
 
 DAG_ID = "openai_batch"
+#: A model the tests hold in progress (the emulator's ``hold_models``) until they release it.
+HELD_MODEL = "gpt-4.1-nano"
 
 
 class StandaloneStack:
@@ -147,6 +149,75 @@ class StandaloneStack:
 
         result: dict[str, Any] = wait_until(f"run {run_id}", ended, timeout, alive=self.group)
         return result
+
+    def write_requests(self, path: Path, tag: str, model: str, count: int = 2) -> None:
+        """Write ``count`` chat requests for ``model`` to ``path``, custom_ids ``<tag>-<n>``."""
+        import json
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        body = {"model": model, "messages": [{"role": "user", "content": "hi"}]}
+        url = "/v1/chat/completions"
+        lines = [
+            {"custom_id": f"{tag}-{n}", "method": "POST", "url": url, "body": body} for n in range(count)
+        ]
+        path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+
+    def run_held(self, folder: str, model: str, poll_interval: int) -> tuple[str, str, float]:
+        """
+        Run the DAG on ``<inbox>/folder``, its one batch held until its wait has deferred and settled.
+
+        The batch is released ``MIN_FIRE_AFTER_DEFERRAL`` + 1 s after the wait deferred (a real batch
+        ends long after), so only a wake or a net round can end the wait. Return the run id, the
+        batch id and the batch's end (the API's ``completed_at``, whole seconds: up to 1 s early).
+        """
+        import openai
+
+        from openai_batch.triggers import MIN_FIRE_AFTER_DEFERRAL
+
+        self.emulator.set_faults(hold_models=[model])
+        try:
+            conf = {"input": f"{folder}/*.jsonl", "poll_interval": poll_interval, "settle_seconds": 0}
+            runs = f"{self.api}/dags/{DAG_ID}/dagRuns"
+            run_id = str(http_json(runs, "POST", {"logical_date": None, "conf": conf})["dag_run_id"])
+
+            def deferred() -> bool:
+                states = self.task_states(run_id)
+                return any(k.startswith("wait_for_batch") and v == "deferred" for k, v in states.items())
+
+            wait_until("the batch's wait to defer", deferred, 240, interval=1, alive=self.group)
+            time.sleep(MIN_FIRE_AFTER_DEFERRAL + 1)
+        finally:
+            self.emulator.set_faults(hold_models=[])
+        client = openai.OpenAI(api_key="any", base_url=self.emulator.base_url)
+        held = [b for b in client.batches.list(limit=20) if b.status not in ("completed", "failed")]
+        if len(held) != 1:
+            raise AssertionError(f"expected one held batch, found {[(b.id, b.status) for b in held]}")
+        batch_id = held[0].id
+
+        def completed_at() -> float | None:
+            batch = client.batches.retrieve(batch_id)
+            return float(batch.completed_at) if batch.status == "completed" and batch.completed_at else None
+
+        ended = wait_until("the batch to complete", completed_at, 60, interval=0.2)
+        return run_id, batch_id, float(ended)
+
+    def ended_after(self, run_id: str, moment: float) -> dict[str, float]:
+        """Return how long after ``moment`` the run's wait and write tasks started and ended, in seconds."""
+        import datetime as dt
+
+        url = f"{self.api}/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances?limit=100"
+        phases = {}
+        for ti in http_json(url)["task_instances"]:
+            if ti["task_id"] in ("wait_for_batch", "write_results") and ti["end_date"]:
+                for end in ("start", "end"):
+                    at = dt.datetime.fromisoformat(ti[f"{end}_date"]).timestamp()
+                    phases[f"{ti['task_id']} {end}"] = round(at - moment, 1)
+        return phases
+
+    def recorded_ends(self) -> set[str]:
+        """Return the batches whose end the webhook receiver recorded (in the ledger folder)."""
+        folder = self.results / "_ledger" / "webhooks" / "events"
+        return {p.name for p in folder.iterdir()} if folder.is_dir() else set()
 
     def task_states(self, run_id: str) -> dict[str, str]:
         """Return ``task_id[map_index] -> state`` of a run, for failure messages."""
