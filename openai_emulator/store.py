@@ -7,6 +7,7 @@ import os
 import sqlite3
 import threading
 from pathlib import Path
+from typing import Any
 
 from openai_emulator.models import TERMINAL_STATUSES, BatchRecord, FileRecord
 
@@ -139,25 +140,23 @@ class Store:
             ).fetchone()
         return int(row[0])
 
-    def active_batch_ids(self) -> list[str]:
-        """Return the id of every batch that is not in a terminal status, oldest first (no record decoded)."""
+    def _active(self, column: str) -> list[Any]:
+        """Return ``column`` (``id`` or ``data``) of every batch not in a terminal status, oldest first."""
         marks = ",".join("?" for _ in TERMINAL_STATUSES)
         with self._lock:
             rows = self._db.execute(
-                f"SELECT id FROM batches WHERE status NOT IN ({marks}) ORDER BY seq",  # noqa: S608
+                f"SELECT {column} FROM batches WHERE status NOT IN ({marks}) ORDER BY seq",  # noqa: S608
                 tuple(TERMINAL_STATUSES),
             ).fetchall()
-        return [str(r[0]) for r in rows]
+        return [r[0] for r in rows]
+
+    def active_batch_ids(self) -> list[str]:
+        """Return the id of every batch that is not in a terminal status, oldest first (no record decoded)."""
+        return [str(i) for i in self._active("id")]
 
     def active_batches(self) -> list[BatchRecord]:
         """Return every batch that is not in a terminal status, oldest first."""
-        marks = ",".join("?" for _ in TERMINAL_STATUSES)
-        with self._lock:
-            rows = self._db.execute(
-                f"SELECT data FROM batches WHERE status NOT IN ({marks}) ORDER BY seq",  # noqa: S608
-                tuple(TERMINAL_STATUSES),
-            ).fetchall()
-        return [BatchRecord.from_json(json.loads(r[0])) for r in rows]
+        return [BatchRecord.from_json(json.loads(d)) for d in self._active("data")]
 
 
 def fsync_dir(path: Path) -> None:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from openai_emulator.webhooks import sign
+from openai_emulator.webhooks import delivery_headers
 from tests.dags.test_results_view import DAG_ID, api_client, token_for
 
 if TYPE_CHECKING:
@@ -30,14 +30,7 @@ def _delivery(batch_id: str, webhook_id: str, secret: str = SECRET) -> tuple[byt
         "data": {"id": batch_id},
     }
     body = json.dumps(event).encode()
-    stamp = int(time.time())
-    headers = {
-        "content-type": "application/json",
-        "webhook-id": webhook_id,
-        "webhook-timestamp": str(stamp),
-        "webhook-signature": sign(secret, webhook_id, stamp, body),
-    }
-    return body, headers
+    return body, delivery_headers(secret, webhook_id, int(time.time()), body)
 
 
 @pytest.fixture

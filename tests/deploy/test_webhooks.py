@@ -18,7 +18,7 @@ import uuid
 
 import pytest
 
-from openai_emulator.webhooks import sign
+from openai_emulator.webhooks import delivery_headers
 from tests.deploy.processes import http_json
 from tests.deploy.standalone import HELD_MODEL, StandaloneStack, standalone  # noqa: F401 - fixture
 
@@ -88,13 +88,7 @@ def test_forged_and_replayed_deliveries_are_refused_and_counted(standalone: Stan
     body = json.dumps(event).encode()
 
     def post(secret: str, webhook_id: str) -> int:
-        stamp = int(time.time())
-        headers = {
-            "content-type": "application/json",
-            "webhook-id": webhook_id,
-            "webhook-timestamp": str(stamp),
-            "webhook-signature": sign(secret, webhook_id, stamp, body),
-        }
+        headers = delivery_headers(secret, webhook_id, int(time.time()), body)
         request = urllib.request.Request(stack.webhook_url, data=body, headers=headers, method="POST")
         try:
             with urllib.request.urlopen(request, timeout=10) as response:
