@@ -102,7 +102,7 @@ def run_webhook_bench(sizes: dict[str, Any], results: dict[str, Any]) -> None:
             "scale": f"1:{SCALE:g} (1 s stands for {SCALE:g} s)",
             "batch_seconds": batch_s,
             **out,
-            "note": "the triggerer's reading of recorded ends (every 2 s) is scaled too; "
+            "note": "the triggerer's reading of recorded ends (EVENT_CHECK_SECONDS) is scaled too; "
             "calls are the emulator's GET /v1/batches (one batch or a listing page) from the first "
             "wait's start to the last one's end, over the batches; woken_after is from the receiver's "
             "record of the delivery to the wait's event, in wall-clock seconds (not scaled)",
@@ -138,7 +138,7 @@ def webhook_waits(args: dict[str, Any]) -> dict[str, Any]:  # noqa: C901 - the w
         return answer
 
     triggers_module._Waiter.next = noting_next  # type: ignore[method-assign]
-    # The triggerer reads the recorded ends every 2 s; at 1:100 that is every 0.02 s.
+    # The triggerer reads the recorded ends every EVENT_CHECK_SECONDS; scaled 1:100 like the rest.
     from openai_batch import webhooks as webhooks_module
 
     webhooks_module.EVENT_CHECK_SECONDS = webhooks_module.EVENT_CHECK_SECONDS / SCALE

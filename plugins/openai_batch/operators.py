@@ -80,7 +80,7 @@ if TYPE_CHECKING:
 
 _LOG = logging.getLogger(__name__)
 #: Seconds between two checks of a file's waits while they wait in the triggerer (at most).
-MAX_WRITE_CHECK = 3.0
+MAX_WRITE_CHECK = 2.0
 #: Seconds at most before a write looks again at waits that still need a worker (queued, retrying):
 #: ``poll_interval`` is the batch status net, and can be an hour when webhooks are on.
 MAX_WRITE_RECHECK = 30.0

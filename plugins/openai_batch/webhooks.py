@@ -49,7 +49,7 @@ SEEN_KEEP_SECONDS = 2 * TOLERANCE_SECONDS + 60
 #: An ended batch's record is kept this long: a wait that starts later finds it at once.
 EVENT_KEEP_SECONDS = 2 * 86400
 #: Seconds between two readings of the recorded events by a triggerer.
-EVENT_CHECK_SECONDS = 2.0
+EVENT_CHECK_SECONDS = 1.0
 #: Seconds between two clean-ups of old records (by the receiver and by each reader).
 PRUNE_EVERY_SECONDS = 600.0
 
