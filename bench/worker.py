@@ -16,6 +16,17 @@ from typing import Any
 from bench.common import MB, peak_rss_mb, setup_paths
 
 
+def _throughput(seconds: float, cpu: float, size: int) -> dict[str, Any]:
+    """The figures every pass over a file reports: wall and CPU seconds, bytes, MB/s, peak RSS."""
+    return {
+        "seconds": seconds,
+        "cpu_seconds": cpu,
+        "bytes": size,
+        "mb_per_s": size / MB / seconds,
+        "peak_rss_mb": peak_rss_mb(),
+    }
+
+
 def prepare(args: dict[str, Any]) -> dict[str, Any]:
     setup_paths()
     from openai_batch.prepare import prepare_requests
@@ -29,15 +40,11 @@ def prepare(args: dict[str, Any]) -> dict[str, Any]:
     seconds, cpu = time.perf_counter() - started, time.process_time() - cpu_started
     size = src.stat().st_size
     out = {
-        "seconds": seconds,
-        "cpu_seconds": cpu,
-        "bytes": size,
-        "mb_per_s": size / MB / seconds,
+        **_throughput(seconds, cpu, size),
         "lines": result.lines,
         "valid": result.valid,
         "rejected": result.rejected,
         "shards": len(result.shards),
-        "peak_rss_mb": peak_rss_mb(),
     }
     if not args.get("keep"):
         shutil.rmtree(work, ignore_errors=True)
@@ -59,15 +66,7 @@ def baseline(args: dict[str, Any]) -> dict[str, Any]:
                 errors += 1
     seconds, cpu = time.perf_counter() - started, time.process_time() - cpu_started
     size = src.stat().st_size
-    return {
-        "seconds": seconds,
-        "cpu_seconds": cpu,
-        "bytes": size,
-        "mb_per_s": size / MB / seconds,
-        "lines": lines,
-        "errors": errors,
-        "peak_rss_mb": peak_rss_mb(),
-    }
+    return {**_throughput(seconds, cpu, size), "lines": lines, "errors": errors}
 
 
 def merge_baseline(args: dict[str, Any]) -> dict[str, Any]:
@@ -146,16 +145,12 @@ def _floor_pass(sources: list[Path], work: Path, shard_lines: int, expected_erro
     if written != size:
         raise RuntimeError(f"floor loop wrote {written} of {size} bytes read")
     return {
-        "seconds": seconds,
-        "cpu_seconds": cpu,
-        "bytes": size,
-        "mb_per_s": size / MB / seconds,
+        **_throughput(seconds, cpu, size),
         "lines": lines,
         "decoded": decoded,
         "errors": errors,
         "written_bytes": written,
         "shards": len(digests),
-        "peak_rss_mb": peak_rss_mb(),
     }
 
 
