@@ -48,6 +48,7 @@ def receiver(pipeline: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> TestC
     monkeypatch.setenv("AIRFLOW_CONN_OPENAI_DEFAULT", json.dumps(connection))
     monkeypatch.delenv("OPENAI_WEBHOOK_SECRET", raising=False)
     monkeypatch.setattr(app_module, "_secret_cache", (0.0, None))
+    monkeypatch.setattr(app_module, "_store_cache", (0.0, None))
     client = api_client(monkeypatch, all_admins=False)
     yield client
     from airflow.api_fastapi.app import purge_cached_app
@@ -117,10 +118,12 @@ def test_without_a_secret_deliveries_are_refused(
     connection = {"conn_type": "openai", "password": "k", "host": emulator.base_url}
     monkeypatch.setenv("AIRFLOW_CONN_OPENAI_DEFAULT", json.dumps(connection))
     monkeypatch.setattr(app_module, "_secret_cache", (0.0, None))
+    monkeypatch.setattr(app_module, "_store_cache", (0.0, None))
     body, headers = _delivery("batch_four", "wh_4")
     response = receiver.post(ROUTE, content=body, headers=headers)
     assert (response.status_code, response.json()) == (503, {"outcome": "unconfigured"})
     monkeypatch.setenv("OPENAI_WEBHOOK_SECRET", SECRET)  # the SDK's own variable
     monkeypatch.setattr(app_module, "_secret_cache", (0.0, None))
+    monkeypatch.setattr(app_module, "_store_cache", (0.0, None))
     assert receiver.post(ROUTE, content=body, headers=headers).status_code == 200
     assert _ended(pipeline["results"]) == {"batch_four"}

@@ -186,6 +186,25 @@ def event_store() -> EventStore | None:
     return None if folder is None else EventStore(folder)
 
 
+_store_cache: tuple[float, EventStore | None] = (0.0, None)
+
+
+def _receiver_config() -> tuple[str | None, EventStore | None]:
+    """
+    Return the secret and the event store, each read at most every ``SECRET_CACHE_SECONDS``.
+
+    The route needs no login: a flood of unsigned requests must not cost a database read each.
+    """
+    import time
+
+    global _store_cache
+    read_at, store = _store_cache
+    if not read_at or time.monotonic() - read_at >= SECRET_CACHE_SECONDS:
+        store = event_store()
+        _store_cache = (time.monotonic(), store)
+    return webhook_secret(), store
+
+
 async def _body_up_to(request: Request, limit: int) -> bytes:
     """Return the request body, or its first ``limit + 1`` bytes when it is longer (never more)."""
     declared = request.headers.get("content-length", "")
@@ -214,8 +233,7 @@ async def openai_webhook(request: Request) -> JSONResponse:
 
     body = await _body_up_to(request, MAX_BODY_BYTES)
     headers = {k.lower(): v for k, v in request.headers.items()}
-    secret = await run_in_threadpool(webhook_secret)
-    store = await run_in_threadpool(event_store)
+    secret, store = await run_in_threadpool(_receiver_config)
     verdict = await run_in_threadpool(receive, store, body, headers, secret)
     if store is not None:
         try:
