@@ -127,3 +127,23 @@ def test_without_a_secret_deliveries_are_refused(
     monkeypatch.setattr(app_module, "_store_cache", (0.0, None))
     assert receiver.post(ROUTE, content=body, headers=headers).status_code == 200
     assert _ended(pipeline["results"]) == {"batch_four"}
+
+
+def test_the_secret_appears_in_no_answer_log_line_or_record(
+    receiver: TestClient, pipeline: dict[str, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Whatever comes in (genuine, forged, replayed, unsigned), the secret stays out of what goes out."""
+    import logging
+
+    caplog.set_level(logging.DEBUG)
+    key = SECRET.removeprefix("whsec_")
+    other = "whsec_" + base64.b64encode(b"an attacker's guess of the key!!").decode()
+    answers = []
+    for secret, webhook_id in ((SECRET, "wh_s1"), (SECRET, "wh_s1"), (other, "wh_s2")):
+        body, headers = _delivery("batch_secret", webhook_id, secret=secret)
+        answers.append(receiver.post(ROUTE, content=body, headers=headers).text)
+    answers.append(receiver.post(ROUTE, content=b"{}", headers={"content-type": "application/json"}).text)
+    assert [json.loads(a)["outcome"] for a in answers] == ["recorded", "replayed", "forged", "unsigned"]
+    written = [p.read_bytes() for p in (pipeline["results"] / "_ledger").rglob("*") if p.is_file()]
+    for text in (*answers, caplog.text, *(w.decode("utf-8", "replace") for w in written)):
+        assert key not in text
