@@ -88,15 +88,17 @@ BUDGET_TIMEOUT = timedelta(minutes=30)
             minLength=1,
             pattern="^[A-Za-z0-9_.-]+$",
             title="Connection",
-            description="The Airflow connection of the API (type openai: API key in the password, base URL "
-            "in the host).",
+            description="The Airflow connection; its type picks the API. openai: OpenAI's Batch API (API key "
+            "in the password, base URL in the host). anthropic: Anthropic's Message Batches (key in the "
+            "password; lines {custom_id, params} or bare Messages bodies).",
         ),
         "endpoint": Param(
             "/v1/chat/completions",
             type="string",
             enum=list(SUPPORTED_ENDPOINTS),
             title="Endpoint",
-            description="Endpoint for short lines (bare request bodies) and lines without a url.",
+            description="Endpoint for short lines (bare request bodies) and lines without a url. On an "
+            "anthropic connection the default means Anthropic's Messages API.",
         ),
         "model": Param(
             None,
@@ -206,6 +208,7 @@ def openai_batch() -> None:
         allowed_roots=ALLOWED_ROOTS,
         results_root=RESULTS,
         endpoint="{{ params.endpoint }}",
+        conn_id="{{ params.conn_id }}",
         model="{{ params.model }}",
         max_requests_per_batch="{{ params.max_requests_per_batch }}",
         plan_only="{{ params.dry_run }}",

@@ -290,7 +290,13 @@ class OpenAIBatchHook(OpenAIHook):
         return self.conn.batches.list(limit=limit)
 
     def find_batch(
-        self, metadata: Mapping[str, str], max_scan: int = 1000, since: float | None = None
+        self,
+        metadata: Mapping[str, str],
+        max_scan: int = 1000,
+        since: float | None = None,
+        *,
+        requests: int | None = None,
+        open_stream: Callable[[], AbstractContextManager[IO[bytes]]] | None = None,
     ) -> Batch | None:
         """
         Return the newest batch whose metadata contains every pair of ``metadata``.
@@ -298,7 +304,8 @@ class OpenAIBatchHook(OpenAIHook):
         The API has no server-side metadata filter, so this scans the ``max_scan`` newest batches
         and, with ``since`` (epoch seconds), on back until a batch older than ``since`` is listed,
         however many batches came after it. Failed and cancelled batches are ignored: they hold
-        nothing worth re-attaching.
+        nothing worth re-attaching. ``requests`` and ``open_stream`` are not needed: the metadata
+        names the round.
         """
         return next(self._iter_matching(metadata, max_scan, since), None)
 
@@ -360,6 +367,8 @@ class OpenAIBatchHook(OpenAIHook):
         backoff: Backoff = CALL_BACKOFF,
         output_expires_after: dict[str, Any] | None = None,
         since: float | None = None,
+        requests: int | None = None,
+        open_stream: Callable[[], AbstractContextManager[IO[bytes]]] | None = None,
     ) -> Batch:
         """
         Create a batch, retrying transient errors without ever creating it twice.
@@ -370,6 +379,7 @@ class OpenAIBatchHook(OpenAIHook):
         settled: the oldest batch is kept and returned, a newer one is cancelled.
         ``output_expires_after`` (``{"anchor": "created_at", "seconds": N}``) is sent only when set.
         Both lookups reach back to ``since`` (epoch seconds, see :meth:`find_batch`) when it is set.
+        The request file was uploaded (``file_id``): ``requests`` and ``open_stream`` are not needed.
         """
         client = self.conn.with_options(max_retries=0)
         extra: dict[str, Any] = {}

@@ -67,6 +67,34 @@ class BatchLimits:
 
 DEFAULT_LIMITS = BatchLimits()
 
+#: Anthropic's Message Batches: "up to 100,000 Message requests or 256 MB in size, whichever is
+#: reached first" (https://docs.anthropic.com/en/docs/build-with-claude/batch-processing, Batch
+#: limitations). Requests go inline in the create call's JSON body, which is what the 256 MB bounds;
+#: shard lines are larger than the requests they become (``method``, ``url`` and ``body`` against
+#: ``params``), so a shard under 250,000,000 bytes makes a body under 256 MB in either reading.
+ANTHROPIC_LIMITS = BatchLimits(
+    max_requests=100_000,
+    max_bytes=250_000_000,
+    max_embedding_inputs=100_000,
+    max_request_bytes=MAX_REQUEST_BYTES,
+)
+
+#: The limits each provider's batches must respect, by provider name (see ``openai_batch.providers``).
+PROVIDER_LIMITS: dict[str, BatchLimits] = {"openai": DEFAULT_LIMITS, "anthropic": ANTHROPIC_LIMITS}
+
+
+def limits_for(provider: str, max_requests: int | None = None) -> BatchLimits:
+    """Return ``provider``'s limits, with at most ``max_requests`` requests per batch when given."""
+    base = PROVIDER_LIMITS.get(provider, DEFAULT_LIMITS)
+    if max_requests is None:
+        return base
+    return BatchLimits(
+        max_requests=min(max_requests, base.max_requests),
+        max_bytes=base.max_bytes,
+        max_embedding_inputs=base.max_embedding_inputs,
+        max_request_bytes=base.max_request_bytes,
+    )
+
 
 def check_output_expires_after(value: Any) -> dict[str, Any] | None:
     """Return ``output_expires_after`` as the Batch API takes it, or None when not set.

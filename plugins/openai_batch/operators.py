@@ -115,7 +115,10 @@ class OpenAIBatchPrepareOperator(BaseOperator):
     :param inbox: The inbox root; keys are paths relative to it. (templated)
     :param allowed_roots: Other roots inputs may be read from, comma-separated. (templated)
     :param results_root: The results root. (templated)
-    :param endpoint: Endpoint for short lines and lines without a url. (templated)
+    :param endpoint: Endpoint for short lines and lines without a url; on an Anthropic connection the
+        default means Anthropic's Messages API. (templated)
+    :param conn_id: The connection whose type decides the provider (see :mod:`openai_batch.providers`):
+        its lines, endpoint and limits. (templated)
     :param model: When set, overrides the model of every request. (templated)
     :param max_requests_per_batch: At most this many requests per batch (ceiling 50,000). (templated)
     :param plan_only: Write the plan and the rejects only; upload nothing (the ``dry_run`` param). (templated)
@@ -139,6 +142,7 @@ class OpenAIBatchPrepareOperator(BaseOperator):
         "allowed_roots",
         "results_root",
         "endpoint",
+        "conn_id",
         "model",
         "max_requests_per_batch",
         "plan_only",
@@ -155,6 +159,7 @@ class OpenAIBatchPrepareOperator(BaseOperator):
         results_root: str,
         allowed_roots: str | None = None,
         endpoint: str = "/v1/chat/completions",
+        conn_id: str = "openai_default",
         model: str | None = None,
         max_requests_per_batch: int = MAX_REQUESTS_PER_BATCH,
         plan_only: bool = False,
@@ -174,6 +179,8 @@ class OpenAIBatchPrepareOperator(BaseOperator):
         self.allowed_roots = allowed_roots
         self.results_root = results_root
         self.endpoint = endpoint
+        self.conn_id = conn_id
+        self.provider = "openai"
         self.model = model
         self.max_requests_per_batch = max_requests_per_batch
         self.plan_only = plan_only
@@ -210,7 +217,15 @@ class OpenAIBatchPrepareOperator(BaseOperator):
         """Prepare the file and return its plan."""
         from airflow.sdk import ObjectStoragePath
 
+        from openai_batch.providers import ProviderMismatchError, endpoint_for, provider_of
         from openai_batch.storage import InputFile, is_url
+
+        # The connection decides the provider, and with it the lines taken, the endpoint and limits.
+        self.provider = provider_of(str(self.conn_id))
+        try:
+            self.endpoint = endpoint_for(self.provider, self.endpoint)
+        except ProviderMismatchError as err:
+            raise AirflowFailException(f"connection {self.conn_id!r}: {err}") from err
 
         try:
             ref = self.input_ref()
@@ -386,6 +401,7 @@ class OpenAIBatchPrepareOperator(BaseOperator):
         """Prepare into ``work``, then publish the files into the content's state folder."""
         preparer = ContentPreparer(
             endpoint=self.endpoint,
+            provider=self.provider,
             model=self.model or None,
             plan_only=bool(self.plan_only),
             ledger_dir=self.ledger_dir,
@@ -463,8 +479,8 @@ class OpenAIBatchSubmitOperator(BaseOperator):
     @maps_api_errors
     def execute(self, context: Context) -> dict[str, Any]:
         """Submit the shard and return it with its batch id."""
-        from openai_batch.hooks import OpenAIBatchHook
         from openai_batch.limits import check_output_expires_after
+        from openai_batch.providers import batch_hook
 
         try:
             expiry = check_output_expires_after(self.output_expires_after)
@@ -477,7 +493,7 @@ class OpenAIBatchSubmitOperator(BaseOperator):
             return {**self.shard, "batch_id": None}
         state_dir = to_path(self.shard["state_dir"])
         state = load_state(state_dir, self.shard)
-        hook = OpenAIBatchHook(conn_id=self.conn_id)
+        hook = batch_hook(str(self.conn_id))
         try:
             limits = parse_limits(self.token_limits)
         except ValueError as err:

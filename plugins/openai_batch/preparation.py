@@ -85,6 +85,7 @@ class ContentPreparer:
     Prepare one opened input into its state folder, with the prepare task's settings.
 
     :param endpoint: Endpoint for short lines and lines without a url.
+    :param provider: The connection's provider (``openai`` or ``anthropic``): whose limits apply.
     :param model: When set, overrides the model of every request.
     :param plan_only: A dry run: nothing is claimed.
     :param ledger_dir: The ledger folder (the request record and the answer cache live there).
@@ -93,6 +94,7 @@ class ContentPreparer:
     """
 
     endpoint: str
+    provider: str
     model: str | None
     plan_only: bool
     ledger_dir: str | None
@@ -203,15 +205,10 @@ class ContentPreparer:
     ) -> PrepareResult | tuple[str, str, int, int]:
         """Return the outcome of preparing ``src`` into ``work``, or ``(digest, error, lines, rejected)``."""
         from openai_batch.idprefix import file_id_prefix
-        from openai_batch.limits import DEFAULT_LIMITS, BatchLimits
+        from openai_batch.limits import limits_for
         from openai_batch.prepare import NoValidRequestsError, PrepareError, prepare_requests
 
-        limits = BatchLimits(
-            max_requests=limit,
-            max_bytes=DEFAULT_LIMITS.max_bytes,
-            max_embedding_inputs=DEFAULT_LIMITS.max_embedding_inputs,
-            max_request_bytes=DEFAULT_LIMITS.max_request_bytes,
-        )
+        limits = limits_for(self.provider, limit)
         reuse = None if salt else self._earlier_results(folder, work)
         try:
             with open_input(src) as fin:

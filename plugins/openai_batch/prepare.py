@@ -48,6 +48,7 @@ from typing import IO, TYPE_CHECKING, Any, BinaryIO
 
 import msgspec
 
+from openai_batch import anthropic_format
 from openai_batch.layout import ORDER_FILE, ORDER_LINES_FILE, REJECTS_FILE, SHARD_PATTERN
 from openai_batch.limits import DEFAULT_LIMITS, SUPPORTED_ENDPOINTS, BatchLimits
 from openai_batch.pricing import FREE_ENDPOINTS, estimate_cost_usd, tokens_for_bytes
@@ -80,7 +81,10 @@ _REQUIRED_FIELDS: dict[str, tuple[str, ...]] = {
     "/v1/images/generations": ("prompt",),
     "/v1/images/edits": ("images", "prompt"),
     "/v1/videos": ("prompt",),
+    # Anthropic's Messages API: its batch lines are ``{"custom_id", "params"}`` (see _native_line).
+    anthropic_format.ENDPOINT: ("model", "max_tokens", "messages"),
 }
+_ALL_ENDPOINTS = (*SUPPORTED_ENDPOINTS, anthropic_format.ENDPOINT)
 # Lines held before duplicate ids are checked against the scratch table and written out.
 _FLUSH_LINES = 8192
 _FLUSH_BYTES = 32 * 1024 * 1024
@@ -400,21 +404,38 @@ def _check_body(body: dict[str, Any], endpoint: str, limits: BatchLimits) -> tup
         messages = body["messages"]
         if not isinstance(messages, list) or not messages:
             return "body.messages must be a non-empty list", 0
+    elif endpoint == anthropic_format.ENDPOINT:
+        return _check_messages_body(body), 0
     elif endpoint == "/v1/images/edits":
         images = body["images"]
         if not isinstance(images, list) or not images:
             return "body.images must be a non-empty list of image references", 0
     elif endpoint == "/v1/embeddings":
-        inputs = _count_embedding_inputs(body["input"])
-        if inputs == 0:
-            return "body.input must be a non-empty string or list", 0
-        if inputs > limits.max_embedding_inputs:
-            return (
-                f"body.input has {inputs} inputs, above the limit of "
-                f"{limits.max_embedding_inputs} per embeddings batch"
-            ), 0
-        return None, inputs
+        return _check_embeddings(body, limits)
     return None, 0
+
+
+def _check_embeddings(body: dict[str, Any], limits: BatchLimits) -> tuple[str | None, int]:
+    """Return ``(reason or None, embedding inputs)`` for an embeddings body."""
+    inputs = _count_embedding_inputs(body["input"])
+    if inputs == 0:
+        return "body.input must be a non-empty string or list", 0
+    if inputs > limits.max_embedding_inputs:
+        return (
+            f"body.input has {inputs} inputs, above the limit of "
+            f"{limits.max_embedding_inputs} per embeddings batch"
+        ), 0
+    return None, inputs
+
+
+def _check_messages_body(body: dict[str, Any]) -> str | None:
+    """Return why Anthropic's Messages API would refuse ``body`` (its required fields present), or None."""
+    messages, max_tokens = body["messages"], body["max_tokens"]
+    if not isinstance(messages, list) or not messages:
+        return "params.messages must be a non-empty list"
+    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
+        return "params.max_tokens must be a positive integer"
+    return None
 
 
 def _dumps(value: Any) -> bytes:
@@ -586,6 +607,8 @@ class _Preparer:
         self.reuse = reuse
         self.reused = 0
         self.endpoint = endpoint
+        # An Anthropic connection takes Anthropic's lines only, an OpenAI one never takes them.
+        self.anthropic = endpoint == anthropic_format.ENDPOINT
         self.model = model
         self.limits = limits
         self.id_prefix = id_prefix
@@ -647,7 +670,7 @@ class _Preparer:
         max_request = self.limits.max_request_bytes
         long_int = self.long_int
         digits = self.int_digits
-        fast_full = self.model is None
+        fast_full = self.model is None and not self.anthropic  # the fast paths are for OpenAI's lines
         fast_short = fast_full and self.endpoint == _CHAT
         short_head, short_tail = self.short_head, self.short_tail
         flush_lines, flush_bytes = _FLUSH_LINES, _FLUSH_BYTES
@@ -749,7 +772,10 @@ class _Preparer:
             self.reject(line_no, f"invalid JSON: {exc}", content)
 
     def _accept(self, line_no: int, obj: dict[str, Any], content: bytes) -> None:
-        if "custom_id" in obj or "body" in obj or "url" in obj or "method" in obj:  # see _FULL_KEYS
+        result: str | tuple[str, str, dict[str, Any], bytes, int]
+        if anthropic_format.is_native_line(obj):
+            result = self._native_line(obj)
+        elif "custom_id" in obj or "body" in obj or "url" in obj or "method" in obj:  # see _FULL_KEYS
             result = self._full_line(obj, content)
         else:
             result = self._short_line(line_no, obj, content)
@@ -779,9 +805,46 @@ class _Preparer:
             return True
         return False
 
+    def _native_line(self, obj: dict[str, Any]) -> str | tuple[str, str, dict[str, Any], bytes, int]:
+        """Check a line in Anthropic's batch shape ``{"custom_id", "params"}``; queue it as a shard line."""
+        endpoint = anthropic_format.ENDPOINT
+        if not self.anthropic:
+            return (
+                "an Anthropic Message Batches line ({custom_id, params}): "
+                "send it with an anthropic connection (the conn_id param)"
+            )
+        custom_id = obj.get("custom_id")
+        if custom_id is None:
+            return "custom_id is missing"
+        if not isinstance(custom_id, str):
+            return "custom_id must be a string"
+        bad = anthropic_format.bad_custom_id(custom_id)
+        if bad is not None:
+            return bad
+        body = obj["params"]
+        if not isinstance(body, dict):
+            return f"params must be a JSON object, got {_json_type(body)}"
+        self._override_model(body)
+        for name in _REQUIRED_FIELDS[endpoint]:
+            if body.get(name) is None:
+                return f"params.{name} is missing (required by Anthropic's Messages API)"
+        reason, _ = _check_body(body, endpoint, self.limits)
+        if reason is not None:
+            return reason.replace("body.", "params.")
+        out = _dumps({"custom_id": custom_id, "method": "POST", "url": endpoint, "body": body})
+        if len(out) > self.limits.max_request_bytes:
+            return self._too_large(len(out))
+        return custom_id, endpoint, body, out, 0
+
     def _full_line(
         self, obj: dict[str, Any], content: bytes
     ) -> str | tuple[str, str, dict[str, Any], bytes, int]:
+        if self.anthropic:
+            return (
+                "a Batch API line ({custom_id, method, url, body}): this connection is Anthropic's, "
+                "which takes {custom_id, params} lines or bare Messages bodies; "
+                "send this file with an openai connection (the conn_id param)"
+            )
         custom_id = obj.get("custom_id")
         if custom_id is None:
             return "custom_id is missing"
@@ -794,6 +857,8 @@ class _Preparer:
         if method != "POST":
             return f"method must be POST, got {json.dumps(method)}"
         url = obj.get("url", self.endpoint)
+        if url == anthropic_format.ENDPOINT:
+            return f"url {url} is Anthropic's Messages API: send this file with an anthropic connection"
         if url not in _REQUIRED_FIELDS:
             return f"unsupported url {json.dumps(url)} (supported: {', '.join(SUPPORTED_ENDPOINTS)})"
         body = obj.get("body")
@@ -825,7 +890,10 @@ class _Preparer:
         reason, inputs = _check_body(body, endpoint, self.limits)
         if reason is not None:
             return reason
-        custom_id = f"{self.id_prefix}-{line_no}"
+        if self.anthropic:
+            custom_id = anthropic_format.generated_id(self.id_prefix, line_no)
+        else:
+            custom_id = f"{self.id_prefix}-{line_no}"
         # Splice the original body bytes into the envelope instead of re-serialising them.
         body_bytes = _dumps(body) if changed else content.strip()
         out = b"".join(
@@ -1038,7 +1106,7 @@ def prepare_requests(
     :raises NoValidRequestsError: when no line is valid (after writing the rejects).
     """
     if endpoint not in _REQUIRED_FIELDS:
-        raise PrepareError(f"unsupported endpoint {endpoint!r} (supported: {', '.join(SUPPORTED_ENDPOINTS)})")
+        raise PrepareError(f"unsupported endpoint {endpoint!r} (supported: {', '.join(_ALL_ENDPOINTS)})")
     work = Path(work_dir)
     work.mkdir(parents=True, exist_ok=True)
     for stale in work.glob("shard-[0-9][0-9][0-9][0-9][0-9].jsonl"):  # never a later round's file

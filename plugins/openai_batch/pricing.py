@@ -2,7 +2,7 @@
 
 :data:`PRICES` lists synchronous prices in USD per 1M tokens (input, cached input, output).
 Batch requests cost :data:`BATCH_DISCOUNT` times that, which :func:`estimate_cost_usd`
-applies by default. Update the table when OpenAI changes its prices; unknown models yield
+applies by default. Update the table when a provider changes its prices; unknown models yield
 ``None`` rather than a guess.
 """
 
@@ -54,10 +54,26 @@ PRICES: dict[str, Price] = {
     # (per image) and Sora (per second of video) have no per-token price: their cost is unknown.
     "gpt-image-1": Price(5.00, 1.25, 40.00),
     "gpt-image-1-mini": Price(2.00, 0.20, 8.00),
+    # Anthropic (https://docs.anthropic.com/en/docs/about-claude/pricing): base input, cache hits
+    # and refreshes, output. Message Batches cost half of these too. A Message's usage counts cache
+    # reads apart from ``input_tokens``; they are not in the results' usage, so a cached prompt's
+    # cost is underestimated by its cache reads.
+    "claude-opus-4-5": Price(5.00, 0.50, 25.00),
+    "claude-opus-4-1": Price(15.00, 1.50, 75.00),
+    "claude-opus-4-0": Price(15.00, 1.50, 75.00),
+    "claude-opus-4": Price(15.00, 1.50, 75.00),
+    "claude-sonnet-4-5": Price(3.00, 0.30, 15.00),
+    "claude-sonnet-4-0": Price(3.00, 0.30, 15.00),
+    "claude-sonnet-4": Price(3.00, 0.30, 15.00),
+    "claude-3-7-sonnet": Price(3.00, 0.30, 15.00),
+    "claude-haiku-4-5": Price(1.00, 0.10, 5.00),
+    "claude-3-5-haiku": Price(0.80, 0.08, 4.00),
+    "claude-3-haiku": Price(0.25, 0.03, 1.25),
 }
 
-#: A dated snapshot of a listed model: ``gpt-4o-2024-08-06`` or ``gpt-3.5-turbo-0125``.
-_SNAPSHOT = re.compile(r"^(?P<base>.+)-(?:\d{4}-\d{2}-\d{2}|\d{4})$")
+#: A dated snapshot of a listed model: ``gpt-4o-2024-08-06``, ``gpt-3.5-turbo-0125``,
+#: ``claude-sonnet-4-20250514``, or Anthropic's moving alias ``claude-3-5-haiku-latest``.
+_SNAPSHOT = re.compile(r"^(?P<base>.+)-(?:\d{4}-\d{2}-\d{2}|\d{8}|\d{4}|latest)$")
 
 
 def price_for(model: str) -> Price | None:

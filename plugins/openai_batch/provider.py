@@ -75,11 +75,19 @@ class BatchProvider(Protocol):
         ...
 
     def find_batch(
-        self, metadata: Mapping[str, str], max_scan: int = ..., since: float | None = ...
+        self,
+        metadata: Mapping[str, str],
+        max_scan: int = ...,
+        since: float | None = ...,
+        *,
+        requests: int | None = ...,
+        open_stream: Callable[[], AbstractContextManager[IO[bytes]]] | None = ...,
     ) -> BatchRef | None:
         """Return the newest live batch whose metadata holds every pair of ``metadata``, or None.
 
-        With ``since`` (epoch seconds) the scan reaches back at least that far.
+        With ``since`` (epoch seconds) the scan reaches back at least that far. ``requests`` (how
+        many the round holds) and ``open_stream`` (its request file) let a provider whose batches
+        carry no metadata recognise the batch by its contents instead.
         """
         ...
 
@@ -103,8 +111,13 @@ class BatchProvider(Protocol):
         *,
         output_expires_after: dict[str, Any] | None = ...,
         since: float | None = ...,
+        requests: int | None = ...,
+        open_stream: Callable[[], AbstractContextManager[IO[bytes]]] | None = ...,
     ) -> BatchRef:
-        """Create a batch (a BatchRef), never twice: look it up by ``metadata`` before each new attempt."""
+        """Create a batch (a BatchRef), never twice: look it up by ``metadata`` before each new attempt.
+
+        ``open_stream`` opens the round's request file, for a provider that takes requests inline.
+        """
         ...
 
     def get_batch(self, batch_id: str) -> BatchRef:

@@ -38,6 +38,10 @@ RETRYABLE_ERROR_CODES: frozenset[str] = frozenset(
         "engine_overloaded",
         "server_overloaded",
         "token_limit_exceeded",
+        # Anthropic's error types for the same transient causes (its errors page).
+        "rate_limit_error",
+        "api_error",
+        "overloaded_error",
     }
 )
 

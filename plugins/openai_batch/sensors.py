@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from airflow.sdk import Context
 
     from openai_batch.arrivals import FileStat
-    from openai_batch.hooks import OpenAIBatchHook
+    from openai_batch.provider import BatchProvider
     from openai_batch.records import RequestRecord
     from openai_batch.state import ShardState
 
@@ -357,6 +357,7 @@ class OpenAIBatchSensor(BaseSensorOperator):
         self.capacity_poll = capacity_poll
         self.shard = shard
         self.conn_id = conn_id
+        self._provider: str | None = None
         self.poll_interval = poll_interval
         self.max_retry_rounds = max_retry_rounds
         self.max_token_limit_retries = max_token_limit_retries
@@ -365,11 +366,20 @@ class OpenAIBatchSensor(BaseSensorOperator):
         self.cancel_on_kill = cancel_on_kill
 
     @property
-    def hook(self) -> OpenAIBatchHook:
-        """Return a hook for the connection."""
-        from openai_batch.hooks import OpenAIBatchHook
+    def hook(self) -> BatchProvider:
+        """Return a hook for the connection's API (see :mod:`openai_batch.providers`)."""
+        from openai_batch.providers import batch_hook
 
-        return OpenAIBatchHook(conn_id=self.conn_id)
+        return batch_hook(str(self.conn_id), self.provider)
+
+    @property
+    def provider(self) -> str:
+        """Return the connection's provider, looked up once."""
+        from openai_batch.providers import provider_of
+
+        if self._provider is None:
+            self._provider = provider_of(str(self.conn_id))
+        return self._provider
 
     @maps_api_errors
     def execute(self, context: Context) -> dict[str, Any]:
@@ -389,7 +399,7 @@ class OpenAIBatchSensor(BaseSensorOperator):
         from openai_batch.triggers import batch_summary
 
         assert rnd.batch_id is not None
-        batch = self.hook.get_batch(rnd.batch_id)
+        batch: Any = self.hook.get_batch(rnd.batch_id)
         if is_terminal(batch.status):
             return self.execute_complete(context, batch_summary(batch.model_dump(mode="json")))
         self._defer(state)
@@ -403,6 +413,7 @@ class OpenAIBatchSensor(BaseSensorOperator):
             trigger=OpenAIBatchProgressTrigger(
                 progress_file=progress_file(self.shard["state_dir"], state.index),
                 conn_id=self.conn_id,
+                provider=self.provider,
                 batch_id=state.current.batch_id,
                 poll_interval=float(self.poll_interval),
                 end_time=time.time() + float(self.wait_timeout),

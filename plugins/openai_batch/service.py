@@ -82,7 +82,17 @@ def submit_round(
         hook.log.info("Shard %s round %s already has batch %s", state.identity, rnd.round, rnd.batch_id)
         return rnd.batch_id
     metadata = batch_metadata(state.identity, rnd.round, rnd.attempt, source)
-    existing = hook.find_batch(metadata, since=intent_floor(rnd.create_started_at))
+    request_file = state_dir / rnd.file
+
+    def open_requests() -> Any:
+        return request_file.open("rb")
+
+    existing = hook.find_batch(
+        metadata,
+        since=intent_floor(rnd.create_started_at),
+        requests=rnd.requests,
+        open_stream=open_requests,
+    )
     if existing is not None:
         hook.log.info("Re-attaching to batch %s created earlier for %s", existing.id, state.identity)
         rnd.batch_id, rnd.input_file_id, rnd.status = existing.id, existing.input_file_id, existing.status
@@ -103,7 +113,6 @@ def submit_round(
             line = ledger.admit(key, state.model, tokens, limit, label, capacity_poll)
         hook.log.info("Capacity: %s admitted (%s tokens); %s", label, f"{tokens:,}", line)
     if not rnd.input_file_id:
-        request_file = state_dir / rnd.file
         # An upload intent without a file id: an earlier try may have stored the file, then died.
         maybe_stored = rnd.upload_started_at is not None
         filename = f"{state.identity}-r{rnd.round}a{rnd.attempt}.jsonl"
@@ -112,7 +121,7 @@ def submit_round(
             rnd.upload_started_at, rnd.upload_filename = time.time(), filename
             save_state(state_dir, state)
         uploaded = hook.upload_batch_file_once(
-            lambda: request_file.open("rb"),
+            open_requests,
             filename=filename,
             size=stat_of(request_file)[0],
             since=intent_floor(rnd.upload_started_at),
@@ -131,6 +140,8 @@ def submit_round(
         metadata,
         output_expires_after=output_expires_after,
         since=intent_floor(rnd.create_started_at),
+        requests=rnd.requests,
+        open_stream=open_requests,
     )
     rnd.batch_id, rnd.status = batch.id, batch.status
     save_state(state_dir, state)

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
     from openai import AsyncOpenAI
 
+    from openai_batch.anthropic_hook import AnthropicBatchHook
     from openai_batch.budget import Ledger
     from openai_batch.payloads import BatchEndEvent
     from openai_batch.webhooks import EndedBatches
@@ -148,6 +149,8 @@ class OpenAIBatchTrigger(BaseTrigger):
     :param cancel_on_timeout: Cancel the batch when ``end_time`` passes.
     :param events_dir: The folder where the webhook receiver records batch ends
         (``<ledger>/webhooks``, see :mod:`openai_batch.webhooks`), or None to rely on polling alone.
+    :param provider: The connection's provider (``openai`` or ``anthropic``, see
+        :mod:`openai_batch.providers`); Anthropic's batches are read through its SDK and translated.
     """
 
     def __init__(
@@ -160,9 +163,11 @@ class OpenAIBatchTrigger(BaseTrigger):
         cancel_on_kill: bool = True,
         cancel_on_timeout: bool = True,
         events_dir: str | None = None,
+        provider: str = "openai",
     ) -> None:
         super().__init__()
         self.conn_id = conn_id
+        self.provider = provider
         self.batch_id = batch_id
         self.events_dir = events_dir
         self.poll_interval = poll_interval
@@ -184,8 +189,14 @@ class OpenAIBatchTrigger(BaseTrigger):
                 "cancel_on_kill": self.cancel_on_kill,
                 "cancel_on_timeout": self.cancel_on_timeout,
                 "events_dir": self.events_dir,
+                "provider": self.provider,
             },
         )
+
+    def _anthropic_hook(self) -> AnthropicBatchHook:
+        from openai_batch.anthropic_hook import AnthropicBatchHook
+
+        return AnthropicBatchHook(conn_id=self.conn_id, max_retries=1, timeout=60.0)
 
     def _hook(self) -> OpenAIBatchHook:
         # Few SDK retries: the poll loop itself tolerates errors and keeps its own cadence.
@@ -199,6 +210,23 @@ class OpenAIBatchTrigger(BaseTrigger):
                 from openai_batch.webhooks import shared_ended_batches
 
                 ended = await stack.enter_async_context(shared_ended_batches(self.events_dir))
+            if self.provider == "anthropic":
+                anthropic_hook = self._anthropic_hook()
+
+                async def get_anthropic() -> dict[str, Any]:
+                    return await anthropic_hook.aget_batch_json(self.batch_id)
+
+                async def poll_anthropic(delay: float) -> dict[str, Any]:
+                    await asyncio.sleep(delay)
+                    return await get_anthropic()
+
+                waiter = _Waiter(get_anthropic, poll_anthropic, ended, self.batch_id)
+                try:
+                    async for event in self._poll(waiter):
+                        yield event
+                finally:
+                    waiter.close()
+                return
             hook = self._hook()
             settings = PollSettings.from_client_kwargs(await hook.async_client_kwargs())
             if settings is None:
@@ -267,8 +295,7 @@ class OpenAIBatchTrigger(BaseTrigger):
                 # loop stops for every full collection they bring on.
                 del batch
             if self.end_time is not None and time.time() >= self.end_time:
-                client = await self._hook().shared_async_client()
-                yield TriggerEvent(await self._timeout_event(client))
+                yield TriggerEvent(await self._timeout_event())
                 return
             # After its webhook (the API did not show the end yet) look again soon, not an interval later.
             delay = min(self.poll_interval, RECHECK_AFTER_EVENT) if waiter.woken else self.poll_interval
@@ -295,12 +322,19 @@ class OpenAIBatchTrigger(BaseTrigger):
     def _error_event(self, message: str) -> BatchEndEvent:
         return {"batch_id": self.batch_id, "status": "error", "message": message}
 
-    async def _timeout_event(self, client: AsyncOpenAI) -> BatchEndEvent:
+    async def _timeout_event(self) -> BatchEndEvent:
         message = f"batch {self.batch_id} did not finish before the wait's timeout"
         if self.cancel_on_timeout:
-            await self._cancel(client)
+            await self._cancel_batch()
             message += "; it was cancelled"
         return {"batch_id": self.batch_id, "status": "timeout", "message": message}
+
+    async def _cancel_batch(self) -> None:
+        if self.provider == "anthropic":
+            if await self._anthropic_hook().acancel_batch(self.batch_id):
+                self.log.info("Cancelled batch %s", self.batch_id)
+            return
+        await self._cancel(await self._hook().shared_async_client())
 
     async def _cancel(self, client: AsyncOpenAI) -> None:
         try:
@@ -315,8 +349,7 @@ class OpenAIBatchTrigger(BaseTrigger):
         """Cancel the batch when a user kills, fails or clears the deferred task."""
         if not self.cancel_on_kill:
             return
-        client = await self._hook().shared_async_client()
-        await asyncio.wait_for(self._cancel(client), timeout=30)
+        await asyncio.wait_for(self._cancel_batch(), timeout=30)
 
 
 class InputFilesTrigger(BaseTrigger):

@@ -1,0 +1,80 @@
+"""Which batch API a connection speaks, and the hook that speaks it: one owner for that choice.
+
+The ``conn_id`` param names an Airflow connection; its type decides the API (DESIGN, Providers):
+``anthropic`` is Anthropic's Message Batches (:class:`openai_batch.anthropic_hook.AnthropicBatchHook`),
+anything else is OpenAI's Batch API (:class:`openai_batch.hooks.OpenAIBatchHook`). The endpoint a
+provider's lines go to, and its limits, follow from the provider here too.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Literal
+
+from openai_batch import anthropic_format
+
+if TYPE_CHECKING:
+    from openai_batch.limits import BatchLimits
+    from openai_batch.provider import BatchProvider
+
+Provider = Literal["openai", "anthropic"]
+
+#: Connection types whose API is Anthropic's Message Batches.
+_ANTHROPIC_TYPES = frozenset({"anthropic"})
+
+#: What the DAG's ``endpoint`` param defaults to; on an Anthropic connection it means Anthropic's.
+DEFAULT_ENDPOINT = "/v1/chat/completions"
+
+
+class ProviderMismatchError(ValueError):
+    """Raise when the params ask a provider for something only another provider has."""
+
+
+def provider_of(conn_id: str) -> Provider:
+    """Return the provider of connection ``conn_id`` (``openai`` when there is none: the env keys it)."""
+    from airflow.sdk import BaseHook
+
+    try:
+        conn = BaseHook.get_connection(conn_id)
+    except Exception:  # noqa: BLE001 - a missing connection is OpenAI's, keyed by OPENAI_API_KEY
+        return "openai"
+    return "anthropic" if (conn.conn_type or "").lower() in _ANTHROPIC_TYPES else "openai"
+
+
+def endpoint_for(provider: str, endpoint: str | None) -> str:
+    """
+    Return the endpoint a run's lines go to on ``provider``.
+
+    On Anthropic, the default (or empty) endpoint means Anthropic's Messages API; an OpenAI endpoint
+    asked for explicitly is refused, as is Anthropic's on OpenAI.
+
+    :raises ProviderMismatchError: the endpoint belongs to the other provider.
+    """
+    if provider == "anthropic":
+        if endpoint in (None, "", DEFAULT_ENDPOINT, anthropic_format.ENDPOINT):
+            return anthropic_format.ENDPOINT
+        raise ProviderMismatchError(
+            f"endpoint {endpoint!r} is OpenAI's; an anthropic connection sends {anthropic_format.ENDPOINT}"
+        )
+    if endpoint == anthropic_format.ENDPOINT:
+        raise ProviderMismatchError(
+            f"endpoint {endpoint} is Anthropic's Messages API: set conn_id to an anthropic connection"
+        )
+    return endpoint or DEFAULT_ENDPOINT
+
+
+def limits_of(provider: str, max_requests: int | None = None) -> BatchLimits:
+    """Return the limits a shard for ``provider`` must respect (see :mod:`openai_batch.limits`)."""
+    from openai_batch.limits import limits_for
+
+    return limits_for(provider, max_requests)
+
+
+def batch_hook(conn_id: str, provider: str | None = None, **kwargs: Any) -> BatchProvider:
+    """Return the hook for ``conn_id``'s API; ``provider`` skips the connection lookup when known."""
+    if (provider or provider_of(conn_id)) == "anthropic":
+        from openai_batch.anthropic_hook import AnthropicBatchHook
+
+        return AnthropicBatchHook(conn_id=conn_id, **kwargs)
+    from openai_batch.hooks import OpenAIBatchHook
+
+    return OpenAIBatchHook(conn_id=conn_id, **kwargs)
