@@ -239,7 +239,13 @@ def _usage_of(body: dict[str, Any] | None) -> tuple[int, int, int, int]:
     usage = body.get("usage")
     if not isinstance(usage, dict):
         return 0, 0, 0, 0
-    if "input_tokens" in usage:  # responses API
+    if "cache_read_input_tokens" in usage or "cache_creation_input_tokens" in usage:  # Anthropic's Message
+        # Its input_tokens leave out the cached part: cache reads (billed as cached input) and cache
+        # writes (billed at 1.25 times input; counted here as input, so a little under).
+        read = _int(usage.get("cache_read_input_tokens"))
+        written = _int(usage.get("cache_creation_input_tokens"))
+        return _int(usage.get("input_tokens")) + read + written, _int(usage.get("output_tokens")), read, 0
+    if "input_tokens" in usage:  # responses API (and Anthropic's Message without cache fields)
         in_details = usage.get("input_tokens_details")
         out_details = usage.get("output_tokens_details")
         return (
@@ -256,6 +262,36 @@ def _usage_of(body: dict[str, Any] | None) -> tuple[int, int, int, int]:
         _int(in_details.get("cached_tokens")) if isinstance(in_details, dict) else 0,
         _int(out_details.get("reasoning_tokens")) if isinstance(out_details, dict) else 0,
     )
+
+
+def usage_of_lines(lines: Iterable[bytes]) -> dict[str, Any]:
+    """
+    Return a batch-level ``usage`` object summed over the succeeded answers among ``lines``.
+
+    For a batch whose API reports no usage of its own (Anthropic's Message Batches, some
+    OpenAI-compatible servers): the same object OpenAI's Batch gives, so costs follow one rule.
+    """
+    total = [0, 0, 0, 0]
+    for raw in lines:
+        if not raw.strip():
+            continue
+        try:
+            obj = json.loads(raw)
+        except ValueError:
+            continue
+        if not isinstance(obj, dict):
+            continue
+        status, body, _ = classify_line(obj)
+        if status == "succeeded":
+            for i, n in enumerate(_usage_of(body)):
+                total[i] += n
+    return {
+        "input_tokens": total[0],
+        "output_tokens": total[1],
+        "input_tokens_details": {"cached_tokens": total[2]},
+        "output_tokens_details": {"reasoning_tokens": total[3]},
+        "total_tokens": total[0] + total[1],
+    }
 
 
 class _Details(msgspec.Struct):

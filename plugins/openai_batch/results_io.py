@@ -53,6 +53,11 @@ def download_round(hook: BatchProvider, state_dir: ObjectStoragePath, rnd: Round
         with path.open("wb") as fout:
             size = hook.download_file(file_id, fout)
         hook.log.info("Downloaded %s (%s bytes) to %s", file_id, size, path)
+    if rnd.usage is None and rnd.output_file_id:
+        # The API reported no usage for the batch (Anthropic's never does): sum its answers'.
+        from openai_batch.results import usage_of_lines
+
+        rnd.usage = usage_of_lines(iter_lines(round_files(state_dir, rnd)[0]))
 
 
 def nothing_to_retry(state_dir: ObjectStoragePath, rnd: Round) -> bool:

@@ -50,7 +50,13 @@ class MemoryBatchAPI:
         self.log = logging.getLogger("memory-batch-api")
 
     def find_batch(
-        self, metadata: Mapping[str, str], max_scan: int = 1000, since: float | None = None
+        self,
+        metadata: Mapping[str, str],
+        max_scan: int = 1000,
+        since: float | None = None,
+        *,
+        requests: int | None = None,
+        open_stream: Any = None,
     ) -> _Batch | None:
         for batch in sorted(self.batches.values(), key=lambda b: -b.created_at):
             if all(batch.metadata.get(k) == v for k, v in metadata.items()) and batch.status != "failed":
@@ -83,6 +89,8 @@ class MemoryBatchAPI:
         *,
         output_expires_after: dict[str, Any] | None = None,
         since: float | None = None,
+        requests: int | None = None,
+        open_stream: Any = None,
     ) -> _Batch:
         n = len(self.batches)
         batch = _Batch(f"mb-{n + 1}", "validating", file_id, dict(metadata), n)
