@@ -299,9 +299,15 @@ class AnthropicBatchHook(AnthropicHook):
             raise ValueError(f"an Anthropic connection sends {anthropic_format.ENDPOINT}, not {endpoint}")
         client = self.client.with_options(max_retries=0)
         for attempt in range(1, attempts + 1):
-            if attempt > 1 and (
-                existing := self.find_batch(metadata, since=since, requests=requests, open_stream=open_stream)
-            ) is not None:
+            if (
+                attempt > 1
+                and (
+                    existing := self.find_batch(
+                        metadata, since=since, requests=requests, open_stream=open_stream
+                    )
+                )
+                is not None
+            ):
                 self.log.info("Batch %s already exists for %s; re-attaching", existing.id, metadata)
                 return existing
             try:
