@@ -14,6 +14,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
 
+from openai_emulator.anthropic_routes import install as install_message_batches
+from openai_emulator.anthropic_routes import is_messages_path, messages_gate
 from openai_emulator.backends import make_backend
 from openai_emulator.errors import APIError, error_envelope, error_type_for
 from openai_emulator.routes import control, v1
@@ -78,6 +80,7 @@ def create_app(settings: EmulatorSettings) -> FastAPI:
         worker = BatchWorker(state, backend)
         await state.webhooks.start()
         task = asyncio.create_task(worker.run())
+        await message_batches.start()
         try:
             yield
         finally:
@@ -87,6 +90,7 @@ def create_app(settings: EmulatorSettings) -> FastAPI:
             # Pending webhook deliveries are cancelled, not finished: they live in memory only.
             await state.webhooks.aclose()
             await backend.aclose()
+            await message_batches.aclose()
             state.store.close()
 
     app = FastAPI(
@@ -95,6 +99,8 @@ def create_app(settings: EmulatorSettings) -> FastAPI:
     app.state.emulator = state
     app.include_router(v1)
     app.include_router(control)
+    # Anthropic's Message Batches API (/v1/messages/...) on the same port, with its own gate below.
+    message_batches = install_message_batches(app, state)
 
     @app.exception_handler(APIError)
     async def api_error(request: Request, exc: APIError) -> JSONResponse:
@@ -119,6 +125,8 @@ def create_app(settings: EmulatorSettings) -> FastAPI:
         path = request.url.path
         if not path.startswith("/v1/") and path != "/v1":
             return await call_next(request)
+        if is_messages_path(path):  # x-api-key, not the bearer key; Anthropic's error envelope
+            return await messages_gate(state, request, call_next)
         method = request.method
         state.stats.route(route_key(method, path))
         auth = request.headers.get("authorization", "")

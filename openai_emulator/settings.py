@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from openai_emulator.anthropic_models import CLAUDE_MODELS
 from openai_emulator.corruption import CORRUPTIONS
 from openai_emulator.webhooks import SECRET_ENV, check_secret, check_urls, resolve_secret
 
@@ -280,6 +281,13 @@ class EmulatorSettings:
         "make run and docker-compose.yaml turn it on.",
         None,
         default=False,
+    )
+    anthropic_models: list[str] = _opt(
+        "Model ids the Message Batches API (/v1/messages/batches) knows, comma separated; with "
+        "--strict-models a request naming another model (or a dated snapshot of none) ends errored "
+        "with not_found_error.",
+        _str_list,
+        default_factory=lambda: list(CLAUDE_MODELS),
     )
     embedding_dimensions: int = _opt("Echo backend: length of embedding vectors.", int, default=8)
     log_level: str = _opt("Log level.", str, default="info")
