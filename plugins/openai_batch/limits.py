@@ -79,8 +79,23 @@ ANTHROPIC_LIMITS = BatchLimits(
     max_request_bytes=MAX_REQUEST_BYTES,
 )
 
+#: Azure OpenAI's batch limits: "Max requests per file 100,000", "Max input file size 200 MB"
+#: (https://learn.microsoft.com/en-us/azure/ai-foundry/openai/quotas-limits#batch-limits); the
+#: 500 batch files per resource and the per-deployment enqueued-token quota are the deployment's
+#: to set through the ``openai_batch_token_limits`` Variable, keyed by deployment name.
+AZURE_LIMITS = BatchLimits(
+    max_requests=100_000,
+    max_bytes=MAX_BATCH_BYTES,
+    max_embedding_inputs=MAX_REQUESTS_PER_BATCH,
+    max_request_bytes=MAX_REQUEST_BYTES,
+)
+
 #: The limits each provider's batches must respect, by provider name (see ``openai_batch.providers``).
-PROVIDER_LIMITS: dict[str, BatchLimits] = {"openai": DEFAULT_LIMITS, "anthropic": ANTHROPIC_LIMITS}
+PROVIDER_LIMITS: dict[str, BatchLimits] = {
+    "openai": DEFAULT_LIMITS,
+    "azure": AZURE_LIMITS,
+    "anthropic": ANTHROPIC_LIMITS,
+}
 
 
 def limits_for(provider: str, max_requests: int | None = None) -> BatchLimits:

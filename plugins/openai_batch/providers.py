@@ -2,7 +2,8 @@
 
 The ``conn_id`` param names an Airflow connection; its type decides the API (DESIGN, Providers):
 ``anthropic`` is Anthropic's Message Batches (:class:`openai_batch.anthropic_hook.AnthropicBatchHook`),
-anything else is OpenAI's Batch API (:class:`openai_batch.hooks.OpenAIBatchHook`). The endpoint a
+anything else is OpenAI's Batch API (:class:`openai_batch.hooks.OpenAIBatchHook`), at OpenAI or at
+Azure OpenAI's v1 API (same calls; Azure's own limits). The endpoint a
 provider's lines go to, and its limits, follow from the provider here too.
 """
 
@@ -16,10 +17,32 @@ if TYPE_CHECKING:
     from openai_batch.limits import BatchLimits
     from openai_batch.provider import BatchProvider
 
-Provider = Literal["openai", "anthropic"]
+Provider = Literal["openai", "azure", "anthropic"]
 
 #: Connection types whose API is Anthropic's Message Batches.
 _ANTHROPIC_TYPES = frozenset({"anthropic"})
+
+#: Hosts of Azure OpenAI's endpoints (``https://<resource>.openai.azure.com/openai/v1/`` and the
+#: Foundry names of the same API).
+_AZURE_HOSTS = (".openai.azure.com", ".cognitiveservices.azure.com", ".services.ai.azure.com")
+
+
+def provider_of_connection(conn_type: str | None, host: str | None, extra: dict[str, Any]) -> Provider:
+    """
+    Return the provider a connection stands for.
+
+    ``anthropic`` by its type; ``azure`` for an ``openai`` connection whose host is an Azure OpenAI
+    endpoint or whose extra says ``{"azure": true}`` (or ``"api_type": "azure"``); else ``openai``.
+    """
+    if (conn_type or "").lower() in _ANTHROPIC_TYPES:
+        return "anthropic"
+    if extra.get("azure") is True or str(extra.get("api_type") or "").lower() == "azure":
+        return "azure"
+    from urllib.parse import urlsplit
+
+    hostname = (urlsplit(host or "").hostname or "").lower()
+    return "azure" if hostname.endswith(_AZURE_HOSTS) else "openai"
+
 
 #: What the DAG's ``endpoint`` param defaults to; on an Anthropic connection it means Anthropic's.
 DEFAULT_ENDPOINT = "/v1/chat/completions"
@@ -37,7 +60,7 @@ def provider_of(conn_id: str) -> Provider:
         conn = BaseHook.get_connection(conn_id)
     except Exception:  # noqa: BLE001 - a missing connection is OpenAI's, keyed by OPENAI_API_KEY
         return "openai"
-    return "anthropic" if (conn.conn_type or "").lower() in _ANTHROPIC_TYPES else "openai"
+    return provider_of_connection(conn.conn_type, conn.host, conn.extra_dejson)
 
 
 def endpoint_for(provider: str, endpoint: str | None) -> str:

@@ -228,3 +228,54 @@ def test_prepare_refuses_anthropic_lines_on_an_openai_connection(tmp_path: Path)
     assert len(sent) == 1
     assert "anthropic connection" in rejects[1]
     assert "anthropic connection" in rejects[2]
+
+
+@pytest.mark.parametrize(
+    ("conn_type", "host", "extra", "provider"),
+    [
+        pytest.param("openai", None, {}, "openai", id="openai-default"),
+        pytest.param("openai", "https://api.openai.com/v1", {}, "openai", id="openai-host"),
+        pytest.param("openai", "https://myres.openai.azure.com/openai/v1/", {}, "azure", id="azure-host"),
+        pytest.param(
+            "openai", "https://r.cognitiveservices.azure.com/openai/v1/", {}, "azure", id="azure-cogsvc"
+        ),
+        pytest.param("openai", "http://127.0.0.1:8800/openai/v1", {"azure": True}, "azure", id="azure-extra"),
+        pytest.param(
+            "openai", "https://evil.openai.azure.com.example.org/v1", {}, "openai", id="lookalike-host"
+        ),
+        pytest.param("anthropic", "https://api.anthropic.com", {}, "anthropic", id="anthropic"),
+        pytest.param("Anthropic", None, {}, "anthropic", id="anthropic-case"),
+    ],
+)
+def test_the_connection_decides_the_provider(
+    conn_type: str, host: str | None, extra: dict[str, Any], provider: str
+) -> None:
+    from openai_batch.providers import provider_of_connection
+
+    assert provider_of_connection(conn_type, host, extra) == provider
+
+
+@pytest.mark.parametrize(
+    ("provider", "endpoint", "expected"),
+    [
+        pytest.param("anthropic", "/v1/chat/completions", "/v1/messages", id="anthropic-default"),
+        pytest.param("anthropic", "/v1/embeddings", None, id="anthropic-openai-endpoint"),
+        pytest.param("openai", "/v1/messages", None, id="openai-anthropic-endpoint"),
+        pytest.param("azure", "/v1/responses", "/v1/responses", id="azure"),
+    ],
+)
+def test_endpoint_follows_the_provider(provider: str, endpoint: str, expected: str | None) -> None:
+    from openai_batch.providers import ProviderMismatchError, endpoint_for
+
+    if expected is None:
+        with pytest.raises(ProviderMismatchError):
+            endpoint_for(provider, endpoint)
+    else:
+        assert endpoint_for(provider, endpoint) == expected
+
+
+def test_each_provider_has_its_limits() -> None:
+    assert limits_for("anthropic").max_requests == 100_000
+    assert limits_for("azure").max_requests == 100_000
+    assert limits_for("openai").max_requests == 50_000
+    assert limits_for("anthropic", 10).max_requests == 10
