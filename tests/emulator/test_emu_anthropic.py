@@ -17,7 +17,7 @@ from openai_batch.pricing import PRICES
 from openai_emulator import anthropic_routes
 from openai_emulator.anthropic_models import CLAUDE_MODELS
 from openai_emulator.settings import EmulatorSettings
-from openai_emulator.testing import EmulatorServer
+from openai_emulator.testing import EmulatorProcess, EmulatorServer
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -507,6 +507,26 @@ def test_restart_keeps_ended_and_resumes_unfinished_batches(tmp_path: Path) -> N
         assert done.created_at == unfinished.created_at
         assert counts(done) == (0, 5, 0, 0, 0)
         assert [b.id for b in client.messages.batches.list()] == [unfinished.id, ended.id]
+
+
+def test_kill9_mid_batch_resumes_without_double_results(tmp_path: Path) -> None:
+    args = ["--validating-seconds", "0.05", "--finalizing-seconds", "0.05", "--requests-per-second", "300"]
+    emulator = EmulatorProcess(tmp_path / "data", extra_args=args).start()
+    try:
+        with anthropic.Anthropic(base_url=emulator.url, api_key="test", max_retries=0) as client:
+            batch = client.messages.batches.create(requests=requests(900))  # about 3 s of processing
+            time.sleep(1.0)
+            assert client.messages.batches.retrieve(batch.id).processing_status == "in_progress"
+            emulator.kill9()
+            emulator.start()
+            done = wait_ended(client, batch.id, timeout=30)
+            assert counts(done) == (0, 900, 0, 0, 0)
+            answers = results(client, batch.id)  # checks that no custom_id comes twice
+            assert set(answers) == {f"req-{i}" for i in range(900)}
+            assert {r.type for r in answers.values()} == {"succeeded"}
+            assert emulator.stats()["message_requests_processed"] < 900  # the restart did only the rest
+    finally:
+        emulator.stop()
 
 
 def test_proxy_backend_forwards_to_an_upstream_messages_api(tmp_path: Path) -> None:
