@@ -96,6 +96,8 @@ class BatchRecord:
     cached_tokens: int = 0
     output_tokens: int = 0
     reasoning_tokens: int = 0
+    # Which API created the batch: "openai" (/v1) or "azure" (/openai/v1, whose requests name deployments).
+    api: str = "openai"
     # Worker checkpoint: everything below is private and survives restarts.
     created_time: float = 0.0
     cancelling_time: float | None = None

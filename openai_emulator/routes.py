@@ -43,6 +43,36 @@ def _state(request: Request) -> EmulatorState:
     return state
 
 
+class Dialect:
+    """The rules that differ between the APIs these routes serve: OpenAI's here, Azure's in ``azure.py``.
+
+    A route asks :func:`_dialect` for the rules of the API its request came through.
+    """
+
+    api = "openai"
+    prefix = ""
+    endpoints: tuple[str, ...] = SUPPORTED_ENDPOINTS
+    expiry_seconds = (3600, 2_592_000)
+    file_purposes = FILE_PURPOSES
+    # An upload with purpose "batch" and no expires_after expires after 30 days.
+    batch_file_expiry: int | None = 30 * 24 * 3600
+
+    def check_upload(self, state: EmulatorState, purpose: str, expires_in: int | None) -> None:
+        """Raise ``APIError`` for an upload the API refuses whatever its content (none here)."""
+
+    def sync_body(self, state: EmulatorState, body: dict[str, Any]) -> dict[str, Any]:
+        """Return the body of a synchronous request as the backend gets it (unchanged here)."""
+        return body
+
+
+OPENAI = Dialect()
+
+
+def _dialect(request: Request) -> Dialect:
+    dialect: Dialect = getattr(request.state, "dialect", OPENAI)
+    return dialect
+
+
 def _copy_upload(source: BinaryIO, target_path: Any) -> int:
     """Copy a spooled upload to disk in chunks; return the byte count."""
     source.seek(0)
@@ -53,10 +83,9 @@ def _copy_upload(source: BinaryIO, target_path: Any) -> int:
 
 
 FILE_FORM_FIELDS = frozenset({"file", "purpose", "expires_after[anchor]", "expires_after[seconds]"})
-EXPIRY_SECONDS = (3600, 2_592_000)
 
 
-def _expiry_seconds(anchor: Any, seconds: Any, param: str) -> int:
+def _expiry_seconds(anchor: Any, seconds: Any, param: str, bounds: tuple[int, int]) -> int:
     """Check an expiration policy ``{anchor, seconds}`` as the spec defines it; return the seconds."""
     for name, value in (("anchor", anchor), ("seconds", seconds)):
         if value is None:
@@ -70,18 +99,18 @@ def _expiry_seconds(anchor: Any, seconds: Any, param: str) -> int:
         value = int(seconds)
     except ValueError as exc:
         raise bad_request(f"{param}.seconds must be an integer.", f"{param}.seconds", "invalid_type") from exc
-    low, high = EXPIRY_SECONDS
+    low, high = bounds
     if not low <= value <= high:
         raise bad_request(f"{param}.seconds must be between {low} and {high}.", f"{param}.seconds")
     return value
 
 
-def _expires_after(form: Any) -> int | None:
+def _expires_after(form: Any, bounds: tuple[int, int]) -> int | None:
     seconds = form.get("expires_after[seconds]")
     anchor = form.get("expires_after[anchor]")
     if seconds is None and anchor is None:
         return None
-    return _expiry_seconds(anchor, seconds, "expires_after")
+    return _expiry_seconds(anchor, seconds, "expires_after", bounds)
 
 
 NOT_UTF8 = "Invalid file for Batch API. Must be utf-8 encoded"
@@ -128,7 +157,7 @@ def _check_jsonl(path: Any) -> str | None:
 @v1.post("/files")
 async def create_file(request: Request) -> JSONResponse:
     """Upload a file (multipart ``file`` and ``purpose``), streaming it to disk."""
-    state = _state(request)
+    state, dialect = _state(request), _dialect(request)
     form = await request.form()
     unknown = sorted(set(form.keys()) - FILE_FORM_FIELDS)
     if unknown:
@@ -141,9 +170,10 @@ async def create_file(request: Request) -> JSONResponse:
         raise bad_request("Missing required parameter: 'file'.", "file", "missing_required_parameter")
     if not isinstance(purpose, str) or not purpose:
         raise bad_request("Missing required parameter: 'purpose'.", "purpose", "missing_required_parameter")
-    if purpose not in FILE_PURPOSES:
+    if purpose not in dialect.file_purposes:
         raise bad_request(f"Invalid purpose '{purpose}'.", "purpose")
-    seconds = _expires_after(form)
+    seconds = _expires_after(form, dialect.expiry_seconds)
+    dialect.check_upload(state, purpose, seconds)
     # The name is not checked, only the content (see _check_jsonl): the SDK names raw bytes and unnamed
     # streams "upload", and the service takes such batch input, as clients that upload bytes rely on.
     filename = upload.filename or "upload"
@@ -167,7 +197,7 @@ async def create_file(request: Request) -> JSONResponse:
     partial.replace(final)
     now = int(time.time())
     if seconds is None and purpose == "batch":
-        seconds = 30 * 24 * 3600
+        seconds = dialect.batch_file_expiry
     record = FileRecord(
         id=file_id,
         bytes=size,
@@ -271,7 +301,7 @@ def _check_metadata(metadata: Any) -> dict[str, str] | None:
     return metadata
 
 
-def _check_output_expiry(value: Any) -> dict[str, Any] | None:
+def _check_output_expiry(value: Any, bounds: tuple[int, int]) -> dict[str, Any] | None:
     """Check ``output_expires_after`` against the spec's BatchFileExpirationAfter."""
     if value is None:
         return None
@@ -288,7 +318,7 @@ def _check_output_expiry(value: Any) -> dict[str, Any] | None:
         raise bad_request(
             "output_expires_after.seconds must be an integer.", "output_expires_after.seconds", "invalid_type"
         )
-    seconds = _expiry_seconds(value.get("anchor"), value.get("seconds"), "output_expires_after")
+    seconds = _expiry_seconds(value.get("anchor"), value.get("seconds"), "output_expires_after", bounds)
     return {"anchor": "created_at", "seconds": seconds}
 
 
@@ -309,7 +339,7 @@ def _check_input_purpose(state: EmulatorState, file_id: str) -> None:
 @v1.post("/batches")
 async def create_batch(request: Request) -> JSONResponse:
     """Create a batch; bad file contents do not fail the call, the batch goes ``failed`` later."""
-    state = _state(request)
+    state, dialect = _state(request), _dialect(request)
     try:
         body = await request.json()
     except ValueError as exc:
@@ -320,9 +350,9 @@ async def create_batch(request: Request) -> JSONResponse:
         if not isinstance(body.get(name), str):
             raise bad_request(f"Missing required parameter: '{name}'.", name, "missing_required_parameter")
     endpoint = body["endpoint"]
-    if endpoint not in SUPPORTED_ENDPOINTS:
+    if endpoint not in dialect.endpoints:
         raise bad_request(
-            f"Invalid value for 'endpoint': '{endpoint}'. Supported: {', '.join(SUPPORTED_ENDPOINTS)}.",
+            f"Invalid value for 'endpoint': '{endpoint}'. Supported: {', '.join(dialect.endpoints)}.",
             "endpoint",
         )
     if body["completion_window"] not in COMPLETION_WINDOWS:
@@ -330,7 +360,7 @@ async def create_batch(request: Request) -> JSONResponse:
             "Invalid value for 'completion_window': only '24h' is supported.", "completion_window"
         )
     metadata = _check_metadata(body.get("metadata"))
-    output_expires_after = _check_output_expiry(body.get("output_expires_after"))
+    output_expires_after = _check_output_expiry(body.get("output_expires_after"), dialect.expiry_seconds)
     _check_input_purpose(state, body["input_file_id"])
     now = time.time()
     faults = state.faults
@@ -348,6 +378,7 @@ async def create_batch(request: Request) -> JSONResponse:
         deadline=now + state.settings.completion_window_seconds,
         expire_after_requests=faults.expire_after_requests,
         expire_fraction=faults.expire_fraction,
+        api=dialect.api,
     )
     state.store.put_batch(record)
     state.stats.incr("batches_created")
@@ -409,8 +440,10 @@ async def _echo_endpoint(request: Request) -> JSONResponse:
         raise bad_request("The request body must be a JSON object.", None, "invalid_type")
     if body.get("stream") is True:
         raise bad_request("Streaming is not supported by the emulator.", "stream", "unsupported_value")
-    _state(request).stats.incr("sync_requests")
-    result = _ECHO.handle(request.url.path, body)
+    state, dialect = _state(request), _dialect(request)
+    body = dialect.sync_body(state, body)
+    state.stats.incr("sync_requests")
+    result = _ECHO.handle(request.url.path.removeprefix(dialect.prefix), body)
     return JSONResponse(
         result.body, status_code=result.status_code, headers={"x-request-id": result.request_id}
     )

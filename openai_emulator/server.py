@@ -16,6 +16,8 @@ from starlette.exceptions import HTTPException
 
 from openai_emulator.anthropic_routes import install as install_message_batches
 from openai_emulator.anthropic_routes import is_messages_path, messages_gate
+from openai_emulator.azure import AZURE_PREFIX, azure_refusal, is_azure_path
+from openai_emulator.azure import install as install_azure
 from openai_emulator.backends import make_backend
 from openai_emulator.errors import APIError, error_envelope, error_type_for
 from openai_emulator.routes import control, v1
@@ -37,10 +39,11 @@ _ROUTE_KEYS = (
 
 
 def route_key(method: str, path: str) -> str:
-    """Return ``METHOD /path/{template}`` for counting API calls per route."""
+    """Return ``METHOD /path/{template}`` for counting API calls per route (Azure's keep ``/openai``)."""
+    prefix = AZURE_PREFIX if is_azure_path(path) else ""
     for pattern, template in _ROUTE_KEYS:
-        if pattern.match(path):
-            return f"{method} {template}"
+        if pattern.match(path.removeprefix(prefix)):
+            return f"{method} {prefix}{template}"
     return f"{method} {path}"
 
 
@@ -53,6 +56,15 @@ def _matches(patterns: list[str], method: str, path: str) -> bool:
 
 def _error_response(error: APIError) -> JSONResponse:
     return JSONResponse(error.envelope(), status_code=error.status_code, headers=error.headers)
+
+
+def _bearer_refusal(state: EmulatorState, key: str) -> JSONResponse | None:
+    """Return OpenAI's 401 answer to a missing or wrong bearer key, or None."""
+    if not key or (state.settings.api_key is not None and key != state.settings.api_key):
+        state.stats.incr("unauthorized")
+        message = "Incorrect API key provided." if key else "You didn't provide an API key."
+        return _error_response(APIError(401, message, "invalid_request_error", None, "invalid_api_key"))
+    return None
 
 
 class _CutResponse(Response):
@@ -99,6 +111,8 @@ def create_app(settings: EmulatorSettings) -> FastAPI:
     app.state.emulator = state
     app.include_router(v1)
     app.include_router(control)
+    # Azure OpenAI's v1 API (/openai/v1/...): the same routes with Azure's rules, and its key header below.
+    install_azure(app)
     # Anthropic's Message Batches API (/v1/messages/...) on the same port, with its own gate below.
     message_batches = install_message_batches(app, state)
 
@@ -123,7 +137,7 @@ def create_app(settings: EmulatorSettings) -> FastAPI:
     @app.middleware("http")
     async def api_gate(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
         path = request.url.path
-        if not path.startswith("/v1/") and path != "/v1":
+        if not path.startswith(("/v1/", AZURE_PREFIX + "/v1/")) and path != "/v1":
             return await call_next(request)
         if is_messages_path(path):  # x-api-key, not the bearer key; Anthropic's error envelope
             return await messages_gate(state, request, call_next)
@@ -131,10 +145,10 @@ def create_app(settings: EmulatorSettings) -> FastAPI:
         state.stats.route(route_key(method, path))
         auth = request.headers.get("authorization", "")
         key = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
-        if not key or (settings.api_key is not None and key != settings.api_key):
-            state.stats.incr("unauthorized")
-            message = "Incorrect API key provided." if key else "You didn't provide an API key."
-            return _error_response(APIError(401, message, "invalid_request_error", None, "invalid_api_key"))
+        # Azure's paths take the api-key header (or the bearer key) and answer with Azure's 401.
+        refused = azure_refusal(state, request, key) if is_azure_path(path) else _bearer_refusal(state, key)
+        if refused is not None:
+            return refused
         faults = state.faults
         if faults.latency_ms > 0 and _matches(faults.latency_routes, method, path):
             await asyncio.sleep(faults.latency_ms / 1000)

@@ -51,6 +51,14 @@ def _str_list(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
 
 
+def _name_map(text: str) -> dict[str, str]:
+    """Parse ``name=value,name2=value2`` into a dict."""
+    pairs = [part.partition("=") for part in _str_list(text)]
+    if not all(name.strip() and sep and value.strip() for name, sep, value in pairs):
+        raise ValueError(f"expected name=model pairs separated by commas, got {text!r}")
+    return {name.strip(): value.strip() for name, _, value in pairs}
+
+
 def _opt(help_text: str, parse: Any = None, **kwargs: Any) -> Any:
     """Declare a dataclass field together with its command-line help text and parser."""
     metadata = {"help": help_text, "parse": parse}
@@ -269,6 +277,22 @@ class EmulatorSettings:
     max_requests_per_batch: int = _opt("Most requests in one batch input file.", int, default=50_000)
     max_embedding_inputs: int = _opt(
         "Most embedding inputs across all requests of one embeddings batch.", int, default=50_000
+    )
+    azure_deployments: dict[str, str] | None = _opt(
+        "Azure paths (/openai/v1): the deployments, as name=model pairs, comma separated (also settable "
+        "via PUT /_emulator/azure/deployments); a batch whose requests name another deployment fails with "
+        "model_not_found. Unset, every model of --models is a deployment of its own name.",
+        _name_map,
+        default=None,
+    )
+    azure_max_requests_per_batch: int = _opt(
+        "Azure paths: most requests in one batch input file.", int, default=100_000
+    )
+    azure_max_batch_files: int = _opt(
+        "Azure paths: most batch input files without an expiry the resource keeps.", int, default=500
+    )
+    azure_max_expiring_batch_files: int = _opt(
+        "Azure paths: most batch input files in all, when uploads set expires_after.", int, default=10_000
     )
     models: list[str] = _opt(
         "Model ids listed by /v1/models, comma separated.",

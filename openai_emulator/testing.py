@@ -85,10 +85,22 @@ class _ControlPlane:
         result: dict[str, Any] = _call(f"{self.url}/_emulator/webhooks", "PUT", payload)
         return result
 
+    def set_azure_deployments(self, deployments: dict[str, str] | None) -> dict[str, Any]:
+        """Set the Azure deployments (``PUT /_emulator/azure/deployments``); None restores the default."""
+        result: dict[str, Any] = _call(
+            f"{self.url}/_emulator/azure/deployments", "PUT", {"deployments": deployments}
+        )
+        return result
+
     @property
     def base_url(self) -> str:
         """Base URL for the ``openai`` client, ending in ``/v1``."""
         return f"{self.url}/v1"
+
+    @property
+    def azure_base_url(self) -> str:
+        """Base URL of Azure's v1 API for the ``openai`` client, ending in ``/openai/v1/``."""
+        return f"{self.url}/openai/v1/"
 
 
 class EmulatorServer(_ControlPlane):

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
     from pathlib import Path
 
 BOM = b"\xef\xbb\xbf"
@@ -84,6 +85,7 @@ def _check_line(
     seen: set[str],
     models: frozenset[str] | None,
     result: ValidationResult,
+    url_aliases: Mapping[str, str] | None = None,
 ) -> None:
     if not isinstance(data, dict):
         result.add("invalid_json_line", "This line is not a JSON object.", None, line_no)
@@ -103,7 +105,10 @@ def _check_line(
     if data["method"] != "POST":
         result.add("invalid_request", "Only the POST method is supported.", "method", line_no)
         return
-    if data["url"] != endpoint:
+    url = data["url"]
+    if url_aliases is not None and isinstance(url, str):
+        url = url_aliases.get(url, url)
+    if url != endpoint:
         message = f"The url '{data['url']}' does not match the batch endpoint '{endpoint}'."
         result.add("invalid_url", message, "url", line_no)
         return
@@ -150,8 +155,14 @@ def validate_input(
     max_requests: int,
     models: frozenset[str] | None = None,
     max_embedding_inputs: int = 50_000,
+    *,
+    url_aliases: Mapping[str, str] | None = None,
 ) -> ValidationResult:
-    """Validate a batch input file without loading it whole into memory."""
+    """Validate a batch input file without loading it whole into memory.
+
+    ``url_aliases`` maps other spellings of a request line's ``url`` to the endpoint they stand for
+    (Azure takes ``/chat/completions`` for ``/v1/chat/completions``).
+    """
     result = ValidationResult()
     seen: set[str] = set()
     line_no = 0
@@ -172,7 +183,7 @@ def validate_input(
             except ValueError:
                 result.add("invalid_json_line", "This line is not parseable as valid JSON.", None, line_no)
                 continue
-            _check_line(data, line_no, endpoint, seen, models, result)
+            _check_line(data, line_no, endpoint, seen, models, result, url_aliases)
     if result.total == 0:
         result.add("empty_file", "The input file is empty.", None, None)
     elif result.total > max_requests:

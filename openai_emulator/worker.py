@@ -13,6 +13,7 @@ import shutil
 import time
 from typing import TYPE_CHECKING, Any
 
+from openai_emulator.azure import upstream_requests, validate_azure_input
 from openai_emulator.backends import BackendResult
 from openai_emulator.corruption import corrupt_output
 from openai_emulator.errors import error_type_for
@@ -222,14 +223,20 @@ class BatchWorker:
             )
             return
         models = frozenset(self.settings.models) if self.settings.strict_models else None
-        result = await asyncio.to_thread(
-            validate_input,
-            path,
-            record.endpoint,
-            self.settings.max_requests_per_batch,
-            models,
-            self.settings.max_embedding_inputs,
-        )
+        endpoint = record.endpoint
+        if record.api == "azure":  # deployments, Azure's url values and limits
+            result, endpoint = await asyncio.to_thread(
+                validate_azure_input, path, record.endpoint, self.settings
+            )
+        else:
+            result = await asyncio.to_thread(
+                validate_input,
+                path,
+                record.endpoint,
+                self.settings.max_requests_per_batch,
+                models,
+                self.settings.max_embedding_inputs,
+            )
         if self._get(record.id).status != "validating":
             return
         if result.errors:
@@ -262,6 +269,7 @@ class BatchWorker:
             "in_progress",
             in_progress_at=int(time.time()),
             total=result.total,
+            endpoint=endpoint,
             model=result.model,
             estimated_tokens=result.estimated_tokens,
             expire_after_requests=expire_after,
@@ -320,9 +328,10 @@ class BatchWorker:
                 )
                 return
             keys = [f"{record.id}\x1f{custom_id}" for custom_id, _ in items]
-            results = self._inject_failures(
-                await self.backend.handle_many(record.endpoint, [b for _, b in items], keys)
-            )
+            endpoint, bodies = record.endpoint, [b for _, b in items]
+            if record.api == "azure":  # the deployment's model, the endpoint Azure's url stands for
+                endpoint, bodies = upstream_requests(endpoint, record.model, bodies)
+            results = self._inject_failures(await self.backend.handle_many(endpoint, bodies, keys))
             await self._checkpoint(record, items, results, input_end)
             self.state.stats.incr("requests_processed", len(items))
             rate = self.settings.requests_per_second
