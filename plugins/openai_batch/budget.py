@@ -107,7 +107,7 @@ def shard_cost(shard: dict[str, Any]) -> float | None:
     if shard["endpoint"] in FREE_ENDPOINTS:
         return 0.0
     return estimate_cost_usd(
-        shard["model"],
+        shard.get("price_model") or shard["model"],
         int(shard.get("estimated_input_tokens") or 0),
         int(shard.get("estimated_output_tokens") or 0),
     )

@@ -36,7 +36,7 @@ def cost_by_model(states: list[ShardState]) -> dict[str, float]:
     costs: dict[str, float] = {}
     for state in states:
         for rnd in state.rounds:
-            cost = usage_cost_usd(state.endpoint, state.model, rnd.usage)
+            cost = usage_cost_usd(state.endpoint, state.priced_as, rnd.usage)
             if cost is not None:
                 costs[state.model] = costs.get(state.model, 0.0) + cost
     return costs

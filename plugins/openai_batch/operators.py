@@ -181,6 +181,7 @@ class OpenAIBatchPrepareOperator(BaseOperator):
         self.endpoint = endpoint
         self.conn_id = conn_id
         self.provider = "openai"
+        self.price_models: dict[str, str] = {}
         self.model = model
         self.max_requests_per_batch = max_requests_per_batch
         self.plan_only = plan_only
@@ -217,13 +218,14 @@ class OpenAIBatchPrepareOperator(BaseOperator):
         """Prepare the file and return its plan."""
         from airflow.sdk import ObjectStoragePath
 
-        from openai_batch.providers import ProviderMismatchError, endpoint_for, provider_of
+        from openai_batch.providers import ProviderMismatchError, endpoint_for, price_models, provider_of
         from openai_batch.storage import InputFile, is_url
 
         # The connection decides the provider, and with it the lines taken, the endpoint and limits.
         self.provider = provider_of(str(self.conn_id))
         try:
             self.endpoint = endpoint_for(self.provider, self.endpoint)
+            self.price_models = price_models(str(self.conn_id), self.provider)
         except ProviderMismatchError as err:
             raise AirflowFailException(f"connection {self.conn_id!r}: {err}") from err
 
@@ -269,6 +271,7 @@ class OpenAIBatchPrepareOperator(BaseOperator):
             "size": src.size,
             "mtime": src.mtime,
             "input_stat": src.identity,
+            "provider": self.provider,
             "skipped": False,
             "dry_run": bool(self.plan_only),
         }
@@ -402,6 +405,7 @@ class OpenAIBatchPrepareOperator(BaseOperator):
         preparer = ContentPreparer(
             endpoint=self.endpoint,
             provider=self.provider,
+            price_models=self.price_models,
             model=self.model or None,
             plan_only=bool(self.plan_only),
             ledger_dir=self.ledger_dir,

@@ -35,6 +35,7 @@ class ShardRef(TypedDict):
     file: str  # the request file's name in the state folder
     endpoint: str
     model: str
+    price_model: str  # the model whose price applies: an Azure deployment's model, else ``model``
     requests: int
     estimated_input_tokens: int
     estimated_output_tokens: int
@@ -86,6 +87,7 @@ class FilePlan(StatePlan, total=False):
     mtime: float | None
     input_stat: dict[str, int] | None
     input_raw_sha256: str | None
+    provider: str  # the connection's provider: openai, azure or anthropic (see openai_batch.providers)
     skipped: bool
     dry_run: bool
 
@@ -134,6 +136,7 @@ class Manifest(TypedDict):
     cost_unknown_reason: str | None
     input: str
     input_key: str
+    provider: str  # openai, azure or anthropic: the API the batches went to (see openai_batch.providers)
     input_sha256: str
     input_raw_sha256: str | None
     input_stat: dict[str, int] | None
@@ -147,7 +150,7 @@ class Manifest(TypedDict):
     usage: dict[str, int]
     unpriced_models: list[str]
     rounds: int
-    batches: list[dict[str, Any]]
+    batches: list[dict[str, Any]]  # model (an Azure deployment's name) and priced_as (its model) per round
     service_anomalies: dict[str, int]
     by_model: dict[str, dict[str, Any]]  # {model: {input_tokens, output_tokens, cost_usd}} of its batches
     from_cache: list[str]

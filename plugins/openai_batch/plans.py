@@ -73,6 +73,7 @@ def shard_ref(
         "file": shard.path.rsplit("/", 1)[-1],
         "endpoint": shard.endpoint,
         "model": shard.model,
+        "price_model": shard.priced_as,
         "requests": requests,
         "estimated_input_tokens": shard.estimated_input_tokens,
         "estimated_output_tokens": estimated_output_tokens,

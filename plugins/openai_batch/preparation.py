@@ -85,7 +85,8 @@ class ContentPreparer:
     Prepare one opened input into its state folder, with the prepare task's settings.
 
     :param endpoint: Endpoint for short lines and lines without a url.
-    :param provider: The connection's provider (``openai`` or ``anthropic``): whose limits apply.
+    :param provider: The connection's provider (``openai``, ``azure`` or ``anthropic``): whose limits apply.
+    :param price_models: The model each ``model`` value is priced as where it differs (Azure deployments).
     :param model: When set, overrides the model of every request.
     :param plan_only: A dry run: nothing is claimed.
     :param ledger_dir: The ledger folder (the request record and the answer cache live there).
@@ -95,6 +96,7 @@ class ContentPreparer:
 
     endpoint: str
     provider: str
+    price_models: dict[str, str]
     model: str | None
     plan_only: bool
     ledger_dir: str | None
@@ -222,6 +224,7 @@ class ContentPreparer:
                     # Ids from the file's full key: two files of the same name never share one.
                     id_prefix=file_id_prefix(ref, folder),
                     reuse=reuse,
+                    price_models=self.price_models,
                 )
         except NoValidRequestsError as err:
             return err.input_sha256 or src.content_sha256(), str(err), err.lines, err.rejected
@@ -275,7 +278,9 @@ class ContentPreparer:
             result,
             state_dir=url_of(state_dir),
             shards=[*shards, *borrowed],  # type: ignore[list-item]  # borrowed entries are ShardRefs too
-            unpriced_models=sorted({s.model for s in result.shards if is_unpriced(s.model, s.endpoint)}),
+            unpriced_models=sorted(
+                {s.priced_as for s in result.shards if is_unpriced(s.priced_as, s.endpoint)}
+            ),
             borrowed=sum(g["requests"] for g in claimed.borrowed),
             cached=claimed.cached,
             estimated_output_tokens=sum(e[1] for e in estimates.values()),

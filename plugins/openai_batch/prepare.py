@@ -55,7 +55,7 @@ from openai_batch.pricing import FREE_ENDPOINTS, estimate_cost_usd, tokens_for_b
 from openai_batch.reuse import INDEX_FILE, REUSED_FILE
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Iterator
+    from collections.abc import Iterable, Iterator, Mapping
 
     from openai_batch.reuse import ReuseIndex
 
@@ -179,6 +179,8 @@ class Shard:
     :param embedding_inputs: embedding inputs in the file (0 for other endpoints).
     :param estimated_input_tokens: heuristic input token count.
     :param sha256: SHA-256 of the file content.
+    :param price_model: the model whose price applies ("" : ``model``'s own): on Azure, ``model``
+        names a deployment, and the deployment's model is priced.
     """
 
     index: int
@@ -190,6 +192,12 @@ class Shard:
     embedding_inputs: int = 0
     estimated_input_tokens: int = 0
     sha256: str = ""
+    price_model: str = ""
+
+    @property
+    def priced_as(self) -> str:
+        """Return the model whose price applies to the shard."""
+        return self.price_model or self.model
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-serialisable dict."""
@@ -602,8 +610,10 @@ class _Preparer:
         limits: BatchLimits,
         id_prefix: str,
         reuse: ReuseIndex | None = None,
+        price_models: Mapping[str, str] | None = None,
     ) -> None:
         self.work_dir = work_dir
+        self.price_models = dict(price_models or {})
         self.reuse = reuse
         self.reused = 0
         self.endpoint = endpoint
@@ -1006,7 +1016,8 @@ class _Preparer:
             shard = None
         if shard is None:
             path = self.work_dir / SHARD_PATTERN.format(self.next_index)
-            shard = _OpenShard(Shard(self.next_index, endpoint, model, str(path)))
+            price_model = self.price_models.get(model, "")
+            shard = _OpenShard(Shard(self.next_index, endpoint, model, str(path), price_model=price_model))
             self.next_index += 1
             self.open[key] = shard
         shard.add(out, inputs, tokens)
@@ -1072,7 +1083,7 @@ def _estimate_cost(shards: list[Shard]) -> float | None:
     for shard in shards:
         if shard.endpoint in FREE_ENDPOINTS:
             continue
-        cost = estimate_cost_usd(shard.model, shard.estimated_input_tokens, 0)
+        cost = estimate_cost_usd(shard.priced_as, shard.estimated_input_tokens, 0)
         if cost is None:
             return None
         total += cost
@@ -1089,6 +1100,7 @@ def prepare_requests(
     limits: BatchLimits = DEFAULT_LIMITS,
     id_prefix: str | None = None,
     reuse: ReuseIndex | None = None,
+    price_models: Mapping[str, str] | None = None,
 ) -> PrepareResult:
     """Validate and split the requests of one input file into batch shards in ``work_dir``.
 
@@ -1102,6 +1114,8 @@ def prepare_requests(
     :param id_prefix: prefix of generated custom_ids, default :func:`default_id_prefix`.
     :param reuse: succeeded requests of an earlier content of the file; unchanged ones are not put
         in a shard, their earlier result lines go to ``reused.jsonl``.
+    :param price_models: the model each ``model`` value is priced as, where it differs (an Azure
+        deployment's model); recorded on each shard as ``price_model``.
     :raises PrepareError: for an unsupported ``endpoint``.
     :raises NoValidRequestsError: when no line is valid (after writing the rejects).
     """
@@ -1112,7 +1126,7 @@ def prepare_requests(
     for stale in work.glob("shard-[0-9][0-9][0-9][0-9][0-9].jsonl"):  # never a later round's file
         stale.unlink()
     prefix = id_prefix if id_prefix is not None else default_id_prefix(source_name)
-    state = _Preparer(work, endpoint, model, limits, prefix, reuse)
+    state = _Preparer(work, endpoint, model, limits, prefix, reuse, price_models)
     hasher = hashlib.sha256()
     line_no = 0
     # The pass allocates a few container objects per line and keeps a chunk of them, none in a

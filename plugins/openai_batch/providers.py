@@ -63,6 +63,34 @@ def provider_of(conn_id: str) -> Provider:
     return provider_of_connection(conn.conn_type, conn.host, conn.extra_dejson)
 
 
+def price_models(conn_id: str, provider: str) -> dict[str, str]:
+    """
+    Return the model each deployment of an Azure connection runs, for prices (``{}`` elsewhere).
+
+    On Azure a request's ``model`` names a deployment; the connection's extra maps deployment names
+    to models: ``{"azure": true, "deployments": {"prod-4o": "gpt-4o"}}``. A deployment not listed
+    is priced as a model of its own name (deployments are often named so).
+
+    :raises ProviderMismatchError: ``deployments`` is not an object of names to model names.
+    """
+    if provider != "azure":
+        return {}
+    from airflow.sdk import BaseHook
+
+    try:
+        extra = BaseHook.get_connection(conn_id).extra_dejson
+    except Exception:  # noqa: BLE001 - no connection, no mapping
+        return {}
+    found = extra.get("deployments") or {}
+    pairs = found.items() if isinstance(found, dict) else [(None, None)]
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in pairs):
+        raise ProviderMismatchError(
+            f"connection {conn_id!r}: extra 'deployments' must map deployment names to model names, "
+            'e.g. {"prod-4o": "gpt-4o"}'
+        )
+    return {k: v for k, v in found.items() if k != v}
+
+
 def endpoint_for(provider: str, endpoint: str | None) -> str:
     """
     Return the endpoint a run's lines go to on ``provider``.

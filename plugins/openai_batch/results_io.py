@@ -395,6 +395,7 @@ def build_manifest(plan: dict[str, Any], states: list[ShardState], counts: Resul
                     "status": rnd.status,
                     "endpoint": state.endpoint,
                     "model": state.model,
+                    "priced_as": state.priced_as,
                     "requests": rnd.requests,
                     "request_counts": rnd.request_counts,
                     "errors": rnd.errors,
@@ -403,17 +404,18 @@ def build_manifest(plan: dict[str, Any], states: list[ShardState], counts: Resul
                     },
                 }
             )
-            part = usage_cost_usd(state.endpoint, state.model, rnd.usage)
+            part = usage_cost_usd(state.endpoint, state.priced_as, rnd.usage)
             cost = None if cost is None or part is None else cost + part
             used = by_model.setdefault(state.model, {"input_tokens": 0, "output_tokens": 0, "cost_usd": 0.0})
             used["input_tokens"] += int((rnd.usage or {}).get("input_tokens") or 0)
             used["output_tokens"] += int((rnd.usage or {}).get("output_tokens") or 0)
             used["cost_usd"] = None if used["cost_usd"] is None or part is None else used["cost_usd"] + part
-    unpriced = sorted({s.model for s in states if is_unpriced(s.model, s.endpoint)})
+    unpriced = sorted({s.priced_as for s in states if is_unpriced(s.priced_as, s.endpoint)})
     return {
         "manifest_version": MANIFEST_VERSION,
         "input": plan["source"],
         "input_key": plan["key"],
+        "provider": plan.get("provider") or "openai",
         "input_sha256": plan["input_sha256"],
         # The opened file's identity and raw digest: a later run that finds the same identity
         # knows the file is done without reading it (input_sha256 is of the decompressed content).

@@ -82,6 +82,7 @@ class ShardState:
     :param rounds: The submissions so far.
     :param finished: Every request of the shard has its final outcome (the wait task returned); a
         later run that takes the same content again does not map the shard again.
+    :param price_model: The model whose price applies ("": ``model``'s own; see ``prepare.Shard``).
     """
 
     identity: str
@@ -90,6 +91,12 @@ class ShardState:
     model: str
     rounds: list[Round] = field(default_factory=list)
     finished: bool = False
+    price_model: str = ""
+
+    @property
+    def priced_as(self) -> str:
+        """Return the model whose price applies to the shard."""
+        return self.price_model or self.model
 
     @property
     def current(self) -> Round:
@@ -111,4 +118,5 @@ class ShardState:
             model=data["model"],
             rounds=rounds,
             finished=bool(data.get("finished", False)),
+            price_model=str(data.get("price_model") or ""),
         )

@@ -46,6 +46,7 @@ def load_state(state_dir: ObjectStoragePath, shard_ref: dict[str, Any]) -> Shard
         endpoint=shard_ref["endpoint"],
         model=shard_ref["model"],
         rounds=[Round(round=0, file=shard_ref["file"], requests=shard_ref["requests"])],
+        price_model=str(shard_ref.get("price_model") or ""),
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -122,3 +123,49 @@ def test_azure_crash_between_create_and_record_re_attaches(
     results = read_jsonl(result_dir(azure_pipeline["results"]) / "results.jsonl")
     assert [r["custom_id"] for r in results] == [f"c-{i}" for i in range(4)]
     assert {r["batch_id"] for r in results} == {batch.id}
+
+
+def test_azure_deployments_are_priced_as_their_models(
+    azure_pipeline: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A deployment named apart from its model: sent by its name, priced by the connection's mapping."""
+    azure_pipeline["emulator"].set_azure_deployments({"prod-mini": "gpt-4o-mini"})
+    conn = json.loads(os.environ[f"AIRFLOW_CONN_{CONN.upper()}"])
+    conn["extra"]["deployments"] = {"prod-mini": "gpt-4o-mini"}
+    monkeypatch.setenv(f"AIRFLOW_CONN_{CONN.upper()}", json.dumps(conn))
+    write_input(
+        azure_pipeline["inbox"] / "dep.jsonl", [full_line(f"d-{i}", f"q{i}", "prod-mini") for i in range(2)]
+    )
+
+    run = run_dag({"input": "dep.jsonl", "conn_id": CONN})
+
+    assert run.state == "success", task_states(run)
+    out = result_dir(azure_pipeline["results"])
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["provider"] == "azure"
+    (batch,) = manifest["batches"]
+    assert batch["model"] == "prod-mini"
+    assert batch["priced_as"] == "gpt-4o-mini"
+    assert manifest["unpriced_models"] == []
+    assert manifest["estimated_cost_usd"] > 0
+    assert {r["status"] for r in read_jsonl(out / "results.jsonl")} == {"succeeded"}
+
+
+def test_a_model_name_where_azure_wants_a_deployment_fails_the_batch_not_the_pipeline(
+    azure_pipeline: dict[str, Any],
+) -> None:
+    azure_pipeline["emulator"].set_azure_deployments({"prod-mini": "gpt-4o-mini"})
+    write_input(azure_pipeline["inbox"] / "name.jsonl", [full_line("n-1", "q", "gpt-4o-mini")])
+
+    run = run_dag({"input": "name.jsonl", "conn_id": CONN})
+
+    manifest = json.loads((result_dir(azure_pipeline["results"]) / "manifest.json").read_text())
+    (batch,) = manifest["batches"]
+    assert batch["status"] == "failed"
+    assert any(e.get("code") == "model_not_found" for e in batch["errors"]), batch["errors"]
+    # The run succeeds: every request has its outcome, and this one's says which name was wrong.
+    assert run.state == "success", task_states(run)
+    (result,) = read_jsonl(result_dir(azure_pipeline["results"]) / "results.jsonl")
+    assert result["status"] == "failed"
+    assert result["error"]["code"] == "model_not_found"
+    assert "'gpt-4o-mini'" in result["error"]["message"]
