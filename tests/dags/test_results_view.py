@@ -78,6 +78,7 @@ def test_signed_in_user_sees_each_file(finished_run: dict[str, Any], monkeypatch
     assert '<td data-count="succeeded">3</td>' in html
     assert "line 2:" in html  # beta's first reject reason
     assert html.count('class="cost">$') == 2
+    assert html.count('<b class="provider">OpenAI Batch API</b>') == 2  # the API each file went to
     manifests = {}
     for index in (0, 1):
         response = client.get(f"{run_url}/files/{index}/manifest.json", headers=headers)

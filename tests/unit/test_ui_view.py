@@ -222,3 +222,15 @@ def test_a_shard_held_back_by_capacity_says_so_and_so_does_its_file(tmp_path: Pa
     assert [b.status for b in view.batches] == ["in_progress", "waiting for capacity"]
     assert view.state == "waiting for capacity"
     assert [b.status for b in file_view(0, plan, tmp_path).batches] == ["in_progress", "not submitted"]
+
+
+def test_the_view_names_the_api_and_an_azure_deployments_model() -> None:
+    from openai_batch.ui.view import BatchRow, FileView
+
+    view = FileView(0, "az.jsonl", "written", provider="azure")
+    view.batches = [BatchRow(0, 0, "batch_1", "completed", None, model="prod-mini", priced_as="gpt-4o-mini")]
+    html = render_file(view, "x")
+    assert '<b class="provider">Azure OpenAI Batch</b>' in html
+    assert "prod-mini <span class='why'>(deployment of gpt-4o-mini)</span>" in html
+    claude = render_file(FileView(1, "c.jsonl", "written", provider="anthropic"), "x")
+    assert '<b class="provider">Anthropic Message Batches</b>' in claude

@@ -28,6 +28,12 @@ from openai_batch.layout import (
 #: The files of a result folder the view links to (nothing else is served).
 COUNT_KEYS = ("total", "succeeded", "failed", "expired", "cancelled", "rejected", "reused")
 MAX_REJECTS = 5
+#: How the view names each provider (see ``openai_batch.providers``).
+PROVIDER_NAMES = {
+    "openai": "OpenAI Batch API",
+    "azure": "Azure OpenAI Batch",
+    "anthropic": "Anthropic Message Batches",
+}
 #: Batch statuses after which a state record's counts are final (the last poll may be older).
 ENDED = frozenset({"completed", "failed", "expired", "cancelled"})
 
@@ -43,6 +49,7 @@ class BatchRow:
     request_counts: dict[str, Any] | None
     live: bool = False
     model: str | None = None  # the model (or deployment) of the shard
+    priced_as: str | None = None  # the model an Azure deployment is priced as, when it differs
 
 
 @dataclass
@@ -56,6 +63,7 @@ class FileView:
     usage: dict[str, Any] = field(default_factory=dict)
     cost_usd: float | None = None
     cost_unknown_reason: str | None = None
+    provider: str | None = None  # the API the file's batches went to: openai, azure or anthropic
     batches: list[BatchRow] = field(default_factory=list)
     rejects: list[str] = field(default_factory=list)
     files: list[str] = field(default_factory=list)
@@ -269,6 +277,7 @@ def file_view(
     manifest = _read_json(out / MANIFEST_FILE)
     state_dir = local_folder(str(plan.get("state_dir") or ""))
     view = FileView(index, key, "running", error=plan.get("error"), folder=str(out))
+    view.provider = plan.get("provider")
     view_skipped = "skipped (results exist for this content)"
     if plan.get("skipped"):
         view.state = view_skipped
@@ -283,6 +292,7 @@ def file_view(
         view.usage = dict(manifest.get("usage") or {})
         view.cost_usd = manifest.get("estimated_cost_usd")
         view.cost_unknown_reason = manifest.get("cost_unknown_reason")
+        view.provider = manifest.get("provider") or view.provider
         view.error = manifest.get("error")
         first_shard = 1 if manifest.get("manifest_version", 1) >= 2 else 0  # BatchRow counts from 0
         view.batches = [
@@ -293,6 +303,7 @@ def file_view(
                 b.get("status"),
                 b.get("request_counts"),
                 model=b.get("model"),
+                priced_as=b.get("priced_as") if b.get("priced_as") != b.get("model") else None,
             )
             for b in manifest.get("batches") or []
         ]
@@ -360,6 +371,10 @@ def render_file(view: FileView, file_href: str) -> str:
     ]
     if view.error:
         parts.append(f'<p class="err">{_e(view.error)}</p>')
+    if view.provider:
+        parts.append(
+            f'<p>API: <b class="provider">{_e(PROVIDER_NAMES.get(view.provider, view.provider))}</b></p>'
+        )
     if view.counts:
         keys = [k for k in COUNT_KEYS if k in view.counts]
         parts.append(
@@ -389,7 +404,9 @@ def render_file(view: FileView, file_href: str) -> str:
         )
         for b in view.batches:
             parts.append(
-                f"<tr><td>{b.shard + 1}</td><td class='l batch-model'>{_e(b.model)}</td><td>{b.round}</td>"
+                f"<tr><td>{b.shard + 1}</td><td class='l batch-model'>{_e(b.model)}"
+                + (f" <span class='why'>(deployment of {_e(b.priced_as)})</span>" if b.priced_as else "")
+                + f"</td><td>{b.round}</td>"
                 f"<td class='l'>{_e(b.batch_id)}</td>"
                 f"<td class='l batch-status'>{_e(b.status)}{' (live)' if b.live else ''}</td>"
                 f"<td class='l'>{_progress(b.request_counts)}</td></tr>"
