@@ -4,7 +4,8 @@ Names (all under ``openai_batch.``):
 
 - ``requests.<status>``: requests by outcome (succeeded, failed, expired, cancelled, rejected, reused)
 - ``tokens.<kind>``: input, output and cached tokens
-- ``cost_microusd.<model>``: estimated cost in millionths of a dollar, by model
+- ``cost_microusd.<model>``: estimated cost in millionths of a dollar, by model (or Azure deployment)
+- ``sent.<provider>.<model>``: requests sent in batches (every round's), by API and model (or deployment)
 - ``batches.<status>``: batches by final status (every round's batch)
 - ``results_delay``: timer, from the moment a batch's end was seen to the results being written
 """
@@ -57,6 +58,13 @@ def file_metrics(
             out.append(("incr", stat_name("tokens", kind.removesuffix("_tokens")), int(usage[kind])))
     for model, cost in sorted(cost_by_model(states).items()):
         out.append(("incr", stat_name("cost_microusd", model), round(cost * 1_000_000)))
+    provider = str(manifest.get("provider") or "openai")
+    sent: dict[str, int] = {}
+    for state in states:
+        sent[state.model] = sent.get(state.model, 0) + sum(r.requests for r in state.rounds if r.batch_id)
+    for model, n in sorted(sent.items()):
+        if n:
+            out.append(("incr", stat_name("sent", provider, model), n))
     ended = [r.ended_at for s in states for r in s.rounds if r.ended_at]
     for status in sorted({r.status for s in states for r in s.rounds if r.status}):
         n = sum(1 for s in states for r in s.rounds if r.status == status)

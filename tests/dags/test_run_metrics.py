@@ -73,6 +73,8 @@ def test_run_sends_request_token_cost_batch_and_delay_metrics(
     for model in ("gpt-4o-mini", "gpt-4o"):
         (cost,) = metric(got, f"cost_microusd.{model}")
         assert int(cost.removesuffix("|c")) > 0, (model, got)
+    assert metric(got, "sent.openai.gpt-4o-mini") == ["3|c"]
+    assert metric(got, "sent.openai.gpt-4o") == ["1|c"]
     (delay,) = metric(got, "results_delay")
     assert delay.endswith("|ms")
     assert 0 <= float(delay.removesuffix("|ms")) < 120_000
