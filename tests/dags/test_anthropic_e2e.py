@@ -82,6 +82,10 @@ def test_anthropic_file_end_to_end(anthropic_pipeline: dict[str, Any]) -> None:
     assert manifest["usage"]["output_tokens"] > 0
     assert manifest["actual"]["cost_usd"] > 0  # claude-haiku-4-5 is in the price table
     assert len(_batches(anthropic_pipeline)) == 1
+    # The key is in no file the run wrote (results, rejects, manifest, state, downloaded results).
+    written = [p for p in anthropic_pipeline["results"].rglob("*") if p.is_file()]
+    assert written
+    assert not [p for p in written if API_KEY.encode() in p.read_bytes()]
 
 
 def test_anthropic_expired_requests_are_resubmitted(anthropic_pipeline: dict[str, Any]) -> None:
