@@ -111,19 +111,35 @@ def limits_for(provider: str, max_requests: int | None = None) -> BatchLimits:
     )
 
 
-def check_output_expires_after(value: Any) -> dict[str, Any] | None:
-    """Return ``output_expires_after`` as the Batch API takes it, or None when not set.
+#: Azure's bounds for ``output_expires_after.seconds``: 14 to 30 days, as its batch how-to gives them
+#: for ``expires_after`` and ``output_expires_after`` (https://learn.microsoft.com/en-us/azure/ai-foundry/openai/how-to/batch).
+AZURE_OUTPUT_EXPIRY_SECONDS = (1_209_600, 2_592_000)
+
+#: Each provider's bounds where they differ from OpenAI's (Anthropic keeps results 29 days, no setting).
+PROVIDER_OUTPUT_EXPIRY_SECONDS: dict[str, tuple[int, int]] = {"azure": AZURE_OUTPUT_EXPIRY_SECONDS}
+
+
+def check_output_expires_after(value: Any, provider: str = "openai") -> dict[str, Any] | None:
+    """Return ``output_expires_after`` as ``provider``'s Batch API takes it, or None when not set.
 
     :raises ValueError: unless ``value`` is ``{"anchor": "created_at", "seconds": N}`` with N an
-        integer in :data:`OUTPUT_EXPIRY_SECONDS` (both keys required, no other key).
+        integer in :data:`OUTPUT_EXPIRY_SECONDS` (Azure: :data:`AZURE_OUTPUT_EXPIRY_SECONDS`; both keys
+        required, no other key), or when it is set on Anthropic, which has no such setting.
     """
     if value is None or value == {}:
         return None
+    if provider == "anthropic":
+        raise ValueError(
+            "output_expires_after has no Anthropic counterpart (results are kept 29 days): unset it"
+        )
     if not isinstance(value, dict) or set(value) != {"anchor", "seconds"}:
         raise ValueError(
             f"output_expires_after must be {{'anchor': 'created_at', 'seconds': N}}, got {value!r}"
         )
-    seconds, (low, high) = value["seconds"], OUTPUT_EXPIRY_SECONDS
+    seconds, (low, high) = (
+        value["seconds"],
+        PROVIDER_OUTPUT_EXPIRY_SECONDS.get(provider, OUTPUT_EXPIRY_SECONDS),
+    )
     if value["anchor"] != "created_at":
         raise ValueError(f"output_expires_after.anchor must be 'created_at', got {value['anchor']!r}")
     if isinstance(seconds, bool) or not isinstance(seconds, int) or not low <= seconds <= high:

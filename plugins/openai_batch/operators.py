@@ -484,12 +484,13 @@ class OpenAIBatchSubmitOperator(BaseOperator):
     def execute(self, context: Context) -> dict[str, Any]:
         """Submit the shard and return it with its batch id."""
         from openai_batch.limits import check_output_expires_after
-        from openai_batch.providers import batch_hook
+        from openai_batch.providers import batch_hook, provider_of
 
+        provider = provider_of(str(self.conn_id))
         try:
-            expiry = check_output_expires_after(self.output_expires_after)
+            expiry = check_output_expires_after(self.output_expires_after, provider)
         except ValueError as err:
-            raise AirflowFailException(str(err)) from err
+            raise AirflowFailException(f"connection {self.conn_id!r} ({provider}): {err}") from err
         from openai_batch.budget import ledger_for, parse_limits
 
         if self.shard.get("kind") == "borrowed":
@@ -497,7 +498,7 @@ class OpenAIBatchSubmitOperator(BaseOperator):
             return {**self.shard, "batch_id": None}
         state_dir = to_path(self.shard["state_dir"])
         state = load_state(state_dir, self.shard)
-        hook = batch_hook(str(self.conn_id))
+        hook = batch_hook(str(self.conn_id), provider)
         try:
             limits = parse_limits(self.token_limits)
         except ValueError as err:

@@ -115,3 +115,23 @@ def test_check_output_expires_after(value: Any, expected: Any) -> None:
         assert check_output_expires_after(value) is None
     else:
         assert check_output_expires_after(value) == {"anchor": "created_at", "seconds": expected}
+
+
+@pytest.mark.parametrize(
+    ("provider", "seconds", "ok"),
+    [
+        pytest.param("openai", 3600, True, id="openai-hour"),
+        pytest.param("azure", 3600, False, id="azure-hour"),
+        pytest.param("azure", 1_209_600, True, id="azure-14-days"),
+        pytest.param("azure", 2_592_001, False, id="azure-too-long"),
+        pytest.param("anthropic", 2_592_000, False, id="anthropic-none"),
+    ],
+)
+def test_output_expiry_bounds_per_provider(provider: str, seconds: int, ok: bool) -> None:
+    value = {"anchor": "created_at", "seconds": seconds}
+    if ok:
+        assert check_output_expires_after(value, provider) == value
+    else:
+        with pytest.raises(ValueError, match="output_expires_after"):
+            check_output_expires_after(value, provider)
+    assert check_output_expires_after(None, provider) is None

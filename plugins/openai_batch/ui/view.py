@@ -342,12 +342,37 @@ th{background:#edf2f7}td.l,th.l{text-align:left}h2{font-size:1.1em;margin:18px 0
 .state{font-weight:normal;color:#4a5568}.bar{width:120px;height:10px;vertical-align:middle}
 .err{color:#c53030}
 """
-#: The pages' Content-Security-Policy: nothing but the one inline stylesheet above, allowed by its
-#: hash (no inline style attributes, no scripts, no other origin); links still navigate. Framed only by
+#: The one script of the pages. Airflow's UI shows them in a sandboxed iframe that may not navigate
+#: the top window, so a link to one of Airflow's own pages (``target=_top``) cannot leave the frame by
+#: itself. Framed by the UI (same origin), the click instead moves the UI's router: push the page on
+#: the UI window's history and tell its router, as a Back or Forward would. Opened on its own, the
+#: link navigates as usual. Nothing else runs.
+SCRIPT = """
+document.addEventListener("click", function (e) {
+  var a = e.target.closest && e.target.closest("a[target=_top]");
+  if (!a || window.parent === window || e.button !== 0 || e.ctrlKey || e.metaKey || e.shiftKey) return;
+  var top;
+  try { top = window.parent; if (top.location.origin !== location.origin) return; } catch (err) { return; }
+  var url = new URL(a.href);
+  if (url.origin !== location.origin) return;
+  e.preventDefault();
+  top.history.pushState(null, "", url.pathname + url.search + url.hash);
+  top.dispatchEvent(new PopStateEvent("popstate", {state: null}));
+});
+"""
+
+
+def _sha256(text: str) -> str:
+    return base64.b64encode(hashlib.sha256(text.encode()).digest()).decode()
+
+
+#: The pages' Content-Security-Policy: nothing but the one inline stylesheet and the one script above,
+#: each allowed by its hash (no inline style attributes or handlers, no other origin). Framed only by
 #: the API server's own pages: Airflow's UI shows these pages in an iframe of its run and DAG tabs.
 CONTENT_SECURITY_POLICY = (
     "default-src 'none'; "
-    f"style-src 'sha256-{base64.b64encode(hashlib.sha256(STYLE.encode()).digest()).decode()}'; "
+    f"style-src 'sha256-{_sha256(STYLE)}'; "
+    f"script-src 'sha256-{_sha256(SCRIPT)}'; "
     "base-uri 'none'; form-action 'none'; frame-ancestors 'self'"
 )
 
@@ -472,5 +497,6 @@ def render_page(title: str, body: str, refresh: int | None = None) -> str:
     meta = f'<meta http-equiv="refresh" content="{refresh}">' if refresh else ""
     return (
         f"<!doctype html><html><head><meta charset='utf-8'>{meta}<title>{_e(title)}</title>"
-        f"<style>{STYLE}</style></head><body><h1>{_e(title)}</h1>{body}</body></html>"
+        f"<style>{STYLE}</style><script>{SCRIPT}</script></head>"
+        f"<body><h1>{_e(title)}</h1>{body}</body></html>"
     )
