@@ -87,8 +87,8 @@ def test_finished_run_tab_shows_each_files_counts_and_cost(standalone: Standalon
 
     # The DAG's Batch runs tab: the run's line (files, outcomes, cost), the charts by model, and a
     # link to Airflow's own page of the run. Airflow frames plugin pages in a sandbox without top
-    # navigation, so inside the tab the link (target _top) cannot leave the frame; it opens the run
-    # page when the tab's page is opened on its own.
+    # navigation; inside the tab the page's script moves Airflow's router instead, so a click on the
+    # link opens the run page in Airflow's UI. Opened on its own, the page's link navigates as usual.
     page.goto(f"{stack.url}/dags/{DAG_ID}/plugin/openai-batch-runs")
     runs = page.frame_locator("iframe")
     line = runs.locator(f"tr[data-run='{run_id}']")
@@ -102,6 +102,12 @@ def test_finished_run_tab_shows_each_files_counts_and_cost(standalone: Standalon
     assert href is not None
     target = urllib.parse.urljoin(f"{stack.url}/openai-batch/dags/{DAG_ID}", href)
     assert target == f"{stack.url}/dags/{DAG_ID}/runs/{quoted(run_id)}"
+    line.get_by_role("link", name=run_id).click()
+    page.wait_for_url(lambda url: f"/dags/{DAG_ID}/runs/" in url and "/plugin/" not in url, timeout=30_000)
+    assert page.url == target
+    page.get_by_text(run_id).first.wait_for()  # Airflow's run page
+    assert page.frame_locator("iframe").locator(f"tr[data-run='{run_id}']").count() == 0
+    shot(page, "runs-link-in-tab.png")
     page.goto(f"{stack.url}/openai-batch/dags/{DAG_ID}")
     page.locator(f"tr[data-run='{run_id}']").get_by_role("link", name=run_id).click()
     page.wait_for_url(lambda url: f"/dags/{DAG_ID}/runs/" in url and "/openai-batch/" not in url)
