@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 from functools import cached_property
 from typing import IO, TYPE_CHECKING, Any
@@ -45,6 +46,44 @@ MAX_SCAN = 1000
 
 _Clients = dict[str, anthropic.AsyncAnthropic]
 _SHARED_CLIENTS: dict[asyncio.AbstractEventLoop, tuple[asyncio.Lock, _Clients]] = {}
+
+
+#: Where the SDK sends calls when neither the connection nor ``ANTHROPIC_BASE_URL`` says.
+DEFAULT_BASE_URL = "https://api.anthropic.com"
+
+
+class ForeignHostError(anthropic.AnthropicError):
+    """Raise when a call would carry the key to another host than the connection's API.
+
+    A batch's ``results_url`` is the service's to give; an answer pointing it elsewhere (a
+    misconfigured proxy, a hostile server) must not receive the key.
+    """
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    default_port = {"http": 80, "https": 443}.get(parts.scheme.lower())
+    return parts.scheme.lower(), (parts.hostname or "").lower(), parts.port or default_port
+
+
+def origin_guard(base_url: str) -> Callable[[Any], None]:
+    """Return a request hook that refuses any call to another origin than ``base_url``'s."""
+    allowed = _origin(base_url)
+
+    def check(request: Any) -> None:
+        if _origin(str(request.url)) != allowed:
+            raise ForeignHostError(
+                f"refused to send a call to {request.url.scheme}://{request.url.host}: the connection's "
+                f"API is at {allowed[0]}://{allowed[1]}, and the key goes nowhere else"
+            )
+
+    return check
+
+
+def _base_url(kwargs: Mapping[str, Any]) -> str:
+    return str(kwargs.get("base_url") or os.environ.get("ANTHROPIC_BASE_URL") or DEFAULT_BASE_URL)
 
 
 class AnthropicBatch:
@@ -135,8 +174,10 @@ class AnthropicBatchHook(AnthropicHook):
 
     @cached_property
     def client(self) -> anthropic.Anthropic:
-        """Return the sync SDK client for the connection."""
-        return anthropic.Anthropic(**self.client_kwargs(self.get_connection(self.conn_id)))
+        """Return the sync SDK client for the connection; it calls the connection's host only."""
+        kwargs = self.client_kwargs(self.get_connection(self.conn_id))
+        http = anthropic.DefaultHttpxClient(event_hooks={"request": [origin_guard(_base_url(kwargs))]})
+        return anthropic.Anthropic(**kwargs, http_client=http)
 
     # ---- the provider seam ---------------------------------------------------------------
 
@@ -347,10 +388,19 @@ class AnthropicBatchHook(AnthropicHook):
         key = hashlib.sha256(json.dumps(kwargs, sort_keys=True, default=str).encode()).hexdigest()
         loop = asyncio.get_running_loop()
         lock, clients = _SHARED_CLIENTS.setdefault(loop, (asyncio.Lock(), {}))
+        check = origin_guard(_base_url(kwargs))
+
+        async def guard(request: Any) -> None:
+            check(request)
+
+        def build() -> anthropic.AsyncAnthropic:
+            http = anthropic.DefaultAsyncHttpxClient(event_hooks={"request": [guard]})
+            return anthropic.AsyncAnthropic(**kwargs, http_client=http)
+
         async with lock:
             client = clients.get(key)
             if client is None or client.is_closed():
-                client = clients[key] = await asyncio.to_thread(anthropic.AsyncAnthropic, **kwargs)
+                client = clients[key] = await asyncio.to_thread(build)
         return client
 
     async def aget_batch_json(self, batch_id: str) -> dict[str, Any]:
