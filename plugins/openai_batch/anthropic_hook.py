@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import time
 from functools import cached_property
 from typing import IO, TYPE_CHECKING, Any
 
@@ -26,7 +25,7 @@ from airflow.providers.anthropic.hooks.anthropic import AnthropicHook
 
 from openai_batch import anthropic_format
 from openai_batch.provider import NOT_FOUND
-from openai_batch.retry import CALL_ATTEMPTS, CALL_BACKOFF, is_transient_status
+from openai_batch.retry import CALL_ATTEMPTS, CALL_BACKOFF, call_once, is_transient_status
 from openai_batch.secrets import api_key_from, redact, register_secret
 
 if TYPE_CHECKING:
@@ -339,41 +338,35 @@ class AnthropicBatchHook(AnthropicHook):
         if endpoint != anthropic_format.ENDPOINT:
             raise ValueError(f"an Anthropic connection sends {anthropic_format.ENDPOINT}, not {endpoint}")
         client = self.client.with_options(max_retries=0)
-        for attempt in range(1, attempts + 1):
-            if (
-                attempt > 1
-                and (
-                    existing := self.find_batch(
-                        metadata, since=since, requests=requests, open_stream=open_stream
-                    )
-                )
-                is not None
-            ):
-                self.log.info("Batch %s already exists for %s; re-attaching", existing.id, metadata)
-                return existing
-            try:
-                created = client.post(
-                    "/v1/messages/batches",
-                    cast_to=anthropic.types.messages.MessageBatch,
-                    content=_request_body(open_stream),
-                    options={"headers": {"content-type": "application/json"}},
-                )
-            except _CALL_ERRORS as err:
-                status = getattr(err, "status_code", None)
-                if attempt == attempts or not is_transient_status(status):
-                    raise
-                delay = backoff.delay(attempt)
-                self.log.warning(
-                    "Creating the batch failed (%s); attempt %s of %s in %.1fs",
-                    redact(str(err)),
-                    attempt,
-                    attempts,
-                    delay,
-                )
-                time.sleep(delay)
-            else:
-                return AnthropicBatch(created.model_dump(mode="json"))
-        raise AssertionError("unreachable")
+        stream = open_stream
+
+        def create() -> AnthropicBatch:
+            created = client.post(
+                "/v1/messages/batches",
+                cast_to=anthropic.types.messages.MessageBatch,
+                content=_request_body(stream),
+                options={"headers": {"content-type": "application/json"}},
+            )
+            return AnthropicBatch(created.model_dump(mode="json"))
+
+        def on_retry(err: BaseException, attempt: int, delay: float) -> None:
+            message = redact(str(err))
+            self.log.warning(
+                "Creating the batch failed (%s); attempt %s of %s in %.1fs", message, attempt, attempts, delay
+            )
+
+        batch, made = call_once(
+            create,
+            lambda: self.find_batch(metadata, since=since, requests=requests, open_stream=stream),
+            errors=_CALL_ERRORS,
+            retryable=lambda err: is_transient_status(getattr(err, "status_code", None)),
+            on_retry=on_retry,
+            attempts=attempts,
+            backoff=backoff,
+        )
+        if not made:
+            self.log.info("Batch %s already exists for %s; re-attaching", batch.id, metadata)
+        return batch
 
     # ---- async twins for triggers ---------------------------------------------------------
 

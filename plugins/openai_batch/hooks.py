@@ -6,7 +6,6 @@ import asyncio
 import hashlib
 import json
 import logging
-import time
 import weakref
 from contextlib import contextmanager
 from typing import IO, TYPE_CHECKING, Any, cast
@@ -17,7 +16,7 @@ from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
 from openai_batch.provider import CLOCK_SKEW_MARGIN as PROVIDER_CLOCK_SKEW_MARGIN
 from openai_batch.provider import NOT_FOUND
-from openai_batch.retry import CALL_ATTEMPTS, CALL_BACKOFF, Backoff, is_transient_status
+from openai_batch.retry import CALL_ATTEMPTS, CALL_BACKOFF, Backoff, call_once, is_transient_status
 from openai_batch.secrets import InvalidAPIKeyError, api_key_from, redact, register_secret
 from openai_batch.status import ENDED, may_reattach
 
@@ -238,29 +237,29 @@ class OpenAIBatchHook(OpenAIHook):
         it (it recorded the intent to upload, then stopped): the lookup then comes first, too.
         """
         client = self.conn.with_options(max_retries=0)
-        for attempt in range(1, attempts + 1):
-            if (attempt > 1 or maybe_stored) and (
-                existing := self.find_file(filename, size, since=since)
-            ) is not None:
-                log.info("File %s was stored as %s by an earlier attempt; re-using it", filename, existing.id)
-                return existing
-            try:
-                with open_stream() as stream:
-                    return client.files.create(file=(filename, stream), purpose="batch")
-            except API_CALL_ERRORS as err:
-                if attempt == attempts or not is_transient(err):
-                    raise
-                delay = backoff.delay(attempt)
-                log.warning(
-                    "Uploading %s failed (%s); attempt %s of %s in %.1fs",
-                    filename,
-                    err,
-                    attempt,
-                    attempts,
-                    delay,
-                )
-                time.sleep(delay)
-        raise AssertionError("unreachable")
+
+        def upload() -> FileObject:
+            with open_stream() as stream:
+                return client.files.create(file=(filename, stream), purpose="batch")
+
+        def on_retry(err: BaseException, attempt: int, delay: float) -> None:
+            log.warning(
+                "Uploading %s failed (%s); attempt %s of %s in %.1fs", filename, err, attempt, attempts, delay
+            )
+
+        stored, made = call_once(
+            upload,
+            lambda: self.find_file(filename, size, since=since),
+            errors=API_CALL_ERRORS,
+            retryable=is_transient,
+            on_retry=on_retry,
+            attempts=attempts,
+            backoff=backoff,
+            look_first=maybe_stored,
+        )
+        if not made:
+            log.info("File %s was stored as %s by an earlier attempt; re-using it", filename, stored.id)
+        return stored
 
     def download_file(self, file_id: str, out: IO[bytes], chunk_size: int = 1 << 20) -> int:
         """Stream a file's content into ``out``; return the number of bytes written."""
@@ -385,29 +384,34 @@ class OpenAIBatchHook(OpenAIHook):
         extra: dict[str, Any] = {}
         if output_expires_after is not None:
             extra["output_expires_after"] = output_expires_after
-        for attempt in range(1, attempts + 1):
-            if attempt > 1 and (existing := self.find_batch(metadata, since=since)) is not None:
-                log.info("Batch %s already exists for %s; re-attaching", existing.id, metadata)
-                return existing
-            try:
-                created = client.batches.create(
-                    input_file_id=file_id,
-                    endpoint=endpoint,  # type: ignore[arg-type]
-                    completion_window="24h",
-                    metadata=metadata,
-                    **extra,
-                )
-            except API_CALL_ERRORS as err:
-                if attempt == attempts or not is_transient(err):
-                    raise
-                delay = backoff.delay(attempt)
-                log.warning(
-                    "Creating the batch failed (%s); attempt %s of %s in %.1fs", err, attempt, attempts, delay
-                )
-                time.sleep(delay)
-            else:
-                return self._keep_oldest(created, metadata, since)
-        raise AssertionError("unreachable")
+
+        def create() -> Batch:
+            return client.batches.create(
+                input_file_id=file_id,
+                endpoint=endpoint,  # type: ignore[arg-type]
+                completion_window="24h",
+                metadata=metadata,
+                **extra,
+            )
+
+        def on_retry(err: BaseException, attempt: int, delay: float) -> None:
+            log.warning(
+                "Creating the batch failed (%s); attempt %s of %s in %.1fs", err, attempt, attempts, delay
+            )
+
+        batch, made = call_once(
+            create,
+            lambda: self.find_batch(metadata, since=since),
+            errors=API_CALL_ERRORS,
+            retryable=is_transient,
+            on_retry=on_retry,
+            attempts=attempts,
+            backoff=backoff,
+        )
+        if not made:
+            log.info("Batch %s already exists for %s; re-attaching", batch.id, metadata)
+            return batch
+        return self._keep_oldest(batch, metadata, since)
 
     # ---- async twins for triggers ------------------------------------------------------------
 

@@ -18,8 +18,14 @@ Pure: standard library only.
 from __future__ import annotations
 
 import random
+import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+T = TypeVar("T")
 
 #: Statuses after which the same call may succeed; the openai SDK retries the same set.
 RETRYABLE_HTTP_STATUSES: frozenset[int] = frozenset({408, 409, 429, 500, 502, 503, 504})
@@ -113,3 +119,41 @@ CALL_BACKOFF = Backoff(base=1.0, cap=60.0)
 
 #: The poller's GET: 0.5, 1, 2, 4, 8 s, less up to a quarter.
 POLL_BACKOFF = Backoff(base=0.5, cap=8.0, jitter=0.25)
+
+
+def call_once(
+    call: Callable[[], T],
+    lookup: Callable[[], T | None],
+    *,
+    errors: tuple[type[BaseException], ...],
+    retryable: Callable[[BaseException], bool],
+    on_retry: Callable[[BaseException, int, float], None],
+    attempts: int = CALL_ATTEMPTS,
+    backoff: Backoff = CALL_BACKOFF,
+    look_first: bool = False,
+) -> tuple[T, bool]:
+    """
+    Make a call that costs money (an upload, a batch create) at most once, whatever the answers.
+
+    A failed attempt may have taken effect (its answer was lost), so before each new attempt (and
+    before the first with ``look_first``: an earlier process may have made the call, then died)
+    ``lookup`` looks for what it would have made; that is returned instead of calling again.
+
+    :return: ``(value, made)``: the call's answer and True, or what ``lookup`` found and False.
+    :raises BaseException: the last error of ``errors`` once attempts run out or ``retryable``
+        says the same call would fail the same way; any other error at once.
+    """
+    for attempt in range(1, attempts + 1):
+        if attempt > 1 or look_first:
+            found = lookup()
+            if found is not None:
+                return found, False
+        try:
+            return call(), True
+        except errors as err:
+            if attempt == attempts or not retryable(err):
+                raise
+            delay = backoff.delay(attempt)
+            on_retry(err, attempt, delay)
+            time.sleep(delay)
+    raise AssertionError("unreachable")
