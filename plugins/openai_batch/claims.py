@@ -242,21 +242,9 @@ def digests_of(path: ObjectStoragePath | Path) -> dict[str, str]:
     return found
 
 
-def _answered(raw: bytes) -> str | None:
-    """Return the record state of an output/error line with a final answer, None when it is retryable."""
-    from openai_batch.results import is_final_line
-
-    custom_id, final = is_final_line(raw)
-    if not final:
-        return None
-    obj = json.loads(raw)
-    response = obj.get("response") or {}
-    ok = not obj.get("error") and 200 <= int(response.get("status_code") or 0) < 300
-    return "succeeded" if ok else "final_failed"
-
-
 def record_round_answers(record: RequestRecord, owner: str, state_dir: ObjectStoragePath, rnd: Round) -> None:
     """Record the final answers of a collected round of ``owner`` (successes, non-retryable failures)."""
+    from openai_batch.results import final_state
     from openai_batch.results_io import round_files
     from openai_batch.storage import iter_lines
 
@@ -269,8 +257,8 @@ def record_round_answers(record: RequestRecord, owner: str, state_dir: ObjectSto
             if not line.strip():
                 continue
             try:
-                state = _answered(line)
-                digest = digests.get(_custom_id(line))
+                custom_id, state = final_state(line)
+                digest = digests.get(custom_id)
             except ValueError:  # json.JSONDecodeError included
                 continue  # a stray line (no id, not JSON): counted by the merge's check, no answer here
             if state is not None and digest is not None:

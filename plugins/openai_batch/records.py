@@ -47,6 +47,10 @@ STALE_AFTER = 3600.0
 FINAL_STATES = frozenset({"succeeded", "final_failed"})
 
 _CHUNK = 500
+#: Rows written per transaction: one transaction writes each page of the table once, however many of
+#: its rows change, where a transaction per 500-row statement wrote most pages again every time (the
+#: digests are random). Bounded, so the write lock is held for a fraction of a second at a time.
+_TXN_ROWS = 50_000
 _SCHEMA = """CREATE TABLE IF NOT EXISTS requests (
     digest BLOB PRIMARY KEY, custom_id TEXT NOT NULL, owner TEXT NOT NULL, shard INTEGER NOT NULL,
     state TEXT NOT NULL, batch_id TEXT, updated REAL NOT NULL) WITHOUT ROWID"""
@@ -146,58 +150,74 @@ class RequestRecord:
         try:
             for item in requests:
                 batch.append(item)
-                if len(batch) >= _CHUNK:
-                    others += self._claim_chunk(db, owner, batch, force)
+                if len(batch) >= _TXN_ROWS:
+                    others += self._claim_rows(db, owner, batch, force)
                     batch = []
             if batch:
-                others += self._claim_chunk(db, owner, batch, force)
+                others += self._claim_rows(db, owner, batch, force)
         finally:
             db.close()
         return others
 
-    def _claim_chunk(
+    def _claim_rows(
         self, db: sqlite3.Connection, owner: str, rows: list[tuple[str, str, int]], force: bool
     ) -> list[Entry]:
-        now = time.time()
-        keys = [bytes.fromhex(d) for d, _, _ in rows]
+        """Claim ``rows`` in one transaction, 500 per statement."""
+        found: list[Entry] = []
         db.execute("BEGIN IMMEDIATE")
         try:
-            db.executemany(
-                "INSERT OR IGNORE INTO requests VALUES (?, ?, ?, ?, 'claimed', NULL, ?)",
-                [(key, cid, owner, shard, now) for key, (_, cid, shard) in zip(keys, rows, strict=True)],
-            )
-            # Abandoned requests are taken; with force, every request another owner holds.
-            where = "owner != ?" if force else "state = 'open'"
-            db.executemany(
-                "UPDATE requests SET owner = ?, shard = ?, state = 'claimed', batch_id = NULL, updated = ?"
-                f" WHERE digest = ? AND {where}",
-                [
-                    (owner, shard, now, key, *((owner,) if force else ()))
-                    for key, (_, _, shard) in zip(keys, rows, strict=True)
-                ],
-            )
-            found = db.execute(
-                "SELECT digest, custom_id, owner, shard, state, batch_id, updated FROM requests"
-                f" WHERE owner != ? AND digest IN ({_marks(len(keys))})",
-                [owner, *keys],
-            ).fetchall()
+            for start in range(0, len(rows), _CHUNK):
+                found += self._claim_chunk(db, owner, rows[start : start + _CHUNK], force)
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
+        return found
+
+    def _claim_chunk(
+        self, db: sqlite3.Connection, owner: str, rows: list[tuple[str, str, int]], force: bool
+    ) -> list[Entry]:
+        """Claim up to 500 rows inside the caller's transaction; return those another owner keeps."""
+        now = time.time()
+        keys = [bytes.fromhex(d) for d, _, _ in rows]
+        db.executemany(
+            "INSERT OR IGNORE INTO requests VALUES (?, ?, ?, ?, 'claimed', NULL, ?)",
+            [(key, cid, owner, shard, now) for key, (_, cid, shard) in zip(keys, rows, strict=True)],
+        )
+        # Abandoned requests are taken; with force, every request another owner holds.
+        where = "owner != ?" if force else "state = 'open'"
+        db.executemany(
+            "UPDATE requests SET owner = ?, shard = ?, state = 'claimed', batch_id = NULL, updated = ?"
+            f" WHERE digest = ? AND {where}",
+            [
+                (owner, shard, now, key, *((owner,) if force else ()))
+                for key, (_, _, shard) in zip(keys, rows, strict=True)
+            ],
+        )
+        found = db.execute(
+            "SELECT digest, custom_id, owner, shard, state, batch_id, updated FROM requests"
+            f" WHERE owner != ? AND digest IN ({_marks(len(keys))})",
+            [owner, *keys],
+        ).fetchall()
         return [_entry(row) for row in found]
 
     def _update(self, sql: str, params: Sequence[object], digests: Sequence[str]) -> int:
         changed = 0
         db = self._connect()
         try:
-            for chunk in _chunks(digests):
+            for start in range(0, len(digests), _TXN_ROWS):
                 db.execute("BEGIN IMMEDIATE")
-                cur = db.execute(
-                    sql.format(marks=_marks(len(chunk))), [*params, *(bytes.fromhex(d) for d in chunk)]
-                )
-                changed += cur.rowcount
-                db.execute("COMMIT")
+                try:
+                    for chunk in _chunks(digests[start : start + _TXN_ROWS]):
+                        cur = db.execute(
+                            sql.format(marks=_marks(len(chunk))),
+                            [*params, *(bytes.fromhex(d) for d in chunk)],
+                        )
+                        changed += cur.rowcount
+                    db.execute("COMMIT")
+                except BaseException:
+                    db.execute("ROLLBACK")
+                    raise
         finally:
             db.close()
         return changed

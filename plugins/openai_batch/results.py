@@ -322,6 +322,7 @@ class _Response(msgspec.Struct):
 class _Line(msgspec.Struct):
     custom_id: str
     response: _Response | None = None
+    error: msgspec.Raw = msgspec.Raw(b"null")
 
 
 class _Final(msgspec.Struct):
@@ -420,6 +421,26 @@ def is_final_line(raw: bytes) -> tuple[str, bool]:
         raise ValueError(f"result line has no custom_id: {raw[:200]!r}")
     status, _body, error = classify_line(obj)
     return obj["custom_id"], not is_retryable(status, error)
+
+
+def final_state(raw: bytes) -> tuple[str, str | None]:
+    """
+    Return ``(custom_id, state)`` of an output/error line for the request record.
+
+    ``state`` is ``succeeded`` (a 2xx answer without an error), ``final_failed`` (any other final
+    outcome) or None (worth resubmitting: not final). The common success line is decoded without
+    its body.
+
+    :raises ValueError: for a line that is not a JSON object with a string custom_id.
+    """
+    try:
+        line = _LINE.decode(raw)
+    except _DECODE_ERRORS:
+        line = None
+    if line is not None and line.response is not None and 200 <= line.response.status_code < 300:
+        return line.custom_id, "succeeded" if bytes(line.error) == b"null" else "final_failed"
+    custom_id, final = is_final_line(raw)
+    return custom_id, "final_failed" if final else None
 
 
 def _dumps(value: Any) -> str:

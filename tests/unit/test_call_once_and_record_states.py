@@ -90,3 +90,51 @@ def test_attempts_run_out_with_the_last_error() -> None:
     with pytest.raises(Lost):
         _once(call, lambda: None, attempts=3)
     assert len(calls) == 3
+
+
+@pytest.mark.parametrize(
+    ("line", "state"),
+    [
+        pytest.param(
+            {"custom_id": "a", "response": {"status_code": 200, "body": {"usage": {}}}, "error": None},
+            "succeeded",
+            id="success",
+        ),
+        pytest.param(
+            {
+                "custom_id": "a",
+                "response": {"status_code": 200, "body": {}},
+                "error": {"code": "x", "message": "y"},
+            },
+            "final_failed",
+            id="2xx-with-an-error",
+        ),
+        pytest.param(
+            {
+                "custom_id": "a",
+                "response": {"status_code": 400, "body": {"error": {"code": "bad"}}},
+                "error": None,
+            },
+            "final_failed",
+            id="client-error",
+        ),
+        pytest.param(
+            {"custom_id": "a", "response": {"status_code": 500, "body": {"error": {"type": "server_error"}}}},
+            None,
+            id="server-error",
+        ),
+        pytest.param(
+            {"custom_id": "a", "response": None, "error": {"code": "batch_expired"}}, None, id="expired"
+        ),
+        pytest.param({"custom_id": "a", "error": {"code": "batch_cancelled"}}, None, id="cancelled"),
+        pytest.param(
+            {"custom_id": "a", "error": {"code": "invalid_prompt"}}, "final_failed", id="final-error"
+        ),
+    ],
+)
+def test_the_record_state_of_a_result_line(line: dict[str, Any], state: str | None) -> None:
+    import json
+
+    from openai_batch.results import final_state
+
+    assert final_state(json.dumps(line).encode()) == ("a", state)
