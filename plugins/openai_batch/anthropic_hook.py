@@ -85,6 +85,10 @@ def _base_url(kwargs: Mapping[str, Any]) -> str:
     return str(kwargs.get("base_url") or os.environ.get("ANTHROPIC_BASE_URL") or DEFAULT_BASE_URL)
 
 
+class AmbiguousBatchError(anthropic.AnthropicError):
+    """Raise when several running batches could be the one a lost create made, and none can be chosen."""
+
+
 class AnthropicBatch:
     """A Message Batch as the pipeline reads it: a Batch object (see ``anthropic_format.batch_json``).
 
@@ -167,8 +171,10 @@ class AnthropicBatchHook(AnthropicHook):
         key = api_key_from(conn.password, conn_id=self.conn_id, use_env=False)
         if key:
             kwargs["api_key"] = key
-        if conn.host:
-            kwargs["base_url"] = str(conn.host).rstrip("/")
+        # The provider hook's own way to set a base URL (a proxy) comes first, as it does there.
+        base_url = (extras.get("anthropic_client_kwargs") or {}).get("base_url") or conn.host
+        if base_url:
+            kwargs["base_url"] = str(base_url).rstrip("/")
         return kwargs
 
     @cached_property
@@ -275,23 +281,28 @@ class AnthropicBatchHook(AnthropicHook):
         *,
         requests: int | None = None,
         open_stream: Callable[[], AbstractContextManager[IO[bytes]]] | None = None,
+        taken: Callable[[str], bool] | None = None,
     ) -> AnthropicBatch | None:
         """
         Return the batch created for these requests after ``since``, or None.
 
         Without metadata to match, a batch stands for the round when it was created after ``since``
         (the round's create intent, less the skew margin), holds ``requests`` requests, was not
-        cancelled, and, once ended, answers exactly the round's custom_ids (read from
-        ``open_stream``). Among batches still running, which cannot be told apart further, the
-        oldest is taken. Without ``since`` or ``requests`` nothing is found: an unrecorded batch
-        cannot be recognised.
+        cancelled, is not recorded as another round's (``taken``), and, once ended, answers exactly
+        the round's custom_ids (read from ``open_stream``). A batch still running shows only its
+        counts: one such candidate is taken; two or more cannot be told apart, and the lookup
+        refuses to guess (:class:`AmbiguousBatchError`) rather than pay twice or wait on another
+        round's batch. Without ``since`` or ``requests`` nothing is found.
         """
         if since is None or requests is None:
             return None
         candidates = [
             b
             for b in self._iter_batches(max_scan, since)
-            if b.created_at >= since and b.total == requests and not b.raw.get("cancel_initiated_at")
+            if b.created_at >= since
+            and b.total == requests
+            and not b.raw.get("cancel_initiated_at")
+            and not (taken is not None and taken(b.id))
         ]
         if not candidates:
             return None
@@ -303,10 +314,16 @@ class AnthropicBatchHook(AnthropicHook):
             elif sent is not None and self._result_ids(batch.id) == sent:
                 self.log.info("Batch %s answers exactly this round's %s requests", batch.id, requests)
                 return batch
+        if len(running) > 1:
+            raise AmbiguousBatchError(
+                f"{len(running)} running batches ({', '.join(b.id for b in running)}) could each be this "
+                f"round's ({requests} requests, created after its create intent); Anthropic's batches carry "
+                "no metadata to tell them apart before they end. Nothing is created; retry once they end."
+            )
         if running:
             self.log.warning(
-                "Batch %s (created after the create intent, %s requests, still running) is taken as this "
-                "round's; Anthropic's batches carry no metadata to confirm it",
+                "Batch %s (created after the create intent, %s requests, still running, no other round's) "
+                "is taken as this round's; Anthropic's batches carry no metadata to confirm it",
                 running[0].id,
                 requests,
             )
@@ -323,6 +340,7 @@ class AnthropicBatchHook(AnthropicHook):
         since: float | None = None,
         requests: int | None = None,
         open_stream: Callable[[], AbstractContextManager[IO[bytes]]] | None = None,
+        taken: Callable[[str], bool] | None = None,
         attempts: int = CALL_ATTEMPTS,
         backoff: Backoff = CALL_BACKOFF,
     ) -> AnthropicBatch:
@@ -357,7 +375,9 @@ class AnthropicBatchHook(AnthropicHook):
 
         batch, made = call_once(
             create,
-            lambda: self.find_batch(metadata, since=since, requests=requests, open_stream=stream),
+            lambda: self.find_batch(
+                metadata, since=since, requests=requests, open_stream=stream, taken=taken
+            ),
             errors=_CALL_ERRORS,
             retryable=lambda err: is_transient_status(getattr(err, "status_code", None)),
             on_retry=on_retry,

@@ -33,7 +33,10 @@ def wait_for_capacity(
     """
     import time
 
+    from openai_batch.providers import provider_of
     from openai_batch.triggers import MIN_FIRE_AFTER_DEFERRAL, OpenAIBatchCapacityTrigger
+
+    conn_id = getattr(task, "conn_id", None)
 
     if not err.ever_fits:
         raise AirflowFailException(too_big_message(err))
@@ -41,7 +44,8 @@ def wait_for_capacity(
     task.defer(
         trigger=OpenAIBatchCapacityTrigger(
             ledger_dir=ledger_dir,
-            conn_id=getattr(task, "conn_id", None),
+            conn_id=conn_id,
+            provider=provider_of(conn_id) if conn_id else "openai",
             key=err.key,
             model=err.model,
             tokens=err.tokens,

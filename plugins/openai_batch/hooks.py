@@ -181,6 +181,11 @@ class OpenAIBatchHook(OpenAIHook):
     def _client_kwargs(self, conn: Any, extras: dict[str, Any]) -> dict[str, Any]:
         # The one place both clients (sync and async) and the lean poller get their key from.
         register_secret(conn.password)  # as stored, before anything can log it
+        if str(getattr(conn, "conn_type", "") or "").lower() == "anthropic":
+            # Never send an Anthropic key to an OpenAI endpoint (api.openai.com when the host is empty).
+            raise OpenAIBatchAuthError(
+                f"connection {self.conn_id!r} is an anthropic connection; the OpenAI hook does not use it"
+            )
         kwargs = super()._client_kwargs(conn, extras)
         if "workload_identity" not in kwargs:
             # Resolved here, not by the SDK: its own OPENAI_API_KEY fallback sends the value unstripped.
@@ -296,6 +301,7 @@ class OpenAIBatchHook(OpenAIHook):
         *,
         requests: int | None = None,
         open_stream: Callable[[], AbstractContextManager[IO[bytes]]] | None = None,
+        taken: Callable[[str], bool] | None = None,
     ) -> Batch | None:
         """
         Return the newest batch whose metadata contains every pair of ``metadata``.
@@ -303,8 +309,8 @@ class OpenAIBatchHook(OpenAIHook):
         The API has no server-side metadata filter, so this scans the ``max_scan`` newest batches
         and, with ``since`` (epoch seconds), on back until a batch older than ``since`` is listed,
         however many batches came after it. Failed and cancelled batches are ignored: they hold
-        nothing worth re-attaching. ``requests`` and ``open_stream`` are not needed: the metadata
-        names the round.
+        nothing worth re-attaching. ``requests``, ``open_stream`` and ``taken`` are not needed: the
+        metadata names the round.
         """
         return next(self._iter_matching(metadata, max_scan, since), None)
 
@@ -368,6 +374,7 @@ class OpenAIBatchHook(OpenAIHook):
         since: float | None = None,
         requests: int | None = None,
         open_stream: Callable[[], AbstractContextManager[IO[bytes]]] | None = None,
+        taken: Callable[[str], bool] | None = None,
     ) -> Batch:
         """
         Create a batch, retrying transient errors without ever creating it twice.

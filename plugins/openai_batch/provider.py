@@ -82,12 +82,14 @@ class BatchProvider(Protocol):
         *,
         requests: int | None = ...,
         open_stream: Callable[[], AbstractContextManager[IO[bytes]]] | None = ...,
+        taken: Callable[[str], bool] | None = ...,
     ) -> BatchRef | None:
         """Return the newest live batch whose metadata holds every pair of ``metadata``, or None.
 
         With ``since`` (epoch seconds) the scan reaches back at least that far. ``requests`` (how
         many the round holds) and ``open_stream`` (its request file) let a provider whose batches
-        carry no metadata recognise the batch by its contents instead.
+        carry no metadata recognise the batch by its contents instead, leaving out the batches
+        ``taken`` says are recorded as another round's.
         """
         ...
 
@@ -113,6 +115,7 @@ class BatchProvider(Protocol):
         since: float | None = ...,
         requests: int | None = ...,
         open_stream: Callable[[], AbstractContextManager[IO[bytes]]] | None = ...,
+        taken: Callable[[str], bool] | None = ...,
     ) -> BatchRef:
         """Create a batch (a BatchRef), never twice: look it up by ``metadata`` before each new attempt.
 

@@ -36,11 +36,12 @@ def provider_of_connection(conn_type: str | None, host: str | None, extra: dict[
     """
     if (conn_type or "").lower() in _ANTHROPIC_TYPES:
         return "anthropic"
-    if extra.get("azure") is True or str(extra.get("api_type") or "").lower() == "azure":
+    if str(extra.get("azure")).lower() == "true" or str(extra.get("api_type") or "").lower() == "azure":
         return "azure"
     from urllib.parse import urlsplit
 
-    hostname = (urlsplit(host or "").hostname or "").lower()
+    url = host or ""
+    hostname = (urlsplit(url if "//" in url else f"//{url}").hostname or "").lower()
     return "azure" if hostname.endswith(_AZURE_HOSTS) else "openai"
 
 
@@ -55,10 +56,11 @@ class ProviderMismatchError(ValueError):
 def provider_of(conn_id: str) -> Provider:
     """Return the provider of connection ``conn_id`` (``openai`` when there is none: the env keys it)."""
     from airflow.sdk import BaseHook
+    from airflow.sdk.exceptions import AirflowNotFoundException
 
     try:
         conn = BaseHook.get_connection(conn_id)
-    except Exception:  # noqa: BLE001 - a missing connection is OpenAI's, keyed by OPENAI_API_KEY
+    except AirflowNotFoundException:  # no connection: OpenAI's, keyed by OPENAI_API_KEY
         return "openai"
     return provider_of_connection(conn.conn_type, conn.host, conn.extra_dejson)
 

@@ -170,7 +170,8 @@ class RequestRecord:
                 found += self._claim_chunk(db, owner, rows[start : start + _CHUNK], force)
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            if db.in_transaction:  # SQLite may have rolled back already (a full disk, an I/O error)
+                db.execute("ROLLBACK")
             raise
         return found
 
@@ -216,7 +217,8 @@ class RequestRecord:
                         changed += cur.rowcount
                     db.execute("COMMIT")
                 except BaseException:
-                    db.execute("ROLLBACK")
+                    if db.in_transaction:  # SQLite may have rolled back already
+                        db.execute("ROLLBACK")
                     raise
         finally:
             db.close()
@@ -258,6 +260,15 @@ class RequestRecord:
             [time.time(), owner],
             digests,
         )
+
+    def batch_owner(self, batch_id: str) -> str | None:
+        """Return the owner whose requests went in ``batch_id``, or None when no request names it."""
+        db = self._connect()
+        try:
+            row = db.execute("SELECT owner FROM requests WHERE batch_id = ? LIMIT 1", (batch_id,)).fetchone()
+        finally:
+            db.close()
+        return None if row is None else str(row[0])
 
     def entries(self, digests: Sequence[str]) -> dict[str, Entry]:
         """Return what the record holds for ``digests`` (read only)."""

@@ -437,10 +437,20 @@ def final_state(raw: bytes) -> tuple[str, str | None]:
         line = _LINE.decode(raw)
     except _DECODE_ERRORS:
         line = None
-    if line is not None and line.response is not None and 200 <= line.response.status_code < 300:
-        return line.custom_id, "succeeded" if bytes(line.error) == b"null" else "final_failed"
+    if (
+        line is not None
+        and line.response is not None
+        and 200 <= line.response.status_code < 300
+        and bytes(line.error) == b"null"
+    ):
+        return line.custom_id, "succeeded"
     custom_id, final = is_final_line(raw)
-    return custom_id, "final_failed" if final else None
+    if not final:
+        return custom_id, None
+    obj = json.loads(raw)
+    response = obj.get("response") or {}
+    ok = not obj.get("error") and 200 <= int(response.get("status_code") or 0) < 300
+    return custom_id, "succeeded" if ok else "final_failed"
 
 
 def _dumps(value: Any) -> str:

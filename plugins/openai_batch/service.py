@@ -19,6 +19,8 @@ from openai_batch.state_store import load_state, save_state
 from openai_batch.storage import local_dir, url_of
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from airflow.sdk import ObjectStoragePath
 
     from openai_batch.budget import Ledger
@@ -33,6 +35,7 @@ __all__ = [
     "save_state",
     "stat_of",
     "submit_round",
+    "taken_batches",
 ]
 
 _LOG = logging.getLogger(__name__)
@@ -87,11 +90,13 @@ def submit_round(
     def open_requests() -> Any:
         return request_file.open("rb")
 
+    taken = taken_batches(state_dir, state, ledger)
     existing = hook.find_batch(
         metadata,
         since=intent_floor(rnd.create_started_at),
         requests=rnd.requests,
         open_stream=open_requests,
+        taken=taken,
     )
     if existing is not None:
         hook.log.info("Re-attaching to batch %s created earlier for %s", existing.id, state.identity)
@@ -142,6 +147,7 @@ def submit_round(
         since=intent_floor(rnd.create_started_at),
         requests=rnd.requests,
         open_stream=open_requests,
+        taken=taken,
     )
     rnd.batch_id, rnd.status = batch.id, batch.status
     save_state(state_dir, state)
@@ -150,6 +156,51 @@ def submit_round(
         ledger.attach(capacity_key(state), batch.id)
     hook.log.info("Created batch %s for shard %s round %s", batch.id, state.identity, rnd.round)
     return batch.id
+
+
+def taken_batches(
+    state_dir: ObjectStoragePath, state: ShardState, ledger: Ledger | None
+) -> Callable[[str], bool]:
+    """
+    Return ``taken(batch_id)``: True when the batch is recorded as another round's.
+
+    Another shard of the same content (its state record), an earlier round of this shard, or
+    another owner's requests in the request record. A provider whose batches carry no metadata
+    (Anthropic) leaves those out when it looks for the batch a lost create answer made.
+    """
+    from openai_batch.claims import record_of
+
+    others: set[str] = set()
+    read = False
+    record = record_of(ledger)
+    owner = url_of(state_dir)
+
+    def taken(batch_id: str) -> bool:
+        nonlocal read
+        if not read:  # read once, on the first question: the OpenAI hook never asks
+            others.update(_recorded_batches(state_dir, state))
+            read = True
+        if batch_id in others:
+            return True
+        found = record.batch_owner(batch_id) if record is not None else None
+        return found is not None and found != owner
+
+    return taken
+
+
+def _recorded_batches(state_dir: ObjectStoragePath, state: ShardState) -> set[str]:
+    """Return the batch ids of this shard's earlier rounds and of the other shards' state records."""
+    from openai_batch.storage import read_json
+
+    found = {str(r.batch_id) for r in state.rounds if r.batch_id and r is not state.current}
+    for path in state_dir.glob("shard-*.state.json"):
+        try:
+            record = read_json(path)
+        except (OSError, ValueError):
+            continue  # a torn record: its shard re-attaches through its own lookup
+        if isinstance(record, dict) and record.get("identity") != state.identity:
+            found.update(str(r["batch_id"]) for r in record.get("rounds") or [] if r.get("batch_id"))
+    return found
 
 
 def record_sent(ledger: Ledger | None, state_dir: ObjectStoragePath, rnd: Round) -> None:

@@ -442,7 +442,9 @@ class OpenAIBatchCapacityTrigger(BaseTrigger):
     :param label: How the logs and the results view name the round.
     :param poll_interval: Seconds between two checks.
     :param not_before: Epoch seconds before which no event is yielded.
-    :param conn_id: The OpenAI connection id for reconciliation; None: none.
+    :param conn_id: The connection id for reconciliation; None: none.
+    :param provider: The connection's provider (see :mod:`openai_batch.providers`): whose API the
+        statuses are read from, so a key only ever goes to its own API.
     """
 
     def __init__(
@@ -456,10 +458,12 @@ class OpenAIBatchCapacityTrigger(BaseTrigger):
         poll_interval: float = 30.0,
         not_before: float = 0.0,
         conn_id: str | None = None,
+        provider: str = "openai",
     ) -> None:
         super().__init__()
         self.ledger_dir = ledger_dir
         self.conn_id = conn_id
+        self.provider = provider
         self.key = key
         self.model = model
         self.tokens = tokens
@@ -482,6 +486,7 @@ class OpenAIBatchCapacityTrigger(BaseTrigger):
                 "poll_interval": self.poll_interval,
                 "not_before": self.not_before,
                 "conn_id": self.conn_id,
+                "provider": self.provider,
             },
         )
 
@@ -529,9 +534,6 @@ class OpenAIBatchCapacityTrigger(BaseTrigger):
         """Yield ``status_of(batch_id)``: the status, ``NOT_FOUND`` for a 404, None when the lookup failed."""
         from openai_batch.provider import NOT_FOUND
 
-        hook = OpenAIBatchHook(conn_id=str(self.conn_id), max_retries=1, timeout=60.0)
-        settings = PollSettings.from_client_kwargs(await hook.async_client_kwargs())
-
         async def status_with(fetch: Callable[[str], Awaitable[dict[str, Any]]], batch_id: str) -> str | None:
             try:
                 return str((await fetch(batch_id))["status"])
@@ -540,6 +542,19 @@ class OpenAIBatchCapacityTrigger(BaseTrigger):
             except BatchPollError as err:
                 self.log.warning("Capacity: could not look up batch %s (kept): %s", batch_id, err)
                 return None
+
+        if self.provider == "anthropic":
+            from openai_batch.anthropic_hook import AnthropicBatchHook
+
+            anthropic_hook = AnthropicBatchHook(conn_id=str(self.conn_id), max_retries=1, timeout=60.0)
+
+            async def anthropic_status(batch_id: str) -> str | None:
+                return await status_with(anthropic_hook.aget_batch_json, batch_id)
+
+            yield anthropic_status
+            return
+        hook = OpenAIBatchHook(conn_id=str(self.conn_id), max_retries=1, timeout=60.0)
+        settings = PollSettings.from_client_kwargs(await hook.async_client_kwargs())
 
         if settings is None:
             client = await hook.shared_async_client()

@@ -245,6 +245,8 @@ def test_prepare_refuses_anthropic_lines_on_an_openai_connection(tmp_path: Path)
         ),
         pytest.param("anthropic", "https://api.anthropic.com", {}, "anthropic", id="anthropic"),
         pytest.param("Anthropic", None, {}, "anthropic", id="anthropic-case"),
+        pytest.param("openai", "myres.openai.azure.com", {}, "azure", id="azure-host-without-scheme"),
+        pytest.param("openai", None, {"azure": "true"}, "azure", id="azure-extra-string"),
     ],
 )
 def test_the_connection_decides_the_provider(

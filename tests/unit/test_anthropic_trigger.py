@@ -127,3 +127,59 @@ async def test_polling_errors_are_tolerated_then_reported(start_emulator: Any) -
     events = await collect(trigger(batch_id, max_poll_errors=2))
     assert [e["status"] for e in events] == ["error"]
     assert "3 times in a row" in events[0]["message"]
+
+
+async def test_the_capacity_check_reads_anthropic_batches_from_anthropic(start_emulator: Any) -> None:
+    """A capacity wait on an Anthropic connection asks Anthropic's API, never OpenAI's, for its batches."""
+    from openai_batch.provider import NOT_FOUND
+    from openai_batch.triggers import OpenAIBatchCapacityTrigger
+
+    server = start_emulator(requests_per_second=1)
+    batch_id = create_batch(server, 5)
+    capacity = OpenAIBatchCapacityTrigger(
+        ledger_dir="/nonexistent",
+        key="k",
+        model="claude-haiku-4-5",
+        tokens=1,
+        limit=1,
+        conn_id=CONN,
+        provider="anthropic",
+    )
+    assert capacity.serialize()[1]["provider"] == "anthropic"
+    async with capacity._lookup() as status_of:
+        assert await status_of(batch_id) == "in_progress"
+        assert await status_of("msgbatch_unknown") == NOT_FOUND
+    assert server.stats()["requests_by_route"].get("GET /v1/batches/{batch_id}") is None
+
+
+def test_the_openai_hook_refuses_an_anthropic_connection(start_emulator: Any) -> None:
+    from openai_batch.hooks import OpenAIBatchAuthError, OpenAIBatchHook
+
+    start_emulator()
+    with pytest.raises(OpenAIBatchAuthError, match="anthropic connection"):
+        OpenAIBatchHook(conn_id=CONN).get_conn()
+
+
+def test_running_look_alikes_are_never_guessed_between(start_emulator: Any, tmp_path: Path) -> None:
+    """Two running batches of the same size after the intent: the lookup refuses to pick one."""
+    import contextlib
+
+    from openai_batch.anthropic_hook import AmbiguousBatchError, AnthropicBatchHook
+
+    server = start_emulator(requests_per_second=1)
+    since = time.time() - 5
+    first, second = create_batch(server, 4), create_batch(server, 4)
+    shard = tmp_path / "shard.jsonl"
+    shard.write_text("")
+
+    def open_stream() -> Any:
+        return contextlib.closing(shard.open("rb"))
+
+    hook = AnthropicBatchHook(conn_id=CONN)
+    with pytest.raises(AmbiguousBatchError, match="2 running batches"):
+        hook.find_batch({}, since=since, requests=4, open_stream=open_stream)
+    # Recorded as another round's (a sibling shard's state record): the one left is taken.
+    found = hook.find_batch({}, since=since, requests=4, open_stream=open_stream, taken={first}.__contains__)
+    assert found is not None
+    assert found.id == second
+    assert hook.find_batch({}, since=since, requests=3, open_stream=open_stream) is None  # other size

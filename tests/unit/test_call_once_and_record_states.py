@@ -138,3 +138,24 @@ def test_the_record_state_of_a_result_line(line: dict[str, Any], state: str | No
     from openai_batch.results import final_state
 
     assert final_state(json.dumps(line).encode()) == ("a", state)
+
+
+@pytest.mark.parametrize(
+    ("line", "state"),
+    [
+        pytest.param(
+            {"custom_id": "a", "response": {"status_code": 200, "body": {}}, "error": {}},
+            "succeeded",
+            id="2xx-with-an-empty-error",
+        ),
+        pytest.param(
+            {"custom_id": "a", "response": {"status_code": 201}}, "succeeded", id="2xx-without-a-body"
+        ),
+    ],
+)
+def test_the_record_state_matches_the_earlier_rule_at_the_edges(line: dict[str, Any], state: str) -> None:
+    import json
+
+    from openai_batch.results import final_state
+
+    assert final_state(json.dumps(line).encode()) == ("a", state)

@@ -57,6 +57,7 @@ class MemoryBatchAPI:
         *,
         requests: int | None = None,
         open_stream: Any = None,
+        taken: Any = None,
     ) -> _Batch | None:
         for batch in sorted(self.batches.values(), key=lambda b: -b.created_at):
             if all(batch.metadata.get(k) == v for k, v in metadata.items()) and batch.status != "failed":
@@ -91,6 +92,7 @@ class MemoryBatchAPI:
         since: float | None = None,
         requests: int | None = None,
         open_stream: Any = None,
+        taken: Any = None,
     ) -> _Batch:
         n = len(self.batches)
         batch = _Batch(f"mb-{n + 1}", "validating", file_id, dict(metadata), n)
