@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Any, Literal
 from openai_batch import anthropic_format
 
 if TYPE_CHECKING:
-    from openai_batch.limits import BatchLimits
     from openai_batch.provider import BatchProvider
 
 Provider = Literal["openai", "azure", "anthropic"]
@@ -113,13 +112,6 @@ def endpoint_for(provider: str, endpoint: str | None) -> str:
             f"endpoint {endpoint} is Anthropic's Messages API: set conn_id to an anthropic connection"
         )
     return endpoint or DEFAULT_ENDPOINT
-
-
-def limits_of(provider: str, max_requests: int | None = None) -> BatchLimits:
-    """Return the limits a shard for ``provider`` must respect (see :mod:`openai_batch.limits`)."""
-    from openai_batch.limits import limits_for
-
-    return limits_for(provider, max_requests)
 
 
 def batch_hook(conn_id: str, provider: str | None = None, **kwargs: Any) -> BatchProvider:
