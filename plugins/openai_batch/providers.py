@@ -3,8 +3,8 @@
 The ``conn_id`` param names an Airflow connection; its type decides the API (DESIGN, Providers):
 ``anthropic`` is Anthropic's Message Batches (:class:`openai_batch.anthropic_hook.AnthropicBatchHook`),
 anything else is OpenAI's Batch API (:class:`openai_batch.hooks.OpenAIBatchHook`), at OpenAI or at
-Azure OpenAI's v1 API (same calls; Azure's own limits). The endpoint a
-provider's lines go to, and its limits, follow from the provider here too.
+Azure OpenAI's v1 API (same calls; Azure's own limits). The endpoint a provider's lines go to
+follows from the provider here too; its limits are ``limits.PROVIDER_LIMITS``.
 """
 
 from __future__ import annotations
