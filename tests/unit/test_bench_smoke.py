@@ -71,12 +71,17 @@ def test_bench_smoke_writes_results(tmp_path: Path) -> None:
     assert results["context"]["failures"] == {}
     assert set(results["context"]["loadavg_1m_before_after"]) == {"prepare", "merge", "parse", "scale"}
     assert results["merge_context"]["counts"]["total"] == results["merge_context"]["lines"]
-    assert results["scale_context"]["full"]["requests"] == 10 * results["scale_context"]["tenth"]["requests"]
+    rounds = results["scale_context"]["rounds"]
+    assert len(rounds) == results["context"]["sizes"]["repeats"]
+    for rnd in rounds:  # each round ran both sizes, each prepared and merged all its requests
+        assert rnd["full"]["requests"] == 10 * rnd["tenth"]["requests"]
     for ratio in (
         "prepare_ratio_vs_stdlib",
         "prepare_ratio_vs_floor",
         "merge_ratio_vs_stdlib",
         "merge_ratio_vs_floor",
+        "scale_prepare_growth_vs_tenth",
+        "scale_merge_growth_vs_tenth",
     ):
         assert results[f"{ratio}_min"] <= results[ratio] <= results[f"{ratio}_max"], ratio
         assert f"| {ratio} |" in proc.stdout
