@@ -85,7 +85,7 @@ def sizes_for(smoke: bool, scale: float) -> dict[str, Any]:
             "trigger_many_poll_interval_s": 2.0,
             "trigger_many_warmup_s": 1.5,
             "trigger_many_window_s": 2.0,
-            "webhook_batch_s": 6.0,
+            "webhook_batch_s": 12.0,  # a 2 s net: deliveries wake most waits before one of its rounds
             "webhook_waits": 10,
             "trigger_window_s": 2.0,
             "trigger_warmup_s": 2.0,

@@ -633,9 +633,19 @@ def e2e_dag(args: dict[str, Any]) -> dict[str, Any]:
         try:
             os.environ["AIRFLOW_VAR_OPENAI_BATCH_INBOX"] = command["inbox"]
             os.environ["AIRFLOW_VAR_OPENAI_BATCH_RESULTS"] = command["results"]
+            profile_to = os.environ.get("BENCH_PROFILE_DIR")
+            profiler = None
+            if profile_to:  # BENCH_PROFILE_DIR=dir: a cProfile of each run, e2e-<n>.prof (not timed runs)
+                import cProfile
+
+                profiler = cProfile.Profile()
+                profiler.enable()
             t0, c0 = time.perf_counter(), time.process_time()
             dag_run = dag.test(run_conf={"input": command["input"], "poll_interval": 1})
             seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
+            if profiler is not None and profile_to:
+                profiler.disable()
+                profiler.dump_stats(os.path.join(profile_to, f"e2e-{len(os.listdir(profile_to))}.prof"))
             tis = dag_run.get_task_instances()
             states = {
                 ti.task_id + (f"[{ti.map_index}]" if ti.map_index >= 0 else ""): str(ti.state) for ti in tis
