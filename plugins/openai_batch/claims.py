@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+import msgspec
+
 from openai_batch.answers import CACHED_FILE, answer_key
-from openai_batch.layout import BORROWED, take_file
+from openai_batch.layout import BORROWED, digests_file, take_file
 from openai_batch.records import FINAL_STATES, RECORD_FILE, STALE_AFTER, RequestRecord
 from openai_batch.reuse import request_digest
 
@@ -96,10 +99,19 @@ def claim_shards(
 
     def rows() -> Iterable[tuple[str, str, int]]:
         for shard in shards:
-            for line in _lines(work / Path(shard.path).name):
-                digest = request_digest(line)
-                if digest not in hits:
-                    yield digest, _custom_id(line), shard.index
+            path = work / Path(shard.path).name
+            whole, found = hashlib.sha256(), {}
+            with path.open("rb") as fin:
+                for line in fin:
+                    whole.update(line)
+                    if not line.strip():
+                        continue
+                    digest, custom_id = request_digest(line), _custom_id(line)
+                    found[custom_id] = digest
+                    if digest not in hits:
+                        yield digest, custom_id, shard.index
+            # Kept for submit and the wait (published with the shard; dropped below if rewritten).
+            _keep_digests(work / digests_file(path.name), _Digests(whole.hexdigest(), len(found), found))
 
     others = {e.digest: e for e in record.claim(owner, rows(), force=force)}
     outcome = ClaimOutcome()
@@ -143,6 +155,7 @@ def claim_shards(
                     group["requests"] += 1
             if touched:
                 kept.replace(path)
+                (work / digests_file(path.name)).unlink(missing_ok=True)
                 outcome.kept[shard.index] = (count, digest.hexdigest())
             else:
                 kept.unlink()
@@ -231,15 +244,64 @@ def borrowed_entries(
     return entries
 
 
-def digests_of(path: ObjectStoragePath | Path) -> dict[str, str]:
-    """Return ``{custom_id: digest}`` of a request file."""
-    from openai_batch.storage import iter_lines
+class _Digests(msgspec.Struct):
+    """A request file's digests file: the file's SHA-256, its request count, ``{custom_id: digest}``."""
 
+    sha256: str
+    count: int
+    ids: dict[str, str]
+
+
+_DIGESTS = msgspec.json.Decoder(_Digests)
+
+
+def digests_of(path: ObjectStoragePath) -> dict[str, str]:
+    """
+    Return ``{custom_id: digest}`` of a request file.
+
+    The answer is kept beside the file (:func:`openai_batch.layout.digests_file`) and used again only
+    when it names the file's current SHA-256 and holds its count of ids: a file rewritten since, or a
+    digests file cut short or unreadable, is read and hashed again. Submit, the answers, the give-up
+    and each look of a borrowed wait then cost one pass of SHA-256 over the file, not a decode and a
+    hash per line.
+    """
+    from openai_batch.storage import file_digest, iter_lines
+
+    side = path.parent / digests_file(path.name)
+    try:
+        kept = _DIGESTS.decode(side.read_bytes())
+    except (OSError, msgspec.DecodeError, msgspec.ValidationError):
+        kept = None
+    if kept is not None and len(kept.ids) == kept.count and kept.sha256 == file_digest(path)[0]:
+        return kept.ids
+    whole = hashlib.sha256()
     found: dict[str, str] = {}
-    for line in iter_lines(path):  # type: ignore[arg-type]
+    for line in iter_lines(path):
+        whole.update(line)
         if line.strip():
             found[_custom_id(line)] = request_digest(line)
+    _keep_digests(side, _Digests(whole.hexdigest(), len(found), found))
     return found
+
+
+def _keep_digests(side: ObjectStoragePath | Path, digests: _Digests) -> None:
+    """Write a digests file, best effort: it is a cache, checked on every read (no sync to disk)."""
+    from openai_batch.storage import local_dir
+
+    data = msgspec.json.encode(digests)
+    local = side if isinstance(side, Path) else local_dir(side)
+    try:
+        if local is None:
+            side.write_bytes(data)  # an object store publishes the object whole
+            return
+        tmp = local.with_name(f".{local.name}.{os.getpid()}.tmp")
+        try:
+            tmp.write_bytes(data)
+            os.replace(tmp, local)
+        finally:
+            tmp.unlink(missing_ok=True)
+    except OSError:
+        pass  # a read-only or full state folder: the next call hashes the file again
 
 
 def record_round_answers(record: RequestRecord, owner: str, state_dir: ObjectStoragePath, rnd: Round) -> None:

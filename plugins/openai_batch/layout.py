@@ -23,6 +23,7 @@ __all__ = [
     "round_file",
     "day_of",
     "dated_folder",
+    "digests_file",
     "progress_file_name",
     "shard_state_file",
     "take_file",
@@ -65,6 +66,11 @@ def round_file(index: int, round_no: int) -> str:
 def take_file(shard_file: str, round_no: int) -> str:
     """Return the name of the file of borrowed requests taken over from their owner as round ``round_no``."""
     return f"{shard_file.removesuffix('.jsonl')}.take{int(round_no)}.jsonl"
+
+
+def digests_file(request_file: str) -> str:
+    """Return the name of a request file's digests (``{custom_id: request digest}``, a cache of it)."""
+    return f"{request_file.removesuffix('.jsonl')}.digests.json"
 
 
 #: The ``kind`` of a plan entry answered by another state folder's batches.

@@ -24,6 +24,7 @@ from openai_batch.layout import (
     PLAN_FILE,
     REJECTS_FILE,
     RESULTS_FILE,
+    digests_file,
 )
 from openai_batch.plans import error_plan, shard_ref, state_dir_name, state_plan
 from openai_batch.pricing import is_unpriced
@@ -255,6 +256,8 @@ class ContentPreparer:
             CACHED_FILE,
         ]
         names += [group["file"] for group in claimed.borrowed]
+        # The shards' digests, where claiming kept them (a cache: see claims.digests_of).
+        names += [d for s in result.shards if (work / (d := digests_file(Path(s.path).name))).exists()]
         for name in names:
             copy_file(work / name, state_dir / name)
         estimates = {s.index: shard_estimates(work / Path(s.path).name, s.endpoint) for s in result.shards}

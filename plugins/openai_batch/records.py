@@ -189,10 +189,14 @@ class RequestRecord:
         """Claim up to 500 rows inside the caller's transaction; return those another owner keeps."""
         now = time.time()
         keys = [bytes.fromhex(d) for d, _, _ in rows]
-        db.executemany(
+        inserted = db.executemany(
             "INSERT OR IGNORE INTO requests VALUES (?, ?, ?, ?, 'claimed', NULL, ?)",
             [(key, cid, owner, shard, now) for key, (_, cid, shard) in zip(keys, rows, strict=True)],
-        )
+        ).rowcount
+        if inserted == len(rows):
+            # Every row was new (the usual first claim): all are ``owner``'s now, in this transaction,
+            # so nothing is open to take and nobody else holds one. Skip both lookups.
+            return []
         # Abandoned requests are taken; with force, every request another owner holds.
         where = "owner != ?" if force else "state = 'open'"
         db.executemany(

@@ -75,7 +75,7 @@ def _layout(pipeline: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> dict[s
 
     from openai_batch.identity import folder_of, history_folder, state_folder
     from openai_batch.idprefix import default_id_prefix
-    from openai_batch.layout import round_file, shard_state_file, take_file
+    from openai_batch.layout import digests_file, round_file, shard_state_file, take_file
     from openai_batch.plans import variant as _variant
     from openai_batch.progress import progress_file
     from openai_batch.state import batch_metadata, shard_identity
@@ -133,6 +133,7 @@ def _layout(pipeline: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> dict[s
             "progress_file": progress_file("/results/x/_state/abc-123", 7),
             "take_file": take_file("shard-00003.jsonl", 2),
             "round_file": round_file(3, 2),
+            "digests_file": digests_file("shard-00003.round2.jsonl"),
             "shard_state_file": shard_state_file(3),
         },
         "triggers": TRIGGERS,

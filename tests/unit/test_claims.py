@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from pathlib import Path
+from pathlib import Path
+from typing import Any
 
 
 def _prepare(tmp_path: Path, run_id: str, **kwargs: Any) -> dict[str, Any]:
@@ -62,3 +60,29 @@ def test_force_sends_everything_again_and_a_dry_run_claims_nothing(tmp_path: Pat
     # The forced run owns the requests now: another split borrows them from it.
     again = _prepare(tmp_path, "run-3", max_requests_per_batch=1)
     assert {s["owner_state_dir"] for s in again["shards"]} == {forced["state_dir"]}
+
+
+def test_published_shards_carry_their_own_digests_and_a_rewritten_one_none(tmp_path: Path) -> None:
+    import hashlib
+
+    from airflow.sdk import ObjectStoragePath
+
+    from openai_batch.claims import digests_of
+
+    _input(tmp_path, 3)
+    first = _prepare(tmp_path, "run-1")
+    _input(tmp_path, 5)  # c-0..c-2 unchanged: borrowed from the first, so its shard is rewritten
+    second = _prepare(tmp_path, "run-2")
+    for plan, ids in ((first, ["c-0", "c-1", "c-2"]), (second, ["c-3", "c-4"])):
+        state = Path(plan["state_dir"].removeprefix("file://"))
+        shard = state / "shard-00000.jsonl"
+        lines = shard.read_bytes().splitlines()
+        assert [json.loads(line)["custom_id"] for line in lines] == ids
+        side = state / "shard-00000.digests.json"
+        if plan is first:  # published by prepare, as claiming read the shard
+            kept = json.loads(side.read_bytes())
+            assert kept["sha256"] == hashlib.sha256(shard.read_bytes()).hexdigest()
+        else:  # the shard was rewritten after claiming read it: nothing stale is published
+            assert not side.exists()
+        expected = {json.loads(line)["custom_id"]: hashlib.sha256(line).hexdigest() for line in lines}
+        assert digests_of(ObjectStoragePath(f"file://{shard}")) == expected
