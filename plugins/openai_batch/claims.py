@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -285,21 +284,12 @@ def digests_of(path: ObjectStoragePath) -> dict[str, str]:
 
 
 def _keep_digests(side: ObjectStoragePath | Path, digests: _Digests) -> None:
-    """Write a digests file, best effort: it is a cache, checked on every read (no sync to disk)."""
-    from openai_batch.storage import local_dir
+    """Write a digests file, best effort: it is a cache, checked on every read (not synced to disk)."""
+    from openai_batch.storage import open_atomic, to_path
 
-    data = msgspec.json.encode(digests)
-    local = side if isinstance(side, Path) else local_dir(side)
     try:
-        if local is None:
-            side.write_bytes(data)  # an object store publishes the object whole
-            return
-        tmp = local.with_name(f".{local.name}.{os.getpid()}.tmp")
-        try:
-            tmp.write_bytes(data)
-            os.replace(tmp, local)
-        finally:
-            tmp.unlink(missing_ok=True)
+        with open_atomic(to_path(str(side)) if isinstance(side, Path) else side, durable=False) as fout:
+            fout.write(msgspec.json.encode(digests))
     except OSError:
         pass  # a read-only or full state folder: the next call hashes the file again
 

@@ -334,13 +334,14 @@ def _lines_of(stream: IO[bytes], chunk_size: int) -> Iterator[bytes]:
 
 
 @contextmanager
-def open_atomic(path: ObjectStoragePath) -> Iterator[IO[bytes]]:
+def open_atomic(path: ObjectStoragePath, *, durable: bool = True) -> Iterator[IO[bytes]]:
     """
     Open ``path`` for writing so that readers see the old file or the whole new one, never a part.
 
     Locally the data goes to a temporary name in the same folder, is flushed to disk and renamed
     into place only when the block ends without an error (a full disk leaves the old file alone).
-    Object stores publish an object only when its upload completes.
+    Object stores publish an object only when its upload completes. ``durable=False`` skips the
+    flush to disk, for a cache its readers check: after a power loss the new name may hold a part.
     """
     local = local_dir(path)
     if local is None:
@@ -353,7 +354,10 @@ def open_atomic(path: ObjectStoragePath) -> Iterator[IO[bytes]]:
     try:
         with tmp.open("wb") as fout:
             yield fout
-        replace_durably(tmp, local)
+        if durable:
+            replace_durably(tmp, local)
+        else:
+            os.replace(tmp, local)
     finally:
         tmp.unlink(missing_ok=True)
 

@@ -80,9 +80,13 @@ def test_a_folder_that_cannot_take_the_digests_still_gets_an_answer(
     expected = _write(tmp_path / "borrowed-0123456789abcdef.jsonl", [7, 8])
     path = ObjectStoragePath(f"file://{tmp_path}/borrowed-0123456789abcdef.jsonl")
 
-    def full_disk(self: Path, data: bytes) -> int:
-        raise OSError(errno.ENOSPC, "No space left on device")
+    real_open = Path.open
 
-    monkeypatch.setattr(Path, "write_bytes", full_disk)
+    def full_disk(self: Path, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
+        if "w" in mode:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_open(self, mode, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "open", full_disk)
     assert claims.digests_of(path) == expected
     assert sorted(p.name for p in tmp_path.iterdir()) == ["borrowed-0123456789abcdef.jsonl"]
