@@ -99,18 +99,14 @@ def claim_shards(
     def rows() -> Iterable[tuple[str, str, int]]:
         for shard in shards:
             path = work / Path(shard.path).name
-            whole, found = hashlib.sha256(), {}
+            found: dict[str, str] = {}
             with path.open("rb") as fin:
-                for line in fin:
-                    whole.update(line)
-                    if not line.strip():
-                        continue
-                    digest, custom_id = request_digest(line), _custom_id(line)
-                    found[custom_id] = digest
+                for custom_id, digest in _digested(fin, found):
                     if digest not in hits:
                         yield digest, custom_id, shard.index
             # Kept for submit and the wait (published with the shard; dropped below if rewritten).
-            _keep_digests(work / digests_file(path.name), _Digests(whole.hexdigest(), len(found), found))
+            # shard.sha256 is prepare's hash of exactly the bytes it wrote to this file.
+            _keep_digests(work / digests_file(path.name), _Digests(shard.sha256, len(found), found))
 
     others = {e.digest: e for e in record.claim(owner, rows(), force=force)}
     outcome = ClaimOutcome()
@@ -275,12 +271,23 @@ def digests_of(path: ObjectStoragePath) -> dict[str, str]:
         return kept.ids
     whole = hashlib.sha256()
     found: dict[str, str] = {}
-    for line in iter_lines(path):
-        whole.update(line)
-        if line.strip():
-            found[_custom_id(line)] = request_digest(line)
+    for _ in _digested(iter_lines(path), found, whole):
+        pass
     _keep_digests(side, _Digests(whole.hexdigest(), len(found), found))
     return found
+
+
+def _digested(
+    lines: Iterable[bytes], found: dict[str, str], whole: hashlib._Hash | None = None
+) -> Iterator[tuple[str, str]]:
+    """Yield ``(custom_id, digest)`` of each request line, filling ``found``; ``whole`` hashes every byte."""
+    for line in lines:
+        if whole is not None:
+            whole.update(line)
+        if line.strip():
+            custom_id, digest = _custom_id(line), request_digest(line)
+            found[custom_id] = digest
+            yield custom_id, digest
 
 
 def _keep_digests(side: ObjectStoragePath | Path, digests: _Digests) -> None:
