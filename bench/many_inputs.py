@@ -59,6 +59,11 @@ with EmulatorServer(base / "emulator", validating_seconds=0.1, finalizing_second
     def done():
         found = results.rglob("manifest.json")
         return sum(1 for p in found if "_history" not in p.parts and "_state" not in p.parts)
+    profile_to = os.environ.get("BENCH_PROFILE_FILE")
+    if profile_to:
+        import cProfile
+        profiler = cProfile.Profile()
+        profiler.enable()
     while done() < out["files"] and out["runs"] < 40:
         run = dag.test(run_conf=conf)
         out["runs"] += 1
@@ -68,6 +73,9 @@ with EmulatorServer(base / "emulator", validating_seconds=0.1, finalizing_second
             out["failed_run"] = {ti.task_id: ti.state for ti in tis if ti.state != "success"}
             break
     out["seconds"] = round(time.perf_counter() - started, 1)
+    if profile_to:
+        profiler.disable()
+        profiler.dump_stats(profile_to)
     got = []
     for path in sorted(results.rglob("results.jsonl")):
         if "_history" in path.parts or "_state" in path.parts:
@@ -96,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shards", type=int, default=0, help="shards of one more file (one request each)")
     parser.add_argument("--max-map-length", type=int, default=1024)
     parser.add_argument("--log", help="write the child's output (the task logs) to this file")
+    parser.add_argument("--profile", help="write a cProfile of the child's runs to this file")
     args = parser.parse_args(argv)
     if not args.files and not args.shards:
         parser.error("give --files or --shards")
@@ -115,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
             "PYTHONPATH": f"{root / 'plugins'}:{root}",
         }
         env.pop("OPENAI_API_KEY", None)
+        if args.profile:
+            env["BENCH_PROFILE_FILE"] = str(Path(args.profile).resolve())
         done = subprocess.run(
             [sys.executable, "-c", _CHILD, tmp, str(args.files), str(args.shards)],
             cwd=root,
