@@ -106,6 +106,15 @@ def test_two_runs_with_other_split_settings_at_once_send_each_request_once(
         assert {r["status"] for r in merged} == {"succeeded"}
     (out,) = [m.parent for m in pipeline["results"].rglob("manifest.json") if "_history" not in m.parts]
     assert [r["custom_id"] for r in read_jsonl(out / "results.jsonl")] == ids
+    # The borrower's waits read each borrowed file's digests from the digests file kept beside it.
+    borrowed = sorted(p for d in _plans(pipeline["results"]) for p in d.glob("borrowed-*.jsonl"))
+    assert borrowed, "the second run borrowed nothing"
+    for path in borrowed:
+        kept = json.loads(path.with_name(path.stem + ".digests.json").read_text())
+        lines = path.read_bytes().splitlines(keepends=True)
+        assert kept["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+        assert kept["count"] == len(lines) == len(kept["ids"])
+        assert sorted(kept["ids"]) == sorted(json.loads(line)["custom_id"] for line in lines)
 
 
 def test_a_file_that_grows_while_its_batch_runs_sends_only_the_new_line(
