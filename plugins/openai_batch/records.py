@@ -51,9 +51,28 @@ _CHUNK = 500
 #: its rows change, where a transaction per 500-row statement wrote most pages again every time (the
 #: digests are random). Bounded, so the write lock is held for a fraction of a second at a time.
 _TXN_ROWS = 50_000
-_SCHEMA = """CREATE TABLE IF NOT EXISTS requests (
-    digest BLOB PRIMARY KEY, custom_id TEXT NOT NULL, owner TEXT NOT NULL, shard INTEGER NOT NULL,
-    state TEXT NOT NULL, batch_id TEXT, updated REAL NOT NULL) WITHOUT ROWID"""
+#: The record's layout version (SQLite's ``user_version``). 0: the first layout, one table whose rows
+#: named their owner and batch in full (an 84-character state-folder URL and a batch id on every row);
+#: a record in it is migrated on first open (:func:`_migrate_v1`).
+SCHEMA_VERSION = 2
+#: Owners (state-folder URLs) and batch ids are kept once each and referred to by number from every
+#: request: the rows stay about a third of their size, so more of them fit in each page. The check on
+#: ``owner`` refuses a row of the first layout (an owner in full), so a process of an earlier version
+#: still running fails its claim instead of writing rows this layout cannot read.
+_TABLES = (
+    "CREATE TABLE IF NOT EXISTS owners (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE)",
+    "CREATE TABLE IF NOT EXISTS batches (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE)",
+    """CREATE TABLE IF NOT EXISTS requests (
+    digest BLOB PRIMARY KEY, custom_id TEXT NOT NULL,
+    owner INTEGER NOT NULL CHECK (typeof(owner) = 'integer'), shard INTEGER NOT NULL,
+    state TEXT NOT NULL, batch INTEGER, updated REAL NOT NULL) WITHOUT ROWID""",
+)
+#: The columns of an :class:`Entry`, names resolved.
+_SELECT = (
+    "SELECT r.digest, r.custom_id, o.name, r.shard, r.state, b.name, r.updated FROM requests r"
+    " JOIN owners o ON o.id = r.owner LEFT JOIN batches b ON b.id = r.batch"
+)
+_OWNER_ID = "(SELECT id FROM owners WHERE name = ?)"
 
 
 @dataclass(frozen=True)
@@ -139,7 +158,14 @@ class RequestRecord:
         self.busy_timeout = busy_timeout
 
     def _connect(self) -> sqlite3.Connection:
-        return connect_shared(self.path, self.busy_timeout, _SCHEMA)
+        db = connect_shared(self.path, self.busy_timeout, _TABLES[0])
+        try:
+            if db.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
+                _upgrade(db)
+        except BaseException:
+            db.close()
+            raise
+        return db
 
     def claim(
         self, owner: str, requests: Iterable[tuple[str, str, int]], *, force: bool = False
@@ -174,8 +200,9 @@ class RequestRecord:
         found: list[Entry] = []
         db.execute("BEGIN IMMEDIATE")
         try:
+            owner_id = _name_id(db, "owners", owner)
             for start in range(0, len(rows), _CHUNK):
-                found += self._claim_chunk(db, owner, rows[start : start + _CHUNK], force)
+                found += self._claim_chunk(db, owner_id, rows[start : start + _CHUNK], force)
             db.execute("COMMIT")
         except BaseException:
             if db.in_transaction:  # SQLite may have rolled back already (a full disk, an I/O error)
@@ -184,7 +211,7 @@ class RequestRecord:
         return found
 
     def _claim_chunk(
-        self, db: sqlite3.Connection, owner: str, rows: list[tuple[str, str, int]], force: bool
+        self, db: sqlite3.Connection, owner: int, rows: list[tuple[str, str, int]], force: bool
     ) -> list[Entry]:
         """Claim up to 500 rows inside the caller's transaction; return those another owner keeps."""
         now = time.time()
@@ -200,7 +227,7 @@ class RequestRecord:
         # Abandoned requests are taken; with force, every request another owner holds.
         where = "owner != ?" if force else "state = 'open'"
         db.executemany(
-            "UPDATE requests SET owner = ?, shard = ?, state = 'claimed', batch_id = NULL, updated = ?"
+            "UPDATE requests SET owner = ?, shard = ?, state = 'claimed', batch = NULL, updated = ?"
             f" WHERE digest = ? AND {where}",
             [
                 (owner, shard, now, key, *((owner,) if force else ()))
@@ -208,22 +235,29 @@ class RequestRecord:
             ],
         )
         found = db.execute(
-            "SELECT digest, custom_id, owner, shard, state, batch_id, updated FROM requests"
-            f" WHERE owner != ? AND digest IN ({_marks(len(keys))})",
-            [owner, *keys],
+            f"{_SELECT} WHERE r.owner != ? AND r.digest IN ({_marks(len(keys))})", [owner, *keys]
         ).fetchall()
         return [_entry(row) for row in found]
 
-    def _update(self, sql: str, params: Sequence[object], digests: Sequence[str]) -> int:
+    def _update(
+        self, sql: str, params: Sequence[object], digests: Sequence[str], batch: str | None = None
+    ) -> int:
+        """Run ``sql`` over ``digests``, 500 per statement, 50,000 per transaction.
+
+        ``params`` come before the digests; with ``batch``, its number (added to ``batches`` in the
+        first transaction) comes first.
+        """
         changed = 0
         db = self._connect()
         try:
             for start in range(0, len(digests), _TXN_ROWS):
                 db.execute("BEGIN IMMEDIATE")
                 try:
+                    if batch is not None and start == 0:
+                        params = [_name_id(db, "batches", batch), *params]
                     for chunk in _chunks(digests[start : start + _TXN_ROWS]):
                         cur = db.execute(
-                            sql.format(marks=_marks(len(chunk))),
+                            sql.format(marks=_marks(len(chunk)), owner=_OWNER_ID),
                             [*params, *(bytes.fromhex(d) for d in chunk)],
                         )
                         changed += cur.rowcount
@@ -239,10 +273,11 @@ class RequestRecord:
     def mark_sent(self, owner: str, digests: Sequence[str], batch_id: str) -> int:
         """Record that ``owner`` sent ``digests`` in ``batch_id``; return how many rows it owns."""
         return self._update(
-            "UPDATE requests SET state = 'sent', batch_id = ?, updated = ?"
-            " WHERE owner = ? AND state NOT IN ('succeeded', 'final_failed') AND digest IN ({marks})",
-            [batch_id, time.time(), owner],
+            "UPDATE requests SET state = 'sent', batch = ?, updated = ?"
+            " WHERE owner = {owner} AND state NOT IN ('succeeded', 'final_failed') AND digest IN ({marks})",
+            [time.time(), owner],
             digests,
+            batch_id,
         )
 
     def mark_final(self, owner: str, digests: Sequence[str], state: str, batch_id: str) -> int:
@@ -250,17 +285,18 @@ class RequestRecord:
         if state not in FINAL_STATES:
             raise ValueError(f"not a final state: {state}")
         return self._update(
-            "UPDATE requests SET state = ?, batch_id = ?, updated = ?"
-            " WHERE owner = ? AND digest IN ({marks})",
-            [state, batch_id, time.time(), owner],
+            "UPDATE requests SET batch = ?, state = ?, updated = ?"
+            " WHERE owner = {owner} AND digest IN ({marks})",
+            [state, time.time(), owner],
             digests,
+            batch_id,
         )
 
     def mark_open(self, owner: str, digests: Sequence[str]) -> int:
         """Give up ``owner``'s requests among ``digests`` that have no final answer, for others to take."""
         return self._update(
             "UPDATE requests SET state = 'open', updated = ?"
-            " WHERE owner = ? AND state NOT IN ('succeeded', 'final_failed') AND digest IN ({marks})",
+            " WHERE owner = {owner} AND state NOT IN ('succeeded', 'final_failed') AND digest IN ({marks})",
             [time.time(), owner],
             digests,
         )
@@ -268,7 +304,8 @@ class RequestRecord:
     def touch(self, owner: str, digests: Sequence[str]) -> int:
         """Refresh ``owner``'s claims that are not sent yet (it waits for capacity): not stale."""
         return self._update(
-            "UPDATE requests SET updated = ? WHERE owner = ? AND state = 'claimed' AND digest IN ({marks})",
+            "UPDATE requests SET updated = ?"
+            " WHERE owner = {owner} AND state = 'claimed' AND digest IN ({marks})",
             [time.time(), owner],
             digests,
         )
@@ -277,7 +314,11 @@ class RequestRecord:
         """Return the owner whose requests went in ``batch_id``, or None when no request names it."""
         db = self._connect()
         try:
-            row = db.execute("SELECT owner FROM requests WHERE batch_id = ? LIMIT 1", (batch_id,)).fetchone()
+            row = db.execute(
+                "SELECT o.name FROM requests r JOIN owners o ON o.id = r.owner"
+                " WHERE r.batch = (SELECT id FROM batches WHERE name = ?) LIMIT 1",
+                (batch_id,),
+            ).fetchone()
         finally:
             db.close()
         return None if row is None else str(row[0])
@@ -289,9 +330,7 @@ class RequestRecord:
         try:
             for chunk in _chunks(digests):
                 rows = db.execute(
-                    "SELECT digest, custom_id, owner, shard, state, batch_id, updated FROM requests"
-                    f" WHERE digest IN ({_marks(len(chunk))})",
-                    [bytes.fromhex(d) for d in chunk],
+                    f"{_SELECT} WHERE r.digest IN ({_marks(len(chunk))})", [bytes.fromhex(d) for d in chunk]
                 ).fetchall()
                 for row in rows:
                     entry = _entry(row)
@@ -312,11 +351,20 @@ class RequestRecord:
         try:
             db.execute("BEGIN IMMEDIATE")
             now = time.time()
+            owner_id = _name_id(db, "owners", owner)
             for entry in seen:
                 cur = db.execute(
-                    "UPDATE requests SET owner = ?, shard = ?, state = 'claimed', batch_id = NULL,"
-                    " updated = ? WHERE digest = ? AND owner = ? AND updated = ? AND state = ?",
-                    (owner, shard, now, bytes.fromhex(entry.digest), entry.owner, entry.updated, entry.state),
+                    "UPDATE requests SET owner = ?, shard = ?, state = 'claimed', batch = NULL,"
+                    f" updated = ? WHERE digest = ? AND owner = {_OWNER_ID} AND updated = ? AND state = ?",
+                    (
+                        owner_id,
+                        shard,
+                        now,
+                        bytes.fromhex(entry.digest),
+                        entry.owner,
+                        entry.updated,
+                        entry.state,
+                    ),
                 )
                 if cur.rowcount:
                     taken.append(entry.digest)
@@ -329,3 +377,57 @@ class RequestRecord:
 def _entry(row: tuple[bytes, str, str, int, str, str | None, float]) -> Entry:
     digest, custom_id, owner, shard, state, batch_id, updated = row
     return Entry(bytes(digest).hex(), custom_id, owner, int(shard), state, batch_id, float(updated))
+
+
+def _name_id(db: sqlite3.Connection, table: str, name: str) -> int:
+    """Return the number of ``name`` in ``owners`` or ``batches`` (added if new), in the open transaction."""
+    db.execute(f"INSERT OR IGNORE INTO {table} (name) VALUES (?)", (name,))  # noqa: S608 (two fixed tables)
+    return int(db.execute(f"SELECT id FROM {table} WHERE name = ?", (name,)).fetchone()[0])  # noqa: S608
+
+
+def _upgrade(db: sqlite3.Connection) -> None:
+    """Bring the record to :data:`SCHEMA_VERSION`: create it, or migrate a record of the first layout.
+
+    One write transaction, and the version read again inside it: of two processes opening an old
+    record at once, the second finds it migrated and changes nothing.
+    """
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        if version == SCHEMA_VERSION:
+            db.execute("COMMIT")
+            return
+        if version != 0:
+            raise RuntimeError(
+                f"request record of layout {version}: this version knows layouts 0 to {SCHEMA_VERSION}"
+            )
+        columns = [row[1] for row in db.execute("PRAGMA table_info(requests)")]
+        if columns:
+            _migrate_v1(db, columns)
+        for statement in _TABLES:
+            db.execute(statement)
+        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
+
+
+def _migrate_v1(db: sqlite3.Connection, columns: list[str]) -> None:
+    """Move the rows of the first layout (owner and batch id in full on every row) to the numbered one."""
+    if "batch_id" not in columns or "owner" not in columns:
+        raise RuntimeError(f"request record: unknown layout of the requests table ({', '.join(columns)})")
+    db.execute("ALTER TABLE requests RENAME TO requests_v1")
+    for statement in _TABLES:
+        db.execute(statement)
+    db.execute("INSERT OR IGNORE INTO owners (name) SELECT DISTINCT owner FROM requests_v1")
+    db.execute(
+        "INSERT OR IGNORE INTO batches (name)"
+        " SELECT DISTINCT batch_id FROM requests_v1 WHERE batch_id IS NOT NULL"
+    )
+    db.execute(
+        "INSERT INTO requests SELECT v.digest, v.custom_id, o.id, v.shard, v.state, b.id, v.updated"
+        " FROM requests_v1 v JOIN owners o ON o.name = v.owner LEFT JOIN batches b ON b.name = v.batch_id"
+    )
+    db.execute("DROP TABLE requests_v1")

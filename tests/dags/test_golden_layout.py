@@ -48,7 +48,8 @@ def _tree(root: Path) -> list[str]:
 def _schema(path: Path) -> list[str]:
     db = sqlite3.connect(path)
     try:
-        return sorted(row[0] for row in db.execute("SELECT sql FROM sqlite_master WHERE sql IS NOT NULL"))
+        tables = sorted(row[0] for row in db.execute("SELECT sql FROM sqlite_master WHERE sql IS NOT NULL"))
+        return [*tables, f"user_version {db.execute('PRAGMA user_version').fetchone()[0]}"]
     finally:
         db.close()
 

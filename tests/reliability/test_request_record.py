@@ -213,3 +213,55 @@ def test_requests_claimed_and_never_sent_are_taken_over_once_stale(
     entries = RequestRecord(ledger / "requests.sqlite").entries(digests).values()
     owner = json.loads((out / "manifest.json").read_text())["state_dir"]
     assert {(e.owner, e.state) for e in entries} == {(owner, "succeeded")}
+
+
+def _to_first_layout(path: Path) -> None:
+    """Rewrite the record as a deployment of the first layout wrote it (owner and batch id in full)."""
+    import sqlite3
+
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("BEGIN IMMEDIATE")
+    db.execute(
+        "CREATE TABLE old (digest BLOB PRIMARY KEY, custom_id TEXT NOT NULL, owner TEXT NOT NULL,"
+        " shard INTEGER NOT NULL, state TEXT NOT NULL, batch_id TEXT, updated REAL NOT NULL) WITHOUT ROWID"
+    )
+    db.execute(
+        "INSERT INTO old SELECT r.digest, r.custom_id, o.name, r.shard, r.state, b.name, r.updated"
+        " FROM requests r JOIN owners o ON o.id = r.owner LEFT JOIN batches b ON b.id = r.batch"
+    )
+    for table in ("requests", "owners", "batches"):
+        db.execute(f"DROP TABLE {table}")
+    db.execute("ALTER TABLE old RENAME TO requests")
+    db.execute("PRAGMA user_version = 0")
+    db.execute("COMMIT")
+    db.close()
+
+
+def test_answers_in_a_record_of_the_first_layout_are_borrowed_after_the_upgrade(
+    pipeline: dict[str, Any],
+) -> None:
+    """A deployment upgrades with its record of the first layout: the requests it paid for stay paid."""
+    from tests.reliability.support import run_dag
+
+    server = pipeline["emulator"]
+    ids = ["u-0", "u-1", "u-2"]
+    lines = [chat_line(i, f"upgrade {i}") for i in ids]
+    first = write_input(pipeline["inbox"] / "before.jsonl", lines)
+    assert run_dag({"input": str(first)}).state == "success"
+    record = pipeline["results"] / "_ledger" / "requests.sqlite"
+    _to_first_layout(record)
+    # The same requests in another file (other content, so not skipped as done): all borrowed.
+    again = write_input(pipeline["inbox"] / "after.jsonl", lines[::-1])
+
+    assert run_dag({"input": str(again)}).state == "success"
+
+    assert sorted(sent_ids(server)) == ids  # each request sent once, by the first run only
+    (manifest,) = [m for m in pipeline["results"].rglob("after/manifest.json")]
+    assert json.loads(manifest.read_text())["counts"]["borrowed"] == 3
+    results = read_jsonl(manifest.parent / "results.jsonl")
+    assert [(r["custom_id"], r["status"]) for r in results] == [(i, "succeeded") for i in ids[::-1]]
+    import sqlite3
+
+    db = sqlite3.connect(record)
+    assert db.execute("PRAGMA user_version").fetchone()[0] == 2
+    db.close()

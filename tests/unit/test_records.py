@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import hashlib
+import sqlite3
 import subprocess
 import sys
 from typing import TYPE_CHECKING
 
 import pytest
 
-from openai_batch.records import RequestRecord, record_for
+from openai_batch import records
+from openai_batch.records import SCHEMA_VERSION, RequestRecord, record_for
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -91,8 +93,9 @@ def test_a_write_cut_short_rolls_back_on_reopen(tmp_path: Path) -> None:
         "import os, sqlite3, sys\n"
         "db = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
         "db.execute('BEGIN IMMEDIATE')\n"
-        "db.execute(\"UPDATE requests SET owner = 'torn', state = 'sent'\")\n"
-        "db.execute(\"INSERT INTO requests VALUES (x'00', 'half', 'torn', 0, 'claimed', NULL, 0)\")\n"
+        "db.execute(\"INSERT INTO owners (id, name) VALUES (99, 'torn')\")\n"
+        "db.execute(\"UPDATE requests SET owner = 99, state = 'sent'\")\n"
+        "db.execute(\"INSERT INTO requests VALUES (x'00', 'half', 99, 0, 'claimed', NULL, 0)\")\n"
         "os._exit(9)\n"
     )
     done = subprocess.run([sys.executable, "-c", script, str(path)], check=False, timeout=60)
@@ -115,3 +118,98 @@ def test_no_record_for_object_storage_or_none(tmp_path: Path) -> None:
 def test_final_state_is_checked(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="not a final state"):
         RequestRecord(tmp_path / "r.sqlite").mark_final("a", [_digest("x")], "sent", "b")
+
+
+#: The first layout of the record, as deployments wrote it before owners and batches were numbered.
+_FIRST_LAYOUT = """CREATE TABLE requests (
+    digest BLOB PRIMARY KEY, custom_id TEXT NOT NULL, owner TEXT NOT NULL, shard INTEGER NOT NULL,
+    state TEXT NOT NULL, batch_id TEXT, updated REAL NOT NULL) WITHOUT ROWID"""
+
+
+def _first_layout_record(path: Path) -> None:
+    db = sqlite3.connect(path)
+    db.execute(_FIRST_LAYOUT)
+    db.executemany(
+        "INSERT INTO requests VALUES (?, ?, ?, ?, ?, ?, ?)",
+        [
+            (bytes.fromhex(_digest("r-0")), "r-0", "owner-a", 0, "sent", "batch_a", 1.5),
+            (bytes.fromhex(_digest("r-1")), "r-1", "owner-a", 1, "claimed", None, 2.5),
+            (bytes.fromhex(_digest("r-2")), "r-2", "owner-b", 0, "succeeded", "batch_b", 3.5),
+        ],
+    )
+    db.commit()
+    db.close()
+
+
+def test_a_record_of_the_first_layout_is_migrated_on_first_open(tmp_path: Path) -> None:
+    path = tmp_path / "requests.sqlite"
+    _first_layout_record(path)
+    record = RequestRecord(path)
+    digests = [_digest(n) for n in ("r-0", "r-1", "r-2")]
+    found = {
+        e.custom_id: (e.owner, e.shard, e.state, e.batch_id, e.updated)
+        for e in record.entries(digests).values()
+    }
+    assert found == {
+        "r-0": ("owner-a", 0, "sent", "batch_a", 1.5),
+        "r-1": ("owner-a", 1, "claimed", None, 2.5),
+        "r-2": ("owner-b", 0, "succeeded", "batch_b", 3.5),
+    }
+    db = sqlite3.connect(path)
+    tables = sorted(row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'"))
+    version = db.execute("PRAGMA user_version").fetchone()[0]
+    db.close()
+    assert (tables, version) == (["batches", "owners", "requests"], SCHEMA_VERSION)
+    # The migrated record keeps working: the owner's answers land, others still borrow.
+    assert record.batch_owner("batch_b") == "owner-b"
+    assert record.mark_final("owner-a", digests[:2], "succeeded", "batch_a") == 2
+    assert sorted(e.owner for e in record.claim("owner-c", _rows("r-0", "r-2"))) == ["owner-a", "owner-b"]
+
+
+def test_an_old_record_opened_by_two_processes_at_once_is_migrated_once(tmp_path: Path) -> None:
+    """One opener reads the old layout's version; before it takes the write lock the other migrates."""
+    path = tmp_path / "requests.sqlite"
+    _first_layout_record(path)
+    late = sqlite3.connect(path, isolation_level=None)
+    assert late.execute("PRAGMA user_version").fetchone()[0] == 0  # it saw the old layout ...
+    RequestRecord(path).entries([_digest("r-0")])  # ... and the other opener migrated meanwhile
+    records._upgrade(late)  # the late one goes on: it must find the record migrated, change nothing
+    late.close()
+    entry = RequestRecord(path).entries([_digest("r-2")])[_digest("r-2")]
+    assert (entry.owner, entry.state, entry.batch_id) == ("owner-b", "succeeded", "batch_b")
+
+
+def test_a_record_of_an_unknown_later_layout_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "requests.sqlite"
+    RequestRecord(path).claim("owner-a", _rows("r-0"))
+    db = sqlite3.connect(path)
+    db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    db.commit()
+    db.close()
+    with pytest.raises(RuntimeError, match=f"layout {SCHEMA_VERSION + 1}"):
+        RequestRecord(path).entries([_digest("r-0")])
+
+
+def test_a_process_of_the_first_layout_cannot_claim_in_a_migrated_record(tmp_path: Path) -> None:
+    """An earlier version still running during an upgrade fails its claim and writes nothing."""
+    path = tmp_path / "requests.sqlite"
+    RequestRecord(path).claim("owner-new", _rows("r-0"))
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("BEGIN IMMEDIATE")
+    # The first layout's claim: its insert names the owner in full ...
+    inserted = db.executemany(
+        "INSERT OR IGNORE INTO requests VALUES (?, ?, ?, ?, 'claimed', NULL, ?)",
+        [(bytes.fromhex(_digest(n)), n, "owner-old", 0, 1.0) for n in ("r-0", "r-1")],
+    ).rowcount
+    # ... and, the rows not all new, it then takes over abandoned ones by a column gone since.
+    with pytest.raises(sqlite3.OperationalError, match="batch_id"):
+        db.execute(
+            "UPDATE requests SET owner = ?, shard = ?, state = 'claimed', batch_id = NULL, updated = ?"
+            " WHERE digest = ? AND state = 'open'",
+            ("owner-old", 0, 1.0, bytes.fromhex(_digest("r-1"))),
+        )
+    db.execute("ROLLBACK")
+    db.close()
+    assert inserted == 0
+    found = RequestRecord(path).entries([_digest("r-0"), _digest("r-1")])
+    assert [(e.custom_id, e.owner) for e in found.values()] == [("r-0", "owner-new")]
