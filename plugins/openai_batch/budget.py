@@ -54,7 +54,7 @@ from openai_batch.status import ENDED
 from openai_batch.storage import corrupt_name, fsync_dir, replace_durably
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Callable, Iterator, Mapping
 
     from airflow.sdk import ObjectStoragePath
 
@@ -100,6 +100,20 @@ def shard_estimates(
             found = _MAX_TOKENS.search(line)
             output += int(found.group(1)) if found else default_output_tokens
     return enqueued, output
+
+
+def round_enqueued_tokens(shard: Mapping[str, Any], path: Path | ObjectStoragePath, endpoint: str) -> int:
+    """
+    Return the enqueued tokens of a round's request file ``path`` of the planned ``shard``.
+
+    The shard's own file (round 0, whatever the attempt) was estimated by prepare, over the same
+    bytes: the plan's ``enqueued_tokens`` is used. Any other file (a retry round's, a taken-over
+    one's) is estimated from its lines.
+    """
+    known = shard.get("enqueued_tokens")
+    if path.name == shard.get("file") and type(known) is int:
+        return known
+    return shard_estimates(path, endpoint)[0]
 
 
 def shard_cost(shard: dict[str, Any]) -> float | None:

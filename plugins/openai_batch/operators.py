@@ -514,6 +514,7 @@ class OpenAIBatchSubmitOperator(BaseOperator):
                 ledger_for(self.ledger_dir),
                 limits,
                 float(self.capacity_poll),
+                shard=self.shard,
             )
         except NoCapacityError as err:
             if not err.ever_fits:

@@ -10,7 +10,7 @@ from airflow.sdk import BaseSensorOperator
 from airflow.sdk.exceptions import AirflowException
 
 from openai_batch.apierrors import maps_api_errors
-from openai_batch.budget import NoCapacityError, ledger_for, limit_for, parse_limits, shard_estimates
+from openai_batch.budget import NoCapacityError, ledger_for, limit_for, parse_limits, round_enqueued_tokens
 from openai_batch.deferral import wait_for_capacity
 from openai_batch.layout import BORROWED, round_file, utc_day
 from openai_batch.retry import DEFAULT_RETRY_ROUNDS
@@ -511,6 +511,7 @@ class OpenAIBatchSensor(BaseSensorOperator):
                 ledger_for(self.ledger_dir),
                 parse_limits(self.token_limits),
                 float(self.capacity_poll),
+                shard=self.shard,
             )
         except NoCapacityError as err:
             self._keep_claims(state_dir, state)
@@ -531,7 +532,7 @@ class OpenAIBatchSensor(BaseSensorOperator):
         if limit is None:
             return False
         state_dir = to_path(self.shard["state_dir"])
-        return shard_estimates(state_dir / state.current.file, state.endpoint)[0] <= limit
+        return round_enqueued_tokens(self.shard, state_dir / state.current.file, state.endpoint) <= limit
 
     def _next_round_or_finish(self, state: ShardState) -> dict[str, Any]:
         from openai_batch.results_io import nothing_to_retry, write_retry_file

@@ -13,13 +13,13 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-from openai_batch.budget import NoCapacityError, limit_for, shard_estimates
+from openai_batch.budget import NoCapacityError, limit_for, round_enqueued_tokens
 from openai_batch.provider import intent_floor
 from openai_batch.state_store import load_state, save_state
 from openai_batch.storage import local_dir, url_of
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Mapping
 
     from airflow.sdk import ObjectStoragePath
 
@@ -63,6 +63,7 @@ def submit_round(
     ledger: Ledger | None = None,
     token_limits: dict[str, int] | None = None,
     capacity_poll: float = 30.0,
+    shard: Mapping[str, Any] | None = None,
 ) -> str:
     """
     Make sure the latest round of ``state`` has a batch, creating one only if none exists.
@@ -77,6 +78,7 @@ def submit_round(
     its model's limit in ``token_limits`` together with every batch of that model in flight;
     :class:`~openai_batch.budget.NoCapacityError` is raised otherwise (the caller waits, deferred,
     and checks again every ``capacity_poll`` seconds; the ledger lists the round as waiting meanwhile).
+    ``shard`` is the planned shard (its ``enqueued_tokens`` spare reading its own file again).
     """
     from openai_batch.state import batch_metadata
 
@@ -106,7 +108,7 @@ def submit_round(
         return existing.id
     if ledger is not None:
         limit = limit_for(token_limits or {}, state.model)
-        tokens = shard_estimates(state_dir / rnd.file, state.endpoint)[0]
+        tokens = round_enqueued_tokens(shard or {}, state_dir / rnd.file, state.endpoint)
         label = f"shard {state.index + 1} of {source.rsplit('/', 1)[-1]} (round {rnd.round})"
         key = capacity_key(state)
         try:

@@ -20,6 +20,7 @@ from openai_batch.budget import (
     parse_limits,
     plan_cost,
     read_ledger,
+    round_enqueued_tokens,
     shard_estimates,
 )
 from openai_batch.capacity import capacity_summary, waiting_stale_after
@@ -53,6 +54,23 @@ def test_output_tokens_from_max_tokens_keys_else_the_default(tmp_path: Path) -> 
     assert output == 10 + 20 + 30 + DEFAULT_OUTPUT_TOKENS
     assert enqueued == sum((len(x) + 1 + 3) // 4 for x in lines)
     assert shard_estimates(path, "/v1/embeddings")[1] == 0
+
+
+def test_a_rounds_enqueued_tokens_come_from_the_plan_for_the_shards_own_file_only(tmp_path: Path) -> None:
+    chat = "/v1/chat/completions"
+    shard = {"file": "shard-00000.jsonl", "enqueued_tokens": 1234}
+    # The shard's own file is not read (it does not even exist here): prepare estimated it.
+    assert round_enqueued_tokens(shard, tmp_path / "shard-00000.jsonl", chat) == 1234
+    # A retry round's file holds other lines: it is estimated from them.
+    retry = tmp_path / "shard-00000.round1.jsonl"
+    retry.write_text(_line(0, {}) + "\n")
+    assert round_enqueued_tokens(shard, retry, chat) == shard_estimates(retry, chat)[0] != 1234
+    # A plan without the figure: the file is read.
+    (tmp_path / "shard-00000.jsonl").write_text(_line(1, {}) + "\n")
+    expected = shard_estimates(tmp_path / "shard-00000.jsonl", chat)[0]
+    assert (
+        round_enqueued_tokens({"file": "shard-00000.jsonl"}, tmp_path / "shard-00000.jsonl", chat) == expected
+    )
 
 
 def test_plan_cost_counts_output_tokens_and_unknown_models() -> None:
