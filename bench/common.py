@@ -36,6 +36,17 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def run_script(
+    script: str, args: list[str], env: dict[str, str] | None = None
+) -> tuple[subprocess.CompletedProcess[str], dict[str, Any] | None]:
+    """Run ``python -c script *args`` in the project folder; return it and the JSON line it printed last."""
+    done = subprocess.run(
+        [sys.executable, "-c", script, *args], cwd=ROOT, env=env, capture_output=True, text=True, check=False
+    )
+    lines = done.stdout.strip().splitlines()
+    return done, (json.loads(lines[-1]) if done.returncode == 0 and lines else None)
+
+
 def airflow_env(home: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
     """Return an environment with an isolated Airflow home and this project's dags and plugins."""
     env = dict(os.environ)

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
-from pathlib import Path
+
+from bench.common import run_script
 
 _CHILD = r"""
 import json, os, resource, sys, time
@@ -64,20 +64,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--files", type=int, nargs="+", default=[10_000, 100_000])
     args = parser.parse_args(argv)
-    root = Path(__file__).resolve().parents[1]
     for count in args.files:
         with tempfile.TemporaryDirectory(prefix="inbox-bench-") as tmp:
-            done = subprocess.run(
-                [sys.executable, "-c", _CHILD, tmp, str(count)],
-                cwd=root,
-                capture_output=True,
-                text=True,
-                check=False,
-            )
-            if done.returncode != 0:
+            done, result = run_script(_CHILD, [tmp, str(count)])
+            if result is None:
                 print(done.stderr, file=sys.stderr)
-                return done.returncode
-            result = json.loads(done.stdout.strip().splitlines()[-1])
+                return done.returncode or 1
             expected = count
             if result["first_look_announced"] != expected or result["second_look_announced"] != 0:
                 print(f"the watcher announced the wrong files: {result}", file=sys.stderr)

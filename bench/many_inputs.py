@@ -15,10 +15,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from bench.common import run_script
 
 _CHILD = r"""
 import json, os, resource, sys, time
@@ -126,20 +127,12 @@ def main(argv: list[str] | None = None) -> int:
         env.pop("OPENAI_API_KEY", None)
         if args.profile:
             env["BENCH_PROFILE_FILE"] = str(Path(args.profile).resolve())
-        done = subprocess.run(
-            [sys.executable, "-c", _CHILD, tmp, str(args.files), str(args.shards)],
-            cwd=root,
-            env=env,
-            capture_output=True,
-            text=True,
-            check=False,
-        )
+        done, result = run_script(_CHILD, [tmp, str(args.files), str(args.shards)], env)
         if args.log:
             Path(args.log).write_text(done.stdout + done.stderr)
-        if done.returncode != 0 or not done.stdout.strip():
+        if result is None:
             print(done.stderr[-5000:], file=sys.stderr)
             return done.returncode or 1
-        result = json.loads(done.stdout.strip().splitlines()[-1])
         print(json.dumps(result))
         if not (result["results_match"] and result["each_sent_once"]) or "failed_run" in result:
             print("not every request has exactly one result, sent once", file=sys.stderr)

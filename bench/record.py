@@ -15,10 +15,9 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
-import sys
 import tempfile
-from pathlib import Path
+
+from bench.common import run_script
 
 _CHILD = r"""
 import hashlib, json, os, resource, sys, time
@@ -84,20 +83,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--preload", type=int, default=0)
     args = parser.parse_args(argv)
-    root = Path(__file__).resolve().parents[1]
     runs = []
     for _ in range(args.rounds):
         with tempfile.TemporaryDirectory(prefix="bench-record-") as tmp:
-            out = subprocess.run(
-                [sys.executable, "-c", _CHILD, tmp, str(args.requests), str(args.preload)],
-                cwd=root,
-                check=False,
-                capture_output=True,
-                text=True,
-            )
-        if out.returncode:
-            raise SystemExit(f"bench.record: the child failed:\n{out.stderr}")
-        run = json.loads(out.stdout.strip().splitlines()[-1])
+            done, run = run_script(_CHILD, [tmp, str(args.requests), str(args.preload)])
+        if run is None:
+            raise SystemExit(f"bench.record: the child failed:\n{done.stderr}")
         print(json.dumps(run))
         runs.append(run)
     cpu = [r["cpu_seconds"] for r in runs]

@@ -1,0 +1,27 @@
+"""``python -m bench.record`` runs end to end on a small record and checks what it drove."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_bench_record_drives_every_request_to_its_state_and_reports_it() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.record", "--requests", "3000", "--rounds", "1", "--preload", "1000"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    run, summary = (json.loads(line) for line in done.stdout.strip().splitlines())
+    assert (run["requests"], run["preload"]) == (3000, 1000)
+    assert set(run["steps_cpu_seconds"]) == {"claim", "sent", "final", "open"}
+    assert run["db_mb"] > 0
+    assert summary["cpu_seconds_median"] == run["cpu_seconds"]
