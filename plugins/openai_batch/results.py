@@ -467,12 +467,12 @@ def _dumps(value: Any) -> str:
 
 
 _UPSERT_HEAD = """
-INSERT INTO results (custom_id, round, status, body_at, body_len, error, batch_id, retryable,
+INSERT INTO results (custom_id, round, status, body_at, body_len, error, batch, retryable,
                      input_tokens, output_tokens, cached_tokens, reasoning_tokens)
 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (custom_id) DO UPDATE SET
     round = excluded.round, status = excluded.status, body_at = excluded.body_at,
-    body_len = excluded.body_len, error = excluded.error, batch_id = excluded.batch_id,
+    body_len = excluded.body_len, error = excluded.error, batch = excluded.batch,
     retryable = excluded.retryable, input_tokens = excluded.input_tokens,
     output_tokens = excluded.output_tokens, cached_tokens = excluded.cached_tokens,
     reasoning_tokens = excluded.reasoning_tokens
@@ -485,8 +485,8 @@ _UPSERT = (
 )
 # A missing result only replaces outcomes of earlier rounds.
 _INSERT_MISSING = _UPSERT_HEAD + "WHERE excluded.round > results.round"
-# custom_id, round, status, body offset, body length, error JSON, batch id, retryable, usage.
-_Row = tuple[str, int, str, int, int, str, str, int, int, int, int, int]
+# custom_id, round, status, body offset, body length, error JSON, batch number, retryable, usage.
+_Row = tuple[str, int, str, int, int, str, int, int, int, int, int, int]
 _BY_ID = itemgetter(0)
 _MISSING_TAIL = (
     b',"error":{"code":"missing_result","message":"no result was returned for this request"},'
@@ -535,10 +535,16 @@ class ResultStore:
             """CREATE TABLE IF NOT EXISTS results (
                 custom_id TEXT PRIMARY KEY, round INTEGER NOT NULL, status TEXT NOT NULL,
                 body_at INTEGER NOT NULL, body_len INTEGER NOT NULL, error TEXT NOT NULL,
-                batch_id TEXT NOT NULL, retryable INTEGER NOT NULL, input_tokens INTEGER NOT NULL,
+                batch INTEGER NOT NULL, retryable INTEGER NOT NULL, input_tokens INTEGER NOT NULL,
                 output_tokens INTEGER NOT NULL, cached_tokens INTEGER NOT NULL,
                 reasoning_tokens INTEGER NOT NULL) WITHOUT ROWID"""
         )
+        # Batch ids are stored once each, by number: rows stay small, so more fit in the page cache.
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS batches (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE)"
+        )
+        self._batch_names: dict[int, str] = dict(self._db.execute("SELECT id, name FROM batches"))
+        self._batch_ids = {name: number for number, name in self._batch_names.items()}
         # A new database starts a new side file: offsets recorded earlier belong to a database gone.
         self._bodies = open(self.bodies_path, "ab" if reopened else "wb", buffering=1 << 20)  # noqa: SIM115
         if not reopened:
@@ -569,6 +575,15 @@ class ResultStore:
         self._db.executemany(sql, rows)
         self._db.execute("COMMIT")
 
+    def _batch(self, name: str) -> int:
+        """Return the number of batch ``name`` (numbered on first sight)."""
+        number = self._batch_ids.get(name)
+        if number is None:
+            number = self._db.execute("INSERT INTO batches (name) VALUES (?)", (name,)).lastrowid
+            assert number is not None
+            self._batch_ids[name], self._batch_names[number] = number, name
+        return number
+
     def _body(self, at: int, length: int) -> bytes:
         """Return a stored body's bytes (``null`` for none)."""
         data = os.pread(self._reader, length, at)
@@ -596,6 +611,7 @@ class ResultStore:
         write = self._bodies.write
         end = self._end
         count = 0
+        batch = self._batch(batch_id)
         sent = check.sent if check is not None else None
         seen = check.seen if check is not None else set()
         try:
@@ -609,7 +625,7 @@ class ResultStore:
                         elif not _accept(check, sent, seen, custom_id):
                             continue
                     size = len(body)
-                    rows.append((custom_id, round, "succeeded", end, size, "null", batch_id, 0, *usage))
+                    rows.append((custom_id, round, "succeeded", end, size, "null", batch, 0, *usage))
                     write(body)
                     end += size
                 elif not raw.strip():
@@ -626,9 +642,7 @@ class ResultStore:
                         continue
                     body_at = _NULL_AT if data is None else end
                     size = _NULL_LEN if data is None else len(data)
-                    rows.append(
-                        (custom_id, round, status, body_at, size, error[0], batch_id, error[1], *usage)
-                    )
+                    rows.append((custom_id, round, status, body_at, size, error[0], batch, error[1], *usage))
                     if data is not None:
                         write(data)
                         end += size
@@ -664,7 +678,7 @@ class ResultStore:
                     self._bodies.write(body)
                     self._end += size
                 error = bytes(record.error).decode("utf-8")
-                batch_id = record.batch_id or ""
+                batch = self._batch(record.batch_id or "")
                 rows.append(
                     (
                         record.custom_id,
@@ -673,7 +687,7 @@ class ResultStore:
                         body_at,
                         size,
                         error,
-                        batch_id,
+                        batch,
                         0,
                         *_NO_USAGE,
                     )
@@ -705,11 +719,12 @@ class ResultStore:
         error = {"code": code, "message": message}
         error_json = _dumps(error)
         retryable = int(is_retryable(status, error))
+        batch = self._batch(batch_id)
         rows: list[_Row] = []
         count = 0
         for custom_id in custom_ids:
             rows.append(
-                (custom_id, round, status, _NULL_AT, _NULL_LEN, error_json, batch_id, retryable, *_NO_USAGE)
+                (custom_id, round, status, _NULL_AT, _NULL_LEN, error_json, batch, retryable, *_NO_USAGE)
             )
             count += 1
             if len(rows) >= _CHUNK_ROWS:
@@ -731,12 +746,15 @@ class ResultStore:
             yield from self._without_outcome_of(chunk, batch_id)
 
     def _without_outcome_of(self, chunk: list[str], batch_id: str) -> list[str]:
+        batch = self._batch_ids.get(batch_id)
+        if batch is None:  # no outcome of this batch is stored
+            return chunk
         marks = ",".join("?" * len(chunk))
         found = {
             row[0]
             for row in self._db.execute(
-                f"SELECT custom_id FROM results WHERE batch_id = ? AND custom_id IN ({marks})",  # noqa: S608
-                (batch_id, *chunk),
+                f"SELECT custom_id FROM results WHERE batch = ? AND custom_id IN ({marks})",  # noqa: S608
+                (batch, *chunk),
             )
         }
         return [custom_id for custom_id in chunk if custom_id not in found]
@@ -744,7 +762,7 @@ class ResultStore:
     def get(self, custom_id: str) -> ResultRecord | None:
         """Return the latest outcome of ``custom_id``, or None."""
         row = self._db.execute(
-            "SELECT custom_id, status, body_at, body_len, error, batch_id, round FROM results"
+            "SELECT custom_id, status, body_at, body_len, error, batch, round FROM results"
             " WHERE custom_id = ?",
             (custom_id,),
         ).fetchone()
@@ -752,7 +770,7 @@ class ResultStore:
             return None
         self._bodies.flush()
         body = json.loads(self._body(row[2], row[3]))
-        return ResultRecord(row[0], row[1], body, json.loads(row[4]), row[5], row[6])
+        return ResultRecord(row[0], row[1], body, json.loads(row[4]), self._batch_names[row[5]], row[6])
 
     def __len__(self) -> int:
         return int(self._db.execute("SELECT count(*) FROM results").fetchone()[0])
@@ -800,23 +818,24 @@ class ResultStore:
         self._bodies.flush()
         tally = dict.fromkeys(RESULT_STATUSES, 0)
         # Succeeded lines of one batch end alike: their tail is built once per batch.
-        tails: dict[str, bytes] = {}
+        tails: dict[int, bytes] = {}
+        names = self._batch_names
         parts: list[bytes] = []
         buffered = found = 0
         heads = _STATUS_HEADS
-        rows = self._joined(order, "r.status, r.body_at, r.body_len, r.error, r.batch_id")
+        rows = self._joined(order, "r.status, r.body_at, r.body_len, r.error, r.batch")
         pread, fd, read = os.pread, self._reader, self._body
         numbers = iter(lines) if lines is not None else None
-        for custom_id, status, at, length, error, batch_id in rows:
+        for custom_id, status, at, length, error, batch in rows:
             if status == "succeeded":
-                tail = tails.get(batch_id)
+                tail = tails.get(batch)
                 if tail is None:
-                    tail = tails[batch_id] = f',"error":null,"batch_id":{json.dumps(batch_id)}}}\n'.encode()
+                    tail = tails[batch] = f',"error":null,"batch_id":{json.dumps(names[batch])}}}\n'.encode()
             elif status is None:
                 status, at, length, tail = "failed", _NULL_AT, _NULL_LEN, _MISSING_TAIL
                 found -= 1
             else:
-                tail = f',"error":{error},"batch_id":{json.dumps(batch_id)}}}\n'.encode()
+                tail = f',"error":{error},"batch_id":{json.dumps(names[batch])}}}\n'.encode()
             tally[status] += 1
             body = pread(fd, length, at)
             if len(body) != length:  # a short read: read the rest

@@ -232,6 +232,11 @@ def test_store_reopens_existing_file(tmp_path: Path) -> None:
         store.add_lines(lines(ok("a")), batch_id="b1", round=0)
     with ResultStore(tmp_path / "s.sqlite") as store:
         assert len(store) == 1
+        assert store.get("a").batch_id == "b1"  # type: ignore[union-attr]
+        # Batches named before the reopen keep their number; new ones get their own.
+        store.add_lines(lines(ok("b")), batch_id="b1", round=1)
+        store.add_lines(lines(ok("c")), batch_id="b2", round=1)
+        assert [store.get(i).batch_id for i in "abc"] == ["b1", "b1", "b2"]  # type: ignore[union-attr]
 
 
 def test_add_lines_rejects_line_without_custom_id(tmp_path: Path) -> None:
@@ -361,6 +366,8 @@ def test_ids_without_an_outcome_of_a_batch(tmp_path: Path) -> None:
             "id-7",
             *ids[1000:],
         ]
+        # A batch that left no line (expired or cancelled before any answer): every id lacks its outcome.
+        assert list(store.without_outcome_of(["id-0", "id-5"], "b-silent")) == ["id-0", "id-5"]
     with pytest.raises(ValueError, match="custom_id"):
         list(request_ids([b'{"body": {}}\n']))
 
