@@ -237,7 +237,7 @@ def openai_batch() -> None:
         from airflow.sdk.exceptions import AirflowFailException
 
         from openai_batch.budget import BudgetError, check_run_budget
-        from openai_batch.plans import numbered
+        from openai_batch.plans import contents, numbered
         from openai_batch.state_store import shard_finished
 
         # Airflow maps at most [core] max_map_length shards: the run maps the first that many that
@@ -252,7 +252,7 @@ def openai_batch() -> None:
                 )
         try:
             line = check_run_budget(
-                plans_list,
+                contents(plans_list),
                 run_id=str(run_id),
                 max_cost_usd=max_cost_usd,
                 daily_budget_usd=daily_budget_usd,

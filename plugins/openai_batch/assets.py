@@ -8,7 +8,8 @@ from typing import Any
 from airflow.sdk import Asset
 
 #: Updated once per input file written in a run; the event's extra is that file's manifest summary
-#: (``input``, ``input_sha256``, ``counts``, ``usage``, ``estimated_cost_usd``, ``results``).
+#: (``input``, ``input_sha256``, ``counts``, ``usage``, ``estimated_cost_usd``, ``results``), or
+#: for a pack of small files (see :mod:`openai_batch.packs`), ``files``: one such summary per file.
 RESULTS_ASSET = Asset("openai_batch_results", uri="file:///openai_batch/results")
 
 #: The inbox, watched: an event per batch of files that landed and settled (``extra.payload.files``).
@@ -51,6 +52,8 @@ def event_extras(events: Mapping[Any, Iterable[Any]] | Iterable[Any] | None) -> 
         extra = event.get("extra") if isinstance(event, Mapping) else getattr(event, "extra", None)
         if isinstance(extra, Mapping) and "counts" in extra:
             extras.append(dict(extra))
+        elif isinstance(extra, Mapping) and isinstance(extra.get("files"), list):  # a pack's files
+            extras.extend(dict(f) for f in extra["files"] if isinstance(f, Mapping) and "counts" in f)
     return extras
 
 

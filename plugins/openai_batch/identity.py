@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 __all__ = [
     "FORBIDDEN_PREFIXES",
     "INPUT_SUFFIXES",
+    "PACKS_DIR",
     "InputRef",
     "OutsideRootsError",
     "check_pattern",
@@ -55,6 +56,9 @@ FORBIDDEN_PREFIXES = ("/proc", "/sys", "/dev")
 STATE_DIR = "_state"
 HISTORY_DIR = "_history"
 ROOTS_DIR = "_roots"
+#: Under the results root: the state folders of pack contents (see :mod:`openai_batch.packs`), as
+#: ``_packs/_state/<sha16>-<variant>/``. No input's results folder starts with ``_``.
+PACKS_DIR = "_packs"
 
 _PLAIN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 _CLEAN = re.compile(r"[^A-Za-z0-9._-]+")

@@ -23,6 +23,7 @@ from openai_batch.budget import NoCapacityError
 from openai_batch.deferral import too_big_message, wait_for_capacity
 from openai_batch.layout import MANIFEST_FILE, ORDER_FILE, PLAN_FILE, REJECTS_FILE, RESULTS_FILE
 from openai_batch.limits import MAX_REQUESTS_PER_BATCH
+from openai_batch.packs import is_pack
 from openai_batch.plans import error_plan, state_dir_name
 from openai_batch.plans import variant as split_variant
 from openai_batch.preparation import BadSettingError, ContentPreparer, results_complete
@@ -75,6 +76,8 @@ if TYPE_CHECKING:
     from airflow.sdk import Context, ObjectStoragePath
 
     from openai_batch.identity import InputRef
+    from openai_batch.preparation import PackBuilder
+    from openai_batch.results_io import ContentOutcomes
     from openai_batch.storage import InputFile
 
 
@@ -215,11 +218,8 @@ class OpenAIBatchPrepareOperator(BaseOperator):
         return InputRef(source=str(self.source["source"]), key=key, root=root)
 
     def execute(self, context: Context) -> dict[str, Any]:
-        """Prepare the file and return its plan."""
-        from airflow.sdk import ObjectStoragePath
-
+        """Prepare the file (or each file of a pack) and return its plan."""
         from openai_batch.providers import ProviderMismatchError, endpoint_for, price_models, provider_of
-        from openai_batch.storage import InputFile, is_url
 
         # The connection decides the provider, and with it the lines taken, the endpoint and limits.
         self.provider = provider_of(str(self.conn_id))
@@ -229,6 +229,87 @@ class OpenAIBatchPrepareOperator(BaseOperator):
         except ProviderMismatchError as err:
             raise AirflowFailException(f"connection {self.conn_id!r}: {err}") from err
 
+        if is_pack(self.source):
+            return self._execute_pack(context)
+        plan = self._execute_source(context, self.source, None)
+        if plan.get("packed_in"):
+            # Sent in a pack by an earlier run: its results come from that pack's batches.
+            return self._pack_plan(str(self.source_key()), [plan], [])
+        return plan
+
+    def source_key(self) -> str:
+        """Return the key the task's source is shown as (its map index label)."""
+        if isinstance(self.source, dict):
+            return str(self.source.get("key") or self.source.get("source"))
+        return str(self.source)
+
+    def _execute_pack(self, context: Context) -> dict[str, Any]:
+        """Prepare each file of a pack, then send the ones new to packing together; return the pack's plan."""
+        from openai_batch.identity import PACKS_DIR
+        from openai_batch.preparation import PackBuilder, PackError
+
+        assert isinstance(self.source, dict)
+        label = str(self.source["key"])
+        members = list(self.source["members"])
+        with tempfile.TemporaryDirectory(prefix="openai-batch-pack-") as tmp:
+            builder = PackBuilder(self._preparer(), to_path(self.results_root) / PACKS_DIR, Path(tmp))
+            plans = [self._execute_source(context, member, builder) for member in members]
+            limit, variant, salt = self._split(context)
+            try:
+                units = builder.publish(label, limit, variant, salt)
+            except (PackError, BadSettingError) as err:
+                raise AirflowFailException(str(err)) from None
+        self.source = {"key": label, "members": members}
+        for plan in plans:
+            packed_in = builder.packed_in.get(str(plan.get("state_dir")))
+            if packed_in:
+                plan["packed_in"] = packed_in
+        return self._pack_plan(label, plans, units)
+
+    def _pack_plan(
+        self, label: str, plans: list[dict[str, Any]], units: list[dict[str, Any]]
+    ) -> dict[str, Any]:
+        """
+        Return a pack's plan: its files' plans, and the contents that send their requests.
+
+        A file sent in a pack (``packed_in``) is answered by that pack content; one with shards of
+        its own (sent alone before) is its own content. Every content's shards are mapped once.
+        """
+        from openai_batch.storage import read_json
+
+        contents: dict[str, dict[str, Any]] = {u["state_dir"]: u for u in units}
+        for plan in plans:
+            if plan.get("skipped") or plan.get("dry_run") or plan.get("error"):
+                continue
+            packed_in = plan.get("packed_in")
+            if packed_in and packed_in not in contents:
+                contents[packed_in] = read_json(to_path(packed_in) / PLAN_FILE)
+            elif not packed_in:
+                contents.setdefault(plan["state_dir"], plan)
+        for unit in contents.values():  # the budget and the ledger name a content by its key
+            unit.setdefault("key", next((s["key"] for s in unit.get("shards") or []), unit["state_dir"]))
+        shards = [shard for unit in contents.values() for shard in unit.get("shards") or []]
+        done = all(p.get("skipped") for p in plans)
+        return {
+            "key": label,
+            "source": label,
+            "members": plans,
+            "units": list(contents.values()),
+            "shards": shards,
+            "skipped": done,
+            "dry_run": bool(self.plan_only),
+            "provider": self.provider,
+        }
+
+    def _execute_source(
+        self, context: Context, source: dict[str, Any] | str, pack: PackBuilder | None
+    ) -> dict[str, Any]:
+        """Prepare one file (of the task, or of its pack) and return its plan."""
+        from airflow.sdk import ObjectStoragePath
+
+        from openai_batch.storage import InputFile, is_url
+
+        self.source = source
         try:
             ref = self.input_ref()
         except AirflowFailException as err:
@@ -253,7 +334,7 @@ class OpenAIBatchPrepareOperator(BaseOperator):
                 raise  # storage trouble is worth a task retry
             return self._unreadable(ref, partition, f"{ref.display}: cannot be read: {_why(err)}")
         with opened:
-            return self._execute_opened(context, ref, folder, opened, partition)
+            return self._execute_opened(context, ref, folder, opened, partition, pack)
 
     def _execute_opened(
         self,
@@ -262,6 +343,7 @@ class OpenAIBatchPrepareOperator(BaseOperator):
         folder: ObjectStoragePath,
         src: InputFile,
         partition: str | None,
+        pack: PackBuilder | None = None,
     ) -> dict[str, Any]:
         base: dict[str, Any] = {
             "source": ref.source,
@@ -299,11 +381,15 @@ class OpenAIBatchPrepareOperator(BaseOperator):
                     "skipped": True,
                     "shards": [],
                 }
-        salt = f"-f{hashlib.sha256(context['run_id'].encode()).hexdigest()[:8]}" if self.force else ""
-        limit = max(1, min(int(self.max_requests_per_batch), MAX_REQUESTS_PER_BATCH))
-        variant = split_variant(self.endpoint, self.model or None, limit, salt)
-        with tempfile.TemporaryDirectory(prefix="openai-batch-") as tmp:
-            plan = self._prepare(ref, src, folder, Path(tmp), limit, variant, salt)
+        limit, variant, salt = self._split(context)
+        if pack is not None and not self.plan_only:
+            try:
+                plan = pack.add(ref, src, folder, limit, variant, salt)
+            except BadSettingError as err:
+                raise AirflowFailException(str(err)) from None
+        else:
+            with tempfile.TemporaryDirectory(prefix="openai-batch-") as tmp:
+                plan = self._prepare(ref, src, folder, Path(tmp), limit, variant, salt)
         plan = {**base, **plan, "input_raw_sha256": src.raw_sha256(plan["input_sha256"])}
         if plan.get("error"):
             self.log.error("%s cannot be sent: %s", ref.display, plan["error"])
@@ -335,6 +421,12 @@ class OpenAIBatchPrepareOperator(BaseOperator):
             self.log.info("Dry run: plan written to %s; nothing uploaded", folder / PLAN_FILE)
             return {**plan, "shards": []}
         return plan
+
+    def _split(self, context: Context) -> tuple[int, str, str]:
+        """Return the run's ``(requests per batch, split variant, force salt)``."""
+        salt = f"-f{hashlib.sha256(context['run_id'].encode()).hexdigest()[:8]}" if self.force else ""
+        limit = max(1, min(int(self.max_requests_per_batch), MAX_REQUESTS_PER_BATCH))
+        return limit, split_variant(self.endpoint, self.model or None, limit, salt), salt
 
     def _max_input_bytes(self) -> int:
         from openai_batch.storage import DEFAULT_MAX_INPUT_BYTES
@@ -402,7 +494,13 @@ class OpenAIBatchPrepareOperator(BaseOperator):
         salt: str,
     ) -> dict[str, Any]:
         """Prepare into ``work``, then publish the files into the content's state folder."""
-        preparer = ContentPreparer(
+        try:
+            return self._preparer().prepare(ref, src, folder, work, limit, variant, salt)
+        except BadSettingError as err:
+            raise AirflowFailException(str(err)) from None
+
+    def _preparer(self) -> ContentPreparer:
+        return ContentPreparer(
             endpoint=self.endpoint,
             provider=self.provider,
             price_models=self.price_models,
@@ -412,10 +510,6 @@ class OpenAIBatchPrepareOperator(BaseOperator):
             reuse_identical=self.reuse_identical,
             log=self.log,
         )
-        try:
-            return preparer.prepare(ref, src, folder, work, limit, variant, salt)
-        except BadSettingError as err:
-            raise AirflowFailException(str(err)) from None
 
 
 def _why(err: OSError) -> str:
@@ -635,17 +729,27 @@ class OpenAIBatchWriteResultsOperator(BaseOperator):
         raise AirflowRescheduleException(reschedule_date=datetime.now(UTC) + timedelta(seconds=delay))
 
     def _write(self, context: Context) -> dict[str, Any]:
-        """Write the three output files and return the manifest summary."""
-        from openai_batch.results_io import build_manifest, merge_shards
-
+        """Write the three output files and return the manifest summary (a pack: of each file)."""
         plan = self.plan
         if plan.get("postponed"):
-            self._release(plan)
+            for member in plan.get("members") or [plan]:
+                self._release(member)
             raise AirflowSkipException(
                 f"{plan['key']}: {plan['postponed']} shard(s) did not fit in this run ([core] "
                 "max_map_length); the shards it sent are kept, and the next run sends the rest and "
                 "writes the results (the inbox watcher starts it; with the watcher off, trigger again)"
             )
+        if plan.get("members") is not None:
+            return self._write_pack(context)
+        self._skip_unless_sent(context, plan)
+        summary, error = self._write_file(context, plan)
+        if error:
+            raise AirflowFailException(error)
+        self._emit_asset_event(context, summary)
+        return summary
+
+    def _skip_unless_sent(self, context: Context, plan: dict[str, Any]) -> None:
+        """Raise AirflowSkipException for a file skipped (its results are complete) or in a dry run."""
         if plan.get("skipped") or plan.get("dry_run"):
             # Skipped, not succeeded: a task that ends skipped emits no asset event, so downstream
             # DAGs never run on a file that was not processed in this run.
@@ -653,18 +757,94 @@ class OpenAIBatchWriteResultsOperator(BaseOperator):
             if plan.get("skipped"):
                 self._mark_done(context, plan)
             raise AirflowSkipException(f"{plan['key']}: nothing to write ({why})")
+
+    def _write_pack(self, context: Context) -> dict[str, Any]:
+        """
+        Write the results of every file of a pack from the outcomes of the contents that sent them.
+
+        Each content's outcomes are gathered once; each file gets its own results (its ids, its
+        order), rejects, manifest and summary. One asset event carries the summaries of the files
+        written (``extra.files``). Files that could not be used are written too, then fail the task.
+        """
+        from contextlib import ExitStack
+
+        from openai_batch.results_io import ContentOutcomes
+
+        plan = self.plan
+        units = {u["state_dir"]: u for u in plan.get("units") or []}
+        summaries: list[dict[str, Any]] = []
+        errors: list[str] = []
+        actual: dict[str, float | None] = {}  # the cost of each pack content's files written here
+        with ExitStack() as stack:
+            opened: dict[str, ContentOutcomes] = {}
+            for member in plan["members"]:
+                try:
+                    self._skip_unless_sent(context, member)
+                except AirflowSkipException as skipped:
+                    self.log.info("%s", skipped)
+                    continue
+                packed_in = member.get("packed_in")
+                outcomes = None
+                if packed_in:
+                    outcomes = opened.get(packed_in)
+                    if outcomes is None:
+                        unit_dir = to_path(packed_in)
+                        states = [load_state(unit_dir, shard) for shard in units[packed_in]["shards"]]
+                        outcomes = opened[packed_in] = stack.enter_context(ContentOutcomes(unit_dir, states))
+                summary, error = self._write_file(context, member, outcomes)
+                if packed_in:
+                    cost = summary["estimated_cost_usd"]
+                    before = actual.get(packed_in, 0.0)
+                    actual[packed_in] = None if before is None or cost is None else before + cost
+                if error:
+                    errors.append(error)
+                else:
+                    summaries.append(summary)
+        for packed_in, cost in actual.items():
+            unit = units[packed_in]
+            self._record_spending(
+                context,
+                unit,
+                {
+                    "actual": {"cost_usd": cost},
+                    "estimate": {"cost_usd": unit.get("estimated_total_cost_usd")},
+                },
+            )
+        if summaries:
+            self._emit_asset_event(context, {"files": summaries})
+        if errors:
+            raise AirflowFailException("; ".join(errors))
+        if not summaries:
+            raise AirflowSkipException(f"{plan['key']}: nothing to write (every file is done or a dry run)")
+        self.log.info("%s: results written for %s file(s)", plan["key"], len(summaries))
+        return {"key": plan["key"], "files": summaries}
+
+    def _write_file(
+        self, context: Context, plan: dict[str, Any], pack: ContentOutcomes | None = None
+    ) -> tuple[dict[str, Any], str | None]:
+        """Write one file's three output files; return its manifest summary and its error, if any.
+
+        ``pack``: the outcomes of the pack content that sent the file's requests (``packed_in``).
+        """
+        from openai_batch.results_io import build_manifest, merge_shards
+
         out = to_path(plan["out_dir"])
         state_dir = to_path(plan["state_dir"])
-        states = [load_state(state_dir, shard) for shard in plan["shards"]]
         self._archive_earlier_content(out, plan["input_sha256"])
         with open_atomic(out / RESULTS_FILE) as raw:
             digest = _DigestWriter(raw)
-            counts = merge_shards(state_dir, states, digest)
+            if pack is not None:
+                counts, states = pack.write_file(state_dir, digest)
+            else:
+                states = [load_state(state_dir, shard) for shard in plan["shards"]]
+                counts = merge_shards(state_dir, states, digest)
         with open_atomic(out / REJECTS_FILE) as raw:
             rejects = _DigestWriter(raw)
             with (state_dir / REJECTS_FILE).open("rb") as fin:
                 shutil.copyfileobj(fin, rejects, 1 << 20)
         manifest = build_manifest(plan, states, counts)
+        if pack is not None:
+            manifest["packed_in"] = plan["packed_in"]  # its batches are shared with the pack's files
         manifest["results_sha256"], manifest["results_bytes"] = digest.hexdigest(), digest.size
         manifest["rejects_sha256"] = rejects.hexdigest()
         manifest["input_changed_after_taken"] = self._input_changed(plan)
@@ -684,9 +864,15 @@ class OpenAIBatchWriteResultsOperator(BaseOperator):
         from openai_batch.metrics import emit_file_metrics
 
         emit_file_metrics(manifest, states)
-        self._record_spending(context, manifest)
+        if pack is None:  # a pack content's cost is recorded once, under its own key (_write_pack)
+            self._record_spending(context, plan, manifest)
+        summary = {
+            k: manifest[k]
+            for k in ("input", "input_sha256", "counts", "usage", "estimated_cost_usd", "by_model")
+        }
+        summary["results"] = url_of(out / RESULTS_FILE)
         if plan.get("error"):
-            raise AirflowFailException(f"{plan['key']}: {plan['error']} (rejects and manifest in {out})")
+            return summary, f"{plan['key']}: {plan['error']} (rejects and manifest in {out})"
         self.log.info(
             "%s: %s requests: %s succeeded, %s failed, %s expired, %s cancelled, %s rejected; "
             "%s input / %s output tokens; estimated cost %s; results in %s",
@@ -702,13 +888,7 @@ class OpenAIBatchWriteResultsOperator(BaseOperator):
             format_usd(manifest["estimated_cost_usd"]),
             out,
         )
-        summary = {
-            k: manifest[k]
-            for k in ("input", "input_sha256", "counts", "usage", "estimated_cost_usd", "by_model")
-        }
-        summary["results"] = url_of(out / RESULTS_FILE)
-        self._emit_asset_event(context, summary)
-        return summary
+        return summary, None
 
     def _mark_done(self, context: Context, plan: dict[str, Any]) -> None:
         """Record in the arrival record that this file (as it was taken) has its results."""
@@ -727,7 +907,7 @@ class OpenAIBatchWriteResultsOperator(BaseOperator):
         taken = FileStat(str(plan["source"]), int(stat["size"]), int(stat["mtime_ns"]), int(stat["ino"]))
         record.mark([taken], state, at, run_id=run_id)  # type: ignore[arg-type]
 
-    def _record_spending(self, context: Context, manifest: dict[str, Any]) -> None:
+    def _record_spending(self, context: Context, plan: dict[str, Any], manifest: dict[str, Any]) -> None:
         from openai_batch.budget import ledger_for
 
         ledger = ledger_for(self.ledger_dir)
@@ -735,13 +915,13 @@ class OpenAIBatchWriteResultsOperator(BaseOperator):
             return
         ledger.record_actual(
             run_id=str(context["run_id"]),
-            name=self.plan["key"],
+            name=plan["key"],
             actual_usd=manifest["actual"]["cost_usd"],
             estimated_usd=manifest["estimate"]["cost_usd"],
         )
         self.log.info(
             "%s: cost estimated %s, actual %s (recorded for the daily budget)",
-            self.plan["key"],
+            plan["key"],
             format_usd(manifest["estimate"]["cost_usd"]),
             format_usd(manifest["actual"]["cost_usd"]),
         )

@@ -71,6 +71,7 @@ class StatePlan(TypedDict):
     shards: list[ShardRef]
     unclaimed: NotRequired[bool]  # a plan-only (dry) run claimed nothing
     error: NotRequired[str]  # the file cannot be sent (see plans.error_plan)
+    packed_in: NotRequired[str]  # a packed file: the state folder of the pack content sending it
 
 
 class FilePlan(StatePlan, total=False):
@@ -80,7 +81,7 @@ class FilePlan(StatePlan, total=False):
     key: str
     partition: str | None
     shard_map_start: int  # set by check_budget: the map index of its first mapped shard (plans.numbered)
-    mapped_shards: list[int]  # set by check_budget: the indexes of the shards this run maps
+    mapped_shards: list[int]  # set by check_budget: the positions in shards of those this run maps
     postponed: int  # set by check_budget: unfinished shards left to the next run (max_map_length)
     out_dir: str
     size: int | None
@@ -90,6 +91,10 @@ class FilePlan(StatePlan, total=False):
     provider: str  # the connection's provider: openai, azure or anthropic (see openai_batch.providers)
     skipped: bool
     dry_run: bool
+    # A pack's plan (see openai_batch.packs): its files' plans, and the contents that send their
+    # requests (a pack content's plan, or a file's own); ``shards`` holds every content's shards.
+    members: list[dict[str, Any]]
+    units: list[dict[str, Any]]
 
 
 class BatchEndEvent(TypedDict):

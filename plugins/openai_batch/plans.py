@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from openai_batch.identity import state_folder
 
@@ -33,6 +33,7 @@ __all__ = [
     "mapped_count",
     "numbered",
     "shard_ref",
+    "contents",
     "state_dir_name",
     "state_plan",
     "variant",
@@ -150,14 +151,15 @@ def numbered(
     """
     Return the plans, each with the shards this run maps and the map index of the first.
 
-    Each plan gets ``mapped_shards`` (the indexes of its shards this run sends or waits for: not
-    ``finished``, at most ``limit`` over the run) and ``shard_map_start``; a plan with unfinished
-    shards left out gets ``postponed`` (how many).
+    Each plan gets ``mapped_shards`` (the positions in its ``shards`` of those this run sends or
+    waits for: not ``finished``, at most ``limit`` over the run) and ``shard_map_start``; a plan with
+    unfinished shards left out gets ``postponed`` (how many). Positions, not shard indexes: a pack's
+    plan holds the shards of several state folders, whose indexes repeat.
     """
     out: list[FilePlan] = []
     start = 0
     for plan in plans:
-        todo = [s["index"] for s in plan["shards"] if finished is None or not finished(s)]
+        todo = [pos for pos, s in enumerate(plan["shards"]) if finished is None or not finished(s)]
         mapped = todo if limit is None else todo[: max(0, limit - start)]
         numbered_plan: FilePlan = {**plan, "shard_map_start": start, "mapped_shards": mapped}
         if len(mapped) < len(todo):
@@ -173,7 +175,18 @@ def flat_shards(plans: Iterable[FilePlan]) -> list[ShardRef]:
     for plan in plans:
         mapped = plan.get("mapped_shards")
         keep = None if mapped is None else set(mapped)
-        out.extend(s for s in plan["shards"] if keep is None or s["index"] in keep)
+        out.extend(s for pos, s in enumerate(plan["shards"]) if keep is None or pos in keep)
+    return out
+
+
+def contents(plans: Iterable[FilePlan]) -> list[FilePlan]:
+    """Return what sends the run's requests, for the budget: each pack's contents, each other plan."""
+    out: list[FilePlan] = []
+    for plan in plans:
+        if plan.get("members") is None:
+            out.append(plan)
+        elif not plan.get("skipped") and not plan.get("dry_run"):
+            out.extend(cast("list[FilePlan]", plan.get("units") or []))
     return out
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import gzip
 import zlib
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
@@ -51,7 +51,7 @@ if TYPE_CHECKING:
     from openai_batch.reuse import ReuseIndex
     from openai_batch.storage import InputFile
 
-__all__ = ["BadSettingError", "ContentPreparer", "open_input", "results_complete"]
+__all__ = ["BadSettingError", "ContentPreparer", "PackBuilder", "PackError", "open_input", "results_complete"]
 
 
 class BadSettingError(ValueError):
@@ -185,23 +185,43 @@ class ContentPreparer:
         """Prepare into ``work``, then publish the files into the content's state folder."""
         outcome = self._run_prepare(ref, src, folder, work, limit, salt)
         if isinstance(outcome, tuple):
-            digest, error, lines, rejected = outcome
-            state_dir = folder / state_dir_name(digest, variant)
-            for name in (ORDER_FILE, REJECTS_FILE):
-                if not (work / name).exists():
-                    (work / name).write_bytes(b"")
-                copy_file(work / name, state_dir / name)
-            return dict(error_plan(url_of(state_dir), digest, error, lines=lines, rejected=rejected))
+            return self._error(outcome, folder, work, variant)
         state_dir = folder / state_dir_name(outcome.input_sha256, variant)
+        earlier = self._earlier_plan(state_dir)
+        if earlier is not None:
+            return earlier
+        return self._publish(ref, outcome, work, state_dir, salt)
+
+    def _error(
+        self, outcome: tuple[str, str, int, int], folder: ObjectStoragePath, work: Path, variant: str
+    ) -> dict[str, Any]:
+        """Publish the rejects of a content that cannot be sent; return its error plan."""
+        digest, error, lines, rejected = outcome
+        state_dir = folder / state_dir_name(digest, variant)
+        for name in (ORDER_FILE, REJECTS_FILE):
+            if not (work / name).exists():
+                (work / name).write_bytes(b"")
+            copy_file(work / name, state_dir / name)
+        return dict(error_plan(url_of(state_dir), digest, error, lines=lines, rejected=rejected))
+
+    def _earlier_plan(self, state_dir: ObjectStoragePath) -> dict[str, Any] | None:
+        """
+        Return the plan this content was published with before, to go on with, or None.
+
+        This content was prepared with these settings before (a retry, a clear, a re-run whose
+        results were incomplete): its shards, rounds and downloads are there; keep them. A dry run's
+        plan claimed nothing: a real run claims (and so publishes) again. A packed file's plan is
+        kept only while its pack content's plan is there.
+        """
         earlier = read_json_or_set_aside(
             state_dir / PLAN_FILE, "the file is prepared again into the same state folder", self.log
         )
-        # This content was prepared with these settings before (a retry, a clear, a re-run whose
-        # results were incomplete): its shards, rounds and downloads are there; keep them. A dry
-        # run's plan claimed nothing: a real run claims (and so publishes) again.
-        if isinstance(earlier, dict) and not (earlier.get("unclaimed") and not self.plan_only):
-            return earlier
-        return self._publish(ref, outcome, work, state_dir, salt)
+        if not isinstance(earlier, dict) or (earlier.get("unclaimed") and not self.plan_only):
+            return None
+        packed_in = earlier.get("packed_in")
+        if packed_in and not (to_path(packed_in) / PLAN_FILE).exists():
+            return None
+        return earlier
 
     def _run_prepare(
         self, ref: InputRef, src: InputFile, folder: ObjectStoragePath, work: Path, limit: int, salt: str
@@ -292,3 +312,192 @@ class ContentPreparer:
         plan["estimated_total_cost_usd"] = plan_cost(dict(plan))
         write_json(state_dir / PLAN_FILE, plan)  # last: its presence means the folder is complete
         return dict(plan)
+
+
+class PackError(RuntimeError):
+    """Raise when a pack content would not send exactly its files' requests (nothing is claimed)."""
+
+
+@dataclass
+class _Packed:
+    """A file of a pack new to packing: prepared in ``work``, its plan written once its pack is."""
+
+    ref: InputRef
+    result: PrepareResult
+    work: Path
+    state_dir: ObjectStoragePath
+    plan: dict[str, Any]
+
+
+@dataclass
+class PackBuilder:
+    """
+    Prepare the files of a pack (see :mod:`openai_batch.packs`) and the pack contents that send them.
+
+    :meth:`add` prepares one file on its own, as :meth:`ContentPreparer.prepare` does, but publishes
+    nothing for a content new to packing: :meth:`publish` then writes the requests of those files,
+    as each would send them alone, into pack contents of files whose custom_ids do not collide;
+    prepares and checks each; writes each file's state folder, whose plan names its pack content
+    (``packed_in``); and last claims and publishes the pack content like any content (its state
+    folder under ``<results>/_packs/``). A content already sent (alone, or in a pack whose plan is
+    there) keeps its plan: every later run waits for the same batches.
+
+    :param preparer: The prepare task's settings.
+    :param packs_folder: ``<results>/_packs``.
+    :param work: A scratch folder for the whole pack.
+    """
+
+    preparer: ContentPreparer
+    packs_folder: ObjectStoragePath
+    work: Path
+    new: list[_Packed] = field(default_factory=list)
+    #: The state folder of each file :meth:`publish` packed -> its pack content's.
+    packed_in: dict[str, str] = field(default_factory=dict)
+
+    def add(
+        self,
+        ref: InputRef,
+        src: InputFile,
+        folder: ObjectStoragePath,
+        limit: int,
+        variant: str,
+        salt: str,
+    ) -> dict[str, Any]:
+        """Prepare one file of the pack; return its plan (``packed_in`` is set by :meth:`publish`)."""
+        from openai_batch.budget import plan_cost
+
+        work = self.work / f"file-{len(list(self.work.iterdir())):05d}"
+        work.mkdir()
+        outcome = self.preparer._run_prepare(ref, src, folder, work, limit, salt)
+        if isinstance(outcome, tuple):
+            return self.preparer._error(outcome, folder, work, variant)
+        state_dir = folder / state_dir_name(outcome.input_sha256, variant)
+        earlier = self.preparer._earlier_plan(state_dir)
+        if earlier is not None:
+            return earlier
+        # The file's own estimate, for its manifest: its shards as it would send them alone.
+        estimates = [shard_estimates(work / Path(s.path).name, s.endpoint) for s in outcome.shards]
+        refs = [
+            shard_ref(
+                s,
+                source=ref.source,
+                key=ref.display,
+                state_dir=url_of(state_dir),
+                count=len(outcome.shards),
+                identity="",
+                requests=s.requests,
+                enqueued_tokens=e[0],
+                estimated_output_tokens=e[1],
+            )
+            for s, e in zip(outcome.shards, estimates, strict=True)
+        ]
+        plan = dict(
+            state_plan(
+                outcome,
+                state_dir=url_of(state_dir),
+                shards=[],
+                unpriced_models=sorted(
+                    {s.priced_as for s in outcome.shards if is_unpriced(s.priced_as, s.endpoint)}
+                ),
+                borrowed=0,
+                cached=0,
+                estimated_output_tokens=sum(e[1] for e in estimates),
+                plan_only=False,
+            )
+        )
+        plan["estimated_total_cost_usd"] = plan_cost({"shards": refs})
+        self.new.append(_Packed(ref, outcome, work, state_dir, plan))
+        return plan
+
+    def publish(self, label: str, limit: int, variant: str, salt: str) -> list[dict[str, Any]]:
+        """Send the files new to packing from pack contents; return those contents' plans."""
+        from openai_batch.identity import InputRef
+        from openai_batch.packs import assign_contents
+        from openai_batch.results import read_order
+
+        if not self.new:
+            return []
+        groups: dict[int, list[_Packed]] = {}
+        numbers = assign_contents(set(read_order(p.work / ORDER_FILE)) for p in self.new)
+        for packed, number in zip(self.new, numbers, strict=True):
+            groups.setdefault(number, []).append(packed)
+        units = []
+        for number, members in sorted(groups.items()):
+            name = label if len(groups) == 1 else f"{label} #{number + 1}/{len(groups)}"
+            work = self.work / f"pack-{number}"
+            result = self._build_content(name, members, limit, work)
+            state_dir = self.packs_folder / state_dir_name(result.input_sha256, variant)
+            # The files' plans first, naming the pack content; its plan (after its claim) last. A
+            # file's plan counts only once the pack's is there, so a prepare that dies in between
+            # builds the same pack content again from the same files, and never another one.
+            for packed in members:
+                self._publish_file(packed, url_of(state_dir))
+                self.packed_in[url_of(packed.state_dir)] = url_of(state_dir)
+            unit = self.preparer._earlier_plan(state_dir)
+            if unit is None:
+                ref = InputRef(source=url_of(state_dir), key=name)
+                unit = self.preparer._publish(ref, result, work / "shards", state_dir, salt)
+            units.append(unit)
+        return units
+
+    def _build_content(self, name: str, members: list[_Packed], limit: int, work: Path) -> PrepareResult:
+        """Prepare one pack content from its files' shards into ``work/shards``, checked; claim nothing."""
+        from openai_batch.limits import limits_for
+        from openai_batch.prepare import prepare_requests
+        from openai_batch.reuse import request_digest
+
+        work.mkdir()
+        joined = work / "pack-input.jsonl"
+        expected: set[str] = set()
+        with joined.open("wb") as fout:
+            for packed in members:
+                for shard in packed.result.shards:
+                    for line in _local_lines(packed.work / Path(shard.path).name):
+                        if line.strip():
+                            line = line if line.endswith(b"\n") else line + b"\n"
+                            expected.add(request_digest(line))
+                            fout.write(line)
+        shards_dir = work / "shards"
+        with joined.open("rb") as fin:
+            result = prepare_requests(
+                fin,
+                source_name=name,
+                work_dir=shards_dir,
+                endpoint=self.preparer.endpoint,
+                model=None,  # each file's lines carry their model already (with any override)
+                limits=limits_for(self.preparer.provider, limit),
+                reuse=None,
+                price_models=self.preparer.price_models,
+                own_lines=True,
+            )
+        sent: set[str] = set()
+        for shard in result.shards:
+            sent.update(
+                request_digest(line if line.endswith(b"\n") else line + b"\n")
+                for line in _local_lines(shards_dir / Path(shard.path).name)
+                if line.strip()
+            )
+        if result.rejected or sent != expected:
+            raise PackError(
+                f"{name}: the pack content would not send its files' requests as each would alone "
+                f"({result.rejected} rejected, {len(expected - sent)} missing, {len(sent - expected)} "
+                "changed); nothing was claimed"
+            )
+        return result
+
+    @staticmethod
+    def _publish_file(packed: _Packed, pack_state_dir: str) -> None:
+        """Write a packed file's state folder: its order, rejects and reuse files, then its plan."""
+        from openai_batch.reuse import INDEX_FILE, REUSED_FILE
+
+        for name in (ORDER_FILE, ORDER_LINES_FILE, REJECTS_FILE, INDEX_FILE, REUSED_FILE):
+            if (packed.work / name).exists():
+                copy_file(packed.work / name, packed.state_dir / name)
+        packed.plan["packed_in"] = pack_state_dir
+        write_json(packed.state_dir / PLAN_FILE, packed.plan)  # last: the folder is complete
+
+
+def _local_lines(path: Path) -> Iterator[bytes]:
+    """Yield the lines of a local scratch file."""
+    with path.open("rb", buffering=1 << 20) as fin:
+        yield from fin

@@ -611,8 +611,10 @@ class _Preparer:
         id_prefix: str,
         reuse: ReuseIndex | None = None,
         price_models: Mapping[str, str] | None = None,
+        own_lines: bool = False,
     ) -> None:
         self.work_dir = work_dir
+        self.own_lines = own_lines
         self.price_models = dict(price_models or {})
         self.reuse = reuse
         self.reused = 0
@@ -849,7 +851,7 @@ class _Preparer:
     def _full_line(
         self, obj: dict[str, Any], content: bytes
     ) -> str | tuple[str, str, dict[str, Any], bytes, int]:
-        if self.anthropic:
+        if self.anthropic and not self.own_lines:
             return (
                 "a Batch API line ({custom_id, method, url, body}): this connection is Anthropic's, "
                 "which takes {custom_id, params} lines or bare Messages bodies; "
@@ -867,7 +869,7 @@ class _Preparer:
         if method != "POST":
             return f"method must be POST, got {json.dumps(method)}"
         url = obj.get("url", self.endpoint)
-        if url == anthropic_format.ENDPOINT:
+        if url == anthropic_format.ENDPOINT and not (self.anthropic and self.own_lines):
             return f"url {url} is Anthropic's Messages API: send this file with an anthropic connection"
         if url not in _REQUIRED_FIELDS:
             return f"unsupported url {json.dumps(url)} (supported: {', '.join(SUPPORTED_ENDPOINTS)})"
@@ -1101,6 +1103,7 @@ def prepare_requests(
     id_prefix: str | None = None,
     reuse: ReuseIndex | None = None,
     price_models: Mapping[str, str] | None = None,
+    own_lines: bool = False,
 ) -> PrepareResult:
     """Validate and split the requests of one input file into batch shards in ``work_dir``.
 
@@ -1116,6 +1119,8 @@ def prepare_requests(
         in a shard, their earlier result lines go to ``reused.jsonl``.
     :param price_models: the model each ``model`` value is priced as, where it differs (an Azure
         deployment's model); recorded on each shard as ``price_model``.
+    :param own_lines: the input is shard lines this function wrote (a pack's files' requests, see
+        :mod:`openai_batch.packs`): full lines in the shape they are sent, Anthropic's included.
     :raises PrepareError: for an unsupported ``endpoint``.
     :raises NoValidRequestsError: when no line is valid (after writing the rejects).
     """
@@ -1126,7 +1131,7 @@ def prepare_requests(
     for stale in work.glob("shard-[0-9][0-9][0-9][0-9][0-9].jsonl"):  # never a later round's file
         stale.unlink()
     prefix = id_prefix if id_prefix is not None else default_id_prefix(source_name)
-    state = _Preparer(work, endpoint, model, limits, prefix, reuse, price_models)
+    state = _Preparer(work, endpoint, model, limits, prefix, reuse, price_models, own_lines)
     hasher = hashlib.sha256()
     line_no = 0
     # The pass allocates a few container objects per line and keeps a chunk of them, none in a

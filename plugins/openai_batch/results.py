@@ -126,6 +126,16 @@ class Usage:
         """Return a JSON-serialisable dict."""
         return asdict(self)
 
+    def as_api(self) -> dict[str, Any]:
+        """Return the usage as a batch's ``usage`` object (as the API reports it, pricing reads it)."""
+        return {
+            "input_tokens": self.input_tokens,
+            "output_tokens": self.output_tokens,
+            "total_tokens": self.input_tokens + self.output_tokens,
+            "input_tokens_details": {"cached_tokens": self.cached_tokens},
+            "output_tokens_details": {"reasoning_tokens": self.reasoning_tokens},
+        }
+
 
 @dataclass
 class ResultCounts:
@@ -774,6 +784,27 @@ class ResultStore:
 
     def __len__(self) -> int:
         return int(self._db.execute("SELECT count(*) FROM results").fetchone()[0])
+
+    def usage_by_batch(self, custom_ids: Iterable[str]) -> dict[str, Usage]:
+        """Return the usage of the succeeded outcomes of ``custom_ids`` paid in each batch, by batch id."""
+        ids = sorted(set(custom_ids))
+        found: dict[str, Usage] = {}
+        for start in range(0, len(ids), _LOOKUP_CHUNK):
+            chunk = ids[start : start + _LOOKUP_CHUNK]
+            marks = ",".join("?" * len(chunk))
+            rows = self._db.execute(
+                "SELECT batch, sum(input_tokens), sum(output_tokens), sum(cached_tokens),"  # noqa: S608
+                f" sum(reasoning_tokens) FROM results WHERE custom_id IN ({marks})"
+                f" AND status = 'succeeded' AND round != {REUSED_ROUND} GROUP BY batch",
+                chunk,
+            )
+            for batch, *tokens in rows:
+                name = self._batch_names[batch]
+                before = found.get(name, Usage())
+                found[name] = Usage(
+                    *(a + int(b) for a, b in zip(asdict(before).values(), tokens, strict=True))
+                )
+        return found
 
     def _joined(self, order: Iterable[str], columns: str) -> sqlite3.Cursor:
         """

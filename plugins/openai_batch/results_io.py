@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
@@ -120,9 +120,7 @@ def write_retry_file(state_dir: ObjectStoragePath, rnd: Round, name: str) -> int
     return count
 
 
-def merge_shards(
-    state_dir: ObjectStoragePath, states: list[ShardState], dest: BinaryIO | Any
-) -> ResultCounts:
+def merge_shards(state_dir: ObjectStoragePath, states: list[ShardState], dest: BinaryIO | Any) -> MergeCounts:
     """
     Write ``results.jsonl`` in input order from every round of every shard; return the counts.
 
@@ -132,47 +130,132 @@ def merge_shards(
     Each round's files are checked against the ids sent in it (:class:`~openai_batch.results.RoundCheck`):
     what does not match is skipped, logged and returned in ``service_anomalies``, never fatal.
     """
-    from openai_batch.results import ResultStore, read_order, read_order_lines
+    with ContentOutcomes(state_dir, states) as outcomes:
+        return outcomes.write(state_dir, dest)
 
-    anomalies: dict[str, dict[str, int]] = {}
 
-    with tempfile.TemporaryDirectory(prefix="openai-batch-merge-") as tmp:
-        with ResultStore(Path(tmp) / "results.sqlite") as store:
-            reused = state_dir / REUSED_FILE
-            if reused.exists():
-                store.add_final_lines(iter_lines(reused))
-            cached_ids = _apply_cached(store, state_dir)
-            borrowed, borrowed_ids = _apply_borrowed(store, state_dir)
-            for state in states:
-                # The store keeps the outcome of the highest sequence number: the position in the
-                # shard's history, so a token-limit resubmission of a round also counts as later.
-                # Rounds of a borrowed entry (requests its owner gave up) come after the owner's.
-                offset = BORROWER_ROUNDS if state.identity in borrowed else 0
-                for seq, rnd in enumerate(state.rounds):
-                    if rnd.batch_id and rnd.status:
-                        check = _apply_round(store, state_dir, rnd, seq + offset)
-                        if check is not None and check.total:
-                            anomalies[rnd.batch_id] = _log_anomalies(state.index, rnd, check)
-            order = _local_copy(state_dir / ORDER_FILE, Path(tmp))
-            # Line numbers: absent from state folders written before they were kept.
-            lines = (
-                _local_copy(state_dir / ORDER_LINES_FILE, Path(tmp))
-                if (state_dir / ORDER_LINES_FILE).exists()
-                else None
-            )
-            answered = _still_borrowed(store, borrowed_ids)
-            from_cache = sorted(_still_borrowed_ids(store, cached_ids))
-            counts = store.write_results(
-                read_order(order), dest, read_order_lines(lines) if lines is not None else None
-            )
-            counts.service_anomalies = anomalies
-            # Borrowed and cached answers are stored like carried-over ones (not paid here, no usage).
-            counts.reused -= answered + len(from_cache)
-            return MergeCounts(
-                **{f.name: getattr(counts, f.name) for f in fields(counts)},
-                borrowed=answered,
-                from_cache=from_cache,
-            )
+class ContentOutcomes:
+    """
+    Every outcome of one content's rounds (and its carried-over, cached and borrowed answers), in a
+    scratch store, to write the results of the content, or of each file a pack content sends.
+
+    Use as a context manager: the store is a temporary file, removed on exit.
+    """
+
+    def __init__(self, state_dir: ObjectStoragePath, states: list[ShardState]) -> None:
+        self.state_dir = state_dir
+        self.states = states
+        self.anomalies: dict[str, dict[str, int]] = {}
+        self._round_ids: dict[str, set[str]] = {}
+
+    def __enter__(self) -> ContentOutcomes:
+        from openai_batch.results import ResultStore
+
+        self._tmp = tempfile.TemporaryDirectory(prefix="openai-batch-merge-")
+        self.store = ResultStore(Path(self._tmp.name) / "results.sqlite")
+        try:
+            self._fill()
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.store.close()
+        self._tmp.cleanup()
+
+    def _fill(self) -> None:
+        state_dir, store = self.state_dir, self.store
+        reused = state_dir / REUSED_FILE
+        if reused.exists():
+            store.add_final_lines(iter_lines(reused))
+        self.cached_ids = _apply_cached(store, state_dir)
+        borrowed, self.borrowed_ids = _apply_borrowed(store, state_dir)
+        for state in self.states:
+            # The store keeps the outcome of the highest sequence number: the position in the
+            # shard's history, so a token-limit resubmission of a round also counts as later.
+            # Rounds of a borrowed entry (requests its owner gave up) come after the owner's.
+            offset = BORROWER_ROUNDS if state.identity in borrowed else 0
+            for seq, rnd in enumerate(state.rounds):
+                if rnd.batch_id and rnd.status:
+                    check = _apply_round(store, state_dir, rnd, seq + offset)
+                    if check is not None and check.total:
+                        self.anomalies[rnd.batch_id] = _log_anomalies(state.index, rnd, check)
+
+    def write(
+        self, order_dir: ObjectStoragePath, dest: BinaryIO | Any, ids: set[str] | None = None
+    ) -> MergeCounts:
+        """
+        Write the results of the requests in ``order_dir``'s order (the content's state folder, or a
+        packed file's, whose ``ids`` are given) to ``dest``; return their counts.
+        """
+        from openai_batch.results import read_order, read_order_lines
+
+        store = self.store
+        tmp = Path(self._tmp.name)
+        order = _local_copy(order_dir / ORDER_FILE, tmp)
+        # Line numbers: absent from state folders written before they were kept.
+        lines = (
+            _local_copy(order_dir / ORDER_LINES_FILE, tmp)
+            if (order_dir / ORDER_LINES_FILE).exists()
+            else None
+        )
+        borrowed_ids, cached_ids = self.borrowed_ids, self.cached_ids
+        if ids is not None:
+            borrowed_ids, cached_ids = borrowed_ids & ids, cached_ids & ids
+        answered = _still_borrowed(store, borrowed_ids)
+        from_cache = sorted(_still_borrowed_ids(store, cached_ids))
+        counts = store.write_results(
+            read_order(order), dest, read_order_lines(lines) if lines is not None else None
+        )
+        counts.service_anomalies = self.anomalies
+        # Borrowed and cached answers are stored like carried-over ones (not paid here, no usage).
+        counts.reused -= answered + len(from_cache)
+        return MergeCounts(
+            **{f.name: getattr(counts, f.name) for f in fields(counts)},
+            borrowed=answered,
+            from_cache=from_cache,
+        )
+
+    def write_file(
+        self, file_state_dir: ObjectStoragePath, dest: BinaryIO | Any
+    ) -> tuple[MergeCounts, list[ShardState]]:
+        """
+        Write the results of one file this pack content sends, from its state folder's order.
+
+        Returns its counts and the content's shards as the file saw them: each round with the
+        file's requests in it, their usage and nothing else (rounds without any are left out), so
+        its manifest counts and prices its own requests only.
+        """
+        from openai_batch.results import read_order
+
+        ids = set(read_order(_local_copy(file_state_dir / ORDER_FILE, Path(self._tmp.name))))
+        reused = file_state_dir / REUSED_FILE
+        if reused.exists():
+            self.store.add_final_lines(iter_lines(reused))
+        counts = self.write(file_state_dir, dest, ids)
+        usage = self.store.usage_by_batch(ids)
+        states = []
+        for state in self.states:
+            rounds = []
+            for rnd in state.rounds:
+                sent = len(ids & self._ids_of(rnd.file))
+                if not sent:
+                    continue
+                used = usage.get(rnd.batch_id or "")
+                rounds.append(replace(rnd, requests=sent, usage=None if used is None else used.as_api()))
+            if rounds:
+                states.append(replace(state, rounds=rounds))
+        return counts, states
+
+    def _ids_of(self, name: str) -> set[str]:
+        """Return the custom_ids of a request file of the content (read once)."""
+        from openai_batch.results import request_ids
+
+        found = self._round_ids.get(name)
+        if found is None:
+            found = self._round_ids[name] = set(request_ids(iter_lines(self.state_dir / name)))
+        return found
 
 
 @dataclass

@@ -65,6 +65,17 @@ def claim_stale_after() -> float:
     return float(conf.getfloat("openai_batch", "claim_stale_after", fallback=STALE_AFTER))
 
 
+def pack_from_files(value: int | None) -> int:
+    """Return how many small files a run takes before it packs them (0: never; see ``packs``)."""
+    if value is not None:
+        return int(value)
+    from airflow.sdk.configuration import conf
+
+    from openai_batch.packs import PACK_FROM_FILES
+
+    return int(conf.getint("openai_batch", "pack_from_files", fallback=PACK_FROM_FILES))
+
+
 def input_pattern(input_param: str | None, inbox: str, context: Context) -> str:
     """
     Return the path or glob a run takes.
@@ -140,6 +151,9 @@ class OpenAIBatchInputSensor(BaseSensorOperator):
     :param ledger_dir: The ledger folder, where the arrival record is kept. (templated)
     :param max_files: Most files one run takes (below ``[core] max_map_length``); a run started
         by the inbox watcher leaves the others announced, and they start the next run.
+    :param pack_from_files: A run taking at least this many small files hands them to prepare in
+        packs (see :mod:`openai_batch.packs`); 0: never. None: ``[openai_batch] pack_from_files``
+        from the Airflow config, else :data:`openai_batch.packs.PACK_FROM_FILES`.
 
     A run started by the inbox watcher (an event of the asset :func:`openai_batch.assets.inbox_asset`) takes
     exactly the files its events name, checked again here (inside the roots, settled, not done for
@@ -168,11 +182,13 @@ class OpenAIBatchInputSensor(BaseSensorOperator):
         soft_fail: bool = True,
         ledger_dir: str | None = None,
         max_files: int = 1000,
+        pack_from_files: int | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(soft_fail=soft_fail, **kwargs)
         self.ledger_dir = ledger_dir
         self.max_files = max_files
+        self.pack_from_files = pack_from_files
         self.inbox = inbox
         self.input = input
         self.allowed_roots = allowed_roots
@@ -229,16 +245,54 @@ class OpenAIBatchInputSensor(BaseSensorOperator):
         """Return the files the trigger found."""
         files = list(event["files"])
         if len(files) > int(self.max_files):
+            files = self._not_done_first(files)
             self.log.warning(
-                "%s files match; this run takes the first %s (max_files). Run again, or let the inbox "
-                "watcher announce the rest, for the others.",
+                "%s files match; this run takes %s (max_files), those without results first. Run "
+                "again, or let the inbox watcher announce the rest, for the others.",
                 len(files),
                 self.max_files,
             )
             files = files[: int(self.max_files)]
         self._mark_taken(context, files)
         self.log.info("Taking %s file(s): %s", len(files), [f["key"] for f in files])
-        return files
+        return self._grouped(files)
+
+    def _grouped(self, files: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Return the files as prepare takes them: many small ones in packs (see ``openai_batch.packs``)."""
+        from openai_batch.packs import group_files
+
+        sources = group_files(files, pack_from=pack_from_files(self.pack_from_files))
+        packs = [s for s in sources if "members" in s]
+        if packs:
+            self.log.info(
+                "%s small file(s) go in %s pack(s), each sent together and written file by file: %s",
+                sum(len(p["members"]) for p in packs),
+                len(packs),
+                [p["key"] for p in packs],
+            )
+        return sources
+
+    def _not_done_first(self, files: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """
+        Return the files, those the arrival record knows as done (as they are now) last.
+
+        So a run given more files than it takes goes on with the files not done yet, and the next
+        run with the next ones, instead of taking the same first ``max_files`` again and again.
+        """
+        from openai_batch.arrivals import arrivals_for
+
+        record = arrivals_for(self.ledger_dir)
+        if record is None:
+            return files
+        done = record.done_keys(str(f["source"]) for f in files)
+        if not done:
+            return files
+
+        def is_done(found: dict[str, Any]) -> bool:
+            stat = _stat_of(found) if found["source"] in done else None
+            return stat is not None and done[stat.source] == stat.key()
+
+        return sorted(files, key=is_done)  # stable: each group keeps the listing's order
 
     def _mark_taken(self, context: Context, files: list[dict[str, Any]]) -> None:
         """Record the files this run takes, so the inbox watcher does not start a second run for them."""
@@ -284,7 +338,7 @@ class OpenAIBatchInputSensor(BaseSensorOperator):
             raise AirflowSkipException("Every file announced for this run is gone, changing or done already")
         self._mark_taken(context, taken)
         self.log.info("Taking %s announced file(s): %s", len(taken), [f["key"] for f in taken])
-        return taken
+        return self._grouped(taken)
 
 
 class OpenAIBatchSensor(BaseSensorOperator):

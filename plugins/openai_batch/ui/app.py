@@ -392,7 +392,8 @@ def _task_returns(
     """
     Return ``{run_id: [(day, value)]}``: what ``task_id`` returned (dicts), with the day of its run.
 
-    Of the runs ``run_ids`` and, with ``since``, of every run after it too.
+    Of the runs ``run_ids`` and, with ``since``, of every run after it too. A pack's task returns
+    the values of its files (a prepare's ``members``, a write's ``files``): each counts as a file's.
     """
     from airflow.models.dagrun import DagRun
     from airflow.models.xcom import XComModel
@@ -413,6 +414,10 @@ def _task_returns(
     out: dict[str, list[tuple[str, dict[str, Any]]]] = {}
     for xcom, run_after in rows:
         value = XComModel.deserialize_value(xcom)
-        if isinstance(value, dict):
-            out.setdefault(xcom.run_id, []).append((run_after.date().isoformat() if run_after else "", value))
+        if not isinstance(value, dict):
+            continue
+        day = run_after.date().isoformat() if run_after else ""
+        files = value.get("members", value.get("files"))
+        values = [v for v in files if isinstance(v, dict)] if isinstance(files, list) else [value]
+        out.setdefault(xcom.run_id, []).extend((day, v) for v in values)
     return out
