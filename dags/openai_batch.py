@@ -11,7 +11,8 @@ whatever logical date the form pre-fills. A file whose results exist for its con
 Each file is validated and split, each shard is uploaded and submitted once (retries re-attach),
 the wait is deferred, unfinished requests are resubmitted for a few rounds, and `results.jsonl`,
 `rejects.jsonl` and `manifest.json` land in `<results>/<path of the file in the inbox>/`
-(`<inbox>/D/reviews.jsonl` -> `<results>/D/reviews/`).
+(`<inbox>/D/reviews.jsonl` -> `<results>/D/reviews/`). A run of 20 or more small files sends them
+in packs (one prepare, batch and write per pack), each file still written on its own.
 
 Variables: `openai_batch_inbox`, `openai_batch_results`, `openai_batch_allowed_roots`,
 `openai_batch_max_input_bytes` (cap on a `.jsonl.gz`'s decompressed size, default 100 GiB);

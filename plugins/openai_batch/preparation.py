@@ -375,6 +375,10 @@ class PackBuilder:
         earlier = self.preparer._earlier_plan(state_dir)
         if earlier is not None:
             return earlier
+        if not any(s.requests for s in outcome.shards):
+            # Every request is answered already (carried over from an earlier content): nothing to
+            # send, so nothing to pack; published as alone, it claims nothing.
+            return self.preparer._publish(ref, outcome, work, state_dir, salt)
         # The file's own estimate, for its manifest: its shards as it would send them alone.
         estimates = [shard_estimates(work / Path(s.path).name, s.endpoint) for s in outcome.shards]
         refs = [

@@ -51,6 +51,7 @@ def test_small_files_are_sent_in_one_batch_and_each_gets_its_own_results(packing
     states = task_states(dag_run)
     assert [k for k in states if k.startswith("prepare")] == ["prepare[0]"]  # one pack, one prepare
     assert batches(packing["emulator"]) == 1
+    own = 0
     expected = sorted([f"f{n}-{i}" for n in range(4) for i in range(3)] + ["b-0", "b-1"])
     assert sorted(sent_ids(packing["emulator"])) == expected
     for n in range(4):
@@ -64,13 +65,21 @@ def test_small_files_are_sent_in_one_batch_and_each_gets_its_own_results(packing
         assert found["counts"]["succeeded"] == 3
         assert found["input_key"] == f"f{n}.jsonl"
         assert found["packed_in"].rstrip("/").split("/")[-3] == "_packs"
-        # The file's own usage: a third of the pack's would be 3 of its 14 requests.
+        # The file's own requests and usage in the pack's batch, not the batch's 14 requests.
         assert sum(b["requests"] for b in found["batches"]) == 3
         assert found["usage"]["input_tokens"] > 0
+        assert found["by_model"]["gpt-4o-mini"]["input_tokens"] == found["usage"]["input_tokens"]
+        own += found["usage"]["input_tokens"]
         assert found["estimated_cost_usd"] is not None
         assert found["estimated_cost_usd"] > 0
     rows = read_jsonl(results / "bad" / "results.jsonl")
     assert [(r["custom_id"], r["line"]) for r in rows] == [("b-0", 1), ("b-1", 3)]
+    own += manifest(results, "bad")["usage"]["input_tokens"]
+    # The files' usage adds up to the batch's, as the service counted it.
+    client = openai.OpenAI(api_key=API_KEY, base_url=packing["emulator"].base_url)
+    (batch,) = client.batches.list(limit=10).data
+    assert batch.usage is not None
+    assert own == batch.usage.input_tokens
     rejects = read_jsonl(results / "bad" / "rejects.jsonl")
     assert [r["line"] for r in rejects] == [2]
 
@@ -132,3 +141,21 @@ def test_small_anthropic_files_are_packed_too(
         assert rows[0]["custom_id"] == f"c{n}-0"
         assert [r["status"] for r in rows] == ["succeeded", "succeeded"]
         assert [r["response"]["type"] for r in rows] == ["message", "message"]
+
+
+def test_packed_files_whose_requests_are_all_answered_already_send_nothing(packing: dict[str, Any]) -> None:
+    inbox, results = packing["inbox"], packing["results"]
+    for n in range(3):
+        write_input(inbox / f"r{n}.jsonl", [full_line(f"r{n}-0", "a"), full_line(f"r{n}-1", "b")])
+    assert run_dag({"input": "*.jsonl"}).state == "success"
+    assert batches(packing["emulator"]) == 1
+    for n in range(3):  # a new content, the same requests: each is carried over, none sent again
+        with (inbox / f"r{n}.jsonl").open("a") as fout:
+            fout.write("\n")
+    dag_run = run_dag({"input": "*.jsonl"})
+    assert dag_run.state == "success", task_states(dag_run)
+    assert batches(packing["emulator"]) == 1
+    for n in range(3):
+        found = manifest(results, f"r{n}")
+        assert found["counts"]["succeeded"] == 2
+        assert found["counts"]["reused"] == 2

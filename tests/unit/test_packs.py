@@ -66,3 +66,40 @@ def test_a_pack_event_counts_each_of_its_files() -> None:
     alone = {"input": "c.jsonl", "counts": {"total": 3}}
     events = [{"extra": {"files": [one, two]}}, {"extra": alone}, {"extra": {"files": "nope"}}]
     assert event_extras(events) == [one, two, alone]
+
+
+def test_the_budget_counts_a_packs_contents_and_each_other_plan() -> None:
+    from openai_batch.plans import contents
+
+    alone = {"key": "big.jsonl", "shards": [{"index": 0}]}
+    unit = {"key": "pack x", "state_dir": "/r/_packs/_state/x", "shards": [{"index": 0}]}
+    pack = {"key": "pack x", "members": [{"key": "a.jsonl"}], "units": [unit], "shards": unit["shards"]}
+    done = {**pack, "skipped": True}
+    dry = {**pack, "dry_run": True}
+    assert contents([alone, pack, done, dry]) == [alone, unit]  # type: ignore[list-item]
+
+
+def test_a_run_given_more_files_than_it_takes_takes_those_not_done_first(tmp_path: Any) -> None:
+    import os
+    import time
+
+    from openai_batch.arrivals import ARRIVALS_FILE, ArrivalRecord, FileStat
+    from openai_batch.sensors import OpenAIBatchInputSensor
+
+    listed = []
+    for n in range(5):
+        path = tmp_path / f"f{n}.jsonl"
+        path.write_text("{}\n")
+        st = os.stat(path)
+        listed.append({"source": str(path), "key": path.name, "root": "", "size": st.st_size, "mtime": 1.0})
+    record = ArrivalRecord(tmp_path / "ledger" / ARRIVALS_FILE)
+    stats = {f["key"]: os.stat(f["source"]) for f in listed}
+    done = [
+        FileStat(f["source"], stats[f["key"]].st_size, stats[f["key"]].st_mtime_ns, stats[f["key"]].st_ino)
+        for f in listed[:3]
+    ]
+    record.mark(done, "done", time.time())
+    (tmp_path / "f1.jsonl").write_text('{"changed": 1}\n')  # done for its earlier content only
+    sensor = OpenAIBatchInputSensor(task_id="t", inbox=str(tmp_path), ledger_dir=str(tmp_path / "ledger"))
+    ordered = sensor._not_done_first(listed)
+    assert [f["key"] for f in ordered] == ["f1.jsonl", "f3.jsonl", "f4.jsonl", "f0.jsonl", "f2.jsonl"]
