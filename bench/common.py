@@ -8,8 +8,12 @@ import resource
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH_DIR = ROOT / "bench"
@@ -23,6 +27,24 @@ def setup_paths() -> None:
     for path in (str(PLUGINS), str(ROOT)):
         if path not in sys.path:
             sys.path.insert(0, path)
+
+
+@contextmanager
+def standalone_stack(prefix: str) -> Iterator[Any]:
+    """Start the deployment tests' ``airflow standalone`` stack in a temporary folder; stop it after."""
+    import shutil
+    import tempfile
+
+    setup_paths()
+    from tests.deploy.standalone import StandaloneStack
+
+    base = Path(tempfile.mkdtemp(prefix=prefix))
+    stack = StandaloneStack(base).start()
+    try:
+        yield stack
+    finally:
+        stack.stop()
+        shutil.rmtree(base, ignore_errors=True)
 
 
 def peak_rss_mb() -> float:

@@ -16,12 +16,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
+
+from bench.common import standalone_stack
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -36,15 +36,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--poll-interval", type=int, default=3600, help="the net: no round comes in time")
     args = parser.parse_args(argv)
-    for path in (str(ROOT / "plugins"), str(ROOT)):
-        if path not in sys.path:
-            sys.path.insert(0, path)
-    from tests.deploy.standalone import HELD_MODEL, StandaloneStack
-
-    base = Path(tempfile.mkdtemp(prefix="webhook-latency-"))
-    stack = StandaloneStack(base).start()
     waits, writes, loads = [], [], []
-    try:
+    with standalone_stack("webhook-latency-") as stack:
+        from tests.deploy.standalone import HELD_MODEL
+
         for n in range(args.runs):
             folder = f"latency-{n:03d}"
             stack.write_requests(stack.inbox / folder / "requests.jsonl", folder, HELD_MODEL)
@@ -59,9 +54,6 @@ def main(argv: list[str] | None = None) -> int:
             writes.append(phases["write_results end"])
             loads.append(round(os.getloadavg()[0], 2))
             print(f"run {n + 1}/{args.runs}: wait ended {waits[-1]} s, results {writes[-1]} s after")
-    finally:
-        stack.stop()
-        shutil.rmtree(base, ignore_errors=True)
     summary = {
         "runs": len(writes),
         "poll_interval": args.poll_interval,

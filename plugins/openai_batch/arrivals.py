@@ -7,8 +7,10 @@ takes the files (``taken``, with its run id) and, once their results are written
 done without being read again, and a file that changes is due again. Listing 100,000 files costs
 one ``scandir`` walk plus one query.
 
-A file announced but not taken (the run that would take it was not created, or it took only its
-first ``max_files``) is announced again after :data:`REANNOUNCE_AFTER`; a file taken by a run that
+A file announced but not taken (the run that would take it was not created) is announced again
+after :data:`REANNOUNCE_AFTER`, and at once when the run was handed it and took only its first
+``max_files`` (:meth:`ArrivalRecord.due_now`), so the next run starts within one listing; a file
+taken by a run that
 never finished (its worker died, the run was deleted) after :data:`TAKEN_LEASE`, longer than a
 batch's 24-hour window. Neither pays twice: a file whose results exist for the same content is
 skipped, and a request in flight elsewhere is borrowed (see :mod:`openai_batch.records`).
@@ -138,6 +140,30 @@ class ArrivalRecord:
                     "mtime_ns = excluded.mtime_ns, ino = excluded.ino, state = excluded.state, "
                     "at = excluded.at, run_id = excluded.run_id",
                     [(f.source, f.size, f.mtime_ns, f.ino, state, now, run_id) for f in files],
+                )
+        finally:
+            db.close()
+
+    def due_now(self, files: Iterable[FileStat]) -> None:
+        """
+        Make ``files`` due for announcement at once: a run was handed them and took others.
+
+        Only a file not announced yet, or announced (as it is now) and not taken, is changed: one a
+        run took meanwhile, or that is done, stays as it is, so no second run is started for it.
+        """
+        rows = [(f.source, f.size, f.mtime_ns, f.ino) for f in files]
+        db = self._connect()
+        try:
+            with db:
+                db.executemany(
+                    "INSERT INTO arrivals (source, size, mtime_ns, ino, state, at, run_id) "
+                    "VALUES (?, ?, ?, ?, 'announced', 0, NULL) ON CONFLICT (source) DO NOTHING",
+                    rows,
+                )
+                db.executemany(
+                    "UPDATE arrivals SET at = 0 WHERE source = ? AND size = ? AND mtime_ns = ? AND ino = ? "
+                    "AND state = 'announced'",
+                    rows,
                 )
         finally:
             db.close()

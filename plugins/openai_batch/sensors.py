@@ -252,6 +252,7 @@ class OpenAIBatchInputSensor(BaseSensorOperator):
                 len(files),
                 self.max_files,
             )
+            self._left_for_next_run(files[int(self.max_files) :])
             files = files[: int(self.max_files)]
         self._mark_taken(context, files)
         self.log.info("Taking %s file(s): %s", len(files), [f["key"] for f in files])
@@ -294,6 +295,15 @@ class OpenAIBatchInputSensor(BaseSensorOperator):
 
         return sorted(files, key=is_done)  # stable: each group keeps the listing's order
 
+    def _left_for_next_run(self, files: list[dict[str, Any]]) -> None:
+        """Let the inbox watcher announce the files this run leaves (max_files) at its next listing."""
+        from openai_batch.arrivals import arrivals_for
+
+        record = arrivals_for(self.ledger_dir)
+        stats = [s for s in (_stat_of(f) for f in files) if s is not None]
+        if record is not None and stats:
+            record.due_now(stats)
+
     def _mark_taken(self, context: Context, files: list[dict[str, Any]]) -> None:
         """Record the files this run takes, so the inbox watcher does not start a second run for them."""
         from openai_batch.arrivals import arrivals_for
@@ -331,6 +341,7 @@ class OpenAIBatchInputSensor(BaseSensorOperator):
         left = taken[int(self.max_files) :]
         taken = taken[: int(self.max_files)]
         if left:
+            self._left_for_next_run(left)
             self.log.warning(
                 "%s more announced file(s) wait for the next run (max_files %s)", len(left), self.max_files
             )

@@ -103,12 +103,20 @@ def test_files_whose_ids_collide_go_to_different_pack_contents(packing: dict[str
     assert sorted(sent_ids(packing["emulator"])) == sorted(["req-1"] * 3 + [f"own-{n}" for n in range(3)])
 
 
-def test_a_packed_file_taken_alone_later_is_answered_by_its_pack(packing: dict[str, Any]) -> None:
-    inbox, results = packing["inbox"], packing["results"]
+def packed_once(packing: dict[str, Any], prefix: str) -> None:
+    """Write 3 two-request files and send them, packed, in one batch."""
     for n in range(3):
-        write_input(inbox / f"p{n}.jsonl", [full_line(f"p{n}-0", "a"), full_line(f"p{n}-1", "b")])
+        name = f"{prefix}{n}"
+        write_input(
+            packing["inbox"] / f"{name}.jsonl", [full_line(f"{name}-0", "a"), full_line(f"{name}-1", "b")]
+        )
     assert run_dag({"input": "*.jsonl"}).state == "success"
     assert batches(packing["emulator"]) == 1
+
+
+def test_a_packed_file_taken_alone_later_is_answered_by_its_pack(packing: dict[str, Any]) -> None:
+    results = packing["results"]
+    packed_once(packing, "p")
     # Its results are lost (deleted by hand): a run that takes it alone writes them again from its
     # pack's batch, sending nothing.
     for name in ("results.jsonl", "manifest.json"):
@@ -145,10 +153,7 @@ def test_small_anthropic_files_are_packed_too(
 
 def test_packed_files_whose_requests_are_all_answered_already_send_nothing(packing: dict[str, Any]) -> None:
     inbox, results = packing["inbox"], packing["results"]
-    for n in range(3):
-        write_input(inbox / f"r{n}.jsonl", [full_line(f"r{n}-0", "a"), full_line(f"r{n}-1", "b")])
-    assert run_dag({"input": "*.jsonl"}).state == "success"
-    assert batches(packing["emulator"]) == 1
+    packed_once(packing, "r")
     for n in range(3):  # a new content, the same requests: each is carried over, none sent again
         with (inbox / f"r{n}.jsonl").open("a") as fout:
             fout.write("\n")

@@ -183,9 +183,29 @@ def test_a_run_takes_at_most_max_files_and_leaves_the_rest_announced(dirs: dict[
     assert [f["key"] for f in taken] == ["f0.jsonl", "f1.jsonl", "f2.jsonl"]
     rows = ArrivalRecord(dirs["ledger"] / "arrivals.sqlite").snapshot()
     assert sorted(r.state for r in rows.values()) == ["announced", "announced", "taken", "taken", "taken"]
-    # The two left are announced again once the announcement is stale: a later run takes them.
-    later = time.time() + REANNOUNCE_AFTER + 1
-    assert sorted(f["key"] for f in _watcher(dirs).look({}, later)) == ["f3.jsonl", "f4.jsonl"]
+    # The two left are announced again at the watcher's next listing: the next run takes them.
+    assert sorted(f["key"] for f in _watcher(dirs).look({})) == ["f3.jsonl", "f4.jsonl"]
+
+
+def test_files_left_by_a_run_are_due_at_once_unless_another_run_took_them(dirs: dict[str, Path]) -> None:
+    record = ArrivalRecord(dirs["ledger"] / "arrivals.sqlite")
+    stats = []
+    for i in range(4):
+        st = _write(dirs["inbox"] / f"f{i}.jsonl").stat()
+        stats.append(FileStat(str(dirs["inbox"] / f"f{i}.jsonl"), st.st_size, st.st_mtime_ns, st.st_ino))
+    now = time.time()
+    record.mark(stats[:1], "announced", now)
+    record.mark(stats[1:2], "taken", now, "other_run")
+    record.mark(stats[2:3], "done", now, "other_run")
+    record.due_now(stats)  # f3 was never announced: it is due too
+    rows = record.snapshot()
+    assert [(rows[s.source].state, rows[s.source].at) for s in stats] == [
+        ("announced", 0),
+        ("taken", now),
+        ("done", now),
+        ("announced", 0),
+    ]
+    assert [is_due(s, rows[s.source], now) for s in stats] == [True, False, False, True]
 
 
 def test_a_run_for_files_already_done_is_skipped(dirs: dict[str, Path]) -> None:
