@@ -207,3 +207,33 @@ def test_each_shard_shows_its_model_and_each_file_where_its_results_are(
     assert "<td class='l batch-model'>gpt-4o</td>" in beta[: beta.index("</section>")]
     assert "<td class='l batch-model'>gpt-4o-mini</td>" in alpha[: alpha.index("</section>")]
     assert f"Folder: <code>{finished_run['results'] / 'alpha'}</code>" in html
+
+
+def test_the_dag_tab_counts_each_file_of_a_pack(
+    pipeline: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AIRFLOW__OPENAI_BATCH__PACK_FROM_FILES", "2")
+    write_input(pipeline["inbox"] / "alpha.jsonl", [full_line(f"a{i}", f"hi {i}") for i in range(3)])
+    write_input(pipeline["inbox"] / "beta.jsonl", [full_line("b0", "bonjour"), "{broken"])
+    dag_run = run_dag({"input": "*.jsonl"})
+    assert dag_run.state == "success", task_states(dag_run)
+    assert [ti.map_index for ti in dag_run.get_task_instances() if ti.task_id == "prepare"] == [0]  # one pack
+    client = api_client(monkeypatch, all_admins=True)
+    try:
+        html = client.get(f"/openai-batch/dags/{DAG_ID}").text
+        page = client.get(f"/openai-batch/runs/{DAG_ID}/{dag_run.run_id}").text
+        beta = client.get(f"/openai-batch/runs/{DAG_ID}/{dag_run.run_id}/files/1/results.jsonl")
+    finally:
+        from airflow.api_fastapi.app import purge_cached_app
+
+        purge_cached_app()
+    row = html[html.index(f"<tr data-run='{dag_run.run_id}'>") :]
+    row = row[: row.index("</tr>")]
+    assert "<td>2</td><td>2</td>" in row  # files planned, files written: the pack's two, not one
+    assert "<td data-count='succeeded'>4</td>" in row
+    assert "<td data-count='rejected'>1</td>" in row
+    assert "2 file(s)." in page  # the run's page shows each file of the pack
+    assert "alpha.jsonl" in page
+    assert "beta.jsonl" in page
+    assert beta.status_code == 200
+    assert [json.loads(line)["custom_id"] for line in beta.text.splitlines()] == ["b0"]

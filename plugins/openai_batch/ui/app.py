@@ -258,7 +258,11 @@ def webhook_counts(user: GetUserDep) -> JSONResponse:
 
 
 def run_plans(session: Session, dag_id: str, run_id: str) -> list[dict[str, Any]]:
-    """Return the plans the run's ``prepare`` tasks returned, in map index order."""
+    """
+    Return the plans of the run's files, in map index order: a pack's task gives each of its files.
+
+    A packed file shows its pack content's shards: its requests are in those batches.
+    """
     from airflow.models.xcom import XComModel
     from sqlalchemy import select
 
@@ -272,8 +276,20 @@ def run_plans(session: Session, dag_id: str, run_id: str) -> list[dict[str, Any]
         )
         .order_by(XComModel.map_index)
     ).all()
-    plans = [XComModel.deserialize_value(row) for row in rows]
-    return [p for p in plans if isinstance(p, dict)]
+    out: list[dict[str, Any]] = []
+    for value in (XComModel.deserialize_value(row) for row in rows):
+        if not isinstance(value, dict):
+            continue
+        members = value.get("members")
+        if not isinstance(members, list):
+            out.append(value)
+            continue
+        units = {u.get("state_dir"): u for u in value.get("units") or [] if isinstance(u, dict)}
+        for member in members:
+            if isinstance(member, dict):
+                unit = units.get(member.get("packed_in"))
+                out.append({**member, "shards": unit.get("shards") or []} if unit else member)
+    return out
 
 
 def run_state(session: Session, dag_id: str, run_id: str) -> str | None:
