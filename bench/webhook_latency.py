@@ -19,11 +19,8 @@ import os
 import statistics
 import sys
 import time
-from pathlib import Path
 
 from bench.common import standalone_stack
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _pct(values: list[float], q: float) -> float:
