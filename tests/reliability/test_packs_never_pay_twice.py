@@ -111,3 +111,34 @@ def test_a_packed_file_keeps_its_pack_when_a_later_run_packs_it_with_others(pack
     assert batches_created(packing["emulator"]) == 2
     assert sorted(sent_ids(packing["emulator"])) == sorted(expected)
     _all_written(results, ["a", "b", "c", "d"])
+
+
+def test_a_packed_file_swapped_for_a_link_outside_the_roots_is_refused_alone(packing: dict[str, Any]) -> None:
+    """Each file of a pack is checked against the roots as a file alone is; the others still go."""
+    from openai_batch.operators import OpenAIBatchPrepareOperator
+    from openai_batch.packs import group_files
+    from openai_batch.storage import to_path
+
+    inbox, results = packing["inbox"], packing["results"]
+    _files(inbox, ["a", "b", "c"])
+    (pack,) = group_files(_listed(inbox, ["a", "b", "c"]), pack_from=3)
+    outside = inbox.parent / "secret.jsonl"
+    write_input(outside, [chat_line("secret-0", "not yours")])
+    (inbox / "b.jsonl").unlink()
+    (inbox / "b.jsonl").symlink_to(outside)  # swapped after the listing
+    plan = OpenAIBatchPrepareOperator(
+        task_id="prepare",
+        source=pack,
+        inbox=str(inbox),
+        results_root=str(results),
+        ledger_dir=str(results / "_ledger"),
+    ).execute({"run_id": "manual__swap"})  # type: ignore[arg-type]
+    by_key = {m["key"]: m for m in plan["members"]}
+    assert "refused" in by_key["b.jsonl"]["error"]
+    assert "error" not in by_key["a.jsonl"]
+    assert "error" not in by_key["c.jsonl"]
+    (unit,) = plan["units"]
+    sent = "".join((to_path(s["state_dir"]) / s["file"]).read_text() for s in unit["shards"])
+    assert "secret-0" not in sent
+    assert "a-0" in sent
+    assert "c-1" in sent
