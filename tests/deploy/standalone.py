@@ -136,6 +136,15 @@ class StandaloneStack:
         """Return the end of every log, for a failure message."""
         return self.group.dump_logs()
 
+    def wait_idle(self, timeout: float = 240) -> None:
+        """Wait until no run of the DAG is queued or running (yesterday's scheduled run included)."""
+
+        def idle() -> bool:
+            runs = http_json(f"{self.api}/dags/{DAG_ID}/dagRuns?state=queued&state=running&limit=1")
+            return int(runs["total_entries"]) == 0
+
+        wait_until("no run in progress", idle, timeout, alive=self.group)
+
     def batches_created(self) -> int:
         """Return how many batches the emulator has created so far."""
         return int(self.emulator.stats().get("batches_created", 0))
