@@ -95,22 +95,22 @@ def _floor_pass(sources: list[Path], work: Path, shard_lines: int, expected_erro
     """Decode every line with msgspec, hash it and write it out: the work no prepare or merge can skip.
 
     Lines go unchanged to ``shard-NNNNN.jsonl`` files in ``work``, a new one every ``shard_lines``
-    lines (0: one file); a line msgspec cannot decode goes to ``rejects.jsonl``. Each shard's
-    SHA-256 is fed every line it receives. Raises unless every line read was decoded (or counted
-    as one of ``expected_errors`` rejects) and every byte read was written.
+    lines (0: one file); a line msgspec cannot decode goes to ``rejects.jsonl``. Every decoded line
+    gets its own SHA-256 digest, as prepare gives every request (its ``requests.idx``). Raises
+    unless every line read was decoded (or counted as one of ``expected_errors`` rejects), hashed,
+    and every byte read was written.
     """
     import msgspec
 
     decode, decode_error, sha256 = msgspec.json.decode, msgspec.DecodeError, hashlib.sha256
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    lines = decoded = errors = in_shard = 0
-    digests: list[str] = []
+    lines = decoded = errors = in_shard = hashed = 0
+    shards = 1
     started, cpu_started = time.perf_counter(), time.process_time()
     rejects = (work / "rejects.jsonl").open("wb", buffering=MB)
-    shard = (work / f"shard-{len(digests):05d}.jsonl").open("wb", buffering=MB)
-    digest = sha256()
-    write, update = shard.write, digest.update
+    shard = (work / "shard-00000.jsonl").open("wb", buffering=MB)
+    write = shard.write
     for path in sources:
         with path.open("rb") as fh:
             for line in fh:
@@ -122,19 +122,17 @@ def _floor_pass(sources: list[Path], work: Path, shard_lines: int, expected_erro
                     rejects.write(line)
                     continue
                 decoded += 1
-                update(line)
+                hashed += len(sha256(line).digest())
                 write(line)
                 in_shard += 1
                 if in_shard == shard_lines:
                     shard.close()
-                    digests.append(digest.hexdigest())
-                    shard = (work / f"shard-{len(digests):05d}.jsonl").open("wb", buffering=MB)
-                    digest = sha256()
-                    write, update = shard.write, digest.update
+                    shard = (work / f"shard-{shards:05d}.jsonl").open("wb", buffering=MB)
+                    shards += 1
+                    write = shard.write
                     in_shard = 0
     shard.close()
     rejects.close()
-    digests.append(digest.hexdigest())
     seconds, cpu = time.perf_counter() - started, time.process_time() - cpu_started
     size = sum(p.stat().st_size for p in sources)
     written = sum(p.stat().st_size for p in work.glob("*.jsonl"))
@@ -144,13 +142,15 @@ def _floor_pass(sources: list[Path], work: Path, shard_lines: int, expected_erro
         )
     if written != size:
         raise RuntimeError(f"floor loop wrote {written} of {size} bytes read")
+    if hashed != decoded * sha256().digest_size:
+        raise RuntimeError(f"floor loop hashed {hashed // sha256().digest_size} of {decoded} decoded lines")
     return {
         **_throughput(seconds, cpu, size),
         "lines": lines,
         "decoded": decoded,
         "errors": errors,
         "written_bytes": written,
-        "shards": len(digests),
+        "shards": shards,
     }
 
 

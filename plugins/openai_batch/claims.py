@@ -21,7 +21,7 @@ import msgspec
 from openai_batch.answers import CACHED_FILE, answer_key
 from openai_batch.layout import BORROWED, digests_file, take_file
 from openai_batch.records import FINAL_STATES, RECORD_FILE, STALE_AFTER, RequestRecord
-from openai_batch.reuse import request_digest
+from openai_batch.reuse import RequestDigests, request_digest
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator
@@ -99,14 +99,21 @@ def claim_shards(
     def rows() -> Iterable[tuple[str, str, int]]:
         for shard in shards:
             path = work / Path(shard.path).name
-            found: dict[str, str] = {}
+            side = work / digests_file(path.name)
+            found = _prepared_digests(side, shard)
+            if found is not None:  # the usual: prepare digested each request as it wrote it
+                for custom_id, digest in found.items():
+                    if digest not in hits:
+                        yield digest, custom_id, shard.index
+                continue
+            found = {}
             with path.open("rb") as fin:
                 for custom_id, digest in _digested(fin, found):
                     if digest not in hits:
                         yield digest, custom_id, shard.index
             # Kept for submit and the wait (published with the shard; dropped below if rewritten).
             # shard.sha256 is prepare's hash of exactly the bytes it wrote to this file.
-            _keep_digests(work / digests_file(path.name), _Digests(shard.sha256, len(found), found))
+            _keep_digests(side, RequestDigests(shard.sha256, len(found), found))
 
     others = {e.digest: e for e in record.claim(owner, rows(), force=force)}
     outcome = ClaimOutcome()
@@ -156,6 +163,20 @@ def claim_shards(
                 kept.unlink()
     outcome.borrowed = list(groups.values())
     return outcome
+
+
+def _prepared_digests(side: Path, shard: Shard) -> dict[str, str] | None:
+    """Return the ``{custom_id: digest}`` prepare wrote beside a shard, or None unless it is whole.
+
+    Whole: it names the SHA-256 prepare gave the shard and holds one digest per request of it.
+    """
+    try:
+        kept = _DIGESTS.decode(side.read_bytes())
+    except (OSError, msgspec.DecodeError, msgspec.ValidationError):
+        return None
+    if kept.sha256 != shard.sha256 or not kept.count == len(kept.ids) == shard.requests:
+        return None
+    return kept.ids
 
 
 def _cache_hits(cache: AnswerCache, shards: list[Shard], work: Path) -> dict[str, Cached]:
@@ -239,15 +260,7 @@ def borrowed_entries(
     return entries
 
 
-class _Digests(msgspec.Struct):
-    """A request file's digests file: the file's SHA-256, its request count, ``{custom_id: digest}``."""
-
-    sha256: str
-    count: int
-    ids: dict[str, str]
-
-
-_DIGESTS = msgspec.json.Decoder(_Digests)
+_DIGESTS = msgspec.json.Decoder(RequestDigests)
 
 
 def digests_of(path: ObjectStoragePath) -> dict[str, str]:
@@ -273,7 +286,7 @@ def digests_of(path: ObjectStoragePath) -> dict[str, str]:
     found: dict[str, str] = {}
     for _ in _digested(iter_lines(path), found, whole):
         pass
-    _keep_digests(side, _Digests(whole.hexdigest(), len(found), found))
+    _keep_digests(side, RequestDigests(whole.hexdigest(), len(found), found))
     return found
 
 
@@ -290,7 +303,7 @@ def _digested(
             yield custom_id, digest
 
 
-def _keep_digests(side: ObjectStoragePath | Path, digests: _Digests) -> None:
+def _keep_digests(side: ObjectStoragePath | Path, digests: RequestDigests) -> None:
     """Write a digests file, best effort: it is a cache, checked on every read (not synced to disk)."""
     from openai_batch.storage import open_atomic, to_path
 

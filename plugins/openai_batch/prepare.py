@@ -49,10 +49,10 @@ from typing import IO, TYPE_CHECKING, Any, BinaryIO
 import msgspec
 
 from openai_batch import anthropic_format
-from openai_batch.layout import ORDER_FILE, ORDER_LINES_FILE, REJECTS_FILE, SHARD_PATTERN
+from openai_batch.layout import ORDER_FILE, ORDER_LINES_FILE, REJECTS_FILE, SHARD_PATTERN, digests_file
 from openai_batch.limits import DEFAULT_LIMITS, SUPPORTED_ENDPOINTS, BatchLimits
 from openai_batch.pricing import FREE_ENDPOINTS, estimate_cost_usd, tokens_for_bytes
-from openai_batch.reuse import INDEX_FILE, REUSED_FILE
+from openai_batch.reuse import INDEX_FILE, REUSED_FILE, RequestDigests
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator, Mapping
@@ -454,13 +454,14 @@ def _dumps(value: Any) -> bytes:
 
 
 class _OpenShard:
-    """A shard being written."""
+    """A shard being written, and the digest of each of its requests (``{custom_id: SHA-256}``)."""
 
     def __init__(self, shard: Shard) -> None:
         self.shard = shard
         self.file: IO[bytes] = open(shard.path, "wb", buffering=_WRITE_BUFFER)  # noqa: SIM115
         self.hash = hashlib.sha256()
         self.buffer: list[bytes] = []
+        self.digests: dict[str, bytes] = {}
 
     def fits(self, size: int, inputs: int, limits: BatchLimits) -> bool:
         s = self.shard
@@ -470,9 +471,10 @@ class _OpenShard:
             and s.embedding_inputs + inputs <= limits.max_embedding_inputs
         )
 
-    def add(self, line: bytes, inputs: int, tokens: int) -> None:
-        """Queue a request line given without its line break."""
+    def add(self, line: bytes, inputs: int, tokens: int, custom_id: str, digest: bytes) -> None:
+        """Queue a request line given without its line break, with its id and ``request_digest``."""
         self.buffer.append(line)
+        self.digests[custom_id] = digest
         s = self.shard
         s.requests += 1
         s.bytes += len(line) + 1
@@ -489,9 +491,15 @@ class _OpenShard:
             self.hash.update(data)
 
     def close(self) -> Shard:
+        """Close the file and write its digests file (what claiming reads instead of the shard)."""
         self.drain()
         self.file.close()
         self.shard.sha256 = self.hash.hexdigest()
+        path = Path(self.shard.path)
+        ids = {custom_id: digest.hex() for custom_id, digest in self.digests.items()}
+        self.digests = {}
+        side = RequestDigests(self.shard.sha256, len(ids), ids)
+        (path.parent / digests_file(path.name)).write_bytes(msgspec.json.encode(side))
         return self.shard
 
 
@@ -954,7 +962,8 @@ class _Preparer:
                 self._write_reject(line_no, _duplicate_reason(custom_id, earlier[custom_id]), text)
                 continue
             # Same as request_digest(out): ``out`` ends in "}", not in a line break.
-            digest_append(sha256(out).digest())
+            line_digest = sha256(out).digest()
+            digest_append(line_digest)
             if reusable and custom_id in reusable:
                 self.reused += 1
                 order_append(custom_id)
@@ -973,13 +982,14 @@ class _Preparer:
                     order_append(custom_id)
                     line_append(line_no)
                     shard.buffer.append(out)
+                    shard.digests[custom_id] = line_digest
                     s.requests += 1
                     s.bytes += size
                     s.embedding_inputs += inputs
                     s.estimated_input_tokens += tokens
                     continue
             line_append(line_no)
-            self._write_request(custom_id, endpoint, model, out, inputs, tokens)
+            self._write_request(custom_id, endpoint, model, out, inputs, tokens, line_digest)
         for shard in self.open.values():
             shard.drain()
         if self.order_buffer:
@@ -1008,7 +1018,7 @@ class _Preparer:
         self.rejects.write("\n")
 
     def _write_request(
-        self, custom_id: str, endpoint: str, model: str, out: bytes, inputs: int, tokens: int
+        self, custom_id: str, endpoint: str, model: str, out: bytes, inputs: int, tokens: int, digest: bytes
     ) -> None:
         self.order_buffer.append(custom_id)
         key = (endpoint, model)
@@ -1022,7 +1032,7 @@ class _Preparer:
             shard = _OpenShard(Shard(self.next_index, endpoint, model, str(path), price_model=price_model))
             self.next_index += 1
             self.open[key] = shard
-        shard.add(out, inputs, tokens)
+        shard.add(out, inputs, tokens, custom_id, digest)
 
     def finish(self) -> list[Shard]:
         self.flush(final=True)
@@ -1130,6 +1140,7 @@ def prepare_requests(
     work.mkdir(parents=True, exist_ok=True)
     for stale in work.glob("shard-[0-9][0-9][0-9][0-9][0-9].jsonl"):  # never a later round's file
         stale.unlink()
+        (work / digests_file(stale.name)).unlink(missing_ok=True)
     prefix = id_prefix if id_prefix is not None else default_id_prefix(source_name)
     state = _Preparer(work, endpoint, model, limits, prefix, reuse, price_models, own_lines)
     hasher = hashlib.sha256()

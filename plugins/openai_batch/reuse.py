@@ -17,11 +17,20 @@ import json
 import sqlite3
 from typing import TYPE_CHECKING
 
+import msgspec
+
 if TYPE_CHECKING:
     from collections.abc import Iterable
     from pathlib import Path
 
-__all__ = ["INDEX_FILE", "REUSED_FILE", "ReuseIndex", "legacy_request_digest", "request_digest"]
+__all__ = [
+    "INDEX_FILE",
+    "REUSED_FILE",
+    "RequestDigests",
+    "ReuseIndex",
+    "legacy_request_digest",
+    "request_digest",
+]
 
 #: One line per valid request, aligned with ``order.txt``: ``<digest>\n`` (see :func:`request_digest`).
 INDEX_FILE = "requests.idx"
@@ -34,6 +43,19 @@ _CHUNK = 20000
 def request_digest(line: bytes) -> str:
     """Return the digest of a request line as sent (custom_id, method, url and body): its SHA-256."""
     return hashlib.sha256(line.rstrip(b"\r\n")).hexdigest()
+
+
+class RequestDigests(msgspec.Struct):
+    """A request file's digests file (:func:`openai_batch.layout.digests_file`), a cache of the file.
+
+    :param sha256: SHA-256 of the request file the digests are of.
+    :param count: its request count (a file cut short holds fewer ids).
+    :param ids: ``{custom_id: request_digest(line)}`` in the file's order.
+    """
+
+    sha256: str
+    count: int
+    ids: dict[str, str]
 
 
 def legacy_request_digest(line: bytes) -> str:

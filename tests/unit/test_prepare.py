@@ -378,7 +378,9 @@ def test_default_limits_split(tmp_path: Path, count: int, sizes: list[int]) -> N
 def test_stale_shards_are_removed(tmp_path: Path) -> None:
     run(jl(*(full(f"r{i}") for i in range(3))), tmp_path, limits=BatchLimits(max_requests=1))
     result = run(jl(full("a")), tmp_path)
-    assert sorted(p.name for p in (tmp_path / "work").glob("shard-*")) == ["shard-00000.jsonl"]
+    # The stale shards' digests go with them.
+    names = sorted(p.name for p in (tmp_path / "work").glob("shard-*"))
+    assert names == ["shard-00000.digests.json", "shard-00000.jsonl"]
     assert len(result.shards) == 1
 
 

@@ -90,3 +90,99 @@ def test_a_folder_that_cannot_take_the_digests_still_gets_an_answer(
     monkeypatch.setattr(Path, "open", full_disk)
     assert claims.digests_of(path) == expected
     assert sorted(p.name for p in tmp_path.iterdir()) == ["borrowed-0123456789abcdef.jsonl"]
+
+
+def _prepared(tmp_path: Path, **kwargs: Any) -> tuple[Path, list[Any]]:
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from prepare_corpus import write_corpus
+
+    from openai_batch.prepare import prepare_requests
+
+    work = tmp_path / "work"
+    data = write_corpus(3000, prefix="corpus-0000")
+    result = prepare_requests(
+        iter([data]), source_name="corpus.jsonl", work_dir=work, id_prefix="corpus-0000", **kwargs
+    )
+    return work, result.shards
+
+
+def _hashed_again(shard_path: Path) -> dict[str, str]:
+    found: dict[str, str] = {}
+    with shard_path.open("rb") as fin:
+        for _ in claims._digested(fin, found):
+            pass
+    return found
+
+
+@pytest.mark.parametrize("max_requests", [50_000, 97])
+def test_prepare_writes_each_shards_digests_as_hashing_its_lines_again_would(
+    tmp_path: Path, max_requests: int
+) -> None:
+    from openai_batch.limits import DEFAULT_LIMITS
+
+    limits = DEFAULT_LIMITS.__class__(**{**DEFAULT_LIMITS.__dict__, "max_requests": max_requests})
+    work, shards = _prepared(tmp_path, limits=limits)
+    assert len(shards) > (20 if max_requests == 97 else 1)  # shards closed on a limit, and by model
+    for shard in shards:
+        path = Path(shard.path)
+        kept = json.loads((work / digests_file(path.name)).read_bytes())
+        assert kept["sha256"] == shard.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+        assert kept["count"] == shard.requests
+        assert list(kept["ids"].items()) == list(_hashed_again(path).items())  # same ids, same order
+
+
+def test_claiming_takes_prepares_digests_without_hashing_the_shards_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from openai_batch.records import RequestRecord
+
+    work, shards = _prepared(tmp_path)
+    expected = {d: cid for s in shards for cid, d in _hashed_again(Path(s.path)).items()}
+    _no_hashing(monkeypatch)
+    record = RequestRecord(tmp_path / "record.sqlite")
+    assert claims.claim_shards(record, "owner-a", shards, work).kept == {}
+    entries = record.entries(sorted(expected))
+    assert {d: e.custom_id for d, e in entries.items()} == expected
+    assert {e.owner for e in entries.values()} == {"owner-a"}
+
+
+@pytest.mark.parametrize("damage", ["another sha256", "a request short", "missing"])
+def test_claiming_hashes_a_shard_whose_prepared_digests_do_not_match_it(tmp_path: Path, damage: str) -> None:
+    from openai_batch.records import RequestRecord
+
+    work, shards = _prepared(tmp_path)
+    shard = shards[0]
+    side = work / digests_file(Path(shard.path).name)
+    kept = json.loads(side.read_bytes())
+    truth = dict(kept["ids"])
+    if damage == "another sha256":  # digests of some other file: trusted only for the shard prepare wrote
+        first = next(iter(kept["ids"]))
+        kept["ids"][first] = "0" * 64
+        kept["sha256"] = "f" * 64
+        side.write_text(json.dumps(kept))
+    elif damage == "a request short":
+        kept["ids"].pop(next(iter(kept["ids"])))
+        kept["count"] -= 1
+        side.write_text(json.dumps(kept))
+    else:
+        side.unlink()
+    record = RequestRecord(tmp_path / "record.sqlite")
+    claims.claim_shards(record, "owner-a", shards, work)
+    entries = record.entries(sorted(truth.values()))
+    assert {e.custom_id for e in entries.values()} == set(truth)  # every request claimed, by its digest
+    assert json.loads(side.read_bytes())["ids"] == truth  # and the digests kept are the shard's own
+
+
+def test_a_shard_line_with_a_lone_surrogate_in_its_body_has_its_custom_id_read(tmp_path: Path) -> None:
+    # prepare keeps such a line (the stdlib reads it; msgspec refuses it), so every later read must too.
+    from openai_batch.results import request_id
+
+    line = b'{"custom_id":"c-9","method":"POST","url":"/v1/chat/completions","body":{"messages":["\\udc00"]}}'
+    assert request_id(line) == "c-9"
+    (tmp_path / "shard-00000.jsonl").write_bytes(line + b"\n")
+    path = ObjectStoragePath(f"file://{tmp_path}/shard-00000.jsonl")
+    assert claims.digests_of(path) == {"c-9": hashlib.sha256(line).hexdigest()}
+    with pytest.raises(ValueError, match="without a custom_id"):
+        request_id(b'{"id":"c-9"}')
