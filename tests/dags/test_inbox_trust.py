@@ -181,6 +181,27 @@ def test_custom_ids_the_api_or_sqlite_cannot_carry_are_rejected_up_front(pipelin
     assert "lone surrogate (U+D800" in rejects[1]["reason"]
 
 
+def test_a_request_with_a_lone_surrogate_escape_is_sent_and_answered(
+    pipeline: dict[str, Any],
+) -> None:
+    # Valid JSON that msgspec refuses and the stdlib reads: prepare keeps the line, so claiming, the
+    # submit and the write must each read it too.
+    inbox, results = pipeline["inbox"], pipeline["results"]
+    lines = [
+        json.dumps(chat_line("plain", "hello")),
+        '{"custom_id": "odd-text", "method": "POST", "url": "/v1/chat/completions", '
+        '"body": {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "half \\udc00 a pair"}]}}',
+    ]
+    write_input(inbox / "surrogate.jsonl", lines)
+
+    dag_run = run_dag({"input": "surrogate.jsonl"})
+
+    assert dag_run.state == "success", task_states(dag_run)
+    folder = manifests(results)["surrogate.jsonl"]["_folder"]
+    assert ids_in(folder) == ["plain", "odd-text"]
+    assert read_jsonl(folder / "rejects.jsonl") == []
+
+
 def test_unknown_models_are_unpriced_not_guessed(pipeline: dict[str, Any]) -> None:
     inbox, results = pipeline["inbox"], pipeline["results"]
     write_input(inbox / "typo.jsonl", [chat_line("t-0", "x", model="gtp-4o-mini"), chat_line("t-1", "y")])

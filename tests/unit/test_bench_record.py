@@ -25,3 +25,19 @@ def test_bench_record_drives_every_request_to_its_state_and_reports_it() -> None
     assert set(run["steps_cpu_seconds"]) == {"claim", "sent", "final", "open"}
     assert run["db_mb"] > 0
     assert summary["cpu_seconds_median"] == run["cpu_seconds"]
+
+
+def test_bench_claim_prepares_and_claims_every_request_and_reports_both() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.claim", "--mb", "1", "--rounds", "1"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    run, summary = (json.loads(line) for line in done.stdout.strip().splitlines())
+    assert run["requests"] > 1000  # the child checked each was claimed by its one owner
+    assert run["cpu_seconds"] == round(run["prepare_cpu_seconds"] + run["claim_cpu_seconds"], 3)
+    assert summary["claim_cpu_seconds_median"] == run["claim_cpu_seconds"]
