@@ -58,6 +58,21 @@ def _all_written(results: Path, names: list[str]) -> None:
         ]
 
 
+def _prepare_pack(packing: dict[str, Any], pack: dict[str, Any], run_id: str) -> dict[str, Any]:
+    """Run the prepare operator on ``pack`` outside a DAG run, as its task would."""
+    from openai_batch.operators import OpenAIBatchPrepareOperator
+
+    results = packing["results"]
+    plan: dict[str, Any] = OpenAIBatchPrepareOperator(
+        task_id="prepare",
+        source=pack,
+        inbox=str(packing["inbox"]),
+        results_root=str(results),
+        ledger_dir=str(results / "_ledger"),
+    ).execute({"run_id": run_id})  # type: ignore[arg-type]
+    return plan
+
+
 @pytest.mark.timeout(240)
 def test_a_pack_prepare_killed_before_its_files_plans_are_written_sends_each_request_once(
     packing: dict[str, Any], monkeypatch: pytest.MonkeyPatch
@@ -87,19 +102,12 @@ def test_a_pack_prepare_killed_before_its_files_plans_are_written_sends_each_req
 @pytest.mark.timeout(300)
 def test_a_packed_file_keeps_its_pack_when_a_later_run_packs_it_with_others(packing: dict[str, Any]) -> None:
     """A pack whose wait died: the next run, with one more file, waits for the same batch."""
-    from openai_batch.operators import OpenAIBatchPrepareOperator
     from openai_batch.packs import group_files
 
     inbox, results = packing["inbox"], packing["results"]
     expected = _files(inbox, ["a", "b", "c"])
     (pack,) = group_files(_listed(inbox, ["a", "b", "c"]), pack_from=3)
-    plan = OpenAIBatchPrepareOperator(
-        task_id="prepare",
-        source=pack,
-        inbox=str(inbox),
-        results_root=str(results),
-        ledger_dir=str(results / "_ledger"),
-    ).execute({"run_id": "manual__first"})  # type: ignore[arg-type]
+    plan = _prepare_pack(packing, pack, "manual__first")
     (shard,) = plan["shards"]
     submit(shard)  # the batch is created; its wait never runs (the run died)
     assert batches_created(packing["emulator"]) == 1
@@ -115,24 +123,17 @@ def test_a_packed_file_keeps_its_pack_when_a_later_run_packs_it_with_others(pack
 
 def test_a_packed_file_swapped_for_a_link_outside_the_roots_is_refused_alone(packing: dict[str, Any]) -> None:
     """Each file of a pack is checked against the roots as a file alone is; the others still go."""
-    from openai_batch.operators import OpenAIBatchPrepareOperator
     from openai_batch.packs import group_files
     from openai_batch.storage import to_path
 
-    inbox, results = packing["inbox"], packing["results"]
+    inbox = packing["inbox"]
     _files(inbox, ["a", "b", "c"])
     (pack,) = group_files(_listed(inbox, ["a", "b", "c"]), pack_from=3)
     outside = inbox.parent / "secret.jsonl"
     write_input(outside, [chat_line("secret-0", "not yours")])
     (inbox / "b.jsonl").unlink()
     (inbox / "b.jsonl").symlink_to(outside)  # swapped after the listing
-    plan = OpenAIBatchPrepareOperator(
-        task_id="prepare",
-        source=pack,
-        inbox=str(inbox),
-        results_root=str(results),
-        ledger_dir=str(results / "_ledger"),
-    ).execute({"run_id": "manual__swap"})  # type: ignore[arg-type]
+    plan = _prepare_pack(packing, pack, "manual__swap")
     by_key = {m["key"]: m for m in plan["members"]}
     assert "refused" in by_key["b.jsonl"]["error"]
     assert "error" not in by_key["a.jsonl"]
