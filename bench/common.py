@@ -47,6 +47,28 @@ def standalone_stack(prefix: str) -> Iterator[Any]:
         shutil.rmtree(base, ignore_errors=True)
 
 
+@contextmanager
+def profiled(name: str) -> Iterator[None]:
+    """With ``BENCH_PROFILE_DIR`` set, write a cProfile of the block to ``<dir>/<name>.prof`` (dir made).
+
+    A profiled run's seconds are the profiler's as much as the code's: compare them with nothing.
+    """
+    folder = os.environ.get("BENCH_PROFILE_DIR")
+    if not folder:
+        yield
+        return
+    import cProfile
+
+    profiler = cProfile.Profile()
+    profiler.enable()
+    try:
+        yield
+    finally:
+        profiler.disable()
+        os.makedirs(folder, exist_ok=True)
+        profiler.dump_stats(os.path.join(folder, f"{name}.prof"))
+
+
 def peak_rss_mb() -> float:
     """Return this process's peak resident set size (VmHWM) in MiB."""
     try:

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import ROOT, WORK, airflow_env, openai_conn, run_worker, setup_paths
+from bench.common import ROOT, WORK, airflow_env, openai_conn, profiled, run_worker, setup_paths
 from bench.gen import write_requests
 
 MAX_REQUESTS_PER_BATCH = 50_000
@@ -307,20 +307,11 @@ def trigger(args: dict[str, Any]) -> dict[str, Any]:  # noqa: C901 - one closure
         await asyncio.sleep(0.5)
         marks["gets_start"] = (await asyncio.to_thread(_emulator_gets, args["stats_url"]))["gets"]
         polled.clear()
-        profile_to = os.environ.get("BENCH_PROFILE_DIR")
-        profiler = None
-        if profile_to:  # BENCH_PROFILE_DIR=dir: a cProfile of the window, one file per kind
-            import cProfile
-
-            profiler = cProfile.Profile()
-            profiler.enable()
-        marks["cpu_start"] = time.process_time()
-        state["in_window"] = True
-        await asyncio.sleep(window)
-        state["in_window"] = False
-        if profiler is not None:
-            profiler.disable()
-            profiler.dump_stats(os.path.join(profile_to, f"trigger-{kind}.prof"))
+        with profiled(f"trigger-{kind}"):  # BENCH_PROFILE_DIR=dir: a cProfile of the window
+            marks["cpu_start"] = time.process_time()
+            state["in_window"] = True
+            await asyncio.sleep(window)
+            state["in_window"] = False
         marks["cpu_end"] = time.process_time()
         marks["gets_end"] = (await asyncio.to_thread(_emulator_gets, args["stats_url"]))["gets"]
         probed, _ = await probe.communicate()
@@ -628,24 +619,18 @@ def e2e_dag(args: dict[str, Any]) -> dict[str, Any]:
         raise RuntimeError(f"import errors: {bag.import_errors}")
     dag = bag.get_dag("openai_batch")
     setup_s = time.perf_counter() - started
+    runs = 0
     for raw in sys.stdin:
         command = json.loads(raw)
         try:
             os.environ["AIRFLOW_VAR_OPENAI_BATCH_INBOX"] = command["inbox"]
             os.environ["AIRFLOW_VAR_OPENAI_BATCH_RESULTS"] = command["results"]
-            profile_to = os.environ.get("BENCH_PROFILE_DIR")
-            profiler = None
-            if profile_to:  # BENCH_PROFILE_DIR=dir: a cProfile of each run, e2e-<n>.prof (not timed runs)
-                import cProfile
-
-                profiler = cProfile.Profile()
-                profiler.enable()
-            t0, c0 = time.perf_counter(), time.process_time()
-            dag_run = dag.test(run_conf={"input": command["input"], "poll_interval": 1})
-            seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
-            if profiler is not None and profile_to:
-                profiler.disable()
-                profiler.dump_stats(os.path.join(profile_to, f"e2e-{len(os.listdir(profile_to))}.prof"))
+            runs += 1
+            # BENCH_PROFILE_DIR=dir: a cProfile of each run, e2e-<pid>-<n>.prof (not timed runs)
+            with profiled(f"e2e-{os.getpid()}-{runs}"):
+                t0, c0 = time.perf_counter(), time.process_time()
+                dag_run = dag.test(run_conf={"input": command["input"], "poll_interval": 1})
+                seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
             tis = dag_run.get_task_instances()
             states = {
                 ti.task_id + (f"[{ti.map_index}]" if ti.map_index >= 0 else ""): str(ti.state) for ti in tis

@@ -5,7 +5,6 @@ Each prints one JSON object as its last stdout line; the parent's memory never c
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -15,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import MB, peak_rss_mb, setup_paths
+from bench.common import MB, peak_rss_mb, profiled, setup_paths
 
 
 def _throughput(seconds: float, cpu: float, size: int) -> dict[str, Any]:
@@ -29,28 +28,6 @@ def _throughput(seconds: float, cpu: float, size: int) -> dict[str, Any]:
     }
 
 
-@contextlib.contextmanager
-def _profiled(name: str) -> Any:
-    """With ``BENCH_PROFILE_DIR`` set, write a cProfile of the block to ``<dir>/<name>-<pid>.prof``.
-
-    A profiled run's seconds are the profiler's as much as the code's: compare them with nothing.
-    """
-    folder = os.environ.get("BENCH_PROFILE_DIR")
-    if not folder:
-        yield
-        return
-    import cProfile
-
-    profiler = cProfile.Profile()
-    profiler.enable()
-    try:
-        yield
-    finally:
-        profiler.disable()
-        os.makedirs(folder, exist_ok=True)
-        profiler.dump_stats(os.path.join(folder, f"{name}-{os.getpid()}.prof"))
-
-
 def prepare(args: dict[str, Any]) -> dict[str, Any]:
     setup_paths()
     from openai_batch.prepare import prepare_requests
@@ -59,7 +36,7 @@ def prepare(args: dict[str, Any]) -> dict[str, Any]:
     work = Path(args["work_dir"])
     shutil.rmtree(work, ignore_errors=True)
     started, cpu_started = time.perf_counter(), time.process_time()
-    with _profiled("prepare"), src.open("rb") as fh:
+    with profiled(f"prepare-{os.getpid()}"), src.open("rb") as fh:
         result = prepare_requests(fh, source_name=src.name, work_dir=work)
     seconds, cpu = time.perf_counter() - started, time.process_time() - cpu_started
     size = src.stat().st_size
@@ -212,7 +189,7 @@ def merge(args: dict[str, Any]) -> dict[str, Any]:
     files = [Path(f) for f in args["files"]]
     started, cpu_started = time.perf_counter(), time.process_time()
     lines = 0
-    with _profiled("merge"), ResultStore(db) as store:
+    with profiled(f"merge-{os.getpid()}"), ResultStore(db) as store:
         for n, path in enumerate(files):
             with path.open("rb") as fh:
                 lines += store.add_lines(fh, batch_id=f"batch_{n:04d}", round=0)

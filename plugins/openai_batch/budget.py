@@ -35,6 +35,7 @@ import math
 import os
 import re
 import time
+from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,8 +74,13 @@ LOCK_FILE = "ledger.lock"
 _LOG = logging.getLogger(__name__)
 
 # A key of the request body: in a JSON line an unescaped quote cannot occur inside a string, so
-# this matches keys only, never message text.
-_MAX_TOKENS = re.compile(rb'"max_(?:completion_|output_)?tokens"\s*:\s*(\d+)')
+# this matches keys only, never message text. A line's first such key counts; the rest of its line
+# is matched too, so the next match is on a later line ([^\S\n]: whitespace within the line).
+_MAX_TOKENS = re.compile(rb'"max_(?:completion_|output_)?tokens"[^\S\n]*:[^\S\n]*(\d+)[^\n]*')
+# A line holding only whitespace between two others (blank lines are not requests).
+_BLANK_LINE = re.compile(rb"\n[ \t\r\x0b\x0c]*\n")
+#: Request files are estimated a block of whole lines at a time.
+ESTIMATE_BLOCK = 4 * 1024 * 1024
 
 
 def shard_estimates(
@@ -86,20 +92,51 @@ def shard_estimates(
     Enqueued tokens are a quarter of each line's length (the whole line, as the service counts
     the enqueued input: a slight overestimate). Output tokens are each request's
     ``max_tokens``/``max_completion_tokens``/``max_output_tokens`` where given, else
-    ``default_output_tokens``; none for embeddings and moderations.
+    ``default_output_tokens``; none for embeddings and moderations. Blank lines count for nothing.
     """
     enqueued = output = 0
     no_output = endpoint in NO_OUTPUT_ENDPOINTS
+    carry = b""
     with path.open("rb") as fin:
-        for line in fin:
-            if not line.strip():
+        while True:
+            data = fin.read(ESTIMATE_BLOCK)
+            cut = data.rfind(b"\n") + 1 if data else len(carry)  # at the end: the last line too
+            if not cut and data:  # no line ends in this block yet
+                carry += data
                 continue
-            enqueued += max(1, tokens_for_bytes(len(line)))
-            if no_output:
-                continue
-            found = _MAX_TOKENS.search(line)
-            output += int(found.group(1)) if found else default_output_tokens
-    return enqueued, output
+            block, carry = carry + data[:cut], data[cut:]
+            tokens, requests, given, found = _block_estimates(block)
+            enqueued += tokens
+            if not no_output:
+                output += given + (requests - found) * default_output_tokens
+            if not data:
+                return enqueued, output
+
+
+def _block_estimates(block: bytes) -> tuple[int, int, int, int]:
+    """
+    Return ``(enqueued tokens, requests, max tokens given, requests that give them)`` of whole lines.
+
+    Every line of ``block`` ends in a line break except, at the end of a file, its last one.
+    """
+    if not block:
+        return 0, 0, 0, 0
+    lines = block.split(b"\n")
+    ended = lines[-1] == b""
+    if ended:
+        lines.pop()
+    # The file's last line, when it has no line break and is not blank, counts without one.
+    unended = 0 if ended or not lines[-1].strip() else len(lines[-1])
+    if not lines[0].strip() or (not ended and not lines[-1].strip()) or _BLANK_LINE.search(block):
+        # Rare: blank lines are left out.
+        lines = [line for line in lines if line.strip()]
+        block = b"\n".join(lines)
+    # Each line counts with its line break: the lengths are counted in C, then priced per length.
+    tokens = sum(tokens_for_bytes(size + 1) * count for size, count in Counter(map(len, lines)).items())
+    if unended:
+        tokens += tokens_for_bytes(unended) - tokens_for_bytes(unended + 1)
+    found = _MAX_TOKENS.findall(block)
+    return tokens, len(lines), sum(map(int, found)), len(found)
 
 
 def round_enqueued_tokens(shard: Mapping[str, Any], path: Path | ObjectStoragePath, endpoint: str) -> int:

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import random
+import re
 import threading
 import time
 from typing import TYPE_CHECKING
 
 import pytest
 
+from openai_batch import budget
 from openai_batch.budget import (
     DEFAULT_OUTPUT_TOKENS,
     BudgetError,
@@ -54,6 +57,57 @@ def test_output_tokens_from_max_tokens_keys_else_the_default(tmp_path: Path) -> 
     assert output == 10 + 20 + 30 + DEFAULT_OUTPUT_TOKENS
     assert enqueued == sum((len(x) + 1 + 3) // 4 for x in lines)
     assert shard_estimates(path, "/v1/embeddings")[1] == 0
+
+
+def _estimates_line_by_line(data: bytes, endpoint: str) -> tuple[int, int]:
+    """The estimate's rule applied to one line at a time: the reference the block reader must match."""
+    key = re.compile(rb'"max_(?:completion_|output_)?tokens"\s*:\s*(\d+)')
+    enqueued = output = 0
+    for line in _split_at_newlines(data):
+        if line.strip():
+            enqueued += max(1, (len(line) + 3) // 4)
+            if endpoint == "/v1/chat/completions":
+                found = key.search(line)
+                output += int(found.group(1)) if found else DEFAULT_OUTPUT_TOKENS
+    return enqueued, output
+
+
+def _split_at_newlines(data: bytes) -> list[bytes]:
+    parts = data.split(b"\n")
+    lines = [part + b"\n" for part in parts[:-1]]
+    return [*lines, parts[-1]] if parts[-1] else lines
+
+
+@pytest.mark.parametrize("block", [1, 2, 5, 16, 4096])
+def test_estimates_read_in_blocks_match_the_rule_line_by_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, block: int
+) -> None:
+    """Lines cut across blocks, blank lines anywhere, a last line without a break, odd keys."""
+    monkeypatch.setattr(budget, "ESTIMATE_BLOCK", block)
+    pieces = [
+        b'{"a":1}',
+        b'"max_tokens": 12',
+        b'"max_tokens":\n5',  # the value on the next line: not this line's, not that one's
+        b'"max_output_tokens" :\t7',
+        b'"max_completion_tokens":3, "max_tokens": 9',  # the first key of a line counts
+        b"  ",
+        b"\r",
+        b"\t\x0b",
+        b"",
+        b"x" * 50,
+        b'"max_tokens": 1\r',
+        b'"max_tokensx": 4',
+        b"\xff\xfe",
+    ]
+    rng = random.Random(block)
+    path = tmp_path / "requests.jsonl"
+    for _ in range(300):
+        data = b"".join(
+            rng.choice(pieces) + (b"\n" if rng.random() < 0.5 else b"") for _ in range(rng.randint(0, 20))
+        )
+        path.write_bytes(data)
+        for endpoint in ("/v1/chat/completions", "/v1/embeddings"):
+            assert shard_estimates(path, endpoint) == _estimates_line_by_line(data, endpoint), data
 
 
 def test_a_rounds_enqueued_tokens_come_from_the_plan_for_the_shards_own_file_only(tmp_path: Path) -> None:
