@@ -269,6 +269,7 @@ def trigger(args: dict[str, Any]) -> dict[str, Any]:  # noqa: C901 - one closure
             "gc_full_collections_in_window": len(gen2),
             "gc_full_max_ms": round(max(gen2) * 1000, 1) if gen2 else 0.0,
             "gc_frozen_objects": gc.get_freeze_count(),
+            "gc_tracked_objects": len(gc.get_objects()),  # what a full collection walks
             "loadavg_1m": round(os.getloadavg()[0], 2),
             "loadavg_at_start": marks.get("load_start"),
             "events": len(events),

@@ -191,12 +191,15 @@ class OpenAIBatchPrepareOperator(BaseOperator):
         self.force = force
         self.partition = partition
 
-    def input_ref(self) -> InputRef:
-        """Return the input's reference, checked again here: it must resolve inside the allowed roots."""
+    def input_ref(self, source: dict[str, Any] | str) -> InputRef:
+        """Return the reference of ``source``, checked again here: it must resolve inside the allowed roots.
+
+        ``source`` is the task's, or one file of its pack.
+        """
         from openai_batch.identity import OutsideRootsError, input_ref
         from openai_batch.storage import allowed_roots
 
-        path = self.source["source"] if isinstance(self.source, dict) else str(self.source)
+        path = source["source"] if isinstance(source, dict) else str(source)
         inbox = str(to_path(self.inbox)) if "://" not in self.inbox else self.inbox
         if "://" not in path and not path.startswith("/"):
             path = f"{inbox.rstrip('/')}/{path}"
@@ -205,17 +208,18 @@ class OpenAIBatchPrepareOperator(BaseOperator):
         except OutsideRootsError as err:
             raise AirflowFailException(str(err)) from err
 
-    def listed_ref(self) -> InputRef | None:
+    @staticmethod
+    def listed_ref(source: dict[str, Any] | str) -> InputRef | None:
         """Return the reference the input sensor listed (nothing resolved again); None for a path source."""
         from openai_batch.identity import InputRef
 
-        if not isinstance(self.source, dict) or not self.source.get("key"):
+        if not isinstance(source, dict) or not source.get("key"):
             return None
-        root = str(self.source.get("root") or "")
-        key = str(self.source["key"])  # shown form: <root>/<key> outside the inbox
+        root = str(source.get("root") or "")
+        key = str(source["key"])  # shown form: <root>/<key> outside the inbox
         if root:
             key = key[len(root.rstrip("/")) + 1 :]
-        return InputRef(source=str(self.source["source"]), key=key, root=root)
+        return InputRef(source=str(source["source"]), key=key, root=root)
 
     def execute(self, context: Context) -> dict[str, Any]:
         """Prepare the file (or each file of a pack) and return its plan."""
@@ -259,7 +263,6 @@ class OpenAIBatchPrepareOperator(BaseOperator):
                 units = builder.publish(label, limit, variant, salt)
             except (PackError, BadSettingError) as err:
                 raise AirflowFailException(str(err)) from None
-        self.source = {"key": label, "members": members}
         for plan in plans:
             packed_in = builder.packed_in.get(str(plan.get("state_dir")))
             if packed_in:
@@ -309,13 +312,12 @@ class OpenAIBatchPrepareOperator(BaseOperator):
 
         from openai_batch.storage import InputFile, is_url
 
-        self.source = source
         try:
-            ref = self.input_ref()
+            ref = self.input_ref(source)
         except AirflowFailException as err:
             # A listed file that now resolves outside the roots (swapped for a link since the
             # listing) is refused for this file alone; a path given by hand still fails the task.
-            listed = self.listed_ref()
+            listed = self.listed_ref(source)
             if listed is None:
                 raise
             partition = self.partition or file_partition(context, listed.display)
@@ -802,14 +804,7 @@ class OpenAIBatchWriteResultsOperator(BaseOperator):
                     summaries.append(summary)
         for packed_in, cost in actual.items():
             unit = units[packed_in]
-            self._record_spending(
-                context,
-                unit,
-                {
-                    "actual": {"cost_usd": cost},
-                    "estimate": {"cost_usd": unit.get("estimated_total_cost_usd")},
-                },
-            )
+            self._record_spending(context, unit["key"], unit.get("estimated_total_cost_usd"), cost)
         if summaries:
             self._emit_asset_event(context, {"files": summaries})
         if errors:
@@ -865,7 +860,9 @@ class OpenAIBatchWriteResultsOperator(BaseOperator):
 
         emit_file_metrics(manifest, states)
         if pack is None:  # a pack content's cost is recorded once, under its own key (_write_pack)
-            self._record_spending(context, plan, manifest)
+            self._record_spending(
+                context, plan["key"], manifest["estimate"]["cost_usd"], manifest["actual"]["cost_usd"]
+            )
         summary = {
             k: manifest[k]
             for k in ("input", "input_sha256", "counts", "usage", "estimated_cost_usd", "by_model")
@@ -907,23 +904,23 @@ class OpenAIBatchWriteResultsOperator(BaseOperator):
         taken = FileStat(str(plan["source"]), int(stat["size"]), int(stat["mtime_ns"]), int(stat["ino"]))
         record.mark([taken], state, at, run_id=run_id)  # type: ignore[arg-type]
 
-    def _record_spending(self, context: Context, plan: dict[str, Any], manifest: dict[str, Any]) -> None:
+    def _record_spending(
+        self, context: Context, name: str, estimated_usd: float | None, actual_usd: float | None
+    ) -> None:
+        """Record what the content ``name`` cost (None: a model without a price) for the daily budget."""
         from openai_batch.budget import ledger_for
 
         ledger = ledger_for(self.ledger_dir)
         if ledger is None:
             return
         ledger.record_actual(
-            run_id=str(context["run_id"]),
-            name=plan["key"],
-            actual_usd=manifest["actual"]["cost_usd"],
-            estimated_usd=manifest["estimate"]["cost_usd"],
+            run_id=str(context["run_id"]), name=name, actual_usd=actual_usd, estimated_usd=estimated_usd
         )
         self.log.info(
             "%s: cost estimated %s, actual %s (recorded for the daily budget)",
-            plan["key"],
-            format_usd(manifest["estimate"]["cost_usd"]),
-            format_usd(manifest["actual"]["cost_usd"]),
+            name,
+            format_usd(estimated_usd),
+            format_usd(actual_usd),
         )
 
     def _archive_earlier_content(self, out: ObjectStoragePath, input_sha256: str) -> None:

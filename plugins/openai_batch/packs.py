@@ -90,14 +90,13 @@ def group_files(
     return alone + [{"key": pack_key(members), "members": members} for members in packs]
 
 
+#: The size of a file whose size is unknown: larger than any file, so it is never small.
+_UNKNOWN_SIZE = 1 << 62
+
+
 def _size(found: Mapping[str, Any]) -> int:
     size = found.get("size")
-    return int(size) if isinstance(size, int) and size >= 0 else max_int()
-
-
-def max_int() -> int:
-    """Return a size larger than any file: an unknown size is never small."""
-    return 1 << 62
+    return int(size) if isinstance(size, int) and size >= 0 else _UNKNOWN_SIZE
 
 
 def assign_contents(ids_of: Iterable[set[str]]) -> list[int]:

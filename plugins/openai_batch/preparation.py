@@ -85,6 +85,10 @@ class ContentPreparer:
     """
     Prepare one opened input into its state folder, with the prepare task's settings.
 
+    :meth:`prepare` runs the steps a file alone takes; :class:`PackBuilder` runs the same steps
+    (:meth:`run_prepare`, :meth:`publish_error`, :meth:`earlier_plan`, :meth:`publish`) for each
+    file of a pack and for the pack's contents.
+
     :param endpoint: Endpoint for short lines and lines without a url.
     :param provider: The connection's provider (``openai``, ``azure`` or ``anthropic``): whose limits apply.
     :param price_models: The model each ``model`` value is priced as where it differs (Azure deployments).
@@ -183,16 +187,16 @@ class ContentPreparer:
         salt: str,
     ) -> dict[str, Any]:
         """Prepare into ``work``, then publish the files into the content's state folder."""
-        outcome = self._run_prepare(ref, src, folder, work, limit, salt)
+        outcome = self.run_prepare(ref, src, folder, work, limit, salt)
         if isinstance(outcome, tuple):
-            return self._error(outcome, folder, work, variant)
+            return self.publish_error(outcome, folder, work, variant)
         state_dir = folder / state_dir_name(outcome.input_sha256, variant)
-        earlier = self._earlier_plan(state_dir)
+        earlier = self.earlier_plan(state_dir)
         if earlier is not None:
             return earlier
-        return self._publish(ref, outcome, work, state_dir, salt)
+        return self.publish(ref, outcome, work, state_dir, salt)
 
-    def _error(
+    def publish_error(
         self, outcome: tuple[str, str, int, int], folder: ObjectStoragePath, work: Path, variant: str
     ) -> dict[str, Any]:
         """Publish the rejects of a content that cannot be sent; return its error plan."""
@@ -204,7 +208,7 @@ class ContentPreparer:
             copy_file(work / name, state_dir / name)
         return dict(error_plan(url_of(state_dir), digest, error, lines=lines, rejected=rejected))
 
-    def _earlier_plan(self, state_dir: ObjectStoragePath) -> dict[str, Any] | None:
+    def earlier_plan(self, state_dir: ObjectStoragePath) -> dict[str, Any] | None:
         """
         Return the plan this content was published with before, to go on with, or None.
 
@@ -223,7 +227,7 @@ class ContentPreparer:
             return None
         return earlier
 
-    def _run_prepare(
+    def run_prepare(
         self, ref: InputRef, src: InputFile, folder: ObjectStoragePath, work: Path, limit: int, salt: str
     ) -> PrepareResult | tuple[str, str, int, int]:
         """Return the outcome of preparing ``src`` into ``work``, or ``(digest, error, lines, rejected)``."""
@@ -257,7 +261,7 @@ class ContentPreparer:
             # A corrupt archive has no content digest: its bytes name the state folder.
             return src.raw_sha256(""), f"{ref.display}: cannot be read: {err}", 0, 0
 
-    def _publish(
+    def publish(
         self, ref: InputRef, result: PrepareResult, work: Path, state_dir: ObjectStoragePath, salt: str
     ) -> dict[str, Any]:
         """Claim the requests, copy the prepared files into the state folder and write its plan last."""
@@ -368,17 +372,17 @@ class PackBuilder:
 
         work = self.work / f"file-{len(list(self.work.iterdir())):05d}"
         work.mkdir()
-        outcome = self.preparer._run_prepare(ref, src, folder, work, limit, salt)
+        outcome = self.preparer.run_prepare(ref, src, folder, work, limit, salt)
         if isinstance(outcome, tuple):
-            return self.preparer._error(outcome, folder, work, variant)
+            return self.preparer.publish_error(outcome, folder, work, variant)
         state_dir = folder / state_dir_name(outcome.input_sha256, variant)
-        earlier = self.preparer._earlier_plan(state_dir)
+        earlier = self.preparer.earlier_plan(state_dir)
         if earlier is not None:
             return earlier
         if not any(s.requests for s in outcome.shards):
             # Every request is answered already (carried over from an earlier content): nothing to
             # send, so nothing to pack; published as alone, it claims nothing.
-            return self.preparer._publish(ref, outcome, work, state_dir, salt)
+            return self.preparer.publish(ref, outcome, work, state_dir, salt)
         # The file's own estimate, for its manifest: its shards as it would send them alone.
         estimates = [shard_estimates(work / Path(s.path).name, s.endpoint) for s in outcome.shards]
         refs = [
@@ -437,10 +441,10 @@ class PackBuilder:
             for packed in members:
                 self._publish_file(packed, url_of(state_dir))
                 self.packed_in[url_of(packed.state_dir)] = url_of(state_dir)
-            unit = self.preparer._earlier_plan(state_dir)
+            unit = self.preparer.earlier_plan(state_dir)
             if unit is None:
                 ref = InputRef(source=url_of(state_dir), key=name)
-                unit = self.preparer._publish(ref, result, work / "shards", state_dir, salt)
+                unit = self.preparer.publish(ref, result, work / "shards", state_dir, salt)
             units.append(unit)
         return units
 

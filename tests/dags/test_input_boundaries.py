@@ -27,10 +27,10 @@ def before_prepare(monkeypatch: pytest.MonkeyPatch, name: str, action: Any) -> N
     """Run ``action`` once the file called ``name`` was listed, right before its prepare task starts."""
     checked = OpenAIBatchPrepareOperator.input_ref
 
-    def input_ref(self: OpenAIBatchPrepareOperator) -> Any:
-        if isinstance(self.source, dict) and self.source["key"].endswith(name):
+    def input_ref(self: OpenAIBatchPrepareOperator, source: Any) -> Any:
+        if isinstance(source, dict) and source["key"].endswith(name):
             action()
-        return checked(self)
+        return checked(self, source)
 
     monkeypatch.setattr(OpenAIBatchPrepareOperator, "input_ref", input_ref)
 

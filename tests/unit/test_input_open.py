@@ -49,8 +49,8 @@ def swap_after_check(monkeypatch: pytest.MonkeyPatch, swap: Callable[[], None]) 
     """Run ``swap`` right after the containment check, before the file is opened."""
     checked = OpenAIBatchPrepareOperator.input_ref
 
-    def input_ref(self: OpenAIBatchPrepareOperator) -> Any:
-        ref = checked(self)
+    def input_ref(self: OpenAIBatchPrepareOperator, source: Any) -> Any:
+        ref = checked(self, source)
         swap()
         return ref
 
