@@ -74,3 +74,17 @@ def redis_url() -> Iterator[str]:
     finally:
         client.flushdb()
         client.close()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[pytest.TestReport]:
+    """When a test on the shared standalone stack fails, report what the stack did and keep its folder."""
+    report: pytest.TestReport = yield
+    if report.failed and "standalone" in getattr(item, "fixturenames", ()):
+        from tests.deploy.standalone import running_stack
+
+        stack = running_stack()
+        if stack is not None:
+            stack.failed = True
+            report.sections.append(("standalone stack", stack.diagnose()))
+    return report

@@ -17,7 +17,13 @@ from typing import Any
 
 import pytest
 
-from scripts.run_local import WEBHOOK_ROUTE, airflow_env, emulator_connection, webhook_secret
+from scripts.run_local import (
+    WEBHOOK_ROUTE,
+    airflow_env,
+    emulator_connection,
+    webhook_secret,
+    write_airflow_command,
+)
 from tests.deploy.processes import ProcessGroup, free_port, http_json, wait_until
 
 DAG_ID = "openai_batch"
@@ -32,6 +38,8 @@ class StandaloneStack:
         from openai_emulator.testing import EmulatorServer
 
         self.base = base
+        #: Set when a test that used the stack failed: its folder (logs, home, results) is then kept.
+        self.failed = False
         self.home = base / "airflow"
         self.inbox = base / "inbox"
         self.results = base / "results"
@@ -98,6 +106,8 @@ class StandaloneStack:
         self.env["AIRFLOW_CONN_OPENAI_DEFAULT"] = emulator_connection(
             self.emulator.base_url.removesuffix("/v1")
         )
+        # As make run: standalone starts its parts through this airflow command, which supervises them.
+        write_airflow_command(self.home)
         self.group.start("standalone", ["airflow", "standalone"], self.env)
         try:
             wait_until(
@@ -144,6 +154,37 @@ class StandaloneStack:
             return int(runs["total_entries"]) == 0
 
         wait_until("no run in progress", idle, timeout, alive=self.group)
+
+    def diagnose(self) -> str:
+        """Return what a failure report needs: the runs not ended, their tasks, and the log's errors."""
+        lines = []
+        try:
+            url = f"{self.api}/dags/{DAG_ID}/dagRuns?state=queued&state=running&limit=20"
+            for run in http_json(url)["dag_runs"]:
+                states = self.task_states(run["dag_run_id"])
+                lines.append(f"run {run['dag_run_id']} ({run['run_type']}) {run['state']}: {states}")
+        except (urllib.error.URLError, OSError, ValueError, KeyError) as exc:
+            lines.append(f"the API did not answer: {exc!r}")
+        log = self.group.log_path("standalone")
+        if log.exists():
+            noted = ("ERROR", "Traceback", "Error:", "locked", "zombie", "killed", "exited")
+            text = log.read_text(errors="replace").splitlines()
+            errors = [line for line in text if any(word in line for word in noted)]
+            lines.append(f"{len(errors)} error lines in {log}; the last 30:")
+            lines.extend(errors[-30:])
+        lines.append(f"the stack's folder, kept for a failure: {self.base}")
+        return "\n".join(lines)
+
+    def part(self, name: str) -> Any:
+        """Return the running process (psutil) of one of standalone's parts, e.g. ``scheduler``."""
+        import psutil
+
+        leader = psutil.Process(self.group.processes["standalone"].pid)
+        for supervisor in leader.children():
+            if supervisor.cmdline()[-1:] == [name]:
+                (part,) = supervisor.children()
+                return part
+        raise LookupError(f"no {name} under standalone")
 
     def batches_created(self) -> int:
         """Return how many batches the emulator has created so far."""
@@ -237,6 +278,11 @@ class StandaloneStack:
 _STACK: StandaloneStack | None = None
 
 
+def running_stack() -> StandaloneStack | None:
+    """Return the session's stack if it has started."""
+    return _STACK
+
+
 def require_stack(request: pytest.FixtureRequest) -> StandaloneStack:
     """Return the session's stack, starting it on first use (it stops when the session ends)."""
     global _STACK
@@ -256,7 +302,8 @@ def require_stack(request: pytest.FixtureRequest) -> StandaloneStack:
             global _STACK
             stack.stop()
             _STACK = None
-            shutil.rmtree(base, ignore_errors=True)
+            if not stack.failed:
+                shutil.rmtree(base, ignore_errors=True)
 
         request.session.config.add_cleanup(stop)
     return _STACK
