@@ -181,9 +181,12 @@ class StandaloneStack:
 
         leader = psutil.Process(self.group.processes["standalone"].pid)
         for supervisor in leader.children():
-            if supervisor.cmdline()[-1:] == [name]:
-                (part,) = supervisor.children()
-                return part
+            try:
+                if supervisor.cmdline()[-1:] == [name]:
+                    (part,) = supervisor.children()
+                    return part
+            except psutil.Error:  # exited (a zombie standalone has not reaped)
+                continue
         raise LookupError(f"no {name} under standalone")
 
     def batches_created(self) -> int:
