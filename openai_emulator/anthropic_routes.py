@@ -123,7 +123,8 @@ async def messages_gate(
         return error_response(invalid_request("anthropic-version: header is required"))
     faults = state.faults
     if faults.latency_ms > 0 and _matches(faults.latency_routes, method, path):
-        await asyncio.sleep(faults.latency_ms / 1000)
+        with state.stats.in_flight("calls_in_latency"):
+            await asyncio.sleep(faults.latency_ms / 1000)
     # Injected errors answer before the route runs, so a failed call has no effect and is safe to retry.
     if faults.error_rate > 0 and _matches(faults.error_routes, method, path):
         if state.rng.random() < faults.error_rate:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import threading
 from collections import Counter
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from openai_emulator.settings import FaultConfig
@@ -12,6 +13,8 @@ from openai_emulator.store import Store
 from openai_emulator.webhook_delivery import WebhookDispatcher
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from openai_emulator.settings import EmulatorSettings
 
 
@@ -33,6 +36,19 @@ class Stats:
         with self._lock:
             if value > self.counters[name]:
                 self.counters[name] = value
+
+    @contextmanager
+    def in_flight(self, name: str) -> Iterator[None]:
+        """Count a call in ``name`` while the block runs: ``<name>_max`` the most at once, ``_total`` all."""
+        with self._lock:
+            self.counters[name] += 1
+            self.counters[f"{name}_total"] += 1
+            self.counters[f"{name}_max"] = max(self.counters[f"{name}_max"], self.counters[name])
+        try:
+            yield
+        finally:
+            with self._lock:
+                self.counters[name] -= 1
 
     def route(self, key: str) -> None:
         """Count one API call of a route."""
