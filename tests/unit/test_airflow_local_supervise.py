@@ -23,13 +23,17 @@ state, mode = Path(sys.argv[1]), sys.argv[2]
 starts = int((state / "starts").read_text()) + 1 if (state / "starts").exists() else 1
 got = []
 
+def put(name, text):  # whole or not at all: the test reads these files while the part runs
+    (state / f".{name}").write_text(text)
+    os.replace(state / f".{name}", state / name)
+
 def on_stop(signum, frame):
     got.append(signum)
-    (state / "signals").write_text(" ".join(map(str, got)))
+    put("signals", " ".join(map(str, got)))
 
 signal.signal(signal.SIGTERM, on_stop)
 signal.signal(signal.SIGINT, on_stop)
-(state / "starts").write_text(str(starts))
+put("starts", str(starts))
 if mode == "crash-once" and starts == 1 or mode == "crash-always":
     sys.exit(3)
 while len(got) < (2 if mode == "stubborn" else 1):
