@@ -52,6 +52,19 @@ CAPACITY_POLL = settings.template(settings.CAPACITY_POLL)
 REUSE_IDENTICAL = settings.template(settings.REUSE_IDENTICAL)
 # Cap on the decompressed size of a .jsonl.gz input (bytes); empty: 100 GiB.
 MAX_INPUT_BYTES = settings.template(settings.MAX_INPUT_BYTES)
+
+#: The JSON Schema dialect every param declares. Airflow checks a param's schema against its
+#: dialect's meta-schema each time it resolves the param (every task start resolves them all, and
+#: so does every serialisation of the DAG). Against draft 7's meta-schema the 13 resolve in about
+#: 4 ms instead of 7 ms against the default (2020-12) one; every keyword below means the same in both.
+PARAM_SCHEMA_DIALECT = "http://json-schema.org/draft-07/schema#"
+
+
+def _param(default: object, **schema: object) -> Param:
+    """A DAG param whose JSON schema ``schema`` declares :data:`PARAM_SCHEMA_DIALECT`."""
+    return Param(default, **{"$schema": PARAM_SCHEMA_DIALECT}, **schema)
+
+
 # Every task that reads, writes or waits on I/O ends within these bounds (sensors have their own
 # timeout). Generous: prepare and write_results stream files of tens of GB; submit uploads shard
 # files of up to 200 MB, each retried with backoff by the SDK.
@@ -76,14 +89,14 @@ BUDGET_TIMEOUT = timedelta(minutes=30)
     default_args={"retries": 2, "retry_delay": timedelta(seconds=30)},
     doc_md=__doc__,
     params={
-        "input": Param(
+        "input": _param(
             None,
             type=["null", "string"],
             title="Input",
             description="Path or glob of the JSONL files to send, relative to the inbox, absolute, or a URL "
             "(s3://...). Empty: <inbox>/YYYY-MM-DD/*.jsonl for scheduled runs, <inbox>/*.jsonl otherwise.",
         ),
-        "conn_id": Param(
+        "conn_id": _param(
             "openai_default",
             type="string",
             minLength=1,
@@ -93,7 +106,7 @@ BUDGET_TIMEOUT = timedelta(minutes=30)
             "in the password, base URL in the host). anthropic: Anthropic's Message Batches (key in the "
             "password; lines {custom_id, params} or bare Messages bodies).",
         ),
-        "endpoint": Param(
+        "endpoint": _param(
             "/v1/chat/completions",
             type="string",
             enum=list(SUPPORTED_ENDPOINTS),
@@ -101,13 +114,13 @@ BUDGET_TIMEOUT = timedelta(minutes=30)
             description="Endpoint for short lines (bare request bodies) and lines without a url. On an "
             "anthropic connection the default means Anthropic's Messages API.",
         ),
-        "model": Param(
+        "model": _param(
             None,
             type=["null", "string"],
             title="Model override",
             description="When set, replaces the model of every request.",
         ),
-        "max_requests_per_batch": Param(
+        "max_requests_per_batch": _param(
             MAX_REQUESTS_PER_BATCH,
             type="integer",
             minimum=1,
@@ -115,7 +128,7 @@ BUDGET_TIMEOUT = timedelta(minutes=30)
             title="Max requests per batch",
             description="Files are split into batches of at most this many requests (and 200 MB).",
         ),
-        "poll_interval": Param(
+        "poll_interval": _param(
             60,
             type="integer",
             minimum=1,
@@ -127,7 +140,7 @@ BUDGET_TIMEOUT = timedelta(minutes=30)
                 "plenty). The inbox is listed at least every 10 s."
             ),
         ),
-        "max_retry_rounds": Param(
+        "max_retry_rounds": _param(
             2,
             type="integer",
             minimum=0,
@@ -135,14 +148,14 @@ BUDGET_TIMEOUT = timedelta(minutes=30)
             title="Retry rounds",
             description="Follow-up batches for requests that expired, were cancelled or failed with 429/5xx.",
         ),
-        "input_timeout": Param(
+        "input_timeout": _param(
             21600,
             type="integer",
             minimum=1,
             title="Input wait (s)",
             description="How long to wait for input files; with none by then the run ends skipped.",
         ),
-        "output_expires_after": Param(
+        "output_expires_after": _param(
             None,
             type=["null", "object"],
             properties={
@@ -159,7 +172,7 @@ BUDGET_TIMEOUT = timedelta(minutes=30)
             description='Optional, e.g. {"anchor": "created_at", "seconds": 604800}: the batches\' output '
             "and error files expire that many seconds (3600 to 2592000) after they are created.",
         ),
-        "settle_seconds": Param(
+        "settle_seconds": _param(
             30,
             type="integer",
             minimum=0,
@@ -168,13 +181,13 @@ BUDGET_TIMEOUT = timedelta(minutes=30)
             description="A file is taken only once its size and modification time have not changed "
             "for this long. Write big files as *.tmp or *.part and rename them when complete.",
         ),
-        "dry_run": Param(
+        "dry_run": _param(
             False,
             type="boolean",
             title="Dry run",
             description="Validate and plan only: write plan.json and rejects.jsonl, upload nothing.",
         ),
-        "max_cost_usd": Param(
+        "max_cost_usd": _param(
             None,
             type=["null", "number"],
             minimum=0,
@@ -182,7 +195,7 @@ BUDGET_TIMEOUT = timedelta(minutes=30)
             description="The run fails before anything is uploaded when its estimated cost (input tokens, "
             "plus max_tokens or 1000 output tokens per request) is above this. Empty: no cap.",
         ),
-        "force": Param(
+        "force": _param(
             False,
             type="boolean",
             title="Force",

@@ -70,6 +70,37 @@ def test_params_have_titles_descriptions_and_schema() -> None:
     assert dag.params.get_param("poll_interval").schema["minimum"] == 1
 
 
+def test_params_declare_draft_7_and_still_refuse_bad_values() -> None:
+    """Every param is checked as draft 7 (a cheaper meta-schema check on each resolve), keywords intact."""
+    from airflow.sdk.exceptions import ParamValidationError
+    from jsonschema import Draft7Validator
+    from jsonschema.validators import validator_for
+
+    dag = get_dag()
+    for name in dag.params:
+        schema = dag.params.get_param(name).schema
+        assert validator_for(schema) is Draft7Validator, name
+        Draft7Validator.check_schema(schema)
+    bad = {
+        "poll_interval": [0, 3601, "60", 1.5],
+        "conn_id": ["", "has space", None],
+        "endpoint": ["/v1/unknown"],
+        "max_requests_per_batch": [50001],
+        "output_expires_after": [{"anchor": "created_at"}, {"anchor": "x", "seconds": 3600}, {"seconds": 60}],
+        "max_cost_usd": [-1],
+        "dry_run": ["yes"],
+    }
+    for name, values in bad.items():
+        param = dag.params.get_param(name)
+        for value in values:
+            with pytest.raises(ParamValidationError):
+                param.resolve(value)
+    expiry = {"anchor": "created_at", "seconds": 3600}
+    good = {"poll_interval": 1, "output_expires_after": expiry, "input": None}
+    for name, value in good.items():
+        assert dag.params.get_param(name).resolve(value) == value
+
+
 def test_dag_file_has_no_heavy_imports_at_module_level() -> None:
     """Parsing must not import the SDK client, the hook or the preparation code (they load at run time)."""
     code = (
