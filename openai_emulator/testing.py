@@ -107,10 +107,12 @@ class EmulatorServer(_ControlPlane):
     """Run the emulator with uvicorn in a background thread on a free port of 127.0.0.1.
 
     :param data_dir: directory for the emulator's state.
+    :param tls: ``(certificate file, key file)`` to serve HTTPS on ``https://localhost:<port>``.
     :param settings: any setting or fault field by its Python name, e.g. ``validating_seconds=0.1``.
     """
 
-    def __init__(self, data_dir: str | Path, **settings: Any) -> None:
+    def __init__(self, data_dir: str | Path, *, tls: tuple[str, str] | None = None, **settings: Any) -> None:
+        self.tls = tls
         settings.setdefault("log_level", "warning")
         self.settings = EmulatorSettings.from_kwargs(
             data_dir=Path(data_dir), host="127.0.0.1", port=0, **settings
@@ -141,15 +143,21 @@ class EmulatorServer(_ControlPlane):
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
+        certfile, keyfile = self.tls or (None, None)
         config = uvicorn.Config(
-            create_app(self.settings), log_level=self.settings.log_level, access_log=False, lifespan="on"
+            create_app(self.settings),
+            log_level=self.settings.log_level,
+            access_log=False,
+            lifespan="on",
+            ssl_certfile=certfile,
+            ssl_keyfile=keyfile,
         )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(
             target=self._server.run, kwargs={"sockets": [sock]}, name="openai-emulator", daemon=True
         )
         self._thread.start()
-        self.url = f"http://127.0.0.1:{port}"
+        self.url = f"https://localhost:{port}" if self.tls else f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 15
         while not self._server.started:
             if time.monotonic() > deadline or not self._thread.is_alive():

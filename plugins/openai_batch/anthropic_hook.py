@@ -27,6 +27,7 @@ from openai_batch import anthropic_format
 from openai_batch.provider import NOT_FOUND
 from openai_batch.retry import CALL_ATTEMPTS, CALL_BACKOFF, call_once, is_transient_status
 from openai_batch.secrets import api_key_from, redact, register_secret
+from openai_batch.tls import client_ssl_context
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Mapping
@@ -181,7 +182,9 @@ class AnthropicBatchHook(AnthropicHook):
     def client(self) -> anthropic.Anthropic:
         """Return the sync SDK client for the connection; it calls the connection's host only."""
         kwargs = self.client_kwargs(self.get_connection(self.conn_id))
-        http = anthropic.DefaultHttpxClient(event_hooks={"request": [origin_guard(_base_url(kwargs))]})
+        http = anthropic.DefaultHttpxClient(
+            event_hooks={"request": [origin_guard(_base_url(kwargs))]}, verify=client_ssl_context()
+        )
         return anthropic.Anthropic(**kwargs, http_client=http)
 
     # ---- the provider seam ---------------------------------------------------------------
@@ -407,7 +410,9 @@ class AnthropicBatchHook(AnthropicHook):
             check(request)
 
         def build() -> anthropic.AsyncAnthropic:
-            http = anthropic.DefaultAsyncHttpxClient(event_hooks={"request": [guard]})
+            http = anthropic.DefaultAsyncHttpxClient(
+                event_hooks={"request": [guard]}, verify=client_ssl_context()
+            )
             return anthropic.AsyncAnthropic(**kwargs, http_client=http)
 
         async with lock:

@@ -19,6 +19,7 @@ from openai_batch.provider import NOT_FOUND
 from openai_batch.retry import CALL_ATTEMPTS, CALL_BACKOFF, Backoff, call_once, is_transient_status
 from openai_batch.secrets import InvalidAPIKeyError, api_key_from, redact, register_secret
 from openai_batch.status import ENDED, may_reattach
+from openai_batch.tls import client_ssl_context
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Mapping
@@ -143,6 +144,13 @@ def api_errors(conn_id: str) -> Iterator[None]:
 CLOCK_SKEW_MARGIN = PROVIDER_CLOCK_SKEW_MARGIN  # one owner: openai_batch.provider
 
 
+def _async_client(kwargs: dict[str, Any]) -> AsyncOpenAI:
+    """Build an ``AsyncOpenAI`` client over the process's shared TLS context (blocks: call it in a thread)."""
+    return openai.AsyncOpenAI(
+        **kwargs, http_client=openai.DefaultAsyncHttpxClient(verify=client_ssl_context())
+    )
+
+
 def _scan_done(scanned: int, max_scan: int, since: float | None, created_at: float) -> bool:
     """
     Return whether a newest-first scan may stop before an object created at ``created_at``.
@@ -193,6 +201,13 @@ class OpenAIBatchHook(OpenAIHook):
         kwargs.setdefault("max_retries", self.max_retries)
         kwargs.setdefault("timeout", self.timeout)
         return kwargs
+
+    def get_conn(self) -> openai.OpenAI:
+        """Return the sync client, as the provider hook builds it, over the process's shared TLS context."""
+        conn = self.get_connection(self.conn_id)
+        kwargs = self._client_kwargs(conn, conn.extra_dejson)
+        # The SDK's own HTTP client with its defaults; only the TLS context is shared (see openai_batch.tls).
+        return openai.OpenAI(**kwargs, http_client=openai.DefaultHttpxClient(verify=client_ssl_context()))
 
     # ---- files -------------------------------------------------------------------------------
 
@@ -426,12 +441,10 @@ class OpenAIBatchHook(OpenAIHook):
         """
         Return an ``AsyncOpenAI`` client for this connection; close it with ``async with``.
 
-        The connection is looked up without blocking, and the client (whose construction loads TLS
-        certificates, a blocking step of about 0.2 s) is built in a worker thread.
+        The connection is looked up without blocking, and the client (whose first construction in the
+        process loads TLS certificates, a blocking step) is built in a worker thread.
         """
-        from openai import AsyncOpenAI
-
-        return await asyncio.to_thread(AsyncOpenAI, **await self.async_client_kwargs())
+        return await asyncio.to_thread(_async_client, await self.async_client_kwargs())
 
     async def shared_async_client(self) -> AsyncOpenAI:
         """
@@ -440,8 +453,6 @@ class OpenAIBatchHook(OpenAIHook):
         A triggerer runs many triggers on one loop: sharing one client (one connection pool, one
         TLS context) keeps a thousand waits cheap. Do not close it; it lives as long as the loop.
         """
-        from openai import AsyncOpenAI
-
         kwargs = await self.async_client_kwargs()
         key = hashlib.sha256(json.dumps(kwargs, sort_keys=True, default=str).encode()).hexdigest()
         loop = asyncio.get_running_loop()
@@ -449,7 +460,7 @@ class OpenAIBatchHook(OpenAIHook):
         async with lock:  # a thousand triggers starting at once build one client, not a thousand
             client = clients.get(key)
             if client is None or client.is_closed():
-                client = clients[key] = await asyncio.to_thread(AsyncOpenAI, **kwargs)
+                client = clients[key] = await asyncio.to_thread(_async_client, kwargs)
         return client
 
     async def async_client_kwargs(self) -> dict[str, Any]:

@@ -20,7 +20,6 @@ import hashlib
 import json
 import logging
 import os
-import ssl
 import weakref
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -30,8 +29,10 @@ import aiohttp
 
 from openai_batch.retry import POLL_BACKOFF, is_transient_status
 from openai_batch.secrets import api_key_from, redact
+from openai_batch.tls import client_ssl_context
 
 if TYPE_CHECKING:
+    import ssl
     from collections.abc import AsyncIterator, Mapping
 
 log = logging.getLogger(__name__)
@@ -134,24 +135,9 @@ class PollSettings:
         return hashlib.sha256(raw.encode()).hexdigest()
 
 
-_SSL_CONTEXT: ssl.SSLContext | None = None
-
-
-def _build_ssl_context() -> ssl.SSLContext:
-    try:
-        import certifi  # the CA bundle the SDK's client uses
-
-        return ssl.create_default_context(cafile=certifi.where())
-    except ImportError:  # pragma: no cover - certifi comes with the SDK
-        return ssl.create_default_context()
-
-
 async def _ssl_context() -> ssl.SSLContext:
-    # Loading the CA bundle blocks for about 0.2 s: once per process, in a worker thread.
-    global _SSL_CONTEXT
-    if _SSL_CONTEXT is None:
-        _SSL_CONTEXT = await asyncio.to_thread(_build_ssl_context)
-    return _SSL_CONTEXT
+    # The SDK clients' context (openai_batch.tls); its first build blocks, so it runs in a worker thread.
+    return await asyncio.to_thread(client_ssl_context)
 
 
 class BatchStatusPoller:
