@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from pathlib import Path
 
-from bench.common import BENCH_DIR, MB, ROOT, WORK, run_worker
+from bench.common import BENCH_DIR, MB, ROOT, WORK, put_ratio, round_ratios, run_worker
 from bench.gen import ensure_requests, ensure_results, ensure_small_requests
 
 NAMES = ("prepare", "merge", "parse", "trigger", "webhooks", "e2e", "scale")
@@ -120,7 +120,7 @@ def sizes_for(smoke: bool, scale: float) -> dict[str, Any]:
             # 1,000 waits polling every 5 s: 200 status calls per second against a 200 ms server.
             "trigger_poll_interval_s": 5.0,
             "e2e_requests": 100_000,
-            "e2e_repeats": 2,
+            "e2e_repeats": 3,
             "scale_requests": 10_000_000,
             "repeats": 3,
             "parse_runs": 5,
@@ -146,18 +146,6 @@ def interleaved(runs: dict[str, tuple[str, dict[str, Any]]], repeats: int) -> di
 
 def best(results: list[dict[str, Any]], key: str = "cpu_seconds") -> dict[str, Any]:
     return min(results, key=lambda r: r[key])
-
-
-def round_ratios(numerators: list[dict[str, Any]], denominators: list[dict[str, Any]]) -> list[float]:
-    """CPU-second ratio of each round: run i of one side over run i of the other (they ran side by side)."""
-    return [n["cpu_seconds"] / d["cpu_seconds"] for n, d in zip(numerators, denominators, strict=True)]
-
-
-def put_ratio(results: dict[str, Any], name: str, ratios: list[float]) -> None:
-    """Record the median of the per-round ratios as ``name`` and its spread as ``name_min``/``name_max``."""
-    results[name] = round(statistics.median(ratios), 3)
-    results[f"{name}_min"] = round(min(ratios), 3)
-    results[f"{name}_max"] = round(max(ratios), 3)
 
 
 def bench_prepare(sizes: dict[str, Any], results: dict[str, Any]) -> None:

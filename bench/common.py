@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -20,6 +21,20 @@ BENCH_DIR = ROOT / "bench"
 WORK = BENCH_DIR / "work"
 PLUGINS = ROOT / "plugins"
 MB = 1024 * 1024
+
+
+def round_ratios(
+    numerators: list[dict[str, Any]], denominators: list[dict[str, Any]], key: str = "cpu_seconds"
+) -> list[float]:
+    """The ratio of each round: run i of one side over run i of the other (they ran side by side)."""
+    return [n[key] / d[key] for n, d in zip(numerators, denominators, strict=True)]
+
+
+def put_ratio(results: dict[str, Any], name: str, ratios: list[float]) -> None:
+    """Record the median of the per-round ratios as ``name`` and its spread as ``name_min``/``name_max``."""
+    results[name] = round(statistics.median(ratios), 3)
+    results[f"{name}_min"] = round(min(ratios), 3)
+    results[f"{name}_max"] = round(max(ratios), 3)
 
 
 def setup_paths() -> None:

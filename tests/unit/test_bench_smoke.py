@@ -11,6 +11,7 @@ import pytest
 
 from bench import live, worker
 from bench.__main__ import TARGETS, table, verdict
+from bench.common import put_ratio, round_ratios
 from bench.gen import write_requests
 from tests.conftest import ROOT
 
@@ -160,6 +161,24 @@ def test_verdict_needs_the_whole_spread(name: str, spread: tuple[float, float, f
     results = {name: median, f"{name}_min": low, f"{name}_max": high}
     assert verdict(name, TARGETS[name][1], results) == expected
     assert f"| {name} | {median:.3f} | {TARGETS[name][0]} | {expected} |" in table(results)
+
+
+def test_e2e_ratios_pair_each_round_and_keep_the_spread() -> None:
+    """Each round's DAG run is divided by the script run beside it, not the best by the best."""
+    dags = [{"seconds": 30.0, "cpu_seconds": 9.0}, {"seconds": 26.0, "cpu_seconds": 12.0}]
+    dags.append({"seconds": 27.0, "cpu_seconds": 10.0})
+    scripts = [{"seconds": 25.0, "cpu_seconds": 6.0}, {"seconds": 26.0, "cpu_seconds": 4.0}]
+    scripts.append({"seconds": 24.0, "cpu_seconds": 5.0})
+    results: dict[str, Any] = {}
+    put_ratio(results, "e2e_ratio_vs_script", round_ratios(dags, scripts, key="seconds"))
+    put_ratio(results, "e2e_cpu_ratio_vs_script", round_ratios(dags, scripts))
+    # Rounds 1.2, 1.0 and 1.125 (best of each would say 26/24 = 1.083); CPU 1.5, 3.0 and 2.0.
+    assert (results["e2e_ratio_vs_script"], results["e2e_ratio_vs_script_min"]) == (1.125, 1.0)
+    assert results["e2e_ratio_vs_script_max"] == 1.2
+    assert [results[f"e2e_cpu_ratio_vs_script{end}"] for end in ("", "_min", "_max")] == [2.0, 1.5, 3.0]
+    assert verdict("e2e_ratio_vs_script", TARGETS["e2e_ratio_vs_script"][1], results) == "NO"
+    with pytest.raises(ValueError, match="zip"):  # a round without its other side is no pair
+        round_ratios(dags, scripts[:2])
 
 
 def test_verdict_without_a_spread() -> None:
