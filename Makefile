@@ -8,8 +8,9 @@ STAMP := $(VENV)/.installed
 .PHONY: run backfill test lint bench bench-smoke venv clean
 
 RUN_STAMP := $(VENV)/.installed-runtime
+NATIVE_STAMP := $(VENV)/.installed-native
 
-venv: $(STAMP)
+venv: $(STAMP) $(NATIVE_STAMP)
 
 # make test, lint, bench: the runtime and the test, lint and benchmark tools.
 $(STAMP): requirements.txt requirements-dev.txt constraints.txt
@@ -27,8 +28,15 @@ $(RUN_STAMP): requirements.txt constraints.txt
 	  | { grep --line-buffered -E '^(Collecting|Installing collected|Successfully installed)' || true; } | cut -c1-100
 	touch $(RUN_STAMP)
 
+# prepare's duplicate check in C (native/); without a C compiler prepare keeps it in Python.
+$(NATIVE_STAMP): native/fingerprints.c native/setup.py native/pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q ./native \
+	  || echo "[native] not built: prepare keeps its duplicate-check fingerprints in Python (slower)"
+	touch $(NATIVE_STAMP)
+
 # make run: the emulator; make run API=openai: the real, paid API (OPENAI_API_KEY must be set).
-run: $(RUN_STAMP)
+run: $(RUN_STAMP) $(NATIVE_STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python scripts/run_local.py --api "$(or $(API),emulator)"
 
 # Backfill dates on the running `make run` stack:
@@ -42,13 +50,13 @@ lint: $(STAMP)
 	$(BIN)/mypy
 	PYTHONPATH=plugins $(BIN)/lint-imports --no-cache
 
-test: $(STAMP) lint
+test: $(STAMP) $(NATIVE_STAMP) lint
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest $(PYTEST_ARGS)
 
-bench: $(STAMP)
+bench: $(STAMP) $(NATIVE_STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m bench $(BENCH_ARGS)
 
-bench-smoke: $(STAMP)
+bench-smoke: $(STAMP) $(NATIVE_STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m bench --smoke
 
 clean:

@@ -37,6 +37,7 @@ from __future__ import annotations
 import gc
 import hashlib
 import json
+import os
 import re
 import sqlite3
 import sys
@@ -55,7 +56,7 @@ from openai_batch.pricing import FREE_ENDPOINTS, estimate_cost_usd, tokens_for_b
 from openai_batch.reuse import INDEX_FILE, REUSED_FILE, RequestDigests
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Iterator, Mapping
+    from collections.abc import Callable, Iterable, Iterator, Mapping
 
     from openai_batch.reuse import ReuseIndex
 
@@ -506,11 +507,28 @@ class _OpenShard:
 _FINGERPRINT_BUCKETS = 1 << 16
 
 
+# The fingerprints as a hash table in C (``native/``, built by ``make venv``), the same 48 bits kept
+# per id; None: not built (the Docker image, a machine without a C compiler), so the Python
+# buckets below keep them, or turned off with OPENAI_BATCH_PURE_PYTHON=1.
+def _native_fingerprints() -> Callable[[], Any] | None:
+    if os.environ.get("OPENAI_BATCH_PURE_PYTHON"):
+        return None
+    try:
+        from openai_batch_fingerprints import Fingerprints
+    except ImportError:
+        return None
+    return Fingerprints  # type: ignore[no-any-return]
+
+
+_NATIVE_FINGERPRINTS = _native_fingerprints()
+
+
 class _SeenIds:
     """The custom_ids of the chunks already flushed, to find duplicates across chunks.
 
     Every id leaves a 6-byte fingerprint in memory: its 64-bit ``hash()`` less the 16 bits that pick
-    one of 65,536 buckets (about 70 MB for 10M ids). An id whose fingerprint is not there is new,
+    one of 65,536 buckets (about 70 MB for 10M ids; with the C table, ``_NATIVE_FINGERPRINTS``,
+    about 7 bytes per id). An id whose fingerprint is not there is new,
     which is the only answer a file without duplicates ever needs. The first fingerprint found
     switches to an exact table of ``(id, first line)`` in a scratch SQLite file, built from
     ``order.txt`` (the ids kept so far, in order) and a scratch file of their line numbers, and kept
@@ -521,7 +539,8 @@ class _SeenIds:
     """
 
     def __init__(self, work_dir: Path, order: IO[str]) -> None:
-        self.buckets = [bytearray() for _ in range(_FINGERPRINT_BUCKETS)]
+        self.native = _NATIVE_FINGERPRINTS() if _NATIVE_FINGERPRINTS is not None else None
+        self.buckets = [bytearray() for _ in range(_FINGERPRINT_BUCKETS)] if self.native is None else []
         self.order = order
         self.order_path = work_dir / ORDER_FILE
         self.lines_path = work_dir / ".seen.lines"
@@ -531,8 +550,14 @@ class _SeenIds:
 
     def check(self, ids: dict[str, int]) -> dict[str, int]:
         """Return the ids of ``ids`` kept by an earlier chunk, with their line; note the fingerprints."""
-        buckets = self.buckets
         candidates = []
+        if self.native is not None:
+            found = self.native.check_add(map(hash, ids))
+            if found:
+                listed = list(ids)
+                candidates = [listed[at] for at in found]
+            return self._earlier(candidates)
+        buckets = self.buckets
         for custom_id in ids:
             key = hash(custom_id) & 0xFFFF_FFFF_FFFF_FFFF
             bucket = buckets[key & 0xFFFF]
@@ -540,6 +565,10 @@ class _SeenIds:
             if fingerprint in bucket:  # also at an unaligned offset: only ever a needless lookup
                 candidates.append(custom_id)
             bucket += fingerprint
+        return self._earlier(candidates)
+
+    def _earlier(self, candidates: list[str]) -> dict[str, int]:
+        """Return the candidates the exact table has, with their first line."""
         if not candidates:
             return {}
         db = self.db if self.db is not None else self._build()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import builtins
 import gc
 import json
+import os
 import random
 from collections import Counter
 from pathlib import Path
@@ -52,6 +53,18 @@ def _stdlib_only(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(prepare_module, "hash", lambda value: builtins.hash(value) & 0xFF, raising=False)
 
 
+@pytest.fixture(params=["c-table", "python-buckets"])
+def fingerprint_table(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run a test with each keeper of the fingerprints: the C table (``native/``) and the Python buckets."""
+    if request.param == "python-buckets":
+        monkeypatch.setattr(prepare_module, "_NATIVE_FINGERPRINTS", None)
+    elif prepare_module._NATIVE_FINGERPRINTS is None:
+        if os.environ.get("CI"):
+            pytest.fail("the C fingerprint table is not built: make venv installs native/")
+        pytest.skip("the C fingerprint table is not built (make venv installs native/)")
+    return str(request.param)
+
+
 SETTINGS = [
     pytest.param({}, id="defaults"),
     pytest.param(
@@ -65,7 +78,11 @@ SETTINGS = [
 
 @pytest.mark.parametrize("settings", SETTINGS)
 def test_fast_paths_write_the_same_bytes_as_the_stdlib_path(
-    corpus: bytes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, settings: dict[str, Any]
+    corpus: bytes,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    settings: dict[str, Any],
+    fingerprint_table: str,
 ) -> None:
     fast = _prepare(corpus, tmp_path / "fast", **settings)
     with monkeypatch.context() as patch:
@@ -107,7 +124,7 @@ def test_the_corpus_reaches_every_kind_of_outcome(corpus: bytes, tmp_path: Path)
 
 
 def test_most_lines_take_the_fast_path_and_a_file_without_duplicates_needs_no_table(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fingerprint_table: str
 ) -> None:
     calls = Counter[str]()
     feed, build = prepare_module._Preparer.feed, prepare_module._SeenIds._build
@@ -144,7 +161,7 @@ def test_most_lines_take_the_fast_path_and_a_file_without_duplicates_needs_no_ta
 
 @pytest.mark.parametrize("collide", [False, True], ids=["fingerprints", "all-fingerprints-collide"])
 def test_duplicates_across_chunks_match_a_plain_first_seen_dict(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, collide: bool
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, collide: bool, fingerprint_table: str
 ) -> None:
     if collide:
         monkeypatch.setattr(prepare_module, "hash", lambda value: builtins.hash(value) & 0xFF, raising=False)
