@@ -5,6 +5,9 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -19,3 +22,15 @@ os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = f"sqlite:///{_home}/airflow.
 os.environ["AIRFLOW__LOGGING__BASE_LOG_FOLDER"] = f"{_home}/logs"
 os.environ.setdefault("AIRFLOW_CONN_FS_DEFAULT", '{"conn_type": "fs", "extra": {"path": "/"}}')
 os.environ.pop("OPENAI_API_KEY", None)
+
+
+@pytest.fixture
+def native_fingerprints() -> Any:
+    """The C fingerprint table's type (``native/``, built by ``make venv``): CI fails without it."""
+    from openai_batch import prepare
+
+    if prepare._NATIVE_FINGERPRINTS is None:
+        if os.environ.get("CI"):
+            pytest.fail("the C fingerprint table is not built: make venv installs native/")
+        pytest.skip("the C fingerprint table is not built (make venv installs native/)")
+    return prepare._NATIVE_FINGERPRINTS

@@ -7,24 +7,12 @@ again, through every growth of its table; keys that differ only outside those bi
 
 from __future__ import annotations
 
-import os
 import random
 from typing import Any
 
 import pytest
 
-from openai_batch import prepare as prepare_module
-
 MASK = (1 << 64) - 1
-
-
-@pytest.fixture
-def table_type() -> Any:
-    if prepare_module._NATIVE_FINGERPRINTS is None:
-        if os.environ.get("CI"):
-            pytest.fail("the C fingerprint table is not built: make venv installs native/")
-        pytest.skip("the C fingerprint table is not built (make venv installs native/)")
-    return prepare_module._NATIVE_FINGERPRINTS
 
 
 def _model_key(key: int) -> tuple[int, int]:
@@ -42,9 +30,9 @@ def _model_check_add(model: set[tuple[int, int]], keys: list[int]) -> list[int]:
     return found
 
 
-def test_the_table_finds_exactly_the_keys_the_model_finds(table_type: Any) -> None:
+def test_the_table_finds_exactly_the_keys_the_model_finds(native_fingerprints: Any) -> None:
     rng = random.Random(7)
-    table, model = table_type(), set[tuple[int, int]]()
+    table, model = native_fingerprints(), set[tuple[int, int]]()
     crowded = [rng.getrandbits(48) << 16 | 0x1234 for _ in range(20_000)]  # one table grows far
     for round_no in range(30):
         keys = [rng.getrandbits(64) - (1 << 63) for _ in range(5_000)]  # signed, as hash() gives them
@@ -59,9 +47,9 @@ def test_the_table_finds_exactly_the_keys_the_model_finds(table_type: Any) -> No
     assert table.nbytes >= 4 * len(model)
 
 
-def test_every_key_added_is_found_again_and_no_other_key_is(table_type: Any) -> None:
+def test_every_key_added_is_found_again_and_no_other_key_is(native_fingerprints: Any) -> None:
     rng = random.Random(11)
-    table = table_type()
+    table = native_fingerprints()
     added = [rng.getrandbits(64) for _ in range(200_000)]
     assert table.check_add(added) == []  # 48 random bits: no two alike among 200,000
     assert table.check_add(iter(added)) == list(range(len(added)))
@@ -69,11 +57,11 @@ def test_every_key_added_is_found_again_and_no_other_key_is(table_type: Any) -> 
     assert table.check_add(fresh) == []
 
 
-def test_bad_keys_are_refused(table_type: Any) -> None:
-    table = table_type()
+def test_bad_keys_are_refused(native_fingerprints: Any) -> None:
+    table = native_fingerprints()
     with pytest.raises(TypeError, match="integers"):
         table.check_add([1, "2"])
     with pytest.raises(TypeError):
         table.check_add(5)
     with pytest.raises(TypeError):
-        table_type(100)
+        native_fingerprints(100)
