@@ -1,4 +1,4 @@
-"""The C table of prepare's duplicate check keeps what the Python buckets keep: 48 bits per key.
+"""The C table of prepare's duplicate check: 48 bits per key, and no key added is ever missed.
 
 ``openai_batch_fingerprints`` (``native/``) is checked against a plain Python model of it: a key
 is the pair (its low 16 bits, its next 32 bits, 0 counted as 1). A key added must always be found
