@@ -291,6 +291,35 @@ def test_writing_large_responses_holds_a_bounded_number_of_bytes(tmp_path: Path)
     assert peak < 40_000_000, f"peak {peak / 1e6:.0f} MB for 120 MB of responses"
 
 
+def test_new_stores_get_the_page_size_and_an_older_store_keeps_its_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A store made with SQLite's default 4 KiB pages (as before) reopens and answers alike."""
+    import sqlite3
+
+    from openai_batch import results
+
+    def run(path: Path) -> tuple[bytes, int]:
+        with ResultStore(path) as store:
+            store.add_lines(lines(ok("a"), err("b", "batch_expired")), batch_id="b1", round=0)
+        if path.name == "old.sqlite":
+            monkeypatch.setattr(results, "_PAGE_BYTES", 16384)  # reopened by the current code
+        with ResultStore(path) as store:
+            store.add_lines(lines(ok("b", text="x")), batch_id="b2", round=1)
+            out = io.BytesIO()
+            store.write_results(["a", "b", "c"], out)
+        with sqlite3.connect(path) as db:
+            return out.getvalue(), db.execute("PRAGMA page_size").fetchone()[0]
+
+    new, new_page = run(tmp_path / "new.sqlite")
+    assert new_page == results._PAGE_BYTES == 16384
+    monkeypatch.setattr(results, "_PAGE_BYTES", 4096)
+    old, old_page = run(tmp_path / "old.sqlite")
+    assert old_page == 4096
+    assert old == new
+    assert [json.loads(row)["status"] for row in new.splitlines()] == ["succeeded", "succeeded", "failed"]
+
+
 def test_bodies_are_written_as_sent_and_a_reopened_store_keeps_them(tmp_path: Path) -> None:
     """A later round added after the store was closed and opened again: every body comes back exact."""
     first = b'{"custom_id": "a", "response": {"status_code": 200, "body": {"x" : [1, 2],  "t": "\\u00e9"}}}\n'
