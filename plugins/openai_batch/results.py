@@ -52,8 +52,8 @@ RESULT_STATUSES: tuple[str, ...] = get_args(ResultStatus)
 #: Outcomes written to the database at a time, sorted by custom_id (fewer passes over its index).
 _CHUNK_ROWS = 100_000
 #: Page size of a new store's database. Once the store outgrows its page cache, each chunk's upserts
-#: read pages back from the file and write them out again; 16 KiB pages make a quarter of the calls
-#: for the same bytes (docs/benchmarks.md, "Where the time goes": merge).
+#: read pages back from the file and write them out again, a page per call; with 16 KiB pages instead
+#: of SQLite's 4 KiB a 3M-result merge took 0.935 of the CPU (docs/benchmarks.md, the merge's growth).
 _PAGE_BYTES = 16384
 #: The round of results carried over from an earlier content: below every round of this one.
 REUSED_ROUND = -1

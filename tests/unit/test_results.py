@@ -3,10 +3,12 @@ from __future__ import annotations
 import io
 import json
 import random
+import sqlite3
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from openai_batch import results
 from openai_batch.results import ResultStore, classify_line, is_retryable, read_order
 
 if TYPE_CHECKING:
@@ -295,9 +297,6 @@ def test_new_stores_get_the_page_size_and_an_older_store_keeps_its_own(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A store made with SQLite's default 4 KiB pages (as before) reopens and answers alike."""
-    import sqlite3
-
-    from openai_batch import results
 
     def run(path: Path) -> tuple[bytes, int]:
         with ResultStore(path) as store:
