@@ -298,11 +298,13 @@ def test_new_stores_get_the_page_size_and_an_older_store_keeps_its_own(
 ) -> None:
     """A store made with SQLite's default 4 KiB pages (as before) reopens and answers alike."""
 
-    def run(path: Path) -> tuple[bytes, int]:
+    assert results._PAGE_BYTES == 16384
+
+    def run(path: Path, made_with: int) -> tuple[bytes, int]:
+        monkeypatch.setattr(results, "_PAGE_BYTES", made_with)
         with ResultStore(path) as store:
             store.add_lines(lines(ok("a"), err("b", "batch_expired")), batch_id="b1", round=0)
-        if path.name == "old.sqlite":
-            monkeypatch.setattr(results, "_PAGE_BYTES", 16384)  # reopened by the current code
+        monkeypatch.undo()  # reopened by the current code
         with ResultStore(path) as store:
             store.add_lines(lines(ok("b", text="x")), batch_id="b2", round=1)
             out = io.BytesIO()
@@ -310,10 +312,9 @@ def test_new_stores_get_the_page_size_and_an_older_store_keeps_its_own(
         with sqlite3.connect(path) as db:
             return out.getvalue(), db.execute("PRAGMA page_size").fetchone()[0]
 
-    new, new_page = run(tmp_path / "new.sqlite")
-    assert new_page == results._PAGE_BYTES == 16384
-    monkeypatch.setattr(results, "_PAGE_BYTES", 4096)
-    old, old_page = run(tmp_path / "old.sqlite")
+    new, new_page = run(tmp_path / "new.sqlite", results._PAGE_BYTES)
+    assert new_page == 16384
+    old, old_page = run(tmp_path / "old.sqlite", 4096)
     assert old_page == 4096
     assert old == new
     assert [json.loads(row)["status"] for row in new.splitlines()] == ["succeeded", "succeeded", "failed"]
